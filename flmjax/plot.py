@@ -1,0 +1,113 @@
+"""`flmjax plot`: validation loss against FLOPs and tokens, growth events marked, runs compared.
+
+Reads only `W/metrics.jsonl`, so it works on a run in progress and on any run that wrote one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of `W/metrics.jsonl`; a malformed line is an error naming file and line."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no metrics file (is {workdir!r} an flmjax workdir?)')
+  rows = []
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{lineno}: not valid JSON ({e.msg})') from None
+  return rows
+
+
+def _dedupe_by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """A resumed run re-logs steps after its checkpoint; keep the last record of each step."""
+  by_step: dict[int, dict[str, Any]] = {}
+  for r in rows:
+    if 'step' in r:
+      by_step.setdefault(int(r['step']), {}).update(r)
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def val_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
+  """{metric name: [(flops, tokens, value)]} for every `val_loss*` metric present."""
+  out: dict[str, list[tuple[float, float, float]]] = {}
+  for r in _dedupe_by_step(rows):
+    for k, v in r.items():
+      if k.startswith('val_loss') and v is not None:
+        out.setdefault(k, []).append((float(r.get('flops', 0.0)), float(r.get('tokens', 0.0)),
+                                      float(v)))
+  return out
+
+
+def growth_events(rows: list[dict[str, Any]]) -> list[tuple[float, float, Any]]:
+  """(flops, tokens, new stage) at each step where the `stage` field changes."""
+  events, last = [], None
+  for r in _dedupe_by_step(rows):
+    stage = r.get('stage')
+    if stage is None:
+      continue
+    if last is not None and stage != last:
+      events.append((float(r.get('flops', 0.0)), float(r.get('tokens', 0.0)), stage))
+    last = stage
+  return events
+
+
+def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = None) -> list[str]:
+  """Writes `val_loss_vs_flops.png` and `val_loss_vs_tokens.png`; returns their paths."""
+  runs = [(os.path.basename(os.path.normpath(workdir)) or workdir, read_metrics(workdir))]
+  if compare:
+    runs.append((os.path.basename(os.path.normpath(compare)) or compare, read_metrics(compare)))
+  out_dir = out_dir or workdir
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for axis, (xi, xlabel) in {'flops': (0, 'training FLOPs'), 'tokens': (1, 'tokens')}.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_i, (name, rows) in enumerate(runs):
+      style = '-' if run_i == 0 else '--'
+      series = val_series(rows)
+      if not series:
+        raise ValueError(f'{name}: metrics.jsonl has no val_loss* records to plot')
+      for metric, pts in sorted(series.items()):
+        ax.plot([p[xi] for p in pts], [p[2] for p in pts], style, marker='.',
+                label=f'{name}: {metric}')
+      for ev in growth_events(rows):
+        ax.axvline(ev[xi], color='grey', linestyle=':', linewidth=1)
+        ax.text(ev[xi], ax.get_ylim()[1], f' grow→{ev[2]}', rotation=90, va='top', fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('validation loss (nats/token)')
+    if axis == 'flops':
+      ax.set_xscale('log')
+    ax.set_title(f'validation loss vs {xlabel} (dotted lines: growth)')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f'val_loss_vs_{axis}.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def add_plot_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--workdir', required=True, help='run directory holding metrics.jsonl')
+  p.add_argument('--compare', default=None, help='a second run (e.g. the from-scratch baseline)')
+  p.add_argument('--out', default=None, help='where to write PNGs (default: the workdir)')
+
+
+def plot_main(args: argparse.Namespace) -> int:
+  for path in plot_runs(args.workdir, args.compare, args.out):
+    print(path)
+  return 0

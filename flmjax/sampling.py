@@ -1,0 +1,100 @@
+"""Text generation with a KV cache: greedy or nucleus (top-p) sampling, one jitted loop.
+
+Prompts are left-padded (segment 0) to a bucketed length so that different prompts reuse one
+compiled program; positions restart at 0 at each prompt's first real token, so padding changes
+nothing in the computed logits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flmjax.config import ModelConfig
+from flmjax.model import Transformer, init_cache
+
+BUCKET = 16
+
+
+def _bucket(n: int, multiple: int = BUCKET) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int):
+  """Token, position and segment arrays (BxP) for left-padded prompts."""
+  B = len(prompts)
+  tokens = np.zeros((B, length), np.int32)
+  positions = np.zeros((B, length), np.int32)
+  segments = np.zeros((B, length), np.int32)
+  for i, p in enumerate(prompts):
+    if not p:
+      raise ValueError(f'prompt {i} is empty: generation needs at least one token (e.g. BOS)')
+    if len(p) > length:
+      raise ValueError(f'prompt {i} has {len(p)} tokens, longer than {length}')
+    tokens[i, length - len(p):] = p
+    positions[i, length - len(p):] = np.arange(len(p))
+    segments[i, length - len(p):] = 1
+  return tokens, positions, segments
+
+
+def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_p: float,
+                  vocab_size: int) -> jax.Array:
+  """Greedy at temperature 0; otherwise nucleus sampling over the real (unpadded) vocabulary."""
+  V = logits_BxV.shape[-1]
+  logits_BxV = jnp.where(jnp.arange(V) < vocab_size, logits_BxV, -jnp.inf)
+  if temperature <= 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / temperature
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_BxV, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold_B = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV >= threshold_B, logits_BxV, -jnp.inf)
+  return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'max_new_tokens', 'temperature', 'top_p'))
+def _generate(params, tokens_BxP, positions_BxP, segments_BxP, rng, *, cfg: ModelConfig,
+              max_new_tokens: int, temperature: float, top_p: float):
+  model = Transformer(cfg)
+  B, P = tokens_BxP.shape
+  cache = init_cache(cfg, B, P + max_new_tokens)
+  logits, cache = model.apply({'params': params}, tokens_BxP, positions=positions_BxP,
+                              segment_ids=segments_BxP, cache=cache)
+  next_pos_B = positions_BxP[:, -1] + 1
+  rng, sub = jax.random.split(rng)
+  first = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
+
+  def step(carry, _):
+    token_B, pos_B, cache, rng = carry
+    logits, cache = model.apply({'params': params}, token_B[:, None], positions=pos_B[:, None],
+                                segment_ids=jnp.ones((B, 1), jnp.int32), cache=cache)
+    rng, sub = jax.random.split(rng)
+    nxt = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
+    return (nxt, pos_B + 1, cache, rng), token_B
+
+  _, out_TxB = jax.lax.scan(step, (first, next_pos_B, cache, rng), None, length=max_new_tokens)
+  return out_TxB.T
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             eos_id: Optional[int] = None) -> list[list[int]]:
+  """New tokens for each prompt (cut after the first `eos_id`, if given)."""
+  length = _bucket(max(len(p) for p in prompts))
+  tokens, positions, segments = left_pad(prompts, length)
+  out = np.asarray(_generate(params, tokens, positions, segments, jax.random.PRNGKey(seed),
+                             cfg=cfg, max_new_tokens=max_new_tokens,
+                             temperature=float(temperature), top_p=float(top_p)))
+  results = []
+  for row in out.tolist():
+    if eos_id is not None and eos_id in row:
+      row = row[:row.index(eos_id)]
+    results.append(row)
+  return results
