@@ -1,0 +1,389 @@
+"""Tokenize once, then mix, pack and batch in numpy with an exact, O(1) resumable state.
+
+Each source (en, zh, instruct, teacher) is tokenized once per split into a flat token array with
+document offsets and cached under the cache dir. The iterator then
+  * mixes by token share: the next document comes from the source furthest below its target share
+    (deterministic stride scheduling, so every batch holds each source in proportion - the teacher
+    signal is mixed into every batch, not alternated);
+  * orders each source by a seeded permutation per epoch, so over an epoch every document is used
+    exactly once;
+  * packs documents into rows with segment ids and per-document positions. Plain text is cut at row
+    ends and continues in the next row (its first input is then the real previous token, never 0);
+    instruction/teacher examples are never cut (the row is padded instead) and are truncated from
+    the left only if longer than a row, keeping the response/label.
+The state is a few integers per source plus the document left half-placed, so set_state resumes
+exactly. All processes plan the same global rows; each materialises only its own slice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from flmjax.data import corpus, instruct, vocab
+from flmjax.data.config import validate_data_config
+from flmjax.data.corpus import DataError, ReadStats
+
+SOURCES = ('en', 'zh', 'instruct', 'teacher')
+LM_SOURCES = ('en', 'zh')
+_STORE_VERSION = 1
+Batch = dict[str, np.ndarray]
+
+
+class Store(NamedTuple):
+  """One tokenized source: doc i is tokens[offsets[i]:offsets[i+1]]."""
+  tokens: np.ndarray       # int32 [T]
+  offsets: np.ndarray      # int64 [N+1]
+  prompt_len: np.ndarray   # int32 [N]: leading tokens that carry loss only if prompt_loss
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.offsets) - 1
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.offsets[-1])
+
+
+# ---- building the tokenized stores ---------------------------------------------------------
+
+def source_examples(cfg: Any, split: str, sources: Sequence[str],
+                    stats: ReadStats) -> dict[str, list[instruct.Example]]:
+  """The (inputs, targets) examples of each requested source for one split."""
+  docs = {lang: corpus.language_documents(cfg, lang, split, stats) for lang in LM_SOURCES
+          if lang in sources or (cfg.instruct.generated and 'instruct' in sources)
+          or (cfg.teacher.generated and 'teacher' in sources)}
+  out = {}
+  for lang in LM_SOURCES:
+    if lang in sources:
+      out[lang] = [instruct.Example('', d.text, True) for d in docs[lang]]
+  if 'instruct' in sources:
+    ex = instruct.generated_instructions(docs, cfg.seed) if cfg.instruct.generated else []
+    if cfg.instruct.files:
+      ex.extend(instruct.file_instructions(cfg, stats))
+    out['instruct'] = ex
+  if 'teacher' in sources:
+    ex = instruct.generated_teacher(docs, cfg.seed) if cfg.teacher.generated else []
+    if cfg.teacher.files:
+      ex.extend(instruct.file_teacher(cfg, stats))
+    out['teacher'] = ex
+  return out
+
+
+def tokenize(sp: spm.SentencePieceProcessor, examples: Sequence[instruct.Example],
+             threads: int = 1) -> Store:
+  ins = sp.encode([e.inputs for e in examples], num_threads=threads) if examples else []
+  tgs = sp.encode([e.targets for e in examples], num_threads=threads) if examples else []
+  lens = np.fromiter((len(a) + len(b) + e.add_eos for a, b, e in zip(ins, tgs, examples)),
+                     dtype=np.int64, count=len(examples))
+  offsets = np.zeros(len(examples) + 1, np.int64)
+  np.cumsum(lens, out=offsets[1:])
+  tokens = np.empty(int(offsets[-1]), np.int32)
+  for i, (a, b, e) in enumerate(zip(ins, tgs, examples)):
+    o = offsets[i]
+    tokens[o:o + len(a)] = a
+    tokens[o + len(a):o + len(a) + len(b)] = b
+    if e.add_eos:
+      tokens[offsets[i + 1] - 1] = vocab.EOS_ID
+  prompt_len = np.fromiter((len(a) for a in ins), dtype=np.int32, count=len(examples))
+  return Store(tokens, offsets, prompt_len)
+
+
+def _store_key(cfg: Any, vocab_path: str, split: str, sources: Sequence[str]) -> str:
+  with open(vocab_path, 'rb') as f:
+    vocab_hash = hashlib.sha256(f.read()).hexdigest()
+  ident = {
+      'version': _STORE_VERSION, 'split': split, 'sources': list(sources), 'vocab': vocab_hash,
+      'seed': cfg.seed, 'validation_fraction': cfg.validation_fraction,
+      'max_chars_per_doc': cfg.max_chars_per_doc, 'strict': cfg.strict,
+      'corpora': {l: [cfg[l].to_dict(), corpus.language_fingerprint(cfg, l)] for l in LM_SOURCES},
+      'instruct': [cfg.instruct.to_dict(),
+                   corpus.files_fingerprint(cfg.instruct.files, 'data.instruct.files')],
+      'teacher': [cfg.teacher.to_dict(),
+                  corpus.files_fingerprint(cfg.teacher.files, 'data.teacher.files')],
+  }
+  return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_stores(cfg: Any, split: str,
+                sources: Sequence[str] = SOURCES) -> tuple[dict[str, Store], dict[str, Any]]:
+  """Tokenized stores of a split (built and cached on first use) and their build metadata."""
+  vocab_path = vocab.vocabulary_path(cfg)
+  key = _store_key(cfg, vocab_path, split, sources)
+  path = os.path.join(vocab.cache_root(cfg), 'tokens', f'{split}-{key}.npz')
+  if not os.path.isfile(path):
+    stats = ReadStats()
+    t0 = time.time()
+    examples = source_examples(cfg, split, sources, stats)
+    sp = spm.SentencePieceProcessor(model_file=vocab_path)
+    stores = {s: tokenize(sp, examples[s], cfg.tokenize_threads) for s in sources}
+    meta = {'key': key, 'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
+            'build_seconds': time.time() - t0}
+    arrays = {f'{s}.{f}': getattr(st, f) for s, st in stores.items() for f in Store._fields}
+    arrays['meta'] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    vocab.atomic_write(path, buf.getvalue())
+  with np.load(path) as z:
+    meta = json.loads(z['meta'].tobytes().decode())
+    stores = {s: Store(*(z[f'{s}.{f}'] for f in Store._fields)) for s in sources}
+  return stores, meta
+
+
+# ---- planning and packing ------------------------------------------------------------------
+
+class _Span(NamedTuple):
+  source: int
+  doc: int
+  start: int
+  length: int
+
+
+class DataIterator:
+  """Infinite iterator of packed [B, L] batches (the trainer's batch contract) with exact resume.
+
+  Batches: inputs/targets/segment_ids/positions int32, loss_weights float32, all [B, L] with
+  B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B).
+  """
+
+  def __init__(self, stores: dict[str, Store], rates: dict[str, float], *, seq_len: int,
+               global_batch_size: int, seed: int, prompt_loss: bool = False,
+               process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+               finite: bool = False, fingerprint: str = '', stats: dict[str, Any] | None = None):
+    if seq_len < 2:
+      raise DataError(f'seq_len must be >= 2, got {seq_len}')
+    if process_count < 1 or not 0 <= process_index < process_count:
+      raise DataError(f'process_index {process_index} must be in [0, process_count='
+                      f'{process_count})')
+    if global_batch_size < 1 or global_batch_size % process_count:
+      raise DataError(f'global_batch_size {global_batch_size} must be a positive multiple of '
+                      f'process_count {process_count}')
+    self._names = [s for s in stores if rates.get(s, 0) > 0]
+    if not self._names:
+      raise DataError('data: every mixture rate is 0')
+    for s in self._names:
+      if stores[s].num_docs == 0:
+        raise DataError(f'data: source {s!r} has rate {rates[s]} but no documents in this split')
+    self._stores = [stores[s] for s in self._names]
+    total = sum(rates[s] for s in self._names)
+    self._rates = np.array([rates[s] / total for s in self._names])
+    self._splittable = [s in LM_SOURCES for s in self._names]
+    self._prompt_loss = [prompt_loss and s == 'instruct' or s in LM_SOURCES for s in self._names]
+    self.seq_len, self.global_batch_size = seq_len, global_batch_size
+    self.batch_size = global_batch_size // process_count
+    self._row0 = process_index * self.batch_size
+    self._seed, self._shuffle, self._finite = seed, shuffle, finite
+    self._fingerprint = fingerprint
+    self._static_stats = dict(stats or {})
+    self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}
+    self._exhausted = False
+    self.set_state(None)
+
+  # -- state --
+  def get_state(self) -> dict[str, Any]:
+    """JSON-serialisable position in the stream (goes into the checkpoint)."""
+    return {
+        'version': 1, 'fingerprint': self._fingerprint, 'batches': self._batches,
+        'sources': {n: [int(e), int(c), int(t)] for n, e, c, t in
+                    zip(self._names, self._epoch, self._cursor, self._emitted)},
+        'pending': None if self._pending is None else [self._names[self._pending[0]],
+                                                        *map(int, self._pending[1:])],
+    }
+
+  def set_state(self, state: dict[str, Any] | None) -> None:
+    """Restores get_state()'s position; None rewinds to the start."""
+    n = len(self._names)
+    self._epoch, self._cursor, self._emitted = [0] * n, [0] * n, [0] * n
+    self._pending: tuple[int, int, int] | None = None
+    self._batches = 0
+    if state is None:
+      return
+    if not isinstance(state, dict) or state.get('version') != 1:
+      raise DataError(f'data iterator state: unknown format {str(state)[:200]}')
+    if state['fingerprint'] != self._fingerprint:
+      raise DataError('data iterator state: the checkpoint was written for other data (corpus, '
+                      f'vocabulary or seed changed): {state["fingerprint"]} != {self._fingerprint}')
+    for name, (e, c, t) in state['sources'].items():
+      if name not in self._names:
+        continue   # a source whose rate is now 0 keeps no position
+      i = self._names.index(name)
+      if not 0 <= c <= self._stores[i].num_docs:
+        raise DataError(f'data iterator state: cursor {c} of {name!r} out of range')
+      self._epoch[i], self._cursor[i], self._emitted[i] = int(e), int(c), int(t)
+    if state['pending'] is not None:
+      name, d, off = state['pending']
+      if name in self._names:
+        self._pending = (self._names.index(name), int(d), int(off))
+    self._batches = int(state['batches'])
+
+  def stats(self) -> dict[str, float]:
+    """Numbers for the metrics log: skipped bad lines, batches and epochs per source."""
+    out = {'skipped_lines': float(self._static_stats.get('skipped_lines', 0)),
+           'batches': float(self._batches)}
+    for n, e, c, st in zip(self._names, self._epoch, self._cursor, self._stores):
+      out[f'epoch_{n}'] = e + c / st.num_docs
+    return out
+
+  @property
+  def skipped_reasons(self) -> list[str]:
+    """'file:line: why' of the first skipped lines."""
+    return list(self._static_stats.get('skipped_reasons', []))
+
+  # -- planning --
+  def _perm(self, s: int) -> np.ndarray | None:
+    if not self._shuffle:
+      return None
+    cached = self._perm_cache.get(s)
+    if cached is None or cached[0] != self._epoch[s]:
+      rng = np.random.default_rng([self._seed, s, self._epoch[s]])
+      cached = (self._epoch[s], rng.permutation(self._stores[s].num_docs))
+      self._perm_cache[s] = cached
+    return cached[1]
+
+  def _next_doc(self, s: int) -> int | None:
+    st = self._stores[s]
+    if self._cursor[s] >= st.num_docs:
+      if self._finite:
+        return None
+      self._epoch[s] += 1
+      self._cursor[s] = 0
+    perm = self._perm(s)
+    c = self._cursor[s]
+    self._cursor[s] += 1
+    return int(perm[c]) if perm is not None else c
+
+  def _pick_source(self) -> int:
+    if len(self._names) == 1:
+      return 0
+    return int(np.argmin(np.asarray(self._emitted, np.float64) / self._rates))
+
+  def _plan_row(self) -> list[_Span]:
+    L, rem, spans = self.seq_len, self.seq_len, []
+    while rem > 0:
+      if self._pending is not None:
+        s, d, off = self._pending
+        self._pending = None
+      else:
+        s = self._pick_source()
+        d = self._next_doc(s)
+        if d is None:
+          self._exhausted = True
+          break
+        off = 0
+      st = self._stores[s]
+      n = int(st.offsets[d + 1] - st.offsets[d])
+      if not self._splittable[s]:
+        off = max(off, n - L)            # keep the end: the response or the label
+        if n - off > rem:
+          self._pending = (s, d, off)    # not cut: pad this row, place it first in the next
+          break
+      take = min(n - off, rem)
+      spans.append(_Span(s, d, off, take))
+      self._emitted[s] += take
+      rem -= take
+      if off + take < n:
+        self._pending = (s, d, off + take)
+    return spans
+
+  def _fill_row(self, spans: list[_Span], out: Batch, r: int) -> None:
+    c = 0
+    for k, (s, d, off, take) in enumerate(spans):
+      st = self._stores[s]
+      o = int(st.offsets[d]) + off
+      out['targets'][r, c:c + take] = st.tokens[o:o + take]
+      out['inputs'][r, c] = st.tokens[o - 1] if off > 0 else 0
+      out['inputs'][r, c + 1:c + take] = st.tokens[o:o + take - 1]
+      out['segment_ids'][r, c:c + take] = k + 1
+      out['positions'][r, c:c + take] = np.arange(take, dtype=np.int32)
+      if self._prompt_loss[s]:
+        out['loss_weights'][r, c:c + take] = 1.0
+      else:
+        first = max(0, int(st.prompt_len[d]) - off)
+        out['loss_weights'][r, c + min(first, take):c + take] = 1.0
+      c += take
+
+  def empty_batch(self) -> Batch:
+    shape = (self.batch_size, self.seq_len)
+    b = {k: np.zeros(shape, np.int32) for k in ('inputs', 'targets', 'segment_ids', 'positions')}
+    b['loss_weights'] = np.zeros(shape, np.float32)
+    return b
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    if self._exhausted:
+      raise StopIteration
+    out = self.empty_batch()
+    lo, hi = self._row0, self._row0 + self.batch_size
+    produced = 0
+    for r in range(self.global_batch_size):
+      spans = self._plan_row()
+      if spans:
+        produced += 1
+      if lo <= r < hi:
+        self._fill_row(spans, out, r - lo)
+      if self._exhausted:
+        break
+    if not produced:
+      raise StopIteration
+    self._batches += 1
+    return out
+
+
+# ---- public entry points -------------------------------------------------------------------
+
+def mixture_rates(cfg: Any) -> dict[str, float]:
+  """Token shares: instruct_rate and teacher_rate of all tokens, the rest en:zh by rates."""
+  lm = 1.0 - cfg.instruct_rate - cfg.teacher_rate
+  en_zh = cfg.rates.en + cfg.rates.zh
+  return {'en': lm * cfg.rates.en / en_zh, 'zh': lm * cfg.rates.zh / en_zh,
+          'instruct': cfg.instruct_rate, 'teacher': cfg.teacher_rate}
+
+
+def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
+                        process_index: int = 0, process_count: int = 1):
+  """The training batch iterator for an experiment's data section (see DataIterator)."""
+  if data_cfg.get('source', 'bilingual') == 'synthetic':
+    from flmjax import synthetic_data
+    return synthetic_data.make_synthetic_iterator(
+        data_cfg, seq_len=seq_len, global_batch_size=global_batch_size,
+        process_index=process_index, process_count=process_count)
+  cfg = validate_data_config(data_cfg)
+  rates = mixture_rates(cfg)
+  sources = [s for s in SOURCES if rates[s] > 0]
+  stores, meta = load_stores(cfg, 'train', sources)
+  return DataIterator(stores, rates, seq_len=seq_len, global_batch_size=global_batch_size,
+                      seed=cfg.seed, prompt_loss=cfg.prompt_loss, process_index=process_index,
+                      process_count=process_count, fingerprint=meta['key'], stats=meta)
+
+
+def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,
+                      split: str = 'validation') -> dict[str, list[Batch]]:
+  """Finite, deterministic batches per language ('en', 'zh'): the split's documents in corpus
+  order, at most data.eval_batches batches, the last one padded (loss_weights 0)."""
+  if data_cfg.get('source', 'bilingual') == 'synthetic':
+    from flmjax import synthetic_data
+    return synthetic_data.make_synthetic_eval_batches(
+        data_cfg, seq_len=seq_len, batch_size=batch_size,
+        num_batches=int(data_cfg.get('eval_batches', 2)))
+  cfg = validate_data_config(data_cfg)
+  if split not in ('train', 'validation'):
+    raise DataError(f"split must be 'train' or 'validation', got {split!r}")
+  stores, _ = load_stores(cfg, split, LM_SOURCES)
+  out = {}
+  for lang in LM_SOURCES:
+    if stores[lang].num_docs == 0:
+      raise DataError(f'data.{lang}: the {split} split has no documents (raise '
+                      f'data.validation_fraction or use a larger corpus)')
+    it = DataIterator({lang: stores[lang]}, {lang: 1.0}, seq_len=seq_len,
+                      global_batch_size=batch_size, seed=cfg.seed, shuffle=False, finite=True)
+    out[lang] = [b for _, b in zip(range(cfg.eval_batches), it)]
+  return out

@@ -1,0 +1,164 @@
+"""Bilingual SentencePiece vocabulary: trained on the configured corpus, cached, reproducible.
+
+Ids follow seqio's convention (0 pad, 1 eos, 2 unk, no bos) and the unified-objective special
+tokens are user-defined symbols, so seqio's own tokenizers (python and tf_text) produce them from
+the formatted strings of `flmjax.data.instruct`. Byte fallback and split digits keep every string
+encodable and numbers digit-by-digit. The cache key hashes the corpus identity and the settings,
+and training is single-threaded on a fixed, deterministically sampled input, so the same corpus and
+settings give a byte-identical model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import sentencepiece as spm
+import seqio
+
+from flmjax.data import corpus
+from flmjax.data.corpus import SPECIAL_TOKENS, DataError
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+_VERSION = 1   # bump when training inputs or flags change: old cached models are not reused
+
+
+def cache_root(cfg: Any) -> str:
+  """cfg.cache_dir, else $FLMJAX_CACHE, else ~/.cache/flmjax."""
+  root = cfg.cache_dir or os.environ.get('FLMJAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'flmjax')
+  os.makedirs(root, exist_ok=True)
+  return root
+
+
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes via a temp file + rename so concurrent builders never see half a file."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
+  with os.fdopen(fd, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def vocab_key(cfg: Any) -> str:
+  v = cfg.vocab
+  ident = {
+      'version': _VERSION, 'size': v.size, 'model_type': v.model_type,
+      'character_coverage': v.character_coverage, 'max_sentences': v.max_sentences,
+      'validation_fraction': cfg.validation_fraction, 'max_chars_per_doc': cfg.max_chars_per_doc,
+      'corpora': {lang: [cfg[lang].to_dict(), corpus.language_fingerprint(cfg, lang)]
+                  for lang in ('en', 'zh')},
+  }
+  return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _training_lines(cfg: Any) -> list[str]:
+  """Up to vocab.max_sentences lines, half per language, sampled at an even stride."""
+  out = []
+  per_lang = cfg.vocab.max_sentences // 2
+  for lang in ('en', 'zh'):
+    stats = corpus.ReadStats()
+    lines = [l.strip() for d in corpus.language_documents(cfg, lang, 'train', stats)
+             for l in d.text.split('\n')]
+    lines = [l[:2000] for l in lines if l.strip()]
+    stride = max(1, len(lines) // per_lang) if per_lang else 1
+    out.extend(lines[::stride][:per_lang])
+  if not out:
+    raise DataError('data.vocab: the configured corpus has no text to train a vocabulary on')
+  return out
+
+
+def train_model_bytes(cfg: Any) -> bytes:
+  """Trains the SentencePiece model on the configured corpus and returns the model file bytes."""
+  lines = _training_lines(cfg)
+  buf = io.BytesIO()
+  spm.set_random_generator_seed(cfg.seed + 1)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_writer=buf,
+      vocab_size=cfg.vocab.size, model_type=cfg.vocab.model_type,
+      character_coverage=cfg.vocab.character_coverage,
+      byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      user_defined_symbols=list(SPECIAL_TOKENS),
+      shuffle_input_sentence=False, input_sentence_size=0, num_threads=1,
+      max_sentence_length=8192, hard_vocab_limit=False, minloglevel=2)
+  return buf.getvalue()
+
+
+def check_special_tokens(path: str) -> spm.SentencePieceProcessor:
+  """Loads a model file and checks it has seqio's ids and every special token as one piece."""
+  sp = spm.SentencePieceProcessor()
+  try:
+    sp.Load(path)
+  except (OSError, RuntimeError) as e:
+    raise DataError(f'data.vocab.model_file: cannot load SentencePiece model {path}: {e}') from None
+  if (sp.pad_id(), sp.eos_id(), sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
+    raise DataError(f'{path}: SentencePiece model must use pad=0, eos=1, unk=2 (seqio), has '
+                    f'pad={sp.pad_id()}, eos={sp.eos_id()}, unk={sp.unk_id()}')
+  missing = [t for t in SPECIAL_TOKENS if sp.EncodeAsIds(t) != [sp.PieceToId(t)]
+             or sp.PieceToId(t) == sp.unk_id()]
+  if missing:
+    raise DataError(f'{path}: SentencePiece model lacks the special token(s) {missing} '
+                    f'(train it with `flmjax vocab`, which adds them as user_defined_symbols)')
+  return sp
+
+
+def train_vocabulary(cfg: Any, out_dir: str) -> str:
+  """Trains the vocabulary for a data config into out_dir/spm.model; returns the path.
+
+  Called by `flmjax vocab --config ... --out DIR`.
+  """
+  from flmjax.data.config import validate_data_config
+  cfg = validate_data_config(cfg)
+  path = os.path.join(out_dir, 'spm.model')
+  atomic_write(path, train_model_bytes(cfg))
+  check_special_tokens(path)
+  return path
+
+
+def vocabulary_path(cfg: Any) -> str:
+  """Path of the model for cfg: the configured file, else the cached one (trained on first use)."""
+  if cfg.vocab.model_file:
+    if not os.path.isfile(cfg.vocab.model_file):
+      raise DataError(f'data.vocab.model_file: no such file {cfg.vocab.model_file}')
+    check_special_tokens(cfg.vocab.model_file)
+    return cfg.vocab.model_file
+  path = os.path.join(cache_root(cfg), 'vocab', vocab_key(cfg), 'spm.model')
+  if not os.path.isfile(path):
+    atomic_write(path, train_model_bytes(cfg))
+  check_special_tokens(path)
+  return path
+
+
+def get_vocabulary(cfg: Any) -> seqio.SentencePieceVocabulary:
+  """The seqio vocabulary of a data config (trains and caches it on first use)."""
+  from flmjax.data.config import validate_data_config
+  return seqio.SentencePieceVocabulary(vocabulary_path(validate_data_config(cfg)))
+
+
+def vocab_size(cfg: Any) -> int:
+  """Number of ids of cfg's vocabulary; set model.vocab_size from it."""
+  return get_vocabulary(cfg).vocab_size
+
+
+class LazyVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePieceVocabulary whose model is built on first use, so registering Tasks at import
+  costs nothing; afterwards it behaves exactly like the eager one."""
+
+  def __init__(self, cfg: Any):
+    self._cfg = cfg
+    super().__init__('')
+
+  def _model_context(self):
+    if not self._sentencepiece_model_file:
+      self._sentencepiece_model_file = vocabulary_path(self._cfg)
+    return super()._model_context()
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    self._model_context()
+    return self._sentencepiece_model_file
