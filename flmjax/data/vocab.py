@@ -24,7 +24,7 @@ from flmjax.data import corpus
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-_VERSION = 1   # bump when training inputs or flags change: old cached models are not reused
+_VERSION = 2   # bump when training inputs or flags change: old cached models are not reused
 
 
 def cache_root(cfg: Any) -> str:
@@ -82,6 +82,8 @@ def train_model_bytes(cfg: Any) -> bytes:
       vocab_size=cfg.vocab.size, model_type=cfg.vocab.model_type,
       character_coverage=cfg.vocab.character_coverage,
       byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+      # Keep newlines and runs of spaces: few-shot prompts and answers are line-structured.
+      normalization_rule_name='nfkc', remove_extra_whitespaces=False,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
       user_defined_symbols=list(SPECIAL_TOKENS),
       shuffle_input_sentence=False, input_sentence_size=0, num_threads=1,

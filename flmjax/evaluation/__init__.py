@@ -1,0 +1,16 @@
+"""Evaluation harness: the FLM-101B IQ suite and knowledge benchmarks, for flmjax or HF models.
+
+Modules, one job each:
+  tasks            Item/Task types and the data-error type every reader raises
+  engine           jitted log-likelihood scoring and KV-cached greedy generation (flmjax models)
+  hf_backend       the same interface over a local Hugging Face causal LM
+  iq_symbolic      SuperGLUE/CLUE classification with labels replaced by random symbols
+  iq_rules         counting and replacement rules (generated)
+  iq_patterns      head & tail, full repeating, head slicing (generated)
+  iq_interference  multiple key retrieval, single/two supporting facts (generated)
+  words            the small word lists the generators draw from
+  knowledge        MMLU, C-Eval, ARC, HellaSwag, TruthfulQA readers
+  runner           runs tasks on a backend and scores them
+  report           table with 95% intervals, paper reference numbers, JSON
+  run              the `flmjax eval` command
+"""

@@ -1,0 +1,190 @@
+"""`flmjax eval`: run the IQ and/or knowledge suites on a checkpoint or a local HF model.
+
+  flmjax eval --checkpoint W --suite iq|knowledge|all [--data_dir D] [--limit N] --output R.json
+  flmjax eval --hf_model PATH ...
+
+Tasks are built (and their data checked) before the model is loaded, so a missing or malformed
+file fails in seconds with the task and the file named.  Prints the table, writes the JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from flmjax.evaluation import (iq_interference, iq_patterns, iq_rules, iq_symbolic, knowledge,
+                               report, runner)
+from flmjax.evaluation.tasks import IQ_CATEGORIES, EvalDataError, Task
+
+SUITES = ('iq', 'knowledge', 'all')
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+  """Flags of the `eval` sub-command."""
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
+  src.add_argument('--hf_model', metavar='PATH', help='local Hugging Face causal LM folder')
+  parser.add_argument('--suite', choices=SUITES, default='all')
+  parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
+                      'of the suite), e.g. counting,boolq,mmlu')
+  parser.add_argument('--data_dir', default=None, help='folder with the SuperGLUE/CLUE/MMLU/... '
+                      'release files (see flmjax.evaluation.knowledge and iq_symbolic)')
+  parser.add_argument('--symbolic_source', choices=('files', 'tfds'), default='files',
+                      help="SuperGLUE from release files under --data_dir, or prepared TFDS data")
+  parser.add_argument('--limit', type=int, default=None,
+                      help='at most N items per task (per subject for MMLU/C-Eval)')
+  parser.add_argument('--output', metavar='R.json', default=None, help='write the JSON report here')
+  parser.add_argument('--seed', type=int, default=0, help='seed of generated items, symbols, shots')
+  parser.add_argument('--shots', default='', help='k-shot overrides, e.g. counting=2,mmlu=0')
+  parser.add_argument('--n_items', type=int, default=None, help='generated items per IQ task '
+                      '(default: 100, anti-interference 300, as in the paper)')
+  parser.add_argument('--distractors', type=int, default=12, help='anti-interference distractors')
+  parser.add_argument('--n_keys', type=int, default=6, help='key/value pairs in key retrieval')
+  parser.add_argument('--n_agents', type=int, default=3, help='agents in bAbI-style stories')
+  parser.add_argument('--n_events', type=int, default=8, help='events in bAbI-style stories')
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--max_len', type=int, default=None, help="default: the model's context")
+  parser.add_argument('--skip_missing', action='store_true',
+                      help='record tasks whose data is missing as skipped instead of failing')
+
+
+def _parse_shots(spec: str) -> dict[str, int]:
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(','))):
+    name, _, k = part.partition('=')
+    if not k.strip().isdigit():
+      raise ValueError(f'--shots: expected task=k, got {part!r}')
+    out[name.strip()] = int(k)
+  return out
+
+
+def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[str, str]]]:
+  """Tasks of the suite, and {category: {task: reason}} for those skipped (--skip_missing)."""
+  keep = set(filter(None, (t.strip() for t in args.tasks.split(','))))
+  known = set(iq_symbolic.TASKS + iq_rules.TASKS + iq_patterns.TASKS + iq_interference.TASKS
+              + knowledge.TASKS)
+  unknown = sorted(k for k in keep if k.split('.')[0] not in known)
+  if unknown:
+    raise ValueError(f'--tasks: unknown task(s) {unknown}; known: {sorted(known)} (symbolic '
+                     f'tasks also as NAME.symbolic / NAME.original)')
+  bases = {k.split('.')[0] for k in keep}
+  wanted = lambda name: not keep or name in bases
+  shots = _parse_shots(args.shots)
+  if set(shots) - known:
+    raise ValueError(f'--shots: unknown task(s) {sorted(set(shots) - known)}')
+  tasks: list[Task] = []
+  skipped: dict[str, dict[str, str]] = {}
+  errors: list[str] = []
+
+  def attempt(category: str, name: str, make):
+    try:
+      tasks.extend(make())
+    except EvalDataError as e:
+      if args.skip_missing:
+        skipped.setdefault(category, {})[name] = str(e)
+      else:
+        errors.append(str(e))
+
+  if args.suite in ('iq', 'all'):
+    for name in iq_symbolic.TASKS:
+      if wanted(name):
+        attempt(iq_symbolic.CATEGORY, name, lambda name=name: iq_symbolic.make_tasks(
+            name, args.data_dir, seed=args.seed, k_shot=shots.get(name),
+            source=args.symbolic_source, limit=args.limit))
+    difficulty = iq_interference.Difficulty(n_distractors=args.distractors, n_keys=args.n_keys,
+                                            n_agents=args.n_agents, n_events=args.n_events)
+    for mod, default_n in ((iq_rules, 100), (iq_patterns, 100), (iq_interference, 300)):
+      for name in mod.TASKS:
+        if not wanted(name):
+          continue
+        n = min(args.n_items or default_n, args.limit or 10**9)
+        kw = {'difficulty': difficulty} if mod is iq_interference else {}
+        tasks.append(mod.make_task(name, n_items=n, seed=args.seed, k_shot=shots.get(name), **kw))
+  if args.suite in ('knowledge', 'all'):
+    for name in knowledge.TASKS:
+      if wanted(name):
+        attempt(knowledge.CATEGORY, name, lambda name=name: [knowledge.make_task(
+            name, args.data_dir, seed=args.seed, k_shot=shots.get(name), limit=args.limit)])
+  if errors:
+    raise EvalDataError('\n'.join(errors) + '\n(use --skip_missing to run the other tasks)')
+  tasks = [t for t in tasks if not keep or t.name in keep or t.name.split('.')[0] in keep]
+  if not tasks and not skipped:
+    raise ValueError(f'no task of --suite {args.suite} matches --tasks {args.tasks!r}')
+  return tasks, skipped  # readers and generators already applied --limit
+
+
+def _vocabulary(config: Any, where: str):
+  """The text vocabulary of a checkpoint's saved config (its `data` section)."""
+  data_cfg = config['data'] if 'data' in config else config
+  if data_cfg.get('source') == 'synthetic':
+    raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
+                        f'tokenizer; the evaluation suites need a model trained on text')
+  from flmjax.data import get_vocabulary  # pylint: disable=g-import-not-at-top
+  return get_vocabulary(data_cfg)
+
+
+def load_backend(args: argparse.Namespace):
+  """(backend, description) for --checkpoint or --hf_model."""
+  if args.hf_model:
+    from flmjax.evaluation.hf_backend import HFBackend  # pylint: disable=g-import-not-at-top
+    if not os.path.isdir(args.hf_model):
+      raise EvalDataError(f'--hf_model: {args.hf_model!r} is not a folder with a saved model')
+    backend = HFBackend(args.hf_model, batch_size=args.batch_size, max_len=args.max_len)
+    return backend, {'backend': 'hf', 'path': args.hf_model}
+  from flmjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from flmjax.evaluation.engine import FlmEngine  # pylint: disable=g-import-not-at-top
+  try:
+    cfg, params, config = checkpoint.load_params(args.checkpoint)
+  except checkpoint.CheckpointError as e:
+    raise EvalDataError(f'--checkpoint {args.checkpoint}: {e}') from None
+  backend = FlmEngine(params, cfg, _vocabulary(config, args.checkpoint), batch_size=args.batch_size,
+                      max_len=args.max_len)
+  return backend, {'backend': 'flmjax', 'checkpoint': args.checkpoint,
+                   'params': cfg.param_count(), 'config': cfg.to_dict()}
+
+
+def eval_main(args: argparse.Namespace) -> int:
+  """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
+  try:
+    tasks, skipped = build_tasks(args)
+  except (EvalDataError, ValueError) as e:
+    print(f'flmjax eval: error: {e}', file=sys.stderr)
+    return 2
+  try:
+    backend, model = load_backend(args)
+  except EvalDataError as e:
+    print(f'flmjax eval: error: {e}', file=sys.stderr)
+    return 2
+  results = []
+  start = time.time()
+  for t in tasks:
+    t0 = time.time()
+    results.append(runner.evaluate(backend, t))
+    print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
+          f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
+  categories = ((IQ_CATEGORIES if args.suite in ('iq', 'all') else ()) +
+                (('knowledge',) if args.suite in ('knowledge', 'all') else ()))
+  meta = {'model': model, 'suite': args.suite, 'seed': args.seed, 'limit': args.limit,
+          'data_dir': args.data_dir, 'seconds': round(time.time() - start, 2)}
+  print(report.format_table(results, skipped))
+  if args.output:
+    out = report.to_json(results, meta, skipped, categories)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, 'w', encoding='utf-8') as f:
+      json.dump(out, f, indent=1, ensure_ascii=False)
+    print(f'report written to {args.output}', file=sys.stderr)
+  return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog='flmjax eval', description=__doc__.splitlines()[0])
+  add_eval_arguments(parser)
+  return eval_main(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

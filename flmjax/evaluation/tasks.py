@@ -1,0 +1,63 @@
+"""What a task is: a list of items, each a prompt with a gold answer, scored one of two ways.
+
+Multiple-choice items (`choices` non-empty) are scored by comparing the log-likelihood of each
+choice as a continuation of the prompt; generation items are answered by greedy decoding up to a
+newline and compared to `answer` exactly (after stripping spaces).  Keeping items as plain data
+lets the generators, readers and solvers be tested without any model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+IQ_CATEGORIES = ('symbolic_mapping', 'rule_understanding', 'pattern_mining', 'anti_interference')
+NORMALIZATIONS = ('sum', 'token', 'byte')
+
+
+class EvalDataError(ValueError):
+  """Missing or malformed evaluation data; the message names the task and the file (and line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One test question. `answer` is the gold text (for choices: the gold choice's text)."""
+
+  prompt: str
+  answer: str
+  choices: tuple[str, ...] = ()
+  label: int = -1            # index of the gold choice (multiple choice only)
+  subject: str = ''          # breakdown key (knowledge subjects/categories)
+  true_labels: tuple[int, ...] = ()   # metric 'mc2' (TruthfulQA): every correct choice
+
+  @property
+  def is_choice(self) -> bool:
+    return bool(self.choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A named list of items in one category.  `norm` picks the choice-score normalisation."""
+
+  name: str
+  category: str
+  items: tuple[Item, ...]
+  norm: str = 'sum'
+  max_new_tokens: int = 128  # cap; the runner budgets from the gold answer lengths
+  k_shot: int = 0
+  metric: str = 'acc'   # 'acc' (0/1 per item) | 'mc2' (probability mass on true choices)
+
+  def __post_init__(self):
+    if self.metric not in ('acc', 'mc2'):
+      raise ValueError(f"task {self.name}: metric must be 'acc' or 'mc2', got {self.metric!r}")
+    if self.norm not in NORMALIZATIONS:
+      raise ValueError(f'task {self.name}: norm must be one of {NORMALIZATIONS}, got {self.norm!r}')
+    for i, it in enumerate(self.items):
+      if it.choices and not 0 <= it.label < len(it.choices):
+        raise ValueError(f'task {self.name}: item {i} has label {it.label} outside its '
+                         f'{len(it.choices)} choices')
+
+
+def format_shots(shots: Sequence[tuple[str, str]], sep: str = '\n\n') -> str:
+  """Joins solved (prompt, answer) demonstrations into an in-context prefix."""
+  return ''.join(p + a + sep for p, a in shots)

@@ -1,0 +1,130 @@
+"""`flmjax eval` end to end on tiny models and fixture data: table, JSON report, bad input."""
+
+import argparse
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from flmjax import checkpoint
+from flmjax.config import ModelConfig
+from flmjax.evaluation import run
+from flmjax.model import Transformer
+from test_eval_engine import ByteVocab
+from test_eval_fixtures import write_all
+
+CFG = ModelConfig(vocab_size=260, d_model=32, n_heads=2, head_dim=16, d_ff=64, n_layers=1,
+                  max_len=128)
+
+
+def _args(*argv):
+  parser = argparse.ArgumentParser()
+  run.add_eval_arguments(parser)
+  return parser.parse_args(list(argv))
+
+
+@pytest.fixture(scope='module')
+def params():
+  return nn.unbox(jax.jit(Transformer(CFG).init)(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 4), jnp.int32))['params'])
+
+
+@pytest.fixture
+def fake_checkpoint(monkeypatch, params):
+  """checkpoint.load_params returns params built directly; the vocabulary is bytes."""
+  seen = []
+
+  def load_params(path):
+    seen.append(path)
+    return CFG, params, {'data': {'source': 'text'}}
+
+  monkeypatch.setattr(checkpoint, 'load_params', load_params)
+  monkeypatch.setattr(run, '_vocabulary', lambda config, where: ByteVocab())
+  return seen
+
+
+@pytest.mark.slow
+def test_eval_all_suites_writes_table_and_report(tmp_path, fake_checkpoint, capsys):
+  data = write_all(tmp_path / 'data')
+  out = tmp_path / 'r' / 'report.json'
+  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'all', '--data_dir', data,
+                           '--limit', '2', '--n_items', '3', '--batch_size', '4',
+                           '--output', str(out)))
+  assert rc == 0 and fake_checkpoint == ['W']
+  table = capsys.readouterr().out
+  assert 'boolq.symbolic' in table and 'boolq.original' in table and 'mmlu' in table
+  assert '95% CI' in table and 'FLM-101B' in table and 'GLM-130B' in table
+  assert '69.6' in table  # the paper's FLM-101B counting score, printed beside ours
+  rep = json.loads(out.read_text())
+  cats = rep['categories']
+  assert set(cats) == {'symbolic_mapping', 'rule_understanding', 'pattern_mining',
+                       'anti_interference', 'knowledge'}
+  assert len(cats['symbolic_mapping']['tasks']) == 16
+  assert set(cats['rule_understanding']['tasks']) == {'counting', 'replace_lowercase',
+                                                      'replace_word'}
+  t = cats['rule_understanding']['tasks']['counting']
+  assert t['n'] == 2 and 0 <= t['ci95'][0] <= t['accuracy'] <= t['ci95'][1] <= 1
+  assert t['reference'] == {'FLM-101B': 69.59, 'GPT-3': 82.43, 'GLM-130B': 60.81}
+  assert cats['pattern_mining']['groups']['pattern_mining']['reference']['GPT-3'] == 70.0
+  mmlu = cats['knowledge']['tasks']['mmlu']
+  assert mmlu['n'] == 4 and set(mmlu['groups']) == {'STEM', 'humanities'}
+  assert 'arXiv:2309.03852' in rep['reference_source']['citation']
+
+
+def test_eval_iq_without_data_fails_naming_tasks_or_skips(tmp_path, fake_checkpoint, capsys):
+  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--data_dir', str(tmp_path)))
+  err = capsys.readouterr().err
+  assert rc == 2 and 'symbolic_mapping/boolq' in err and 'BoolQ/val.jsonl' in err
+  assert 'afqmc_public/dev.json' in err and fake_checkpoint == []  # failed before loading
+  out = tmp_path / 'r.json'
+  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
+                           'boolq,head_slicing', '--n_items', '2',
+                           '--skip_missing', '--output', str(out)))
+  assert rc == 0
+  cats = json.loads(out.read_text())['categories']
+  assert set(cats) == {'symbolic_mapping', 'rule_understanding', 'pattern_mining',
+                       'anti_interference'}
+  assert 'boolq' in cats['symbolic_mapping']['skipped'] and not cats['symbolic_mapping']['tasks']
+  assert 'skipped' in capsys.readouterr().out
+
+
+def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, capsys):
+  bad = tmp_path / 'hellaswag'
+  bad.mkdir()
+  (bad / 'hellaswag_val.jsonl').write_text('{"ctx_a": "x"}\n')
+  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks', 'hellaswag',
+                           '--data_dir', str(tmp_path), '--shots', 'hellaswag=0'))
+  assert rc == 2 and 'hellaswag_val.jsonl:1' in capsys.readouterr().err
+  assert run.eval_main(_args('--checkpoint', 'W', '--shots', 'counting=x')) == 2
+  assert run.eval_main(_args('--checkpoint', 'W', '--shots', 'countin=2')) == 2
+  assert 'unknown task' in capsys.readouterr().err
+  assert run.eval_main(_args('--checkpoint', 'W', '--tasks', 'nothing_like_this')) == 2
+  assert 'unknown task' in capsys.readouterr().err
+  assert run.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                             'counting')) == 2  # a real task, but not of this suite
+  args = _args('--checkpoint', 'W', '--suite', 'iq', '--tasks', 'boolq.symbolic,counting',
+               '--data_dir', write_all(tmp_path / 'd'), '--n_items', '2')
+  assert [t.name for t in run.build_tasks(args)[0]] == ['boolq.symbolic', 'counting']
+  with pytest.raises(SystemExit):
+    _args('--checkpoint', 'W', '--hf_model', 'P')  # exactly one model source
+
+
+def test_synthetic_checkpoints_have_no_text_vocabulary():
+  with pytest.raises(run.EvalDataError, match='synthetic'):
+    run._vocabulary({'data': {'source': 'synthetic'}}, 'W')
+
+
+def test_eval_hf_model(tmp_path, capsys):
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  from test_eval_hf import save_tiny_gpt2
+  path = save_tiny_gpt2(tmp_path / 'gpt2')
+  out = tmp_path / 'r.json'
+  rc = run.eval_main(_args('--hf_model', path, '--suite', 'iq', '--tasks',
+                           'head_slicing', '--n_items', '3', '--output', str(out)))
+  assert rc == 0
+  rep = json.loads(out.read_text())
+  assert rep['model'] == {'backend': 'hf', 'path': path}
+  assert rep['categories']['pattern_mining']['tasks']['head_slicing']['n'] == 3
