@@ -1,0 +1,50 @@
+"""Multi-host start-up: `jax.distributed.initialize` from flags or environment variables.
+
+Flags win over env vars (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
+`JAX_LOCAL_DEVICE_IDS`); `auto=True` lets JAX detect the cluster (TPU pods, SLURM, Open MPI, …).
+Must run before anything touches a JAX device.  CPU processes use gloo collectives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import jax
+
+
+def _env_int(name: str) -> Optional[int]:
+  v = os.environ.get(name)
+  if v in (None, ''):
+    return None
+  try:
+    return int(v)
+  except ValueError:
+    raise ValueError(f'environment variable {name} must be an integer, got {v!r}') from None
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None,
+               local_device_ids: Optional[Sequence[int]] = None, auto: bool = False) -> bool:
+  """Join the process group when configured; returns True when JAX runs multi-process."""
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  num_processes = num_processes if num_processes is not None else _env_int('JAX_NUM_PROCESSES')
+  process_id = process_id if process_id is not None else _env_int('JAX_PROCESS_ID')
+  if local_device_ids is None and os.environ.get('JAX_LOCAL_DEVICE_IDS'):
+    local_device_ids = [int(x) for x in os.environ['JAX_LOCAL_DEVICE_IDS'].split(',')]
+  if not (auto or coordinator_address):
+    return False
+  if coordinator_address and (num_processes is None or process_id is None):
+    raise ValueError('multi-host: a coordinator address needs --num_processes and --process_id '
+                     '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)')
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f'multi-host: process_id={process_id} must be in [0, {num_processes})')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if coordinator_address:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  if local_device_ids is not None:
+    kwargs['local_device_ids'] = list(local_device_ids)
+  jax.distributed.initialize(**kwargs)
+  return jax.process_count() > 1

@@ -1,0 +1,437 @@
+"""Experiment configs: defaults, loading `experiments/X.py`, `--config.a.b=v` overrides, validation,
+and the stage plan (model, steps, LR, batch and growth of each stage).
+
+An experiment file defines `get_config()` returning a ConfigDict with sections `model`
+(ModelConfig fields), `data` (owned by `flmjax.data`), `optim`, `train`, `mesh` and optionally
+`stages`.  Everything is checked before any compile; errors name the field and the value.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import ml_collections
+
+from flmjax import sharding, synthetic_data
+from flmjax.config import ConfigError, ModelConfig
+
+SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages')
+STAGE_FIELDS = ('name', 'model', 'steps', 'tokens', 'lr', 'warmup_steps', 'end_lr',
+                'global_batch_size', 'growth')
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """`flmjax.data`'s defaults plus the `synthetic` subsection (flmjax.synthetic_data's)."""
+  from flmjax.data.config import default_data_config as data_defaults
+  cfg = data_defaults()
+  cfg.synthetic = synthetic_data.synthetic_config()
+  return cfg
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
+  c.data = default_data_config()
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=3e-4, warmup_steps=0, schedule='cosine', end_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.1, clip=1.0, grad_accum=1, z_loss=0.0))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=0, tokens=0, seq_len=128, global_batch_size=8, log_every=10, eval_every=0,
+      eval_batches=2, ckpt_every=0, keep=2, seed=0, allow_overwrite=False))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=1, fsdp=-1, tensor=1, rules=ml_collections.ConfigDict(dict(sharding.DEFAULT_RULES))))
+  c.stages = []
+  return c
+
+
+# ---- loading and overrides ---------------------------------------------------------------
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`path` is a python file with `get_config()` (or `path:arg` → `get_config(arg)`)."""
+  arg = None
+  if ':' in os.path.basename(path):
+    path, arg = path.rsplit(':', 1)
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config: no such file {path!r}')
+  spec = importlib.util.spec_from_file_location(
+      'flmjax_experiment_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'--config {path}: the file defines no get_config()')
+  cfg = module.get_config() if arg is None else module.get_config(arg)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    cfg = ml_collections.ConfigDict(cfg)
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def _parse_value(text: str, old: Any, field: str) -> Any:
+  """Parse `text` as the type of the existing value `old`."""
+  def literal():
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  if isinstance(old, bool):
+    low = text.lower()
+    if low in ('true', '1', 'yes'):
+      return True
+    if low in ('false', '0', 'no'):
+      return False
+    raise ConfigError(f'--config.{field}: expected a bool, got {text!r}')
+  if isinstance(old, int):
+    v = literal()
+    if isinstance(v, float) and v.is_integer():
+      v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool):
+      raise ConfigError(f'--config.{field}: expected an int, got {text!r}')
+    return v
+  if isinstance(old, float):
+    v = literal()
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+      raise ConfigError(f'--config.{field}: expected a float, got {text!r}')
+    return float(v)
+  if isinstance(old, str):
+    return text
+  if isinstance(old, (tuple, list)):
+    v = literal()
+    if isinstance(v, str):
+      v = tuple(x for x in v.split(',') if x)
+    if not isinstance(v, (tuple, list)):
+      v = (v,)
+    return type(old)(v)
+  if old is None:
+    v = literal()
+    return None if text == 'None' else v
+  if isinstance(old, (dict, ml_collections.ConfigDict)):
+    v = literal()
+    if not isinstance(v, dict):
+      raise ConfigError(f'--config.{field}: expected a dict, got {text!r}')
+    return v
+  raise ConfigError(f'--config.{field}: cannot override a value of type {type(old).__name__}')
+
+
+def _child(node: Any, key: str, path: str) -> Any:
+  if isinstance(node, (list, tuple)):
+    try:
+      return node[int(key)]
+    except (ValueError, IndexError):
+      raise ConfigError(f'--config.{path}: no element {key!r} (length {len(node)})') from None
+  if isinstance(node, (dict, ml_collections.ConfigDict)) and key in node:
+    return node[key]
+  known = sorted(node.keys()) if hasattr(node, 'keys') else []
+  raise ConfigError(f'--config.{path}: unknown field {key!r}; known fields: {known}')
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Apply `a.b.c=value` strings (list elements by index: `stages.1.lr=1e-4`), type-checked
+  against the existing field; an unknown field is an error naming it."""
+  for item in overrides:
+    if '=' not in item:
+      raise ConfigError(f'--config override {item!r} must look like --config.field=value')
+    key, text = item.split('=', 1)
+    key = key[len('--config.'):] if key.startswith('--config.') else key
+    parts = key.split('.')
+    node = cfg
+    for i, p in enumerate(parts[:-1]):
+      node = _child(node, p, '.'.join(parts[:i + 1]))
+    old = _child(node, parts[-1], key)
+    new = _parse_value(text, old, key)
+    if isinstance(node, list):
+      node[int(parts[-1])] = new
+    elif isinstance(node, ml_collections.ConfigDict):
+      with node.ignore_type():
+        setattr(node, parts[-1], new)
+    else:
+      node[parts[-1]] = new
+
+
+# ---- stages ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  index: int
+  name: str
+  model: ModelConfig
+  steps: int
+  start_step: int
+  lr: float
+  warmup_steps: int
+  end_lr: float
+  global_batch_size: int
+  seq_len: int
+  growth: Optional[dict] = None  # opaque spec for flmjax.growth (None: no growth into it)
+
+  @property
+  def end_step(self) -> int:
+    return self.start_step + self.steps
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.global_batch_size * self.seq_len
+
+  @property
+  def tokens(self) -> int:
+    return self.steps * self.tokens_per_step
+
+  @property
+  def flops(self) -> float:
+    return self.model.flops_per_token(self.seq_len) * self.tokens
+
+  def schedule_dict(self) -> dict:
+    return dict(start_step=self.start_step, steps=self.steps, lr=self.lr,
+                warmup_steps=self.warmup_steps, end_lr=self.end_lr)
+
+
+def _to_dict(x: Any) -> dict:
+  return dict(x.to_dict() if hasattr(x, 'to_dict') else (x or {}))
+
+
+def _steps_from(where: str, steps: Any, tokens: Any, tokens_per_step: int) -> int:
+  steps = steps or 0
+  tokens = tokens or 0
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    raise ConfigError(f'{where}.steps must be a non-negative integer, got {steps!r}')
+  if not isinstance(tokens, (int, float)) or isinstance(tokens, bool) or tokens < 0:
+    raise ConfigError(f'{where}.tokens must be a non-negative number, got {tokens!r}')
+  if bool(steps) == bool(tokens):
+    raise ConfigError(f'{where}: set exactly one of steps or tokens (got steps={steps!r}, '
+                      f'tokens={tokens!r})')
+  return steps or math.ceil(tokens / tokens_per_step)
+
+
+def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
+  """Resolve the run into stages (one implicit stage when `stages` is empty)."""
+  base_model = _to_dict(cfg.model)
+  t, o = cfg.train, cfg.optim
+  stages_cfg = list(cfg.get('stages') or [])
+  if not stages_cfg:
+    model = _model(base_model, 'model')
+    steps = _steps_from('train', t.steps, t.tokens, t.global_batch_size * t.seq_len)
+    return [Stage(0, 'main', model, steps, 0, float(o.lr), int(o.warmup_steps), float(o.end_lr),
+                  int(t.global_batch_size), int(t.seq_len), None)]
+  out, start, names = [], 0, set()
+  for k, s in enumerate(stages_cfg):
+    where = f'stages[{k}]'
+    s = _to_dict(s)
+    unknown = sorted(set(s) - set(STAGE_FIELDS))
+    if unknown:
+      raise ConfigError(f'{where}: unknown field(s) {unknown}; known fields: {list(STAGE_FIELDS)}')
+    name = s.get('name') or f'stage_{k}'
+    if name in names:
+      raise ConfigError(f'{where}.name={name!r} is used twice')
+    names.add(name)
+    overrides = _to_dict(s.get('model'))
+    model = _model({**base_model, **overrides}, f'{where}.model')
+    batch = s.get('global_batch_size') or t.global_batch_size
+    steps = _steps_from(where, s.get('steps'), s.get('tokens'), batch * t.seq_len)
+    growth = s.get('growth')
+    if k == 0 and growth:
+      raise ConfigError(f'{where}.growth: the first stage has nothing to grow from')
+    if k and growth is None and model != out[-1].model:
+      raise ConfigError(f'{where}.growth is required: the model differs from stage '
+                        f'{out[-1].name!r}')
+    if k:
+      _check_growable(out[-1].model, model, where)
+    get = lambda f, d: d if s.get(f) is None else s.get(f)
+    out.append(Stage(k, name, model, steps, start, float(get('lr', o.lr)),
+                     int(get('warmup_steps', o.warmup_steps)), float(get('end_lr', o.end_lr)),
+                     int(batch), int(t.seq_len), _to_dict(growth) if growth is not None else None))
+    start += steps
+  return out
+
+
+def _model(d: Mapping[str, Any], where: str) -> ModelConfig:
+  try:
+    return ModelConfig.from_dict(d)
+  except ConfigError as e:
+    msg = str(e)
+    raise ConfigError(msg.replace('model.', where + '.', 1) if msg.startswith('model') else
+                      f'{where}: {msg}') from None
+  except TypeError as e:
+    raise ConfigError(f'{where}: {e}') from None
+
+
+def _check_growable(src: ModelConfig, dst: ModelConfig, where: str) -> None:
+  for f in ('d_model', 'n_heads', 'd_ff', 'n_layers'):
+    if getattr(dst, f) < getattr(src, f):
+      raise ConfigError(f'{where}.model.{f}={getattr(dst, f)} is smaller than the previous '
+                        f"stage's {getattr(src, f)}; growth only enlarges")
+  for f in ('head_dim', 'vocab_size', 'tie_embeddings'):
+    if getattr(dst, f) != getattr(src, f):
+      raise ConfigError(f'{where}.model.{f}={getattr(dst, f)!r} must equal the previous '
+                        f"stage's {getattr(src, f)!r} (growth keeps it fixed)")
+
+
+# ---- validation ------------------------------------------------------------------------
+
+_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,)}
+
+
+def _check_section(cfg: Any, defaults: Any, section: str) -> None:
+  """Unknown fields rejected; each field must have its default's type."""
+  d_keys, keys = set(defaults.keys()), set(cfg.keys())
+  unknown = sorted(keys - d_keys)
+  if unknown:
+    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
+  for k in sorted(keys):
+    v, dv = cfg[k], defaults[k]
+    if isinstance(dv, bool):
+      ok = isinstance(v, bool)
+    elif isinstance(dv, int):
+      ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(dv, float):
+      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    elif isinstance(dv, str):
+      ok = isinstance(v, str)
+    else:
+      ok = True
+    if not ok:
+      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+             process_count: int = 1) -> list[Stage]:
+  """Check the whole experiment config; returns the stage plan.  Device checks need
+  `num_devices` (skipped when None, e.g. for a config meant for a pod)."""
+  defaults = default_config()
+  unknown = sorted(set(cfg.keys()) - set(SECTIONS))
+  if unknown:
+    raise ConfigError(f'config: unknown section(s) {unknown}; known sections: {list(SECTIONS)}')
+  for name in ('model', 'data', 'optim', 'train', 'mesh'):
+    if name not in cfg:
+      raise ConfigError(f'config: missing section {name!r}')
+  for name in ('optim', 'train'):
+    _check_section(cfg[name], defaults[name], name)
+  mesh_defaults = {k: v for k, v in defaults.mesh.items() if k != 'rules'}
+  _check_section({k: v for k, v in cfg.mesh.items() if k != 'rules'}, mesh_defaults, 'mesh')
+  rules = sharding.logical_rules(cfg.mesh)
+  from flmjax.data.config import validate_data_config
+  validate_data_config(cfg.data)
+
+  o, t = cfg.optim, cfg.train
+  if o.lr <= 0:
+    raise ConfigError(f'optim.lr must be > 0, got {o.lr!r}')
+  if o.schedule not in ('cosine', 'constant'):
+    raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
+  for f in ('b1', 'b2'):
+    if not 0 <= o[f] < 1:
+      raise ConfigError(f'optim.{f} must be in [0, 1), got {o[f]!r}')
+  for f in ('warmup_steps', 'end_lr', 'weight_decay', 'clip', 'z_loss'):
+    if o[f] < 0:
+      raise ConfigError(f'optim.{f} must be >= 0, got {o[f]!r}')
+  if o.eps <= 0:
+    raise ConfigError(f'optim.eps must be > 0, got {o.eps!r}')
+  if o.grad_accum < 1:
+    raise ConfigError(f'optim.grad_accum must be >= 1, got {o.grad_accum!r}')
+  for f in ('seq_len', 'global_batch_size', 'log_every', 'keep'):
+    if t[f] <= 0:
+      raise ConfigError(f'train.{f} must be > 0, got {t[f]!r}')
+  for f in ('eval_every', 'eval_batches', 'ckpt_every'):
+    if t[f] < 0:
+      raise ConfigError(f'train.{f} must be >= 0, got {t[f]!r}')
+
+  stages = stage_plan(cfg)
+  for s in stages:
+    where = 'model' if s.name == 'main' and not cfg.get('stages') else f'stages[{s.index}]'
+    if s.seq_len > s.model.max_len:
+      raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
+    if s.growth is not None:
+      try:
+        from flmjax import growth
+        growth.GrowthSpec.from_dict(s.growth)
+      except ImportError:
+        pass
+      except ValueError as e:
+        raise ConfigError(f'stages[{s.index}].{e}') from None
+    if cfg.data.source == 'synthetic':
+      vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
+    elif not cfg.data.vocab.get('model_file'):
+      vs, field = cfg.data.vocab.size, 'data.vocab.size'
+    else:
+      vs, field = 0, ''  # a given model file is checked when the data layer loads it
+    if vs > s.model.vocab_size:
+      raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}')
+    _check_batch(s, o.grad_accum, process_count, where)
+
+  if num_devices is not None:
+    shape = sharding.mesh_shape(cfg.mesh, num_devices)
+    mesh_sizes = dict(zip(sharding.MESH_AXES, shape))
+    batch_axes = sharding.batch_axes(rules)
+    names = () if batch_axes is None else (
+        (batch_axes,) if isinstance(batch_axes, str) else batch_axes)
+    shards = math.prod(mesh_sizes[n] for n in names)
+    for s in stages:
+      micro = s.global_batch_size // o.grad_accum
+      field = ('train.global_batch_size' if not cfg.get('stages') or
+               not _to_dict(cfg.stages[s.index]).get('global_batch_size')
+               else f'stages[{s.index}].global_batch_size')
+      if micro % shards:
+        raise ConfigError(
+            f'{field}={s.global_batch_size} / optim.grad_accum={o.grad_accum} = {micro} is not '
+            f'divisible by the batch shards {"×".join(names) or "1"} = {shards} '
+            f'(mesh {shape})')
+    _check_param_divisibility(stages, mesh_sizes, rules)
+  return stages
+
+
+def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:
+  b = s.global_batch_size
+  if b % grad_accum:
+    raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by '
+                      f'optim.grad_accum={grad_accum}')
+  if b % process_count:
+    raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by the process count '
+                      f'{process_count}')
+
+
+def _check_param_divisibility(stages: Sequence[Stage], mesh_sizes: Mapping[str, int],
+                              rules) -> None:
+  """Sharded dims (from each stage's logical param shapes) must divide by their mesh axes."""
+  import flax.linen as nn
+  sizes = lambda m: {'vocab': m.padded_vocab, 'embed': m.d_model, 'heads': m.n_heads,
+                     'mlp': m.d_ff, 'kv': m.head_dim, 'layers': m.n_layers}
+  for s in stages:
+    for logical, dim in sizes(s.model).items():
+      entry = nn.logical_to_mesh_axes((logical,), rules)[0]
+      if entry is None:
+        continue
+      names = (entry,) if isinstance(entry, str) else entry
+      n = math.prod(mesh_sizes[a] for a in names)
+      if dim % n:
+        field = sharding.AXIS_FIELD[logical]
+        where = f' (stage {s.name!r})' if len(stages) > 1 else ''
+        raise ConfigError(
+            f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {n}; change '
+            f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')
+
+
+# ---- FLOPs accounting ------------------------------------------------------------------
+
+def flops_summary(stages: Sequence[Stage]) -> dict[str, float]:
+  """Growth FLOPs vs the final model trained from scratch on the same total tokens.
+
+  FLM-101B's "72% saved" compares wall time of the growth run with the 101B model from scratch
+  on the same tokens; we compare model FLOPs the same way.
+  """
+  growth_flops = sum(s.flops for s in stages)
+  tokens = sum(s.tokens for s in stages)
+  scratch = stages[-1].model.flops_per_token(stages[-1].seq_len) * tokens
+  return {'growth_flops': growth_flops, 'scratch_flops': scratch, 'tokens': tokens,
+          'saved_fraction': 1.0 - growth_flops / scratch if scratch else 0.0}
+
+
+def cumulative(stages: Sequence[Stage], step: int) -> tuple[int, float]:
+  """(tokens, model FLOPs) after `step` global steps of this plan."""
+  tokens, flops = 0, 0.0
+  for s in stages:
+    n = min(max(step - s.start_step, 0), s.steps)
+    tokens += n * s.tokens_per_step
+    flops += n * s.tokens_per_step * s.model.flops_per_token(s.seq_len)
+  return tokens, flops

@@ -1,0 +1,96 @@
+"""AdamW with warm-up + cosine (or constant) schedule, global-norm clipping, and a hook for
+per-parameter learning-rate multipliers (µP).
+
+The schedule is a function of the *global* step so it continues across growth stages: each stage
+warms up linearly from the previous stage's final LR (0 for the first) to its own LR, then decays
+(cosine) to `end_lr` at the stage's last step.  Gradient accumulation lives in the train step (a
+scan over micro-batches), so the optimizer's step count is the number of updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[Any], Any]
+LrScales = Union[None, Any, Callable[[Any], Any]]
+
+# Parameters without weight decay: LayerNorm scales/biases and all biases.
+_NO_DECAY_PREFIXES = ('ln', 'final_ln', 'b')
+
+
+def decay_mask(params: Any) -> Any:
+  """True for parameters that get weight decay: matrices and embeddings, not LN or biases."""
+  def decays(path, _):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    return not name.startswith(_NO_DECAY_PREFIXES)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def stage_schedule(*, lr: float, warmup_steps: int, steps: int, end_lr: float, kind: str,
+                   init_lr: float = 0.0) -> Schedule:
+  """One stage: linear warm-up init_lr → lr (reached at step warmup_steps − 1), then cosine
+  lr → end_lr (or constant lr) over the remaining steps."""
+  warmup_steps = min(warmup_steps, steps)
+  if kind == 'constant':
+    main = optax.constant_schedule(lr)
+  elif kind == 'cosine':
+    decay = max(steps - warmup_steps, 1)
+    main = optax.cosine_decay_schedule(lr, decay, alpha=end_lr / lr if lr else 0.0)
+  else:
+    raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {kind!r}")
+  if warmup_steps <= 0:
+    return main
+  def warm(step):  # step 0 already trains at init + 1/warmup of the way (no wasted lr=0 step)
+    frac = jnp.minimum((jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps, 1.0)
+    return init_lr + (lr - init_lr) * frac
+  return optax.join_schedules([warm, main], [warmup_steps])
+
+
+def make_schedule(stages: Sequence[Mapping[str, Any]], kind: str) -> Schedule:
+  """Global-step schedule over stages: dicts with start_step, steps, lr, warmup_steps, end_lr."""
+  parts, boundaries, prev_end = [], [], 0.0
+  for i, s in enumerate(stages):
+    parts.append(stage_schedule(lr=s['lr'], warmup_steps=s['warmup_steps'], steps=s['steps'],
+                                end_lr=s['end_lr'], kind=kind, init_lr=prev_end))
+    if i:
+      boundaries.append(s['start_step'])
+    prev_end = s['lr'] if kind == 'constant' else s['end_lr']
+  return parts[0] if len(parts) == 1 else optax.join_schedules(parts, boundaries)
+
+
+def scale_by_lr_multipliers(lr_scales: LrScales) -> optax.GradientTransformation:
+  """Multiply each update by a per-parameter factor (a pytree like params, or a function of the
+  updates returning one).  µP plugs its width-dependent learning rates in here."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    scales = lr_scales(updates) if callable(lr_scales) else lr_scales
+    return jax.tree_util.tree_map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,
+                   lr_scales: LrScales = None) -> optax.GradientTransformation:
+  """AdamW: clip → Adam → decoupled weight decay (masked) → −lr(step) → per-param multipliers.
+
+  State (in order): clip, ScaleByAdamState(count, mu, nu), masked decay, ScaleByScheduleState,
+  multipliers.  Growth code grows `mu`/`nu` like the params and keeps the counts.
+  """
+  parts = []
+  if optim_cfg['clip'] and optim_cfg['clip'] > 0:
+    parts.append(optax.clip_by_global_norm(optim_cfg['clip']))
+  parts.append(optax.scale_by_adam(b1=optim_cfg['b1'], b2=optim_cfg['b2'], eps=optim_cfg['eps']))
+  if optim_cfg['weight_decay']:
+    parts.append(optax.add_decayed_weights(optim_cfg['weight_decay'], mask=decay_mask))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  if lr_scales is not None:
+    parts.append(scale_by_lr_multipliers(lr_scales))
+  return optax.chain(*parts)

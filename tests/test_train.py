@@ -1,0 +1,130 @@
+"""The training loop: loss goes down, metrics/TensorBoard written, exact resume, the same losses
+on 1 and 8 devices under three meshes, gradient accumulation, z-loss and the LR schedule."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import read_losses, run_py, tiny_config
+from flmjax import optimizer, train
+from flmjax.experiment import stage_plan
+
+
+def test_tiny_run_lowers_loss_and_writes_metrics(baseline):
+  wd, losses, summary = baseline
+  assert sorted(losses) == list(range(1, 7))
+  assert losses[6] < losses[1] - 0.3
+  records = [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+  for key in ('step', 'loss', 'learning_rate', 'tokens', 'flops', 'stage', 'grad_norm'):
+    assert all(key in r for r in records), key
+  assert [r['tokens'] for r in records] == [128 * s for s in range(1, 7)]
+  per_token = stage_plan(tiny_config(6))[0].model.flops_per_token(16)
+  assert records[-1]['flops'] == pytest.approx(per_token * 6 * 128)
+  assert 'val_loss_synthetic' in records[-1]  # eval at the end of the stage
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(wd, 'tb')))
+  assert summary['stages'][0]['val_loss']['val_loss_synthetic'] > 0
+
+
+def test_resume_reproduces_uninterrupted_losses_exactly(baseline, workdir):
+  _, want, _ = baseline
+  assert train.train(tiny_config(6), workdir, stop_at_step=3) == {'stopped_at': 3}
+  assert read_losses(workdir) == {s: want[s] for s in (1, 2, 3)}
+  train.train(tiny_config(6), workdir)
+  assert read_losses(workdir) == want  # exact float equality on CPU
+
+
+@pytest.mark.slow
+def test_same_losses_on_1_and_8_devices_with_three_meshes(baseline):
+  _, want, _ = baseline
+  got = run_py('''
+    import tempfile
+    from conftest import tiny_config, read_losses
+    from flmjax import train
+    out = {}
+    for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
+      c = tiny_config(6)
+      c.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
+      wd = tempfile.mkdtemp()
+      train.train(c, wd)
+      out[str(shape)] = read_losses(wd)
+    emit(out)
+  ''', devices=8)
+  for shape, losses in got.items():
+    assert {int(k): v for k, v in losses.items()} == pytest.approx(want, rel=1e-5, abs=1e-5), shape
+
+
+def _one_step(config, batch):
+  from flmjax import sharding
+  stages = stage_plan(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.mesh)
+  schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
+  rt = train.StageRuntime(config, stages, 0, mesh, rules, schedule)
+  state = rt.init_state(0)
+  state, out = rt.train_step(state, train.to_global(batch, rt.batch_sh))
+  return jax.device_get(out), jax.device_get(state.params)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_matches_full_batch():
+  from flmjax import synthetic_data
+  c1 = tiny_config(4)
+  batch = next(synthetic_data.make_synthetic_iterator(c1.data, seq_len=16, global_batch_size=8))
+  batch['loss_weights'][0, :5] = 0.0  # uneven weights: the normaliser is the global token count
+  out1, p1 = _one_step(c1, batch)
+  c2 = tiny_config(4, optim=dict(grad_accum=4))
+  out2, p2 = _one_step(c2, batch)
+  assert out2['loss'] == pytest.approx(out1['loss'], rel=1e-6)
+  assert out2['grad_norm'] == pytest.approx(out1['grad_norm'], rel=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Adam: ~sign(g)·lr at step 1
+
+
+def test_token_losses_weighted_sums_and_z_loss():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+  targets = rng.integers(0, 5, size=(2, 3)).astype(np.int32)
+  w = np.array([[1, 1, 0], [1, 0, 1]], np.float32)
+  ce, zl = train.token_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w))
+  logz = np.log(np.exp(logits).sum(-1))
+  want_ce = ((logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]) * w).sum()
+  assert float(ce) == pytest.approx(want_ce, rel=1e-5)
+  assert float(zl) == pytest.approx((logz ** 2 * w).sum(), rel=1e-5)
+
+
+def test_schedule_warmup_cosine_and_continuation_across_stages():
+  stages = [dict(start_step=0, steps=10, lr=1.0, warmup_steps=4, end_lr=0.1),
+            dict(start_step=10, steps=10, lr=0.5, warmup_steps=2, end_lr=0.05)]
+  f = optimizer.make_schedule(stages, 'cosine')
+  lrs = [float(f(s)) for s in range(20)]
+  assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
+  assert lrs[9] > 0.1 and lrs[4] > lrs[9]                    # cosine decay toward end_lr
+  assert lrs[10] == pytest.approx(0.1 + (0.5 - 0.1) / 2)     # re-warm-up starts from 0.1
+  assert lrs[11] == pytest.approx(0.5)
+  assert lrs[19] == pytest.approx(0.05, rel=0.05)
+  const = optimizer.make_schedule([dict(stages[0], warmup_steps=0)], 'constant')
+  assert float(const(7)) == pytest.approx(1.0)
+
+
+def test_weight_decay_skips_layernorm_and_biases_and_lr_scales_apply():
+  params = {'embed': jnp.ones((4, 2)), 'final_ln_scale': jnp.ones(2),
+            'layers': {'wq': jnp.ones((1, 2, 2)), 'bq': jnp.ones((1, 2)),
+                       'ln1_scale': jnp.ones((1, 2))}}
+  mask = optimizer.decay_mask(params)
+  assert mask == {'embed': True, 'final_ln_scale': False,
+                  'layers': {'wq': True, 'bq': False, 'ln1_scale': False}}
+  cfg = dict(clip=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.5)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  tx = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1))
+  upd, _ = tx.update(zeros, tx.init(params), params)  # zero grads: only weight decay moves
+  assert float(upd['embed'][0, 0]) == pytest.approx(-0.05)
+  assert float(upd['layers']['bq'][0, 0]) == 0.0
+  scales = jax.tree_util.tree_map(lambda _: 2.0, params)
+  tx2 = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1), lr_scales=scales)
+  upd2, _ = tx2.update(zeros, tx2.init(params), params)
+  assert float(upd2['embed'][0, 0]) == pytest.approx(-0.1)
