@@ -28,6 +28,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     'train': Command('train (or resume) an experiment: all its growth stages',
                      'flmjax.cli:run_train', 'flmjax.cli:add_train_args', config_overrides=True),
+    'grow': Command('grow a checkpoint to a bigger model (offline), optionally verify exactness',
+                    'flmjax.grow_cmd:grow_main', 'flmjax.grow_cmd:add_grow_arguments'),
     'vocab': Command('train the SentencePiece vocabulary of an experiment\'s data section',
                      'flmjax.cli:run_vocab', 'flmjax.cli:add_vocab_args', config_overrides=True),
     'eval': Command('run the IQ / knowledge suites on a checkpoint or a local HF model',

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flmjax import mup
 from flmjax.config import ModelConfig
 
 Array = jax.Array
@@ -87,8 +88,8 @@ class Block(nn.Module):
     cfg = self.cfg
     D, H, K, F = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff
     pdt, dt = cfg.pdtype, cfg.dtype
-    std = cfg.init_std / (cfg.width_mult ** 0.5)  # µP: hidden fan-in scaling; 1.0 under SP
-    out_std = std / (2 * cfg.n_layers) ** 0.5  # GPT-2 style residual-output scaling
+    std = mup.init_std(cfg, 'wq')  # µP: hidden fan-in scaling (init_std under SP)
+    out_std = mup.init_std(cfg, 'wo')  # … and GPT-2 style 1/√(2·n_layers) on residual outputs
     normal, zeros, ones = (nn.initializers.normal(std), nn.initializers.zeros,
                            nn.initializers.ones)
     p = lambda name, axes, shape, init: _param(self, name, axes, shape, init, pdt)
@@ -151,6 +152,10 @@ class Block(nn.Module):
     else:  # MSG layer gate: y·m + x·(1−m)
       out = x_BxLxD + layer_m.astype(x_BxLxD.dtype) * (attn_BxLxD + mlp_BxLxD)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_embed'))
+    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.coord_check)
+      self.sow('intermediates', 'attn_out', _mean_abs(attn_BxLxD))
+      self.sow('intermediates', 'mlp_out', _mean_abs(mlp_BxLxD))
+      self.sow('intermediates', 'residual', _mean_abs(out))
     return out, new_cache
 
   def _attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, shared) -> Array:
@@ -161,9 +166,17 @@ class Block(nn.Module):
       return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
                                           scale=cfg.attention_scale, implementation='cudnn')
     s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
+    if self.is_mutable_collection('intermediates'):  # mean |scaled q·k| over attended pairs
+      m = jnp.broadcast_to(mask_Bx1xLxS, s_BxHxLxS.shape).astype(jnp.float32)
+      self.sow('intermediates', 'attn_logits',
+               (jnp.abs(s_BxHxLxS) * m).sum() * cfg.attention_scale / jnp.maximum(m.sum(), 1.0))
     s_BxHxLxS = jnp.where(mask_Bx1xLxS, s_BxHxLxS * cfg.attention_scale, NEG_INF)
     p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1).astype(v_BxSxHxK.dtype)
     return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
+
+
+def _mean_abs(x: Array) -> Array:
+  return jnp.abs(x.astype(jnp.float32)).mean()
 
 
 _REMAT_POLICIES = {
@@ -190,11 +203,13 @@ class Transformer(nn.Module):
     masks = masks or {}
 
     embed_VxD = _param(self, 'embed', ('vocab', 'embed'), (cfg.padded_vocab, cfg.d_model),
-                       nn.initializers.normal(cfg.init_std), cfg.pdtype)
+                       nn.initializers.normal(mup.init_std(cfg, 'embed')), cfg.pdtype)
     x_BxLxD = jnp.take(embed_VxD, tokens_BxL, axis=0).astype(jnp.float32) * cfg.input_mult
     hidden_D = masks.get('hidden')
     if hidden_D is not None:
       x_BxLxD = x_BxLxD * hidden_D
+    if self.is_mutable_collection('intermediates'):
+      self.sow('intermediates', 'embed_out', _mean_abs(x_BxLxD))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('act_batch', 'act_length', 'act_embed'))
 
     q_index = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
@@ -216,7 +231,8 @@ class Transformer(nn.Module):
     block = Block
     if cfg.remat != 'none':
       block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+    layers = nn.scan(block, variable_axes={'params': 0, 'intermediates': 0},
+                     split_rngs={'params': True},
                      in_axes=(0, nn.broadcast), length=cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, name='layers')
     x_BxLxD, new_layer_cache = layers(x_BxLxD, layer_xs, shared)
@@ -230,9 +246,11 @@ class Transformer(nn.Module):
       unembed_DxV = embed_VxD.T
     else:
       unembed_DxV = _param(self, 'unembed', ('embed', 'vocab'), (cfg.d_model, cfg.padded_vocab),
-                           nn.initializers.normal(cfg.init_std), cfg.pdtype)
+                           nn.initializers.normal(mup.init_std(cfg, 'unembed')), cfg.pdtype)
     logits_BxLxV = jnp.einsum('bld,dv->blv', h_BxLxD, unembed_DxV.astype(cfg.dtype))
     logits_BxLxV = logits_BxLxV.astype(jnp.float32) * cfg.logit_scale
+    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.coord_check)
+      self.sow('intermediates', 'logits', _mean_abs(logits_BxLxV))
     if cache is None:
       return logits_BxLxV
     new_cache = {'k': new_layer_cache['cache_k'], 'v': new_layer_cache['cache_v'],

@@ -1,0 +1,149 @@
+"""`flmjax grow`: grow a saved checkpoint offline to a stage of an experiment file.
+
+  flmjax grow --checkpoint W/stage_0 --to experiments/X.py:stage_name --out W2 [--verify]
+
+Writes `W2/stage_K/<step>/` (K = the target stage's index) exactly as `flmjax train` writes a
+checkpoint right after a growth, so `flmjax train --config experiments/X.py --workdir W2` resumes
+from it.  The growth is the same as the trainer's (same rng split, same method from the stage's
+`growth`).  `--verify` runs both models in float32 on a sample batch (masks at 0) and prints, as
+its last line, `max_abs_logit_diff=<float>`; the exit status is 1 when a method that claims
+exactness exceeds 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from flmjax.config import ConfigError, ModelConfig
+
+EXACT_TOL = 1e-5
+
+
+def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--checkpoint', required=True,
+                      help='source checkpoint: a step dir, a stage dir (latest step) or a workdir')
+  parser.add_argument('--to', required=True, metavar='FILE.py:STAGE',
+                      help='target: experiment file and the name of the stage to grow into')
+  parser.add_argument('--out', required=True, help='output workdir (gets stage_K/<step>/)')
+  parser.add_argument('--verify', action='store_true',
+                      help='compare logits of source and grown model on a sample batch')
+  parser.add_argument('--verify_batch', type=int, default=2, help='rows of the sample batch')
+  parser.add_argument('--verify_len', type=int, default=64, help='tokens per row (≤ max_len)')
+
+
+def parse_target(text: str) -> tuple[str, str]:
+  """'experiments/X.py:stage' -> (path, stage name)."""
+  path, sep, stage = text.rpartition(':')
+  if not sep or not path or not stage:
+    raise ConfigError(f'--to must be FILE.py:STAGE_NAME, got {text!r}')
+  return path, stage
+
+
+def find_stage(stages: list, name: str, where: str):
+  for s in stages:
+    if s.name == name:
+      return s
+  raise ConfigError(f'--to {where}:{name}: no stage named {name!r}; stages are '
+                    f'{[s.name for s in stages]}')
+
+
+def _f32(cfg: ModelConfig) -> ModelConfig:
+  return cfg.replace(compute_dtype='float32', attention_impl='xla')
+
+
+def max_abs_logit_diff(src: ModelConfig, src_params: Any, dst: ModelConfig, dst_params: Any,
+                       mask_base: Any, *, batch: int = 2, length: int = 64, seed: int = 0) -> float:
+  """max |logits_dst − logits_src| in float32 on a random token batch, new-unit masks at 0."""
+  from flmjax.growth import ramp_masks
+  from flmjax.model import Transformer
+  length = max(1, min(length, src.max_len, dst.max_len))
+  tokens = jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, src.vocab_size)
+  apply = lambda cfg, p, m: Transformer(_f32(cfg)).apply({'params': p}, tokens, masks=m)
+  with jax.default_matmul_precision('float32'):  # no TF32/bf16 passes on GPUs and TPUs
+    a = jax.jit(lambda p: apply(src, p, None))(src_params)
+    b = jax.jit(lambda p, m: apply(dst, p, m))(dst_params, ramp_masks(mask_base, 0.0))
+  return float(jnp.abs(a - b).max())
+
+
+def grow_main(args: argparse.Namespace) -> int:
+  from flmjax import checkpoint, experiment, growth, optimizer, sharding, train
+
+  path, stage_name = parse_target(args.to)
+  config = experiment.load_config(path)
+  stages = experiment.stage_plan(config)
+  stage = find_stage(stages, stage_name, path)
+  out_dir = checkpoint.stage_dir(args.out, stage.index)
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise checkpoint.CheckpointError(f'refusing to write into {out_dir}: it already holds '
+                                     f'checkpoints; choose another --out')
+
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.mesh)
+  _, state, meta, data_state = checkpoint.load_state(args.checkpoint, mesh=mesh, rules=rules)
+  src = ModelConfig.from_dict(meta['model'])
+  dst = stage.model
+  spec = growth.GrowthSpec.from_dict(stage.growth or {})
+  step = int(jax.device_get(state['step']))
+  if state.get('mask_base') is not None:
+    since = step - int(jax.device_get(state['grow_step']))
+    ramp = int(jax.device_get(state['ramp_steps']))
+    if since < ramp:
+      raise ConfigError(f'--checkpoint {args.checkpoint}: step {step} is inside a mask ramp '
+                        f'({since} of {ramp} steps since the last growth); grow after the ramp')
+
+  schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
+  tx = train.stage_optimizer(config, stage, schedule)
+  rng, grow_rng = jax.random.split(state['rng'])  # as the trainer does at a stage boundary
+  params, opt_state, mask_base = growth.grow_state(
+      state['params'], state['opt_state'], src, dst, spec, grow_rng, mesh=mesh, rules=rules,
+      optimizer=tx)
+  ramp = spec.ramp_steps if mask_base is not None else 0
+  new_state = {'step': state['step'], 'params': params, 'opt_state': opt_state, 'rng': rng,
+               'grow_step': jnp.asarray(step, jnp.int32),
+               'ramp_steps': jnp.asarray(ramp, jnp.int32)}
+  if mask_base is not None:
+    new_state['mask_base'] = mask_base
+  new_meta = {'stage': stage.index, 'stage_name': stage.name, 'model': dst.to_dict(), 'step': step,
+              'mask_shapes': None if mask_base is None else
+              {k: list(v.shape) for k, v in train.flatten_paths(mask_base).items()},
+              'grown_from': os.path.abspath(args.checkpoint), 'growth': dataclasses.asdict(spec)}
+  saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), new_state, meta=new_meta,
+                                data_state=data_state)
+  exact = growth.is_exact(src, dst, spec)
+  print(f'grew {src.param_count() / 1e6:.2f}M -> {dst.param_count() / 1e6:.2f}M params '
+        f'(width={spec.width}, depth={spec.depth}, exact={exact}) at step {step}: {saved}')
+  if step != stage.start_step:
+    print(f'note: stage {stage.name!r} starts at step {stage.start_step} in {path}; the grown '
+          f'checkpoint is at step {step}')
+  if not args.verify:
+    return 0
+  diff = max_abs_logit_diff(src, state['params'], dst, params, mask_base,
+                            batch=args.verify_batch, length=args.verify_len)
+  status = 0
+  if exact and not diff <= EXACT_TOL:
+    print(f'verify FAILED: {spec.width}/{spec.depth} claims exactness but the logits differ by '
+          f'{diff:.3g} > {EXACT_TOL}')
+    status = 1
+  elif not exact:
+    print(f'verify: depth={spec.depth!r} copies layers and does not claim exactness')
+  print(f'max_abs_logit_diff={diff:.6g}')
+  return status
+
+
+def main(argv: Any = None) -> int:
+  """`python -m flmjax.grow_cmd ...` (the same as `flmjax grow ...`)."""
+  p = argparse.ArgumentParser(prog='flmjax grow', description=__doc__.splitlines()[0])
+  add_grow_arguments(p)
+  return grow_main(p.parse_args(argv))
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main())
