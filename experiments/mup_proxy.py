@@ -1,0 +1,26 @@
+"""µP loss prediction: proxies of increasing width with the transferred hyperparameters, an
+L(N) = a·N^b + c fit at fixed tokens, and the prediction for the target width (8× the widest
+proxy).  The proxy family is experiments/mup_sweep.py's, at the point its sweep found.
+  flmjax predict-loss --config experiments/mup_proxy.py --workdir /tmp/pred
+  flmjax predict-loss --config experiments/mup_proxy.py:tiny --workdir /tmp/pred_tiny --train_target
+"""
+
+import os
+
+import ml_collections
+
+from flmjax import experiment
+
+
+def get_config(preset: str = 'flm'):
+  sweep_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mup_sweep.py')
+  c = ml_collections.ConfigDict()
+  c.experiment = experiment.load_config(f'{sweep_file}:{preset}').experiment
+  if preset == 'tiny':
+    c.predict = ml_collections.ConfigDict(dict(
+        proxy_widths=[16, 32, 48], target_width=64, train_target=False, samples=2000, seed=0))
+  else:  # FLM-101B's proxy width 256 and 4× / 2× narrower ones; the target is 8× the widest
+    c.predict = ml_collections.ConfigDict(dict(
+        proxy_widths=[64, 128, 192, 256], target_width=2048, train_target=False, samples=4000,
+        seed=0))
+  return c

@@ -1,0 +1,270 @@
+"""`flmjax predict-loss`: predict a wide model's loss from narrow µP proxies (Yao et al. 2023,
+"Research without Re-search", the Mu-scaling recipe FLM-101B follows).
+
+With µP the transferred hyperparameters are (near) optimal at every width, so the loss at a fixed
+token budget is a smooth function of size: fit L(N) = a·N^b + c over the proxies (N = non-embedding
+parameters, b < 0, c the irreducible loss) and evaluate it at the target's N.  The same fit over
+compute, L(C), uses each proxy's training FLOPs.  The interval comes from the fit covariance
+(Monte Carlo over the parameters' Gaussian), widened to cover the fits that leave one proxy out.
+Three proxies determine the three parameters exactly, so they give a prediction with an empty
+interval: use four or more.
+
+A prediction file defines `get_config()` with sections `experiment` (µP, transferred
+hyperparameters) and `predict` (proxy_widths, target_width, train_target, samples, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import warnings
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy.optimize import OptimizeWarning
+
+from flmjax import experiment, mup
+from flmjax.config import ConfigError
+
+
+def default_predict_config() -> dict[str, Any]:
+  return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=4000,
+              seed=0)
+
+
+# ---- the fit -------------------------------------------------------------------------------------
+
+def power_law(x: Any, a: float, b: float, c: float) -> Any:
+  return a * np.power(x, b) + c
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+  """L(x) = a·x^b + c, fitted in x / x_scale (for conditioning); cov of (a, b, c) or None."""
+  a: float
+  b: float
+  c: float
+  x_scale: float
+  cov: Optional[np.ndarray]
+  loo: tuple[tuple[float, float, float], ...] = ()  # leave-one-out (a, b, c), for the interval
+
+  def __call__(self, x: Any) -> Any:
+    return power_law(np.asarray(x, np.float64) / self.x_scale, self.a, self.b, self.c)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {'a': self.a, 'b': self.b, 'c': self.c, 'x_scale': self.x_scale,
+            'cov': None if self.cov is None else self.cov.tolist()}
+
+
+def _curve_fit(xs: np.ndarray, ys: np.ndarray, fix_c: Optional[float] = None):
+  with warnings.catch_warnings():  # an exact fit (3 points) has no covariance: expected
+    warnings.simplefilter('ignore', OptimizeWarning)
+    return _curve_fit_inner(xs, ys, fix_c)
+
+
+def _curve_fit_inner(xs: np.ndarray, ys: np.ndarray, fix_c: Optional[float]):
+  from scipy.optimize import curve_fit
+  lo = float(ys.min())
+  if fix_c is not None:
+    f = lambda x, a, b: power_law(x, a, b, fix_c)
+    p0 = (max(float(ys.max()) - fix_c, 1e-3), -0.5)
+    popt, pcov = curve_fit(f, xs, ys, p0=p0, bounds=([0, -5], [np.inf, 0]), maxfev=20000)
+    return (*popt, fix_c), pcov
+  # Start from a c a bit below the smallest loss, with (a, b) from the log-log line through the
+  # two ends: curve_fit then only refines.
+  c0 = lo - 0.5 * (float(ys.max()) - lo)
+  b0 = math.log((ys[-1] - c0) / (ys[0] - c0)) / math.log(xs[-1] / xs[0]) if len(xs) > 1 else -0.5
+  b0 = min(b0, -1e-3)
+  a0 = (ys[0] - c0) / xs[0] ** b0
+  popt, pcov = curve_fit(power_law, xs, ys, p0=(a0, b0, c0),
+                         bounds=([0, -5, 0], [np.inf, 0, lo]), maxfev=20000)
+  return tuple(popt), pcov
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
+  """Least-squares fit of L = a·x^b + c (a ≥ 0, b ≤ 0, 0 ≤ c ≤ min L) with scipy's curve_fit."""
+  xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  order = np.argsort(xs)
+  xs, ys = xs[order], ys[order]
+  if len(xs) < 3:
+    raise ValueError(f'fit_power_law needs at least 3 points, got {len(xs)}')
+  scale = float(xs[0])
+  (a, b, c), pcov = _curve_fit(xs / scale, ys)
+  cov = pcov if np.all(np.isfinite(pcov)) and len(xs) > 3 else None
+  loo = []
+  if len(xs) > 3:  # leave one out (three points are fitted exactly: no spread to measure)
+    for i in range(len(xs)):
+      keep = np.arange(len(xs)) != i
+      try:
+        p, _ = _curve_fit(xs[keep] / scale, ys[keep])
+        loo.append(tuple(float(v) for v in p))
+      except (RuntimeError, ValueError):
+        continue
+  return PowerLawFit(float(a), float(b), float(c), scale, cov, tuple(loo))
+
+
+def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
+            ) -> tuple[float, float, float]:
+  """(prediction, low, high): a 95% interval from the fit covariance (Monte Carlo), widened to
+  cover the leave-one-out fits; [pred, pred] for an exact (three-point) fit."""
+  mean = float(fit(x))
+  bounds = [mean]
+  if fit.cov is not None:
+    rng = np.random.default_rng(seed)
+    draws = rng.multivariate_normal([fit.a, fit.b, fit.c], fit.cov, size=samples,
+                                    check_valid='ignore')
+    vals = power_law(x / fit.x_scale, draws[:, 0], draws[:, 1], draws[:, 2])
+    vals = vals[np.isfinite(vals)]
+    if len(vals):
+      bounds += list(np.percentile(vals, [2.5, 97.5]))
+  bounds += [float(power_law(x / fit.x_scale, *p)) for p in fit.loo]
+  return mean, float(min(bounds)), float(max(bounds))
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
+  cfg = experiment.load_config(path, overrides)
+  for section in ('experiment', 'predict'):
+    if section not in cfg:
+      raise ConfigError(f'{path}: a prediction file needs sections experiment and predict '
+                        f'(missing {section!r})')
+  unknown = sorted(set(cfg.predict.keys()) - set(default_predict_config()))
+  if unknown:
+    raise ConfigError(f'predict: unknown field(s) {unknown}; known: '
+                      f'{sorted(default_predict_config())}')
+  widths = [int(w) for w in cfg.predict.proxy_widths]
+  if len(widths) < 3:
+    raise ConfigError(f'predict.proxy_widths needs at least 3 widths for a 3-parameter fit, '
+                      f'got {widths}')
+  return cfg
+
+
+def run_width(cfg: Any, width: int, workdir: str) -> dict[str, Any]:
+  from flmjax import sweep
+  res = sweep.run_point(mup.with_hparams(cfg.experiment, width=width),
+                        os.path.join(workdir, f'w{width}'))
+  return {'width': width, **res}
+
+
+def curve(workdir: str) -> tuple[list[float], list[float]]:
+  """(flops, loss) of a run's logged training steps."""
+  from flmjax.metrics import read_metrics
+  recs = [r for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
+  return [r['flops'] for r in recs], [r['loss'] for r in recs]
+
+
+def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) -> dict[str, Any]:
+  """Train the proxies, fit L(N) and L(C), predict the target (and measure it if asked)."""
+  p = cfg.predict
+  proxies = [run_width(cfg, int(w), workdir) for w in sorted(int(w) for w in p.proxy_widths)]
+  target_cfg = mup.with_hparams(cfg.experiment, width=int(p.target_width))
+  stages = experiment.stage_plan(target_cfg)
+  target = {'width': int(p.target_width),
+            'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
+            'flops': experiment.flops_summary(stages)['growth_flops']}
+  ys = [r['loss'] for r in proxies]
+  fit_n = fit_power_law([r['non_embedding_params'] for r in proxies], ys)
+  fit_c = fit_power_law([r['flops'] for r in proxies], ys)
+  n_pred = predict(fit_n, target['non_embedding_params'], int(p.samples), int(p.seed))
+  c_pred = predict(fit_c, target['flops'], int(p.samples), int(p.seed))
+  out = {'proxies': proxies, 'target': target, 'fit_N': fit_n.to_dict(), 'fit_C': fit_c.to_dict(),
+         'predicted_N': dict(zip(('loss', 'low', 'high'), n_pred)),
+         'predicted_C': dict(zip(('loss', 'low', 'high'), c_pred))}
+  if p.train_target if train_target is None else train_target:
+    res = run_width(cfg, int(p.target_width), workdir)
+    target['measured'] = res['loss']
+    target['workdir'] = res['workdir']
+    out['relative_error_N'] = abs(n_pred[0] - res['loss']) / res['loss']
+    out['relative_error_C'] = abs(c_pred[0] - res['loss']) / res['loss']
+  return out
+
+
+def format_report(out: Mapping[str, Any]) -> str:
+  lines = [f"{'width':>6} {'N (non-emb)':>12} {'FLOPs':>10} {'loss':>9} {'fit L(N)':>9}"]
+  fit_n = PowerLawFit(**{**{k: out['fit_N'][k] for k in ('a', 'b', 'c', 'x_scale')},
+                         'cov': None})
+  for r in out['proxies']:
+    lines.append(f"{r['width']:>6} {r['non_embedding_params']:>12,} {r['flops']:>10.3g} "
+                 f"{r['loss']:>9.4f} {float(fit_n(r['non_embedding_params'])):>9.4f}")
+  f = out['fit_N']
+  lines.append(f"L(N) = {f['a']:.4g}·(N/{f['x_scale']:.4g})^{f['b']:.4g} + {f['c']:.4g}")
+  t = out['target']
+  for key in ('N', 'C'):
+    pr = out[f'predicted_{key}']
+    lines.append(f"target width {t['width']} ({t['non_embedding_params']:,} non-emb params): "
+                 f"L({key}) predicts {pr['loss']:.4f} [{pr['low']:.4f}, {pr['high']:.4f}]")
+  if 'measured' in t:
+    lines.append(f"measured {t['measured']:.4f}: relative error L(N) "
+                 f"{100 * out['relative_error_N']:.2f}%, L(C) {100 * out['relative_error_C']:.2f}%")
+  return '\n'.join(lines)
+
+
+def plot(out: Mapping[str, Any], path: str) -> str:
+  """PNG: left, loss vs non-embedding params with the L(N) fit, interval and target; right,
+  training curves vs FLOPs with the L(C) fit."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+  ns = [r['non_embedding_params'] for r in out['proxies']]
+  ys = [r['loss'] for r in out['proxies']]
+  t = out['target']
+  for ax, key, xs, xt, xlabel in ((ax1, 'N', ns, t['non_embedding_params'],
+                                   'non-embedding parameters N'),
+                                  (ax2, 'C', [r['flops'] for r in out['proxies']], t['flops'],
+                                   'training FLOPs C')):
+    f = out[f'fit_{key}']
+    fit = PowerLawFit(f['a'], f['b'], f['c'], f['x_scale'], None)
+    grid = np.geomspace(min(xs) * 0.8, xt * 1.3, 200)
+    ax.plot(grid, fit(grid), 'k-', lw=1, label=f"fit: {f['a']:.3g}·x^{f['b']:.3g} + {f['c']:.3g}")
+    ax.plot(xs, ys, 'o', color='tab:blue', label='proxies')
+    pr = out[f'predicted_{key}']
+    ax.errorbar([xt], [pr['loss']], yerr=[[pr['loss'] - pr['low']], [pr['high'] - pr['loss']]],
+                fmt='s', color='tab:orange', capsize=4, label='predicted target')
+    if 'measured' in t:
+      ax.plot([xt], [t['measured']], '*', ms=12, color='tab:red', label='measured target')
+    ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('validation loss')
+    ax.legend(fontsize=7)
+  for r in out['proxies']:
+    fl, ls = curve(r['workdir'])
+    if fl:
+      ax2.plot(fl, ls, lw=0.7, alpha=0.6)
+  if 'workdir' in t:
+    fl, ls = curve(t['workdir'])
+    ax2.plot(fl, ls, lw=0.7, color='tab:red', alpha=0.6)
+  ax1.set_title('L(N) at fixed tokens')
+  ax2.set_title('L(C): final losses (markers), training curves (lines)')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def add_predict_loss_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--config', required=True,
+                 help='prediction file, e.g. experiments/mup_proxy.py (sections experiment, '
+                      'predict); override with --config.predict.target_width=…')
+  p.add_argument('--workdir', required=True, help='one sub-directory per width, prediction JSON')
+  p.add_argument('--train_target', action='store_true',
+                 help='also train the target and report predicted vs measured')
+  p.add_argument('--plot', default='', help='PNG path (default WORKDIR/loss_prediction.png)')
+
+
+def predict_loss_main(args: argparse.Namespace) -> int:
+  cfg = load_predict_config(args.config, getattr(args, 'config_overrides', ()))
+  out = predict_loss(cfg, args.workdir, train_target=True if args.train_target else None)
+  with open(os.path.join(args.workdir, 'prediction.json'), 'w') as f:
+    json.dump(out, f, indent=1)
+  path = plot(out, args.plot or os.path.join(args.workdir, 'loss_prediction.png'))
+  print(format_report(out))
+  print(f'wrote {path}')
+  return 0
