@@ -6,6 +6,14 @@ experiment config, JSON), `meta` (stage, model config, mask shapes, wall time; J
 (the data iterator's state, JSON).  Saves are async; orbax writes to a temporary directory and
 renames it when complete, so a crash never leaves a checkpoint that looks complete.
 
+Once a save has finalised, `flmjax_manifest.json` (size and CRC32 of every file) is written into
+the step directory (atomically).  `verify_step` checks a checkpoint against it, so flipped bytes
+or a removed file are found before restoring; `quarantine` moves a damaged checkpoint to
+`W/stage_K/corrupt-<step>/` (never deleting it) and the trainer falls back to the previous one.
+A checkpoint without a manifest (killed between orbax's finalise and the manifest write) is
+complete by orbax's atomic rename and is checked structurally only.  orbax deletes old
+checkpoints (`keep`) only after a new one finalised, so a failed save never costs the last good one.
+
 A workdir that holds checkpoints of a *different* model is refused; with
 `train.allow_overwrite=True` the old run is moved to `W/overwritten-<time>/`, never deleted.
 """
@@ -16,8 +24,10 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
-from typing import Any, Mapping, Optional
+import zlib
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import ml_collections
@@ -27,6 +37,8 @@ import orbax.checkpoint as ocp
 from flmjax.config import ModelConfig
 
 ITEMS = ('state', 'config', 'meta', 'data')
+JSON_ITEMS = ('config', 'meta', 'data')
+MANIFEST = 'flmjax_manifest.json'
 _STAGE_RE = re.compile(r'^stage_(\d+)$')
 
 
@@ -61,7 +73,11 @@ def _steps_in(directory: str) -> list[int]:
 
 
 class StageCheckpointer:
-  """Async orbax manager for one stage directory; keeps the last `keep` checkpoints."""
+  """Async orbax manager for one stage directory; keeps the last `keep` checkpoints.
+
+  Manifests are written (by process 0) for each save once it has finalised: at the start of the
+  next save, in `wait` and in `close`.  A failed save raises `CheckpointError`; orbax removes old
+  checkpoints only after a save finalised, so the previous ones stay."""
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
@@ -70,14 +86,29 @@ class StageCheckpointer:
         max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
         read_only=read_only)
     self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self._unmanifested: list[int] = []
+    self._manifester: Optional[threading.Thread] = None
+    self._primary = jax.process_index() == 0
 
   def save(self, step: int, state: Mapping[str, Any], *, config: Mapping[str, Any],
            meta: Mapping[str, Any], data_state: Optional[Mapping[str, Any]]) -> None:
-    self.mngr.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(dict(state)),
-        config=ocp.args.JsonSave(_jsonable(config)),
-        meta=ocp.args.JsonSave(_jsonable(meta)),
-        data=ocp.args.JsonSave(_jsonable(data_state or {}))))
+    self.wait()  # orbax would wait for the previous save anyway; now we can manifest it
+    try:
+      self.mngr.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(dict(state)),
+          config=ocp.args.JsonSave(_jsonable(config)),
+          meta=ocp.args.JsonSave(_jsonable(meta)),
+          data=ocp.args.JsonSave(_jsonable(data_state or {}))))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    self._unmanifested.append(step)
+
+  def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+    kept = _steps_in(self.directory)
+    return CheckpointError(
+        f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: {e}. '
+        f'Earlier checkpoints are kept (complete steps here: {kept or "none"}); check disk '
+        'space and permissions, then restart to resume from the newest complete one.')
 
   def latest_step(self) -> Optional[int]:
     return self.mngr.latest_step()
@@ -91,17 +122,48 @@ class StageCheckpointer:
     try:
       out = self.mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=abstract_state, restore_args=restore_args, partial_restore=partial)))
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises its own types)
       raise CheckpointError(
-          f'cannot restore {os.path.join(self.directory, str(step), "state")}: {e}') from e
+          f'cannot restore checkpoint step {step}: '
+          f'{os.path.join(self.directory, str(step), "state")}: {type(e).__name__}: {e}') from e
     return out['state']
 
-  def wait(self) -> None:
-    self.mngr.wait_until_finished()
+  def wait(self, *, manifests: str = 'background') -> None:
+    """Wait for the in-flight save, then manifest every finalised one — in a background thread
+    (hashing a large checkpoint must not stall training) unless `manifests='now'`."""
+    pending = self._unmanifested[-1] if self._unmanifested else None
+    if self._manifester is not None:
+      self._manifester.join()
+      self._manifester = None
+    try:
+      self.mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._unmanifested = []
+      raise self._save_error(pending, e) from e
+    steps, self._unmanifested = self._unmanifested, []
+    if not (self._primary and steps):
+      return
+    dirs = [os.path.join(self.directory, str(s)) for s in steps]
+    if manifests == 'now':
+      _write_manifests(dirs)
+    else:
+      self._manifester = threading.Thread(target=_write_manifests, args=(dirs,), daemon=True,
+                                          name='flmjax-manifest')
+      self._manifester.start()
 
   def close(self) -> None:
-    self.mngr.wait_until_finished()
-    self.mngr.close()
+    try:
+      self.wait(manifests='now')
+    finally:
+      self.mngr.close()
+
+
+def _write_manifests(step_dirs: list[str]) -> None:
+  for d in step_dirs:
+    try:
+      write_manifest(d)
+    except FileNotFoundError:
+      pass  # already removed by `keep` while we hashed it
 
 
 def _jsonable(x: Any) -> Any:
@@ -121,6 +183,111 @@ def read_json(step_dir: str, item: str) -> dict:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f'cannot read {path}: {e}') from e
+
+
+# ---- integrity: manifests, verification, quarantine ----------------------------------------
+
+def _crc32(path: str) -> str:
+  crc = 0
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      crc = zlib.crc32(chunk, crc)
+  return f'{crc:08x}'
+
+
+def _files(step_dir: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(step_dir):
+    for n in names:
+      rel = os.path.relpath(os.path.join(root, n), step_dir)
+      if rel != MANIFEST and not rel.endswith('.tmp'):
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Record size and CRC32 of every file of a finalised checkpoint (tmp file + rename)."""
+  files = {rel: {'size': os.path.getsize(os.path.join(step_dir, rel)),
+                 'crc32': _crc32(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
+  path = os.path.join(step_dir, MANIFEST)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'version': 1, 'files': files}, f, indent=0)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
+
+
+def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
+  """Raise `CheckpointError` naming the step and the file if the checkpoint is damaged.
+
+  Returns True when a manifest vouched for every file, False when there is none (only the
+  structure and the JSON items were checked)."""
+  step = os.path.basename(step_dir.rstrip('/'))
+  def bad(rel: str, why: str) -> CheckpointError:
+    return CheckpointError(f'checkpoint step {step} is damaged: {os.path.join(step_dir, rel)}: '
+                           f'{why}')
+  if not os.path.isdir(os.path.join(step_dir, 'state')):
+    raise bad('state', 'item directory missing')
+  for item in JSON_ITEMS:
+    try:
+      read_json(step_dir, item)
+    except CheckpointError as e:
+      raise bad(os.path.join(item, 'metadata'), str(e).split(': ', 1)[0]
+                if 'missing' in str(e) else 'unreadable JSON') from e
+  path = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      files = json.load(f)['files']
+  except (OSError, ValueError, KeyError) as e:
+    raise bad(MANIFEST, f'unreadable manifest ({e})') from e
+  for rel, want in sorted(files.items()):
+    full = os.path.join(step_dir, rel)
+    if not os.path.isfile(full):
+      raise bad(rel, 'file missing')
+    size = os.path.getsize(full)
+    if size != want['size']:
+      raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated?)')
+    if checksums and _crc32(full) != want['crc32']:
+      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (bytes changed)')
+  return True
+
+
+def quarantine(step_dir: str, reason: str) -> str:
+  """Move a damaged checkpoint aside to `<stage dir>/corrupt-<step>[-n]/` with a note saying
+  why; returns the new path.  Never deletes anything."""
+  parent, step = os.path.split(os.path.abspath(step_dir))
+  dest = os.path.join(parent, f'corrupt-{step}')
+  n = 1
+  while os.path.exists(dest):
+    dest = os.path.join(parent, f'corrupt-{step}-{n}')
+    n += 1
+  os.rename(step_dir, dest)
+  with open(os.path.join(dest, 'QUARANTINED.txt'), 'w') as f:
+    f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} moved here from {step_dir}:\n{reason}\n')
+  return dest
+
+
+def discard_damaged(directories: Mapping[int, str], *, checksums: bool = True,
+                    log: Callable[[str], None] = print, below: Optional[int] = None
+                    ) -> Optional[tuple[int, int]]:
+  """Newest (stage, step) over `directories` ({stage: dir}) that verifies, moving each damaged
+  newer one aside (and logging it).  `below`: only consider steps <= below."""
+  for k, d in reversed(list(directories.items())):
+    for step in reversed(_steps_in(d)):
+      if below is not None and step > below:
+        continue
+      step_dir = os.path.join(d, str(step))
+      try:
+        if not verify_step(step_dir, checksums=checksums):
+          log(f'checkpoint {step_dir} has no manifest (killed right after saving?): checked its '
+              'structure only')
+        return k, step
+      except CheckpointError as e:
+        dest = quarantine(step_dir, str(e))
+        log(f'{e}; moved it to {dest} and falling back to the previous checkpoint')
+  return None
 
 
 # ---- locating checkpoints ------------------------------------------------------------------

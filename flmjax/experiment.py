@@ -17,10 +17,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 
-from flmjax import sharding, synthetic_data
+from flmjax import faults, sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig
 
-SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages')
+SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
 STAGE_FIELDS = ('name', 'model', 'steps', 'tokens', 'lr', 'warmup_steps', 'end_lr',
                 'global_batch_size', 'growth')
 
@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(
       data=1, fsdp=-1, tensor=1, rules=ml_collections.ConfigDict(dict(sharding.DEFAULT_RULES))))
   c.stages = []
+  c.faults = faults.default_faults_config()
   return c
 
 
@@ -309,6 +310,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'config: missing section {name!r}')
   for name in ('optim', 'train'):
     _check_section(cfg[name], defaults[name], name)
+  if 'faults' in cfg:  # optional: configs written before it existed get the defaults
+    _check_faults(cfg.faults, defaults.faults)
   mesh_defaults = {k: v for k, v in defaults.mesh.items() if k != 'rules'}
   _check_section({k: v for k, v in cfg.mesh.items() if k != 'rules'}, mesh_defaults, 'mesh')
   rules = sharding.logical_rules(cfg.mesh)
@@ -379,6 +382,24 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
             f'(mesh {shape})')
     _check_param_divisibility(stages, mesh_sizes, rules)
   return stages
+
+
+def _check_faults(f: Any, defaults: Any) -> None:
+  _check_section(f, defaults, 'faults')
+  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
+    if f[k] < 0:
+      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
+  if f.spike_factor != 0 and f.spike_factor <= 1:
+    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
+  if not 0 < f.rollback_lr_factor <= 1:
+    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
+                      f'{f.rollback_lr_factor!r}')
+  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
+    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
+                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
+  for k in ('inject_nan_batches', 'inject_spike_batches'):
+    if not all(isinstance(i, int) and i > 0 for i in f[k]):
+      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
 
 
 def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:

@@ -38,7 +38,7 @@ def stage_schedule(*, lr: float, warmup_steps: int, steps: int, end_lr: float, k
   if kind == 'constant':
     main = optax.constant_schedule(lr)
   elif kind == 'cosine':
-    decay = max(steps - warmup_steps, 1)
+    decay = max(steps - warmup_steps - 1, 1)  # the stage's last step trains at exactly end_lr
     main = optax.cosine_decay_schedule(lr, decay, alpha=end_lr / lr if lr else 0.0)
   else:
     raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {kind!r}")

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, sharding
+from flmjax import checkpoint, experiment, faults, metrics as metrics_lib, optimizer, sharding
 from flmjax import synthetic_data
 from flmjax.config import ModelConfig
 from flmjax.experiment import Stage
@@ -133,8 +133,12 @@ def current_masks(state: TrainState) -> Optional[dict[str, Array]]:
 
 def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
                   schedule: Callable, optim_cfg: Any,
-                  rewarmup: Optional[Callable] = None) -> tuple[Callable, Callable]:
-  """(train_step(state, batch) → (state, metrics), eval_step(state, batch) → (Σ CE, Σ w))."""
+                  rewarmup: Optional[Callable] = None,
+                  skip_nonfinite: bool = True) -> tuple[Callable, Callable]:
+  """(train_step(state, batch) → (state, metrics), eval_step(state, batch) → (Σ CE, Σ w)).
+
+  `skip_nonfinite`: a step whose loss or gradient norm is NaN/Inf keeps params and optimizer
+  state (the step counter still advances) and reports `update_skipped` = 1."""
   model = Transformer(model_cfg)
   accum, z_loss = int(optim_cfg.grad_accum), float(optim_cfg.z_loss)
 
@@ -172,6 +176,11 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
            'learning_rate': schedule(state.step)}
     if z_loss:
       out['z_loss'] = zl / denom
+    if skip_nonfinite:
+      finite = jnp.isfinite(out['loss']) & jnp.isfinite(out['grad_norm'])
+      params = faults.select_if_finite(finite, params, state.params)
+      opt_state = faults.select_if_finite(finite, opt_state, state.opt_state)
+      out['update_skipped'] = jnp.logical_not(finite).astype(jnp.int32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
   def eval_step(state: TrainState, batch: dict[str, Array]):
@@ -216,8 +225,9 @@ class StageRuntime:
       units = growth.growth_units(stages[k - 1].model, self.cfg, spec)
       n = int(spec['rewarmup_steps'])
       rewarm = lambda u, t: growth.rewarmup_updates(u, units, self.cfg, t, n)
-    self._train_fn, self._eval_fn = make_step_fns(self.cfg, self.tx, schedule, config.optim,
-                                                  rewarm)
+    self._train_fn, self._eval_fn = make_step_fns(
+        self.cfg, self.tx, schedule, config.optim, rewarm,
+        skip_nonfinite=bool(faults.settings(config).skip_nonfinite))
     self._jitted: dict[tuple[str, bool], Callable] = {}
 
   def state_shardings(self, mask_base: Any = None) -> TrainState:
@@ -361,7 +371,67 @@ def evaluate(rt: StageRuntime, state: TrainState,
 
 
 class StopTraining(Exception):
-  """Raised inside the loop to stop after a checkpointed step (`stop_at_step`)."""
+  """Raised inside the loop to stop after a checkpointed step (`stop_at_step` or a signal)."""
+
+
+def _all_processes(ok: bool) -> bool:
+  """True iff `ok` on every process (so all raise, or none, instead of some hanging)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def scaled_schedule(schedule: Callable, lr_scale: float) -> Callable:
+  """The schedule times `lr_scale` (lowered after a rollback when faults.rollback_lr_factor<1)."""
+  if lr_scale == 1.0:
+    return schedule
+  return lambda step: lr_scale * schedule(step)
+
+
+@dataclasses.dataclass
+class _Restored:
+  stage: int
+  step: int
+  rt: 'StageRuntime'
+  state: TrainState
+  meta: dict
+  data_state: dict
+
+
+def _restore_newest(workdir: str, make_rt: Callable[[int, float], 'StageRuntime'],
+                    primary: bool, checksums: bool) -> Optional[_Restored]:
+  """Restore the newest checkpoint that verifies and restores; a damaged one (found by its
+  manifest, or by a failing restore when it has none) is moved aside and the previous one is
+  tried."""
+  verified = True  # the caller has just run `discard_damaged`
+  while True:
+    if primary and not verified:
+      checkpoint.discard_damaged(checkpoint.stage_dirs(workdir), checksums=checksums, log=_log)
+    _sync('verify')
+    verified = False
+    found = checkpoint.latest(workdir)
+    if found is None:
+      return None
+    k, step = found
+    sdir = checkpoint.stage_dir(workdir, k)
+    error = None
+    try:
+      meta = checkpoint.read_json(os.path.join(sdir, str(step)), 'meta')
+      rt = make_rt(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
+      ckptr = checkpoint.StageCheckpointer(sdir, read_only=True)
+      try:
+        state, meta, data_state = rt.restore(ckptr, step)
+      finally:
+        ckptr.close()
+    except checkpoint.CheckpointError as e:
+      error = e
+    if _all_processes(error is None):
+      return _Restored(k, step, rt, state, meta, data_state)
+    if primary:
+      dest = checkpoint.quarantine(os.path.join(sdir, str(step)),
+                                   str(error or 'failed to restore on another process'))
+      _log(f'{error}; moved it to {dest} and falling back to the previous checkpoint')
+    _sync(f'quarantine-{k}-{step}')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -369,87 +439,127 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """Run (or resume) all stages of `config` in `workdir`; returns the run summary.
 
   `stop_at_step`: checkpoint and stop after that global step (as a preempted job would); the
-  same call later resumes.  Returns {'stopped_at': step} then.
+  same call later resumes.  Returns {'stopped_at': step} then.  SIGTERM/SIGINT do the same
+  after the current step and return {'stopped_at': step, 'preempted': 'SIGTERM'}.
+  Faults (damaged checkpoints, NaN/Inf steps, loss spikes, hangs) follow the `faults` config
+  section; see `flmjax.faults`.
   """
   stages = experiment.validate(config, jax.device_count(), jax.process_count())
+  fcfg = faults.settings(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   t = config.train
   primary = jax.process_index() == 0
-  if primary:
-    os.makedirs(workdir, exist_ok=True)
+  problem = faults.preflight(workdir, stages, fcfg)
+  if not _all_processes(problem is None):
+    raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
+                                'check (see its log)')
   _sync('mkdir')
+  if primary:  # integrity first: a damaged newest checkpoint must neither block nor be resumed
+    checkpoint.discard_damaged(checkpoint.stage_dirs(workdir),
+                               checksums=bool(fcfg.verify_checksums), log=_log)
+  _sync('verify-all')
   moved = checkpoint.check_workdir(workdir, [s.model for s in stages],
                                    allow_overwrite=t.allow_overwrite, is_primary=primary)
   if moved:
     _log(f'train.allow_overwrite: moved the previous run to {moved}')
   _sync('workdir')
-  resume = checkpoint.latest(workdir)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
+  make_rt = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
+                                             scaled_schedule(schedule, lr_scale))
+  restored = _restore_newest(workdir, make_rt, primary, bool(fcfg.verify_checksums))
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary,
-                                     resume_step=resume[1] if resume else 0)
+                                     resume_step=restored.step if restored else 0)
   config_json = json.loads(config.to_json())
   run_info: dict[str, dict] = {}
   state: Optional[TrainState] = None
   data_state: Optional[dict] = None
   prev_rt: Optional[StageRuntime] = None
-  start_stage = resume[0] if resume else 0
-  if resume:
-    _log(f'resuming from {checkpoint.stage_dir(workdir, resume[0])}/{resume[1]}')
+  start_stage = restored.stage if restored else 0
+  guard = faults.Guard(fcfg, restored.meta.get('faults') if restored else None)
+  if restored:
+    _log(f'resuming from {checkpoint.stage_dir(workdir, restored.stage)}/{restored.step}')
+  watchdog = faults.Watchdog(fcfg.hang_timeout_s)
+  ckptr = None
   try:
-    for k in range(start_stage, len(stages)):
-      st = stages[k]
-      rt = StageRuntime(config, stages, k, mesh, rules, schedule)
-      ckptr = checkpoint.StageCheckpointer(checkpoint.stage_dir(workdir, k), keep=t.keep)
-      info = run_info.setdefault(st.name, {'wall_time': 0.0, 'val_loss': {}})
-      last_saved = None
-
-      def save(state: TrainState, step: int, it) -> None:
-        nonlocal last_saved
-        meta = {'stage': k, 'stage_name': st.name, 'model': st.model.to_dict(), 'step': step,
-                'mask_shapes': None if state.mask_base is None else
-                {p: list(v.shape) for p, v in flatten_paths(state.mask_base).items()},
-                'run': run_info}
-        ckptr.save(step, state.to_dict(), config=config_json, meta=meta,
-                   data_state=it.get_state() if it is not None else data_state)
-        last_saved = step
-
-      if resume and k == resume[0]:
-        state, meta, data_state = rt.restore(ckptr, resume[1])
-        run_info.update(meta.get('run', {}))
+    with faults.Preemption() as preempt:
+      for k in range(start_stage, len(stages)):
+        st = stages[k]
+        resuming = restored is not None and k == restored.stage
+        rt = restored.rt if resuming else make_rt(k, guard.lr_scale)
+        ckptr = checkpoint.StageCheckpointer(checkpoint.stage_dir(workdir, k), keep=t.keep)
         info = run_info.setdefault(st.name, {'wall_time': 0.0, 'val_loss': {}})
-        last_saved = resume[1]
-      elif k == 0:
-        state = rt.init_state(t.seed)
-      else:
-        t0 = time.time()
-        state = rt.grow_from(prev_rt, state)
-        info['grow_time'] = time.time() - t0
-        _log(f'grew stage {stages[k - 1].name!r} -> {st.name!r} at step {st.start_step} '
-             f'({st.model.param_count() / 1e6:.2f}M params)')
-        save(state, st.start_step, None)
-      step = int(jax.device_get(state.step))
-      if step < st.end_step:
-        it = make_train_iterator(config.data, seq_len=st.seq_len,
-                                 global_batch_size=st.global_batch_size,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-        if data_state:
-          it.set_state(data_state)
-        eval_sets = make_eval_batches(config.data, seq_len=st.seq_len,
-                                      batch_size=st.global_batch_size // config.optim.grad_accum,
-                                      num_batches=t.eval_batches)
-        try:
-          state, data_state = _run_stage(rt, state, it, eval_sets, stages, writer, info, save,
-                                         lambda: last_saved, primary, stop_at_step)
-        except StopTraining as stop:
-          ckptr.close()
-          return {'stopped_at': stop.args[0]}
-      if last_saved != st.end_step:
-        save(state, st.end_step, None)
-      ckptr.close()
-      prev_rt = rt
+        last_saved = None
+
+        def save(state: TrainState, step: int, it) -> None:
+          nonlocal last_saved
+          meta = {'stage': k, 'stage_name': st.name, 'model': st.model.to_dict(), 'step': step,
+                  'mask_shapes': None if state.mask_base is None else
+                  {p: list(v.shape) for p, v in flatten_paths(state.mask_base).items()},
+                  'run': run_info, 'faults': guard.state_dict()}
+          ckptr.save(step, state.to_dict(), config=config_json, meta=meta,
+                     data_state=it.get_state() if it is not None else data_state)
+          last_saved = step
+          watchdog.beat(step)
+
+        if resuming:
+          state, data_state = restored.state, restored.data_state
+          run_info.update(restored.meta.get('run', {}))
+          info = run_info.setdefault(st.name, {'wall_time': 0.0, 'val_loss': {}})
+          last_saved = restored.step
+        elif k == 0:
+          state = rt.init_state(t.seed)
+        else:
+          t0 = time.time()
+          state = rt.grow_from(prev_rt, state)
+          info['grow_time'] = time.time() - t0
+          _log(f'grew stage {stages[k - 1].name!r} -> {st.name!r} at step {st.start_step} '
+               f'({st.model.param_count() / 1e6:.2f}M params)')
+          save(state, st.start_step, None)
+        step = int(jax.device_get(state.step))
+        if step < st.end_step:
+          it = make_train_iterator(config.data, seq_len=st.seq_len,
+                                   global_batch_size=st.global_batch_size,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+          if data_state:
+            it.set_state(data_state)
+          eval_sets = make_eval_batches(config.data, seq_len=st.seq_len,
+                                        batch_size=st.global_batch_size // config.optim.grad_accum,
+                                        num_batches=t.eval_batches)
+          loop = _Loop(guard=guard, preempt=preempt, watchdog=watchdog, fcfg=fcfg)
+          while True:
+            try:
+              state, data_state = _run_stage(rt, state, it, eval_sets, stages, writer, info,
+                                             save, lambda: last_saved, primary, stop_at_step,
+                                             loop)
+              break
+            except StopTraining as stop:
+              ckptr.close()
+              ckptr = None
+              out = {'stopped_at': stop.args[0]}
+              if preempt.signum is not None:
+                out['preempted'] = signal_name(preempt.signum)
+                _log(f'preempted: checkpoint of step {stop.args[0]} is complete; exiting')
+              return out
+            except faults.Rollback as rb:
+              rt, ckptr, state = _roll_back(rb, k, rt, ckptr, workdir, make_rt, guard, writer,
+                                            fcfg, primary, t)
+              last_saved = int(jax.device_get(state.step))
+        if last_saved != st.end_step:
+          save(state, st.end_step, None)
+        ckptr.close()
+        ckptr = None
+        prev_rt = rt
+  except BaseException:
+    if ckptr is not None:  # let an in-flight save of a good step finish (a hang: watchdog)
+      try:
+        ckptr.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    raise
   finally:
+    watchdog.close()
     writer.close()
   summary = run_summary(stages, run_info)
   if primary:
@@ -459,9 +569,83 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
+def signal_name(signum: int) -> str:
+  import signal
+  return signal.Signals(signum).name
+
+
+def _roll_back(rb: 'faults.Rollback', k: int, rt: StageRuntime, ckptr, workdir: str,
+               make_rt: Callable, guard: 'faults.Guard', writer, fcfg, primary: bool, t
+               ) -> tuple[StageRuntime, checkpoint.StageCheckpointer, TrainState]:
+  """Back to the newest good checkpoint of this stage (a fresh init in stage 0 without one),
+  keeping the data iterator where it is, so the offending window is skipped."""
+  try:
+    ckptr.close()  # in-flight saves are of good steps (the guard ran before each save)
+  except checkpoint.CheckpointError as e:
+    _log(f'rollback: {e}')
+  guard.rollbacks += 1
+  if guard.rollbacks > int(fcfg.max_rollbacks):
+    raise faults.DivergedError(
+        f'{rb}: rollback {guard.rollbacks} exceeds faults.max_rollbacks={fcfg.max_rollbacks}; '
+        'the run keeps diverging. Lower optim.lr, raise optim.warmup_steps or set '
+        'faults.rollback_lr_factor < 1, then restart (checkpoints are kept).')
+  lr_scale = guard.lr_scale * float(fcfg.rollback_lr_factor)
+  new_rt = rt if lr_scale == guard.lr_scale else make_rt(k, lr_scale)
+  sdir = checkpoint.stage_dir(workdir, k)
+  while True:
+    if primary:
+      checkpoint.discard_damaged({k: sdir}, checksums=bool(fcfg.verify_checksums), log=_log,
+                                 below=rb.step)
+    _sync(f'rollback-verify-{guard.rollbacks}')
+    steps = [s for s in checkpoint._steps_in(sdir) if s <= rb.step]
+    ckptr = checkpoint.StageCheckpointer(sdir, keep=t.keep)
+    if not steps:
+      if k:
+        raise checkpoint.CheckpointError(f'{rb}: no checkpoint to roll back to in {sdir}')
+      state, saved, to_step = new_rt.init_state(t.seed), None, 0
+      break
+    to_step, error = steps[-1], None
+    try:
+      state, meta, _ = new_rt.restore(ckptr, to_step)
+      saved = meta.get('faults')
+    except checkpoint.CheckpointError as e:
+      error = e
+    if _all_processes(error is None):
+      break
+    ckptr.close()
+    if primary:
+      dest = checkpoint.quarantine(os.path.join(sdir, str(to_step)), str(error))
+      _log(f'{error}; moved it to {dest}')
+  first_skipped = int((saved or {}).get('batches', 0)) + 1
+  guard.reset_to(saved)
+  guard.lr_scale = lr_scale
+  record = {'event': 'rollback', 'stage': k, 'reason': rb.reason, 'to_step': to_step,
+            'skipped_batches': [first_skipped, guard.batches], 'lr_scale': lr_scale,
+            'rollbacks': guard.rollbacks}
+  writer.write(rb.step, record)
+  _log(f'rollback at step {rb.step} ({rb.reason}) to step {to_step}: skipping data batches '
+       f'{first_skipped}..{guard.batches}, lr scale {lr_scale:g}')
+  return new_rt, ckptr, state
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The fault-handling pieces one stage's loop consults."""
+  guard: 'faults.Guard'
+  preempt: 'faults.Preemption'
+  watchdog: 'faults.Watchdog'
+  fcfg: Any
+
+
 def _run_stage(rt: StageRuntime, state: TrainState, it, eval_sets, stages, writer, info, save,
-               last_saved, primary, stop_at_step=None) -> tuple[TrainState, dict]:
+               last_saved, primary, stop_at_step=None, loop: Optional[_Loop] = None
+               ) -> tuple[TrainState, dict]:
   st, t = rt.stage, rt.config.train
+  if loop is None:
+    fcfg = faults.settings(rt.config)
+    loop = _Loop(faults.Guard(fcfg), faults.Preemption(), faults.Watchdog(0), fcfg)
+  guard = loop.guard
+  inject = bool(loop.fcfg.inject_nan_batches or loop.fcfg.inject_spike_batches)
   step = int(jax.device_get(state.step))
   ramp_end = None
   if state.mask_base is not None:
@@ -471,43 +655,66 @@ def _run_stage(rt: StageRuntime, state: TrainState, it, eval_sets, stages, write
              disable=not primary, dynamic_ncols=True, file=sys.stderr)
   t_start = t_log = time.time()
   tokens_since = 0
-  while step < st.end_step:
-    if ramp_end is not None and step >= ramp_end:
-      state = state.replace(mask_base=None)  # ramp done: masks are all ones, drop them
-      ramp_end = None
-    batch = next(it)
-    check_batch(batch, local_rows, st.seq_len)
-    state, out = rt.train_step(state, to_global(batch, rt.batch_sh))
-    step += 1
-    tokens_since += st.tokens_per_step
-    bar.update(1)
-    record = {}
-    last = step == st.end_step
-    if step % t.log_every == 0 or last:
-      out = jax.device_get(out)
-      now = time.time()
-      tok_s = tokens_since / max(now - t_log, 1e-9)
-      t_log, tokens_since = now, 0
-      record.update({k: float(v) for k, v in out.items()})
-      record['tokens_per_sec'] = tok_s
-      bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f'{tok_s:,.0f}')
-    if eval_sets and ((t.eval_every and step % t.eval_every == 0) or last):
-      val = evaluate(rt, state, eval_sets)
-      record.update(val)
-      info['val_loss'] = val
-    if record:
-      tokens, flops = experiment.cumulative(stages, step)
-      writer.write(step, {'stage': st.index, 'tokens': tokens, 'flops': flops, **record})
-    if (t.ckpt_every and step % t.ckpt_every == 0) or last:
-      info['wall_time'] += time.time() - t_start
-      t_start = time.time()
-      save(state, step, it)
-    if stop_at_step is not None and step >= stop_at_step:
-      if last_saved() != step:
-        save(state, step, it)
-      bar.close()
-      raise StopTraining(step)
-  bar.close()
+  pending = None  # (step, outputs) not yet checked by the guard: checked one step late, so
+                  # the host never waits on the device before dispatching the next step
+
+  def check_pending() -> None:
+    nonlocal pending
+    if pending is None:
+      return
+    s, out = pending
+    pending = None
+    vals = jax.device_get({k: out[k] for k in ('loss', 'update_skipped') if k in out})
+    guard.check(s, float(vals['loss']), bool(vals.get('update_skipped', 0)),
+                lambda rec: writer.write(s, {'stage': st.index, **rec}))
+
+  try:
+    while step < st.end_step:
+      if ramp_end is not None and step >= ramp_end:
+        state = state.replace(mask_base=None)  # ramp done: masks are all ones, drop them
+        ramp_end = None
+      batch = next(it)
+      guard.batches += 1
+      if inject:
+        batch = faults.inject(batch, guard.batches, loop.fcfg, rt.cfg.vocab_size)
+      check_batch(batch, local_rows, st.seq_len)
+      state, out = rt.train_step(state, to_global(batch, rt.batch_sh))
+      step += 1
+      check_pending()
+      pending = (step, out)
+      loop.watchdog.beat(step)
+      tokens_since += st.tokens_per_step
+      bar.update(1)
+      record = {}
+      last = step == st.end_step
+      if step % t.log_every == 0 or last:
+        out = jax.device_get(out)
+        now = time.time()
+        tok_s = tokens_since / max(now - t_log, 1e-9)
+        t_log, tokens_since = now, 0
+        record.update({k: float(v) for k, v in out.items()})
+        record['tokens_per_sec'] = tok_s
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f'{tok_s:,.0f}')
+      if eval_sets and ((t.eval_every and step % t.eval_every == 0) or last):
+        val = evaluate(rt, state, eval_sets)
+        record.update(val)
+        info['val_loss'] = val
+      if record:
+        tokens, flops = experiment.cumulative(stages, step)
+        writer.write(step, {'stage': st.index, 'tokens': tokens, 'flops': flops, **record})
+      preempted = loop.preempt.should_stop(step)
+      stopping = preempted or (stop_at_step is not None and step >= stop_at_step)
+      if (t.ckpt_every and step % t.ckpt_every == 0) or last or stopping:
+        check_pending()  # never checkpoint a step the guard would reject
+        if last_saved() != step:
+          info['wall_time'] += time.time() - t_start
+          t_start = time.time()
+          save(state, step, it)
+      if stopping:
+        raise StopTraining(step)
+    check_pending()
+  finally:
+    bar.close()
   return state, it.get_state()
 
 

@@ -103,7 +103,7 @@ def test_schedule_warmup_cosine_and_continuation_across_stages():
   f = optimizer.make_schedule(stages, 'cosine')
   lrs = [float(f(s)) for s in range(20)]
   assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
-  assert lrs[9] > 0.1 and lrs[4] > lrs[9]                    # cosine decay toward end_lr
+  assert lrs[4] > lrs[8] > lrs[9] == pytest.approx(0.1)     # cosine decay, ends at end_lr
   assert lrs[10] == pytest.approx(0.1 + (0.5 - 0.1) / 2)     # re-warm-up starts from 0.1
   assert lrs[11] == pytest.approx(0.5)
   assert lrs[19] == pytest.approx(0.05, rel=0.05)
