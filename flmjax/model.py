@@ -23,6 +23,7 @@ from flmjax.config import ModelConfig
 Array = jax.Array
 Masks = dict[str, Array]  # {'hidden': D, 'heads': NxH, 'mlp': NxF, 'layers': N}; all optional
 NEG_INF = -1e30
+CAUSAL_BLOCK = 256  # query block of the causal-skipping attention (training, no cache)
 
 
 def _param(module: nn.Module, name: str, axes: tuple[str, ...], shape: tuple[int, ...], init,
@@ -160,19 +161,38 @@ class Block(nn.Module):
 
   def _attend(self, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, shared) -> Array:
     cfg = self.cfg
-    mask_Bx1xLxS = attention_mask(shared['q_segment'], shared['k_segment'], shared['q_index'],
-                                  shared['k_index'])
+    mask_Bx1xLxS = shared['mask']  # built once per call, outside the layer scan
     if cfg.attention_impl == 'cudnn':
       return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xLxS,
                                           scale=cfg.attention_scale, implementation='cudnn')
+    L = q_BxLxHxK.shape[1]
+    blk = CAUSAL_BLOCK
+    if ('cache_index' not in shared and L % blk == 0 and L > blk
+        and not self.is_mutable_collection('intermediates')):
+      # Training / scoring: queries in blocks see only keys up to their block's end (the mask
+      # is causal by slot), skipping ~half of the scores and softmax (~40% at 8 blocks).
+      outs = []
+      for i in range(L // blk):
+        a, e = i * blk, (i + 1) * blk
+        outs.append(_softmax_attend(q_BxLxHxK[:, a:e], k_BxSxHxK[:, :e], v_BxSxHxK[:, :e],
+                                    shared['mask_bias'][:, :, a:e, :e], cfg.attention_scale))
+      return jnp.concatenate(outs, axis=1)
     s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
     if self.is_mutable_collection('intermediates'):  # mean |scaled q·k| over attended pairs
       m = jnp.broadcast_to(mask_Bx1xLxS, s_BxHxLxS.shape).astype(jnp.float32)
       self.sow('intermediates', 'attn_logits',
                (jnp.abs(s_BxHxLxS) * m).sum() * cfg.attention_scale / jnp.maximum(m.sum(), 1.0))
-    s_BxHxLxS = jnp.where(mask_Bx1xLxS, s_BxHxLxS * cfg.attention_scale, NEG_INF)
+    # An additive bias, not a select: the same forward values, and its backward needs no
+    # select over BxHxLxS (softmax already gives masked entries a zero gradient).
+    s_BxHxLxS = s_BxHxLxS * cfg.attention_scale + shared['mask_bias']
     p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1).astype(v_BxSxHxK.dtype)
     return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
+
+
+def _softmax_attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS, scale: float) -> Array:
+  s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
+  p_BxHxLxS = jax.nn.softmax(s_BxHxLxS * scale + bias_Bx1xLxS, axis=-1).astype(v_BxSxHxK.dtype)
+  return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
 
 
 def _mean_abs(x: Array) -> Array:
@@ -213,20 +233,23 @@ class Transformer(nn.Module):
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('act_batch', 'act_length', 'act_embed'))
 
     q_index = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    shared = {'positions': positions, 'q_segment': segment_ids, 'k_segment': segment_ids,
-              'q_index': q_index, 'k_index': q_index}
+    k_segment, k_index = segment_ids, q_index
+    shared = {'positions': positions}
     if hidden_D is not None:
       shared['hidden'] = hidden_D
     layer_xs = {k: masks[k] for k in ('heads', 'mlp', 'layers') if masks.get(k) is not None}
     if cache is not None:
       idx = cache['index']
       S = cache['segment_ids'].shape[1]
-      shared['k_segment'] = jax.lax.dynamic_update_slice(cache['segment_ids'], segment_ids,
-                                                         (0, idx))
-      shared['q_index'] = q_index + idx
-      shared['k_index'] = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+      k_segment = jax.lax.dynamic_update_slice(cache['segment_ids'], segment_ids, (0, idx))
+      q_index = q_index + idx
+      k_index = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
       shared['cache_index'] = idx
       layer_xs['cache_k'], layer_xs['cache_v'] = cache['k'], cache['v']
+    # One mask for all layers: built inside the scanned block it was recomputed (and its
+    # backward re-derived) per layer, ~10% of a small model's CPU step.
+    shared['mask'] = attention_mask(segment_ids, k_segment, q_index, k_index)
+    shared['mask_bias'] = jnp.where(shared['mask'], 0.0, NEG_INF).astype(jnp.float32)
 
     block = Block
     if cfg.remat != 'none':
@@ -254,7 +277,7 @@ class Transformer(nn.Module):
     if cache is None:
       return logits_BxLxV
     new_cache = {'k': new_layer_cache['cache_k'], 'v': new_layer_cache['cache_v'],
-                 'segment_ids': shared['k_segment'], 'index': cache['index'] + L}
+                 'segment_ids': k_segment, 'index': cache['index'] + L}
     return logits_BxLxV, new_cache
 
 

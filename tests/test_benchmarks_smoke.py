@@ -1,0 +1,86 @@
+"""CI keeps the performance benchmarks from rotting: each one's `--smoke` mode runs in a fresh
+subprocess and must end with its headline ratio (`headline: ... = <number>x`) on the last line.
+
+The numbers are not asserted (smoke sizes measure nothing); BUILD.md records the real runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, 'benchmarks')
+HEADLINE = re.compile(r'^headline: .+ = (inf|[0-9.]+x)\b')
+
+
+def _run(script: str, *args: str, timeout: int = 900) -> str:
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, script), '--smoke', *args],
+                        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  assert lines and HEADLINE.match(lines[-1]), f'{script}: last line is not a headline:\n' + \
+      '\n'.join(lines[-10:])
+  return proc.stdout
+
+
+def _has(module: str) -> bool:
+  return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (_has('torch') and _has('transformers')),
+                    reason='the PyTorch peer needs the optional extra flmjax[hf] (torch, transformers)')
+def test_train_throughput_smoke():
+  out = _run('train_throughput.py')
+  assert 'flmjax' in out and 'pytorch' in out and 'util' in out
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke_flmjax_only():
+  """Without torch the benchmark still measures flmjax (no ratio line then, so not --smoke)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, 'train_throughput.py'), '--smoke',
+                         '--no-torch', '--sizes', 'smoke-a'], env=env, capture_output=True,
+                        text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'flmjax tokens/s' in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_growth_cost_smoke():
+  out = _run('growth_cost.py')
+  assert 'sharded check: OK' in out, out[-2000:]
+
+
+@pytest.mark.slow
+def test_msg_ramp_overhead_smoke():
+  out = _run('msg_ramp_overhead.py')
+  assert "masks ['heads', 'hidden', 'layers', 'mlp']" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, 'experiments', 'tiny_growth.py')) or
+                    not os.path.exists(os.path.join(ROOT, 'experiments', 'tiny_scratch.py')),
+                    reason='experiments/tiny_growth.py and tiny_scratch.py do not exist yet (the '
+                           'growth-vs-scratch experiments are written later)')
+def test_growth_vs_scratch_smoke():
+  out = _run('growth_vs_scratch.py')
+  assert 'validation loss (mean over languages) at equal FLOPs' in out
+
+
+@pytest.mark.slow
+def test_growth_vs_scratch_smoke_on_tiny():
+  """The analysis path on the single-stage tiny experiment (both sides the same run)."""
+  tiny = os.path.join(ROOT, 'experiments', 'tiny.py')
+  out = _run('growth_vs_scratch.py', '--growth', tiny, '--scratch', tiny)
+  assert out.splitlines()[-1].endswith('= 1.000x')
