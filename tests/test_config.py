@@ -38,7 +38,9 @@ def test_flm101b_stages_param_counts_and_model_card():
 
 def test_tiny_config_validates_on_one_device():
   stages = experiment.validate(_load('tiny.py'), num_devices=1)
-  assert stages[0].steps == 300 and stages[0].model.d_model == 64
+  cfg = _load('tiny.py')
+  assert cfg.data.source == 'bilingual'  # issue 3: the smoke config trains on flm_bilingual
+  assert stages[0].steps == 150 and stages[0].model.d_model == 64
 
 
 @pytest.mark.parametrize('mutate, message', [
