@@ -66,6 +66,9 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
   g.add_argument('--distributed', action='store_true',
                  help='call jax.distributed.initialize() with cluster auto-detection (TPU pods, '
                       'SLURM, Open MPI)')
+  g.add_argument('--heartbeat_timeout_s', type=int, default=None,
+                 help='declare a silent process dead after this many seconds (JAX default 100; '
+                      'or env JAX_HEARTBEAT_TIMEOUT_SECONDS)')
 
 
 def init_distributed(args: argparse.Namespace) -> None:
@@ -73,7 +76,7 @@ def init_distributed(args: argparse.Namespace) -> None:
   ids = args.local_device_ids
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          [int(x) for x in ids.split(',')] if ids else None,
-                         auto=args.distributed)
+                         auto=args.distributed, heartbeat_timeout_s=args.heartbeat_timeout_s)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -25,8 +25,12 @@ def _env_int(name: str) -> Optional[int]:
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
-               local_device_ids: Optional[Sequence[int]] = None, auto: bool = False) -> bool:
-  """Join the process group when configured; returns True when JAX runs multi-process."""
+               local_device_ids: Optional[Sequence[int]] = None, auto: bool = False,
+               heartbeat_timeout_s: Optional[int] = None) -> bool:
+  """Join the process group when configured; returns True when JAX runs multi-process.
+
+  `heartbeat_timeout_s` (or env JAX_HEARTBEAT_TIMEOUT_SECONDS; JAX's default is 100): a process
+  silent this long is declared dead and the others exit with an error naming it (no hang)."""
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   num_processes = num_processes if num_processes is not None else _env_int('JAX_NUM_PROCESSES')
   process_id = process_id if process_id is not None else _env_int('JAX_PROCESS_ID')
@@ -46,5 +50,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                   process_id=process_id)
   if local_device_ids is not None:
     kwargs['local_device_ids'] = list(local_device_ids)
+  heartbeat = (heartbeat_timeout_s if heartbeat_timeout_s is not None
+               else _env_int('JAX_HEARTBEAT_TIMEOUT_SECONDS'))
+  if heartbeat is not None:
+    kwargs['heartbeat_timeout_seconds'] = heartbeat
   jax.distributed.initialize(**kwargs)
   return jax.process_count() > 1
