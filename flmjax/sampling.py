@@ -7,6 +7,7 @@ nothing in the computed logits.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Optional, Sequence
 
@@ -18,6 +19,9 @@ from flmjax.config import ModelConfig
 from flmjax.model import Transformer, init_cache
 
 BUCKET = 16
+# How often each jitted program was traced (a Python side effect runs only at trace time): tests
+# use it to check that bucketing avoids recompiles.  Shared with flmjax.evaluation.engine.
+TRACES: collections.Counter = collections.Counter()
 
 
 def _bucket(n: int, multiple: int = BUCKET) -> int:
@@ -60,27 +64,48 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'max_new_tokens', 'temperature', 'top_p'))
-def _generate(params, tokens_BxP, positions_BxP, segments_BxP, rng, *, cfg: ModelConfig,
-              max_new_tokens: int, temperature: float, top_p: float):
+def decode(params, tokens_BxP, positions_BxP, segments_BxP, live_B, stop_V, rng, *,
+           cfg: ModelConfig, max_new_tokens: int, temperature: float = 0.0,
+           top_p: float = 1.0) -> jax.Array:
+  """BxT new tokens for left-padded prompts: prefill the KV cache, then one token per step.
+
+  The `while_loop` ends early once every live row has produced a token with `stop_V[token]`
+  (rows with `live_B` False are batch fillers); entries after a row's stop are unspecified.
+  The one decoding loop of the package: `generate` and the evaluation engine both call it.
+  """
+  TRACES['generate'] += 1
   model = Transformer(cfg)
   B, P = tokens_BxP.shape
   cache = init_cache(cfg, B, P + max_new_tokens)
   logits, cache = model.apply({'params': params}, tokens_BxP, positions=positions_BxP,
                               segment_ids=segments_BxP, cache=cache)
-  next_pos_B = positions_BxP[:, -1] + 1
   rng, sub = jax.random.split(rng)
-  first = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
+  first_B = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
+  out_BxT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(first_B)
 
-  def step(carry, _):
-    token_B, pos_B, cache, rng = carry
-    logits, cache = model.apply({'params': params}, token_B[:, None], positions=pos_B[:, None],
+  def cond(state):
+    i, _, _, _, _, done_B, _ = state
+    return (i < max_new_tokens) & ~jnp.all(done_B)
+
+  def body(state):
+    i, tok_B, pos_B, cache, out_BxT, done_B, rng = state
+    logits, cache = model.apply({'params': params}, tok_B[:, None], positions=pos_B[:, None],
                                 segment_ids=jnp.ones((B, 1), jnp.int32), cache=cache)
     rng, sub = jax.random.split(rng)
-    nxt = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
-    return (nxt, pos_B + 1, cache, rng), token_B
+    nxt_B = sample_logits(logits[:, -1], sub, temperature, top_p, cfg.vocab_size)
+    out_BxT = jax.lax.dynamic_update_slice(out_BxT, nxt_B[:, None], (0, i))
+    return i + 1, nxt_B, pos_B + 1, cache, out_BxT, done_B | stop_V[nxt_B], rng
 
-  _, out_TxB = jax.lax.scan(step, (first, next_pos_B, cache, rng), None, length=max_new_tokens)
-  return out_TxB.T
+  done_B = stop_V[first_B] | ~live_B
+  state = (jnp.int32(1), first_B, positions_BxP[:, -1] + 1, cache, out_BxT, done_B, rng)
+  return jax.lax.while_loop(cond, body, state)[4]
+
+
+def stop_table(cfg: ModelConfig, stop_ids) -> np.ndarray:
+  """Boolean table over the padded vocabulary: True for tokens that end a row's generation."""
+  stop_V = np.zeros((cfg.padded_vocab,), bool)
+  stop_V[[i for i in stop_ids if 0 <= i < cfg.padded_vocab]] = True
+  return stop_V
 
 
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
@@ -89,9 +114,11 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new
   """New tokens for each prompt (cut after the first `eos_id`, if given)."""
   length = _bucket(max(len(p) for p in prompts))
   tokens, positions, segments = left_pad(prompts, length)
-  out = np.asarray(_generate(params, tokens, positions, segments, jax.random.PRNGKey(seed),
-                             cfg=cfg, max_new_tokens=max_new_tokens,
-                             temperature=float(temperature), top_p=float(top_p)))
+  stop_V = stop_table(cfg, [] if eos_id is None else [eos_id])
+  live = np.ones((len(prompts),), bool)
+  out = np.asarray(decode(params, tokens, positions, segments, live, stop_V,
+                          jax.random.PRNGKey(seed), cfg=cfg, max_new_tokens=max_new_tokens,
+                          temperature=float(temperature), top_p=float(top_p)))
   results = []
   for row in out.tolist():
     if eos_id is not None and eos_id in row:

@@ -5,8 +5,9 @@ Hugging Face models see identical token sequences for the same tokenizer).  `Flm
 on an flmjax `Transformer`:
   * log-likelihood of continuations: right-padded batches, one forward pass, log-softmax over the
     real vocabulary (the padded vocabulary rows are not tokens);
-  * greedy generation: left-padded prompts (segment 0, positions restarting at 0, so padding
-    changes nothing), a KV cache, and a `while_loop` that stops once every row has hit a stop token.
+  * greedy generation through `flmjax.sampling.decode` (the package's one decoding loop):
+    left-padded prompts (segment 0, positions restarting at 0, so padding changes nothing), a KV
+    cache, and a `while_loop` that stops once every row has hit a stop token.
 Shapes are static: batch size is fixed (short batches are padded) and lengths are rounded up to a
 few buckets, so a whole benchmark compiles a handful of programs, not one per example.
 `TRACES` counts how often each program was traced (a Python side effect runs only at trace time).
@@ -16,7 +17,6 @@ Parameters may be sharded arrays (e.g. restored by orbax on a mesh); `jit` keeps
 from __future__ import annotations
 
 import abc
-import collections
 import functools
 from typing import NamedTuple, Optional, Protocol, Sequence
 
@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flmjax import sampling
 from flmjax.config import ModelConfig
-from flmjax.model import Transformer, init_cache
+from flmjax.model import Transformer
 
-TRACES: collections.Counter = collections.Counter()
+TRACES = sampling.TRACES  # one counter for the scoring program here and sampling's decoder
 
 
 class Tokenizer(Protocol):
@@ -191,40 +192,6 @@ def _score_batch(params, tokens_BxL, targets_BxL, weights_BxL, segments_BxL, *, 
   return sum_B, jnp.all(hit_BxL, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('cfg', 'max_new_tokens'))
-def _generate_batch(params, tokens_BxP, positions_BxP, segments_BxP, live_B, stop_V, *,
-                    cfg: ModelConfig, max_new_tokens: int):
-  TRACES['generate'] += 1
-  model = Transformer(cfg)
-  B, P = tokens_BxP.shape
-  real_V = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
-
-  def pick(logits_BxV):
-    return jnp.argmax(jnp.where(real_V, logits_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
-
-  cache = init_cache(cfg, B, P + max_new_tokens)
-  logits, cache = model.apply({'params': params}, tokens_BxP, positions=positions_BxP,
-                              segment_ids=segments_BxP, cache=cache)
-  first_B = pick(logits[:, -1])
-  out_BxT = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(first_B)
-
-  def cond(state):
-    i, _, _, _, _, done_B = state
-    return (i < max_new_tokens) & ~jnp.all(done_B)
-
-  def body(state):
-    i, tok_B, pos_B, cache, out_BxT, done_B = state
-    logits, cache = model.apply({'params': params}, tok_B[:, None], positions=pos_B[:, None],
-                                segment_ids=jnp.ones((B, 1), jnp.int32), cache=cache)
-    nxt_B = pick(logits[:, -1])
-    out_BxT = jax.lax.dynamic_update_slice(out_BxT, nxt_B[:, None], (0, i))
-    return i + 1, nxt_B, pos_B + 1, cache, out_BxT, done_B | stop_V[nxt_B]
-
-  done_B = stop_V[first_B] | ~live_B  # batch-filler rows must not keep the loop running
-  state = (jnp.int32(1), first_B, positions_BxP[:, -1] + 1, cache, out_BxT, done_B)
-  return jax.lax.while_loop(cond, body, state)[4]
-
-
 class FlmEngine(Backend):
   """Batched, jitted scoring and KV-cached greedy generation for flmjax models."""
 
@@ -268,21 +235,17 @@ class FlmEngine(Backend):
 
   def generate_tokens(self, prompts, max_new_tokens, stop_ids):
     T = -(-max(1, max_new_tokens) // 16) * 16  # bucketed so nearby budgets share a program
-    stop_V = np.zeros((self.cfg.padded_vocab,), bool)
-    stop_V[[i for i in stop_ids if i < self.cfg.padded_vocab]] = True
+    stop_V = sampling.stop_table(self.cfg, stop_ids)
     out: list[list[int]] = [[] for _ in prompts]
     for idx in self._batches(len(prompts), [len(p) for p in prompts]):
       P = bucket(max(len(prompts[i]) for i in idx), self.buckets)
       B = self.batch_size
-      tokens, positions, segments = (np.zeros((B, P), np.int32) for _ in range(3))
+      # Filler rows get a one-token prompt so every row is well-defined; `live` ignores them.
+      rows = [prompts[i] for i in idx] + [[self.tokenizer.eos_id]] * (B - len(idx))
+      tokens, positions, segments = sampling.left_pad(rows, P)
       live = np.arange(B) < len(idx)
-      for row in range(B):
-        p = prompts[idx[row]] if row < len(idx) else [self.tokenizer.eos_id]
-        tokens[row, P - len(p):] = p
-        positions[row, P - len(p):] = np.arange(len(p))
-        segments[row, P - len(p):] = 1
-      gen = np.asarray(_generate_batch(self.params, tokens, positions, segments, live, stop_V,
-                                       cfg=self.cfg, max_new_tokens=T))
+      gen = np.asarray(sampling.decode(self.params, tokens, positions, segments, live, stop_V,
+                                       jax.random.PRNGKey(0), cfg=self.cfg, max_new_tokens=T))
       for row, i in enumerate(idx):
         out[i] = cut_tokens(gen[row, :max_new_tokens].tolist(), stop_ids, self.tokenizer.eos_id)
     return out
