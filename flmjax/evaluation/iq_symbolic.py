@@ -14,13 +14,12 @@ hidden); demonstrations come from train, balanced over labels.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import string
 from typing import Any, Callable, Optional
 
-from flmjax.evaluation.tasks import EvalDataError, Item, Task
+from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines
 
 CATEGORY = 'symbolic_mapping'
 _SYMBOL_CHARS = string.ascii_letters + string.digits + '%#&*+=?@!$'
@@ -126,32 +125,19 @@ def _missing(spec: Spec, data_dir: str) -> EvalDataError:
 def _read_records(spec: Spec, path: str) -> list[tuple[dict, int]]:
   """(record, label index) of each line; a malformed line is an error naming file:line."""
   out = []
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{lineno}: {CATEGORY}/{spec.name}'
-      try:
-        rec = json.loads(line)
-      except ValueError as e:
-        raise EvalDataError(f'{where}: invalid JSON ({e})') from None
-      if not isinstance(rec, dict):
-        raise EvalDataError(f'{where}: expected a JSON object, got {type(rec).__name__}')
-      missing = [k for k in spec.fields if k not in rec]
-      if missing:
-        raise EvalDataError(f'{where}: missing field(s) {missing} (has {sorted(rec)})')
-      raw = rec['label']
-      if isinstance(spec.labels[0], str) and isinstance(raw, (bool, int)):
-        raw = str(raw).lower()  # some copies store CLUE labels as numbers or booleans
-      if raw in spec.skip_labels:
-        continue
-      if raw not in spec.labels or isinstance(raw, bool) != isinstance(spec.labels[0], bool):
-        raise EvalDataError(f'{where}: label {raw!r} is not one of {list(spec.labels)}')
-      try:
-        spec.render(rec)
-      except (ValueError, TypeError, KeyError) as e:
-        raise EvalDataError(f'{where}: cannot render the record ({e})') from None
-      out.append((rec, spec.labels.index(raw)))
+  for where, rec in read_json_lines(path, f'{CATEGORY}/{spec.name}', spec.fields):
+    raw = rec['label']
+    if isinstance(spec.labels[0], str) and isinstance(raw, (bool, int)):
+      raw = str(raw).lower()  # some copies store CLUE labels as numbers or booleans
+    if raw in spec.skip_labels:
+      continue
+    if raw not in spec.labels or isinstance(raw, bool) != isinstance(spec.labels[0], bool):
+      raise EvalDataError(f'{where}: label {raw!r} is not one of {list(spec.labels)}')
+    try:
+      spec.render(rec)
+    except (ValueError, TypeError, KeyError) as e:
+      raise EvalDataError(f'{where}: cannot render the record ({e})') from None
+    out.append((rec, spec.labels.index(raw)))
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY}/{spec.name}: no labelled example in the file')
   return out

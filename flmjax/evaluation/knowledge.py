@@ -24,7 +24,7 @@ import random
 import re
 from typing import Any, Optional, Sequence
 
-from flmjax.evaluation.tasks import EvalDataError, Item, Task
+from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines
 
 CATEGORY = 'knowledge'
 TASKS = ('mmlu', 'ceval', 'arc_easy', 'arc_challenge', 'hellaswag', 'truthfulqa_mc1',
@@ -106,22 +106,9 @@ def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, s
 
 def _jsonl(task: str, path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
   out = []
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{lineno}: {CATEGORY}/{task}'
-      try:
-        rec = json.loads(line)
-      except ValueError as e:
-        raise EvalDataError(f'{where}: invalid JSON ({e})') from None
-      if not isinstance(rec, dict):
-        raise EvalDataError(f'{where}: expected a JSON object')
-      missing = [k for k in fields if k not in rec]
-      if missing:
-        raise EvalDataError(f'{where}: missing field(s) {missing}')
-      rec['_where'] = where
-      out.append(rec)
+  for where, rec in read_json_lines(path, f'{CATEGORY}/{task}', fields):
+    rec['_where'] = where
+    out.append(rec)
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY}/{task}: no record in the file')
   return out

@@ -9,7 +9,8 @@ lets the generators, readers and solvers be tested without any model.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import json
+from typing import Iterator, Sequence
 
 IQ_CATEGORIES = ('symbolic_mapping', 'rule_understanding', 'pattern_mining', 'anti_interference')
 NORMALIZATIONS = ('sum', 'token', 'byte')
@@ -61,3 +62,26 @@ class Task:
 def format_shots(shots: Sequence[tuple[str, str]], sep: str = '\n\n') -> str:
   """Joins solved (prompt, answer) demonstrations into an in-context prefix."""
   return ''.join(p + a + sep for p, a in shots)
+
+
+def read_json_lines(path: str, label: str, fields: Sequence[str]
+                    ) -> Iterator[tuple[str, dict]]:
+  """(where, record) for each non-blank line of a JSON-lines file, `where` = 'file:line: label'.
+
+  A line that is not a JSON object, or lacks one of `fields`, is an error naming file and line.
+  """
+  with open(path, encoding='utf-8') as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f'{path}:{lineno}: {label}'
+      try:
+        rec = json.loads(line)
+      except ValueError as e:
+        raise EvalDataError(f'{where}: invalid JSON ({e})') from None
+      if not isinstance(rec, dict):
+        raise EvalDataError(f'{where}: expected a JSON object, got {type(rec).__name__}')
+      missing = [k for k in fields if k not in rec]
+      if missing:
+        raise EvalDataError(f'{where}: missing field(s) {missing} (has {sorted(rec)})')
+      yield where, rec
