@@ -72,6 +72,21 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   return cfg
 
 
+def load_tool_config(path: str, overrides: Sequence[str], section: str,
+                     defaults: Mapping[str, Any], what: str) -> ml_collections.ConfigDict:
+  """A µP tool's file (sweep, loss prediction): an `experiment` section (a training config)
+  plus the tool's own `section`, whose fields must be among `defaults`."""
+  cfg = load_config(path, overrides)
+  for name in ('experiment', section):
+    if name not in cfg:
+      raise ConfigError(f'{path}: {what} needs sections experiment and {section} '
+                        f'(missing {name!r})')
+  unknown = sorted(set(cfg[section].keys()) - set(defaults))
+  if unknown:
+    raise ConfigError(f'{section}: unknown field(s) {unknown}; known: {sorted(defaults)}')
+  return cfg
+
+
 def _parse_value(text: str, old: Any, field: str) -> Any:
   """Parse `text` as the type of the existing value `old`."""
   def literal():

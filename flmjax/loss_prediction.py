@@ -127,15 +127,8 @@ def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
 # ---- runs --------------------------------------------------------------------------------------
 
 def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
-  cfg = experiment.load_config(path, overrides)
-  for section in ('experiment', 'predict'):
-    if section not in cfg:
-      raise ConfigError(f'{path}: a prediction file needs sections experiment and predict '
-                        f'(missing {section!r})')
-  unknown = sorted(set(cfg.predict.keys()) - set(default_predict_config()))
-  if unknown:
-    raise ConfigError(f'predict: unknown field(s) {unknown}; known: '
-                      f'{sorted(default_predict_config())}')
+  cfg = experiment.load_tool_config(path, overrides, 'predict', default_predict_config(),
+                                   'a prediction file')
   widths = [int(w) for w in cfg.predict.proxy_widths]
   if len(widths) < 3:
     raise ConfigError(f'predict.proxy_widths needs at least 3 widths for a 3-parameter fit, '

@@ -103,14 +103,8 @@ def run_point(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def load_sweep_config(path: str, overrides: Sequence[str] = ()) -> Any:
-  cfg = experiment.load_config(path, overrides)
-  for section in ('experiment', 'sweep'):
-    if section not in cfg:
-      raise ConfigError(f'{path}: a sweep file needs sections experiment and sweep '
-                        f'(missing {section!r})')
-  unknown = sorted(set(cfg.sweep.keys()) - set(default_sweep_config()))
-  if unknown:
-    raise ConfigError(f'sweep: unknown field(s) {unknown}; known: {sorted(default_sweep_config())}')
+  cfg = experiment.load_tool_config(path, overrides, 'sweep', default_sweep_config(),
+                                   'a sweep file')
   if not cfg.experiment.model.use_mup:
     print('sweep: note: experiment.model.use_mup is False: the best point will not transfer '
           'across widths', flush=True)
