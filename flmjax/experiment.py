@@ -19,6 +19,7 @@ import ml_collections
 
 from flmjax import faults, sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig
+from flmjax.growth_ops import GrowthSpec
 
 SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
 STAGE_FIELDS = ('name', 'model', 'steps', 'tokens', 'lr', 'warmup_steps', 'end_lr',
@@ -362,10 +363,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
     if s.growth is not None:
       try:
-        from flmjax import growth
-        growth.GrowthSpec.from_dict(s.growth)
-      except ImportError:
-        pass
+        GrowthSpec.from_dict(s.growth)
       except ValueError as e:
         raise ConfigError(f'stages[{s.index}].{e}') from None
     if cfg.data.source == 'synthetic':
