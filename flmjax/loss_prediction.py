@@ -31,8 +31,10 @@ from flmjax.config import ConfigError
 
 
 def default_predict_config() -> dict[str, Any]:
+  # proxy_seeds: init seeds averaged per proxy width ([] = the experiment's train.seed only);
+  # the target is trained once, with train.seed (a wide µP model's loss varies little with init).
   return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=4000,
-              seed=0)
+              seed=0, proxy_seeds=[])
 
 
 # ---- the fit -------------------------------------------------------------------------------------
@@ -121,7 +123,25 @@ def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
     if len(vals):
       bounds += list(np.percentile(vals, [2.5, 97.5]))
   bounds += [float(power_law(x / fit.x_scale, *p)) for p in fit.loo]
-  return mean, float(min(bounds)), float(max(bounds))
+  return mean, max(0.0, float(min(bounds))), float(max(bounds))  # a loss is never negative
+
+
+def fit_warnings(xs: Sequence[float], ys: Sequence[float], fit: PowerLawFit) -> list[str]:
+  """Why a fit should not be trusted, in words (empty when it looks sound).
+
+  The usual failure is proxies trained too briefly: their losses do not yet depend on width, the
+  fit comes out flat (b ≈ 0) and a, c trade off freely, so the interval is meaningless."""
+  order = np.argsort(xs)
+  ys = np.asarray(ys, np.float64)[order]
+  out = []
+  if np.any(np.diff(ys) >= 0):
+    out.append('the proxies\' losses do not fall with size (%s): the differences are noise, not '
+               'a scaling law; train the proxies on more tokens or average more seeds'
+               % ', '.join(f'{y:.4f}' for y in ys))
+  if fit.b > -0.01:
+    out.append(f'the fitted exponent b = {fit.b:.3g} is ≈ 0 (a flat law): the prediction is the '
+               f'proxies\' mean and its interval is not informative')
+  return out
 
 
 # ---- runs --------------------------------------------------------------------------------------
@@ -136,11 +156,24 @@ def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
   return cfg
 
 
-def run_width(cfg: Any, width: int, workdir: str) -> dict[str, Any]:
+def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> dict[str, Any]:
+  """Train `width` once per init seed (same tokens: `data.seed` is untouched) and average.
+
+  A narrow proxy's final loss moves with its random init by about as much as neighbouring widths
+  differ; the mean over a few seeds is what the fit should see.  The spread is kept
+  (`seed_losses`, `loss_std`) for the report."""
   from flmjax import sweep
-  res = sweep.run_point(mup.with_hparams(cfg.experiment, width=width),
-                        os.path.join(workdir, f'w{width}'))
-  return {'width': width, **res}
+  seeds = [int(s) for s in seeds] or [int(cfg.experiment.train.seed)]
+  runs = []
+  for seed in seeds:
+    c = mup.with_hparams(cfg.experiment, width=width)
+    c.train.seed = seed
+    sub = f'w{width}' if len(seeds) == 1 else f'w{width}_s{seed}'
+    runs.append(sweep.run_point(c, os.path.join(workdir, sub)))
+  losses = [r['loss'] for r in runs]
+  return {'width': width, **runs[0], 'loss': float(np.mean(losses)),
+          'loss_std': float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
+          'seed_losses': losses, 'seeds': seeds}
 
 
 def curve(workdir: str) -> tuple[list[float], list[float]]:
@@ -153,7 +186,8 @@ def curve(workdir: str) -> tuple[list[float], list[float]]:
 def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) -> dict[str, Any]:
   """Train the proxies, fit L(N) and L(C), predict the target (and measure it if asked)."""
   p = cfg.predict
-  proxies = [run_width(cfg, int(w), workdir) for w in sorted(int(w) for w in p.proxy_widths)]
+  proxies = [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()))
+             for w in sorted(int(w) for w in p.proxy_widths)]
   target_cfg = mup.with_hparams(cfg.experiment, width=int(p.target_width))
   stages = experiment.stage_plan(target_cfg)
   target = {'width': int(p.target_width),
@@ -166,7 +200,8 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
   c_pred = predict(fit_c, target['flops'], int(p.samples), int(p.seed))
   out = {'proxies': proxies, 'target': target, 'fit_N': fit_n.to_dict(), 'fit_C': fit_c.to_dict(),
          'predicted_N': dict(zip(('loss', 'low', 'high'), n_pred)),
-         'predicted_C': dict(zip(('loss', 'low', 'high'), c_pred))}
+         'predicted_C': dict(zip(('loss', 'low', 'high'), c_pred)),
+         'warnings': fit_warnings([r['non_embedding_params'] for r in proxies], ys, fit_n)}
   if p.train_target if train_target is None else train_target:
     res = run_width(cfg, int(p.target_width), workdir)
     target['measured'] = res['loss']
@@ -177,12 +212,14 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
 
 
 def format_report(out: Mapping[str, Any]) -> str:
-  lines = [f"{'width':>6} {'N (non-emb)':>12} {'FLOPs':>10} {'loss':>9} {'fit L(N)':>9}"]
+  lines = [f"{'width':>6} {'N (non-emb)':>12} {'FLOPs':>10} {'loss':>9} {'± seeds':>8} "
+           f"{'fit L(N)':>9}"]
   fit_n = PowerLawFit(**{**{k: out['fit_N'][k] for k in ('a', 'b', 'c', 'x_scale')},
                          'cov': None})
   for r in out['proxies']:
+    spread = f"{r['loss_std']:.4f}" if len(r.get('seed_losses', ())) > 1 else '-'
     lines.append(f"{r['width']:>6} {r['non_embedding_params']:>12,} {r['flops']:>10.3g} "
-                 f"{r['loss']:>9.4f} {float(fit_n(r['non_embedding_params'])):>9.4f}")
+                 f"{r['loss']:>9.4f} {spread:>8} {float(fit_n(r['non_embedding_params'])):>9.4f}")
   f = out['fit_N']
   lines.append(f"L(N) = {f['a']:.4g}·(N/{f['x_scale']:.4g})^{f['b']:.4g} + {f['c']:.4g}")
   t = out['target']
@@ -190,6 +227,7 @@ def format_report(out: Mapping[str, Any]) -> str:
     pr = out[f'predicted_{key}']
     lines.append(f"target width {t['width']} ({t['non_embedding_params']:,} non-emb params): "
                  f"L({key}) predicts {pr['loss']:.4f} [{pr['low']:.4f}, {pr['high']:.4f}]")
+  lines += [f'warning: {w}' for w in out.get('warnings', ())]
   if 'measured' in t:
     lines.append(f"measured {t['measured']:.4f}: relative error L(N) "
                  f"{100 * out['relative_error_N']:.2f}%, L(C) {100 * out['relative_error_C']:.2f}%")

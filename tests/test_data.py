@@ -221,6 +221,13 @@ def test_vocabulary_changes_with_settings(setup):
   assert vocab.vocab_key(other) != vocab.vocab_key(cfg)
 
 
+def test_vocabulary_too_small_for_its_characters_names_the_fields(setup):
+  root, files, _ = setup
+  tight = make_cfg(root, files, **{'vocab.size': 64, 'vocab.character_coverage': 1.0})
+  with pytest.raises(D.DataError, match=r'data\.vocab\.size = 64 .*data\.vocab\.character_coverage'):
+    vocab.vocabulary_path(tight)
+
+
 def test_model_without_special_tokens_is_rejected(setup, tmp_path):
   _, files, cfg = setup
   prefix = str(tmp_path / 'plain')

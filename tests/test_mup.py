@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from flmjax import coord_check, loss_prediction, mup, optimizer, sweep
+from flmjax import coord_check, experiment, loss_prediction, mup, optimizer, sweep
 from flmjax.config import ModelConfig
 from flmjax.model import Transformer
 
@@ -169,6 +169,36 @@ def test_fit_interval_from_four_points_and_exact_with_three():
   assert lo < pred < hi and hi - lo > 0.01
 
 
+def test_fit_warns_when_losses_do_not_fall_with_size():
+  n = np.array([1e4, 4e4, 1.6e5, 6.4e5])
+  good = 10.0 * n ** -0.25 + 2.0
+  assert loss_prediction.fit_warnings(n, good, loss_prediction.fit_power_law(n, good)) == []
+  noise = np.array([6.19, 6.27, 6.18, 6.25])  # the old benchmark's proxies: no law at all
+  msgs = loss_prediction.fit_warnings(n, noise, loss_prediction.fit_power_law(n, noise))
+  assert any('do not fall with size' in m for m in msgs)
+  pred, lo, hi = loss_prediction.predict(loss_prediction.fit_power_law(n, noise), 1e9)
+  assert lo >= 0.0
+
+
+def test_proxy_losses_are_averaged_over_init_seeds(monkeypatch, tmp_path):
+  seen = []
+
+  def fake_run_point(config, workdir):
+    seen.append((config.model.d_model, config.train.seed, config.data.seed,
+                 os.path.basename(workdir)))
+    return {'loss': 5.0 + config.train.seed, 'flops': 1.0, 'tokens': 1, 'params': 1,
+            'non_embedding_params': 1, 'workdir': workdir}
+
+  monkeypatch.setattr(sweep, 'run_point', fake_run_point)
+  cfg = experiment.load_config(os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny'))
+  r = loss_prediction.run_width(cfg, 32, str(tmp_path), seeds=[0, 2])
+  assert r['loss'] == 6.0 and r['seed_losses'] == [5.0, 7.0] and r['loss_std'] > 0
+  data_seed = cfg.experiment.data.seed
+  assert seen == [(32, 0, data_seed, 'w32_s0'), (32, 2, data_seed, 'w32_s2')]  # same tokens
+  one = loss_prediction.run_width(cfg, 32, str(tmp_path))
+  assert one['seed_losses'] == [5.0 + cfg.experiment.train.seed] and seen[-1][-1] == 'w32'
+
+
 def test_sweep_points_grid_and_random():
   grid = sweep.sweep_points(dict(mode='grid', lr=[1, 2], init_std=[3], output_mult=[4, 5],
                                  num_samples=0, seed=0))
@@ -214,10 +244,13 @@ def test_predict_loss_cli_tiny(tmp_path, capsys):
   wd = str(tmp_path / 'pred')
   rc = loss_prediction.predict_loss_main(_args(
       config=os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny'), workdir=wd,
-      train_target=True, plot='', config_overrides=['experiment.train.steps=6']))
+      train_target=True, plot='', config_overrides=['experiment.train.steps=6',
+                                                    'predict.proxy_seeds=[0,1]']))
   assert rc == 0
   out = json.load(open(os.path.join(wd, 'prediction.json')))
   assert [r['width'] for r in out['proxies']] == [16, 32, 48]
+  assert all(len(r['seed_losses']) == 2 for r in out['proxies'])
+  assert os.path.isdir(os.path.join(wd, 'w16_s1')) and os.path.isdir(os.path.join(wd, 'w64'))
   t = out['target']
   assert np.isfinite(t['measured']) and out['predicted_N']['low'] <= out['predicted_N']['loss']
   assert out['relative_error_N'] == pytest.approx(

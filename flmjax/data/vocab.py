@@ -77,6 +77,20 @@ def train_model_bytes(cfg: Any) -> bytes:
   lines = _training_lines(cfg)
   buf = io.BytesIO()
   spm.set_random_generator_seed(cfg.seed + 1)
+  try:
+    _train_sentencepiece(cfg, lines, buf)
+  except RuntimeError as e:
+    if 'required_chars' in str(e):  # more distinct characters to cover than pieces allowed
+      raise DataError(
+          f'data.vocab.size = {cfg.vocab.size} is too small for data.vocab.character_coverage = '
+          f'{cfg.vocab.character_coverage}: SentencePiece says "{str(e).split("] ")[-1]}". '
+          f'Raise data.vocab.size or lower data.vocab.character_coverage (e.g. 0.98: rarer '
+          f'characters then fall back to bytes).') from None
+    raise
+  return buf.getvalue()
+
+
+def _train_sentencepiece(cfg: Any, lines: list[str], buf: io.BytesIO) -> None:
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(lines), model_writer=buf,
       vocab_size=cfg.vocab.size, model_type=cfg.vocab.model_type,
@@ -88,7 +102,6 @@ def train_model_bytes(cfg: Any) -> bytes:
       user_defined_symbols=list(SPECIAL_TOKENS),
       shuffle_input_sentence=False, input_sentence_size=0, num_threads=1,
       max_sentence_length=8192, hard_vocab_limit=False, minloglevel=2)
-  return buf.getvalue()
 
 
 def check_special_tokens(path: str) -> spm.SentencePieceProcessor:
