@@ -61,7 +61,7 @@ def stage_dirs(workdir: str) -> dict[int, str]:
   return dict(sorted(out.items()))
 
 
-def _steps_in(directory: str) -> list[int]:
+def steps_in(directory: str) -> list[int]:
   """Completed steps in a manager directory (orbax renames tmp dirs only when complete)."""
   if not os.path.isdir(directory):
     return []
@@ -104,7 +104,7 @@ class StageCheckpointer:
     self._unmanifested.append(step)
 
   def _save_error(self, step: int, e: BaseException) -> CheckpointError:
-    kept = _steps_in(self.directory)
+    kept = steps_in(self.directory)
     return CheckpointError(
         f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: {e}. '
         f'Earlier checkpoints are kept (complete steps here: {kept or "none"}); check disk '
@@ -275,7 +275,7 @@ def discard_damaged(directories: Mapping[int, str], *, checksums: bool = True,
   """Newest (stage, step) over `directories` ({stage: dir}) that verifies, moving each damaged
   newer one aside (and logging it).  `below`: only consider steps <= below."""
   for k, d in reversed(list(directories.items())):
-    for step in reversed(_steps_in(d)):
+    for step in reversed(steps_in(d)):
       if below is not None and step > below:
         continue
       step_dir = os.path.join(d, str(step))
@@ -295,7 +295,7 @@ def discard_damaged(directories: Mapping[int, str], *, checksums: bool = True,
 def latest(workdir: str) -> Optional[tuple[int, int]]:
   """(stage, step) of the newest complete checkpoint in a workdir, or None."""
   for k, d in reversed(list(stage_dirs(workdir).items())):
-    steps = _steps_in(d)
+    steps = steps_in(d)
     if steps:
       return k, steps[-1]
   return None
@@ -306,7 +306,7 @@ def resolve_step_dir(path: str) -> str:
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'meta')) and os.path.isdir(os.path.join(path, 'state')):
     return path
-  steps = _steps_in(path)
+  steps = steps_in(path)
   if steps:
     return os.path.join(path, str(steps[-1]))
   found = latest(path)
@@ -323,7 +323,7 @@ def check_workdir(workdir: str, stage_models: list[ModelConfig], *, allow_overwr
   old run was moved to when `allow_overwrite` (else None)."""
   mismatch = None
   for k, d in stage_dirs(workdir).items():
-    steps = _steps_in(d)
+    steps = steps_in(d)
     if not steps:
       continue
     step_dir = os.path.join(d, str(steps[-1]))
@@ -419,7 +419,7 @@ def save_state(path: str, config: Mapping[str, Any], state: Mapping[str, Any], *
     if key not in meta:
       raise CheckpointError(f'save_state: meta needs {key!r}')
   step = int(np.asarray(jax.device_get(state['step'])))
-  if step in _steps_in(path):
+  if step in steps_in(path):
     raise CheckpointError(f'save_state: {os.path.join(path, str(step))} already exists')
   mngr = StageCheckpointer(path, keep=1 << 30, async_save=False)
   try:

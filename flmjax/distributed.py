@@ -3,6 +3,9 @@
 Flags win over env vars (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
 `JAX_LOCAL_DEVICE_IDS`); `auto=True` lets JAX detect the cluster (TPU pods, SLURM, Open MPI, …).
 Must run before anything touches a JAX device.  CPU processes use gloo collectives.
+
+Also the three things the trainer needs every process to agree on: log once (`log0`), wait for
+each other (`sync`), and decide together (`all_processes`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import os
 from typing import Optional, Sequence
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -56,3 +61,22 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     kwargs['heartbeat_timeout_seconds'] = heartbeat
   jax.distributed.initialize(**kwargs)
   return jax.process_count() > 1
+
+
+def log0(msg: str) -> None:
+  """Print on process 0 only (one line per event in a multi-host log)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (a no-op on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def all_processes(ok: bool) -> bool:
+  """True iff `ok` on every process, so all raise or none do (instead of some hanging)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))

@@ -68,7 +68,9 @@ class Preemption:
 
   Multi-process runs use JAX's preemption sync point instead: its coordination service turns a
   SIGTERM on any host into the same stop step on all hosts (a local flag could make hosts stop
-  at different steps and deadlock).  There SIGINT keeps Python's default (KeyboardInterrupt).
+  at different steps and deadlock).  A Ctrl-C there is forwarded as a SIGTERM to this process,
+  so it takes the same path and every host stops at one step with a checkpoint; without JAX's
+  preemption service (`jax_enable_preemption_service` off) SIGINT keeps Python's default.
   """
 
   def __init__(self):
@@ -79,8 +81,11 @@ class Preemption:
   def __enter__(self) -> 'Preemption':
     if threading.current_thread() is not threading.main_thread():
       return self  # signal handlers can only be set from the main thread
-    for s in ([] if self.multi else [signal.SIGINT, signal.SIGTERM]):
-      self._old[s] = signal.signal(s, self._handle)
+    if not self.multi:
+      for s in (signal.SIGINT, signal.SIGTERM):
+        self._old[s] = signal.signal(s, self._handle)
+    elif _preemption_service_running():
+      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward_sigint)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -95,15 +100,35 @@ class Preemption:
     print(f'received {signal.Signals(signum).name}: stopping after this step with a checkpoint '
           '(send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
 
+  def _forward_sigint(self, signum, frame) -> None:
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print('received SIGINT: telling every host to stop at the next common step with a '
+          'checkpoint (send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier catches it
+
   def should_stop(self, step: int) -> bool:
     """Call once per step on every process; True on all of them at the same step."""
     if not self.multi:
       return self.signum is not None
     from jax.experimental import multihost_utils
     try:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      stop = bool(multihost_utils.reached_preemption_sync_point(step))
     except RuntimeError:  # jax_enable_preemption_service is off
       return False
+    if stop and self.signum is None:
+      self.signum = signal.SIGTERM  # the notice reached this host through JAX's coordinator
+    return stop
+
+
+def _preemption_service_running() -> bool:
+  """Whether JAX's preemption sync manager (which owns SIGTERM on multi-host runs) is up."""
+  try:
+    from jax._src import distributed as jax_distributed
+  except ImportError:  # JAX moved it: keep Python's SIGINT rather than risk a bare SIGTERM
+    return False
+  return getattr(jax_distributed.global_state, 'preemption_sync_manager', None) is not None
 
 
 # ---- pre-flight ----------------------------------------------------------------------------

@@ -27,13 +27,13 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from flmjax import checkpoint, experiment, faults, metrics as metrics_lib, optimizer, sharding
-from flmjax import synthetic_data
+from flmjax import checkpoint, experiment, faults, metrics as metrics_lib, optimizer, recovery
+from flmjax import sharding, synthetic_data
 from flmjax.config import ModelConfig
+from flmjax.distributed import log0
 from flmjax.experiment import Stage
 from flmjax.model import Transformer, abstract_params
 
@@ -343,16 +343,6 @@ def abstract_state_for(config: Any, meta: Mapping[str, Any], *, mesh: Optional[M
 
 # ---- the run -------------------------------------------------------------------------------
 
-def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 def evaluate(rt: StageRuntime, state: TrainState,
              eval_sets: Mapping[str, list[Batch]]) -> dict[str, float]:
   """Mean per-token validation loss per language, `val_loss_<name>`."""
@@ -374,64 +364,11 @@ class StopTraining(Exception):
   """Raised inside the loop to stop after a checkpointed step (`stop_at_step` or a signal)."""
 
 
-def _all_processes(ok: bool) -> bool:
-  """True iff `ok` on every process (so all raise, or none, instead of some hanging)."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
-
-
 def scaled_schedule(schedule: Callable, lr_scale: float) -> Callable:
   """The schedule times `lr_scale` (lowered after a rollback when faults.rollback_lr_factor<1)."""
   if lr_scale == 1.0:
     return schedule
   return lambda step: lr_scale * schedule(step)
-
-
-@dataclasses.dataclass
-class _Restored:
-  stage: int
-  step: int
-  rt: 'StageRuntime'
-  state: TrainState
-  meta: dict
-  data_state: dict
-
-
-def _restore_newest(workdir: str, make_rt: Callable[[int, float], 'StageRuntime'],
-                    primary: bool, checksums: bool) -> Optional[_Restored]:
-  """Restore the newest checkpoint that verifies and restores; a damaged one (found by its
-  manifest, or by a failing restore when it has none) is moved aside and the previous one is
-  tried."""
-  verified = True  # the caller has just run `discard_damaged`
-  while True:
-    if primary and not verified:
-      checkpoint.discard_damaged(checkpoint.stage_dirs(workdir), checksums=checksums, log=_log)
-    _sync('verify')
-    verified = False
-    found = checkpoint.latest(workdir)
-    if found is None:
-      return None
-    k, step = found
-    sdir = checkpoint.stage_dir(workdir, k)
-    error = None
-    try:
-      meta = checkpoint.read_json(os.path.join(sdir, str(step)), 'meta')
-      rt = make_rt(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
-      ckptr = checkpoint.StageCheckpointer(sdir, read_only=True)
-      try:
-        state, meta, data_state = rt.restore(ckptr, step)
-      finally:
-        ckptr.close()
-    except checkpoint.CheckpointError as e:
-      error = e
-    if _all_processes(error is None):
-      return _Restored(k, step, rt, state, meta, data_state)
-    if primary:
-      dest = checkpoint.quarantine(os.path.join(sdir, str(step)),
-                                   str(error or 'failed to restore on another process'))
-      _log(f'{error}; moved it to {dest} and falling back to the previous checkpoint')
-    _sync(f'quarantine-{k}-{step}')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -450,24 +387,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   rules = sharding.logical_rules(config.mesh)
   t = config.train
   primary = jax.process_index() == 0
-  problem = faults.preflight(workdir, stages, fcfg)
-  if not _all_processes(problem is None):
-    raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
-                                'check (see its log)')
-  _sync('mkdir')
-  if primary:  # integrity first: a damaged newest checkpoint must neither block nor be resumed
-    checkpoint.discard_damaged(checkpoint.stage_dirs(workdir),
-                               checksums=bool(fcfg.verify_checksums), log=_log)
-  _sync('verify-all')
-  moved = checkpoint.check_workdir(workdir, [s.model for s in stages],
-                                   allow_overwrite=t.allow_overwrite, is_primary=primary)
-  if moved:
-    _log(f'train.allow_overwrite: moved the previous run to {moved}')
-  _sync('workdir')
+  recovery.prepare_workdir(workdir, stages, fcfg, allow_overwrite=bool(t.allow_overwrite),
+                           primary=primary)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   make_rt = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
                                              scaled_schedule(schedule, lr_scale))
-  restored = _restore_newest(workdir, make_rt, primary, bool(fcfg.verify_checksums))
+  restored = recovery.restore_newest(workdir, make_rt, primary,
+                                     bool(fcfg.verify_checksums))
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary,
                                      resume_step=restored.step if restored else 0)
   config_json = json.loads(config.to_json())
@@ -478,7 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   start_stage = restored.stage if restored else 0
   guard = faults.Guard(fcfg, restored.meta.get('faults') if restored else None)
   if restored:
-    _log(f'resuming from {checkpoint.stage_dir(workdir, restored.stage)}/{restored.step}')
+    log0(f'resuming from {checkpoint.stage_dir(workdir, restored.stage)}/{restored.step}')
   watchdog = faults.Watchdog(fcfg.hang_timeout_s)
   ckptr = None
   try:
@@ -513,7 +439,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           t0 = time.time()
           state = rt.grow_from(prev_rt, state)
           info['grow_time'] = time.time() - t0
-          _log(f'grew stage {stages[k - 1].name!r} -> {st.name!r} at step {st.start_step} '
+          log0(f'grew stage {stages[k - 1].name!r} -> {st.name!r} at step {st.start_step} '
                f'({st.model.param_count() / 1e6:.2f}M params)')
           save(state, st.start_step, None)
         step = int(jax.device_get(state.step))
@@ -540,11 +466,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
               out = {'stopped_at': stop.args[0]}
               if preempt.signum is not None:
                 out['preempted'] = signal_name(preempt.signum)
-                _log(f'preempted: checkpoint of step {stop.args[0]} is complete; exiting')
+                log0(f'preempted: checkpoint of step {stop.args[0]} is complete; exiting')
               return out
             except faults.Rollback as rb:
-              rt, ckptr, state = _roll_back(rb, k, rt, ckptr, workdir, make_rt, guard, writer,
-                                            fcfg, primary, t)
+              rt, ckptr, state = recovery.roll_back(rb, k, rt, ckptr, workdir, make_rt, guard,
+                                                   writer, fcfg, primary, t)
               last_saved = int(jax.device_get(state.step))
         if last_saved != st.end_step:
           save(state, st.end_step, None)
@@ -572,60 +498,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def signal_name(signum: int) -> str:
   import signal
   return signal.Signals(signum).name
-
-
-def _roll_back(rb: 'faults.Rollback', k: int, rt: StageRuntime, ckptr, workdir: str,
-               make_rt: Callable, guard: 'faults.Guard', writer, fcfg, primary: bool, t
-               ) -> tuple[StageRuntime, checkpoint.StageCheckpointer, TrainState]:
-  """Back to the newest good checkpoint of this stage (a fresh init in stage 0 without one),
-  keeping the data iterator where it is, so the offending window is skipped."""
-  try:
-    ckptr.close()  # in-flight saves are of good steps (the guard ran before each save)
-  except checkpoint.CheckpointError as e:
-    _log(f'rollback: {e}')
-  guard.rollbacks += 1
-  if guard.rollbacks > int(fcfg.max_rollbacks):
-    raise faults.DivergedError(
-        f'{rb}: rollback {guard.rollbacks} exceeds faults.max_rollbacks={fcfg.max_rollbacks}; '
-        'the run keeps diverging. Lower optim.lr, raise optim.warmup_steps or set '
-        'faults.rollback_lr_factor < 1, then restart (checkpoints are kept).')
-  lr_scale = guard.lr_scale * float(fcfg.rollback_lr_factor)
-  new_rt = rt if lr_scale == guard.lr_scale else make_rt(k, lr_scale)
-  sdir = checkpoint.stage_dir(workdir, k)
-  while True:
-    if primary:
-      checkpoint.discard_damaged({k: sdir}, checksums=bool(fcfg.verify_checksums), log=_log,
-                                 below=rb.step)
-    _sync(f'rollback-verify-{guard.rollbacks}')
-    steps = [s for s in checkpoint._steps_in(sdir) if s <= rb.step]
-    ckptr = checkpoint.StageCheckpointer(sdir, keep=t.keep)
-    if not steps:
-      if k:
-        raise checkpoint.CheckpointError(f'{rb}: no checkpoint to roll back to in {sdir}')
-      state, saved, to_step = new_rt.init_state(t.seed), None, 0
-      break
-    to_step, error = steps[-1], None
-    try:
-      state, meta, _ = new_rt.restore(ckptr, to_step)
-      saved = meta.get('faults')
-    except checkpoint.CheckpointError as e:
-      error = e
-    if _all_processes(error is None):
-      break
-    ckptr.close()
-    if primary:
-      dest = checkpoint.quarantine(os.path.join(sdir, str(to_step)), str(error))
-      _log(f'{error}; moved it to {dest}')
-  first_skipped = int((saved or {}).get('batches', 0)) + 1
-  guard.reset_to(saved)
-  guard.lr_scale = lr_scale
-  record = {'event': 'rollback', 'stage': k, 'reason': rb.reason, 'to_step': to_step,
-            'skipped_batches': [first_skipped, guard.batches], 'lr_scale': lr_scale,
-            'rollbacks': guard.rollbacks}
-  writer.write(rb.step, record)
-  _log(f'rollback at step {rb.step} ({rb.reason}) to step {to_step}: skipping data batches '
-       f'{first_skipped}..{guard.batches}, lr scale {lr_scale:g}')
-  return new_rt, ckptr, state
 
 
 @dataclasses.dataclass

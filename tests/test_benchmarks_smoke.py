@@ -84,3 +84,9 @@ def test_growth_vs_scratch_smoke_on_tiny():
   tiny = os.path.join(ROOT, 'experiments', 'tiny.py')
   out = _run('growth_vs_scratch.py', '--growth', tiny, '--scratch', tiny)
   assert out.splitlines()[-1].endswith('= 1.000x')
+
+
+@pytest.mark.slow
+def test_loss_prediction_smoke():
+  out = _run('loss_prediction.py')
+  assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out

@@ -217,7 +217,7 @@ def test_damaged_checkpoints_are_named_moved_aside_and_skipped(baseline, workdir
     assert 'damaged' in open(os.path.join(dest, 'QUARANTINED.txt')).read() or step == 4
   assert read_losses(workdir) == want
   # a truncated file is named with its size
-  last = os.path.join(s0, str(checkpoint._steps_in(s0)[-1]))
+  last = os.path.join(s0, str(checkpoint.steps_in(s0)[-1]))
   victim = _biggest_file(last)
   with open(victim, 'r+b') as f:
     f.truncate(10)

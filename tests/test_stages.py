@@ -25,8 +25,8 @@ def test_stages_grow_checkpoint_and_log_cumulative_flops(grown):
   cfg, wd, losses, summary = grown
   assert sorted(losses) == list(range(1, 8))
   assert set(checkpoint.stage_dirs(wd)) == {0, 1}
-  assert checkpoint._steps_in(os.path.join(wd, 'stage_0'))[-1] == 3
-  assert 3 in checkpoint._steps_in(os.path.join(wd, 'stage_1'))  # the grown state, pre-step
+  assert checkpoint.steps_in(os.path.join(wd, 'stage_0'))[-1] == 3
+  assert 3 in checkpoint.steps_in(os.path.join(wd, 'stage_1'))  # the grown state, pre-step
   _, params, _ = checkpoint.load_params(wd)
   assert params['embed'].shape == (128, 64)
   records = [r for r in read_metrics(os.path.join(wd, 'metrics.jsonl')) if 'loss' in r]
@@ -49,7 +49,7 @@ def test_resume_at_stage_end_and_right_after_growth_is_exact(grown, workdir):
   assert read_losses(workdir) == {s: want[s] for s in range(1, 5)}
   # drop everything after the growth checkpoint: resume from the grown state itself
   stage1 = os.path.join(workdir, 'stage_1')
-  for step in checkpoint._steps_in(stage1):
+  for step in checkpoint.steps_in(stage1):
     if step > 3:
       shutil.rmtree(os.path.join(stage1, str(step)))
   train.train(cfg, workdir)

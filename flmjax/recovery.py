@@ -1,0 +1,137 @@
+"""Where a run restarts from, and what it survives on the way: the workdir checks before the
+first step, the newest checkpoint that verifies on a restart, and the newest good one before a
+divergence (rollback).  Split from `flmjax.train` so the loop there reads as a loop.
+
+Every decision is taken by all processes together (`distributed.all_processes`), and only
+process 0 touches the filesystem (discarding or quarantining a damaged checkpoint), so a
+multi-host run never splits into processes that resumed from different steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Sequence
+
+from flmjax import checkpoint, faults
+from flmjax.distributed import all_processes, log0, sync
+
+
+def prepare_workdir(workdir: str, stages: Sequence[Any], fcfg: Any, *, allow_overwrite: bool,
+                    primary: bool) -> None:
+  """Pre-flight (disk space, writable), then integrity first — a damaged newest checkpoint must
+  neither block the run nor be resumed — then the guard against training into another run."""
+  problem = faults.preflight(workdir, stages, fcfg)
+  if not all_processes(problem is None):
+    raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
+                                'check (see its log)')
+  sync('mkdir')
+  if primary:
+    checkpoint.discard_damaged(checkpoint.stage_dirs(workdir),
+                               checksums=bool(fcfg.verify_checksums), log=log0)
+  sync('verify-all')
+  moved = checkpoint.check_workdir(workdir, [s.model for s in stages],
+                                   allow_overwrite=allow_overwrite, is_primary=primary)
+  if moved:
+    log0(f'train.allow_overwrite: moved the previous run to {moved}')
+  sync('workdir')
+
+
+@dataclasses.dataclass
+class Restored:
+  stage: int
+  step: int
+  rt: Any  # train.StageRuntime
+  state: Any  # train.TrainState
+  meta: dict
+  data_state: dict
+
+
+def restore_newest(workdir: str, make_rt: Callable[[int, float], Any],
+                   primary: bool, checksums: bool) -> Optional[Restored]:
+  """Restore the newest checkpoint that verifies and restores; a damaged one (found by its
+  manifest, or by a failing restore when it has none) is moved aside and the previous one is
+  tried."""
+  verified = True  # the caller has just run `discard_damaged`
+  while True:
+    if primary and not verified:
+      checkpoint.discard_damaged(checkpoint.stage_dirs(workdir), checksums=checksums, log=log0)
+    sync('verify')
+    verified = False
+    found = checkpoint.latest(workdir)
+    if found is None:
+      return None
+    k, step = found
+    sdir = checkpoint.stage_dir(workdir, k)
+    error = None
+    try:
+      meta = checkpoint.read_json(os.path.join(sdir, str(step)), 'meta')
+      rt = make_rt(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
+      ckptr = checkpoint.StageCheckpointer(sdir, read_only=True)
+      try:
+        state, meta, data_state = rt.restore(ckptr, step)
+      finally:
+        ckptr.close()
+    except checkpoint.CheckpointError as e:
+      error = e
+    if all_processes(error is None):
+      return Restored(k, step, rt, state, meta, data_state)
+    if primary:
+      dest = checkpoint.quarantine(os.path.join(sdir, str(step)),
+                                   str(error or 'failed to restore on another process'))
+      log0(f'{error}; moved it to {dest} and falling back to the previous checkpoint')
+    sync(f'quarantine-{k}-{step}')
+
+
+def roll_back(rb: faults.Rollback, k: int, rt: Any, ckptr, workdir: str,
+               make_rt: Callable, guard: faults.Guard, writer, fcfg, primary: bool, t
+               ) -> tuple[Any, checkpoint.StageCheckpointer, Any]:
+  """Back to the newest good checkpoint of this stage (a fresh init in stage 0 without one),
+  keeping the data iterator where it is, so the offending window is skipped."""
+  try:
+    ckptr.close()  # in-flight saves are of good steps (the guard ran before each save)
+  except checkpoint.CheckpointError as e:
+    log0(f'rollback: {e}')
+  guard.rollbacks += 1
+  if guard.rollbacks > int(fcfg.max_rollbacks):
+    raise faults.DivergedError(
+        f'{rb}: rollback {guard.rollbacks} exceeds faults.max_rollbacks={fcfg.max_rollbacks}; '
+        'the run keeps diverging. Lower optim.lr, raise optim.warmup_steps or set '
+        'faults.rollback_lr_factor < 1, then restart (checkpoints are kept).')
+  lr_scale = guard.lr_scale * float(fcfg.rollback_lr_factor)
+  new_rt = rt if lr_scale == guard.lr_scale else make_rt(k, lr_scale)
+  sdir = checkpoint.stage_dir(workdir, k)
+  while True:
+    if primary:
+      checkpoint.discard_damaged({k: sdir}, checksums=bool(fcfg.verify_checksums), log=log0,
+                                 below=rb.step)
+    sync(f'rollback-verify-{guard.rollbacks}')
+    steps = [s for s in checkpoint.steps_in(sdir) if s <= rb.step]
+    ckptr = checkpoint.StageCheckpointer(sdir, keep=t.keep)
+    if not steps:
+      if k:
+        raise checkpoint.CheckpointError(f'{rb}: no checkpoint to roll back to in {sdir}')
+      state, saved, to_step = new_rt.init_state(t.seed), None, 0
+      break
+    to_step, error = steps[-1], None
+    try:
+      state, meta, _ = new_rt.restore(ckptr, to_step)
+      saved = meta.get('faults')
+    except checkpoint.CheckpointError as e:
+      error = e
+    if all_processes(error is None):
+      break
+    ckptr.close()
+    if primary:
+      dest = checkpoint.quarantine(os.path.join(sdir, str(to_step)), str(error))
+      log0(f'{error}; moved it to {dest}')
+  first_skipped = int((saved or {}).get('batches', 0)) + 1
+  guard.reset_to(saved)
+  guard.lr_scale = lr_scale
+  record = {'event': 'rollback', 'stage': k, 'reason': rb.reason, 'to_step': to_step,
+            'skipped_batches': [first_skipped, guard.batches], 'lr_scale': lr_scale,
+            'rollbacks': guard.rollbacks}
+  writer.write(rb.step, record)
+  log0(f'rollback at step {rb.step} ({rb.reason}) to step {to_step}: skipping data batches '
+       f'{first_skipped}..{guard.batches}, lr scale {lr_scale:g}')
+  return new_rt, ckptr, state
