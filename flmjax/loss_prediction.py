@@ -10,7 +10,8 @@ Three proxies determine the three parameters exactly, so they give a prediction 
 interval: use four or more.
 
 A prediction file defines `get_config()` with sections `experiment` (µP, transferred
-hyperparameters) and `predict` (proxy_widths, target_width, train_target, samples, seed).
+hyperparameters) and `predict` (proxy_widths, proxy_seeds, target_width, train_target, samples,
+seed).
 """
 
 from __future__ import annotations
