@@ -97,7 +97,7 @@ def test_ctrl_c_on_one_host_stops_every_host_at_one_step_and_resumes_exactly(tmp
   uninterrupted single-process run."""
   from conftest import read_losses, tiny_config
   from flmjax import train
-  steps = 300
+  steps = 150
   want_wd = str(tmp_path / 'want')
   train.train(tiny_config(steps), want_wd)
   want = read_losses(want_wd)
