@@ -11,45 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, subprocess_env
-
-
-@pytest.mark.slow
-def test_two_processes_match_single_process_losses(baseline, tmp_path):
-  _, want, _ = baseline
-  wd = str(tmp_path / 'w')
-  code = textwrap.dedent('''
-    import json, sys
-    sys.path.insert(0, %r)
-    from flmjax import distributed
-    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-    import jax
-    assert jax.device_count() == 4 and jax.local_device_count() == 2
-    from conftest import tiny_config, read_losses
-    from flmjax import train
-    c = tiny_config(6)
-    c.mesh.update(data=2, fsdp=2, tensor=1)
-    train.train(c, sys.argv[3])
-    if jax.process_index() == 0:
-      print('RESULT ' + json.dumps(read_losses(sys.argv[3])), flush=True)
-  ''' % os.path.join(ROOT, 'tests'))
-  addr = f'127.0.0.1:{free_port()}'
-  procs = [subprocess.Popen([sys.executable, '-c', code, addr, str(i), wd],
-                            env=subprocess_env(2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=480))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-4000:]
-  line = [l for l in outs[0][0].splitlines() if l.startswith('RESULT ')][-1]
-  got = {int(k): v for k, v in json.loads(line[len('RESULT '):]).items()}
-  assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+from conftest import ROOT, free_port, read_losses, subprocess_env, tiny_config
 
 
 WORKER = textwrap.dedent('''
@@ -57,6 +19,8 @@ WORKER = textwrap.dedent('''
   sys.path.insert(0, %r)
   from flmjax import distributed
   distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+  import jax
+  assert jax.device_count() == 4 and jax.local_device_count() == 2
   from conftest import tiny_config
   from flmjax import train
   c = tiny_config(int(sys.argv[4]))
@@ -91,11 +55,19 @@ def _finish(procs: list[subprocess.Popen], timeout: int = 480) -> list[dict]:
 
 
 @pytest.mark.slow
+def test_two_processes_match_single_process_losses(baseline, tmp_path):
+  _, want, _ = baseline
+  wd = str(tmp_path / 'w')
+  result = _finish(_launch(wd, 6))
+  assert result[0]['stopped_at'] is None
+  assert read_losses(wd) == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.slow
 def test_ctrl_c_on_one_host_stops_every_host_at_one_step_and_resumes_exactly(tmp_path):
   """SIGINT reaches only process 1 (as when one host's terminal is interrupted); both processes
   must stop at the same step with a complete checkpoint, and the resumed run must reproduce an
   uninterrupted single-process run."""
-  from conftest import read_losses, tiny_config
   from flmjax import train
   steps = 150
   want_wd = str(tmp_path / 'want')
