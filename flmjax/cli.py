@@ -46,6 +46,9 @@ COMMANDS: dict[str, Command] = {
                     'flmjax.evaluation.run:eval_main', 'flmjax.evaluation.run:add_eval_arguments'),
     'sample': Command('generate text from a checkpoint (greedy or top-p, KV cache)',
                       'flmjax.sampling:sample_main', 'flmjax.sampling:add_sample_arguments'),
+    'compile': Command('AOT-compile every stage and growth for a TPU slice on this host: fits HBM?',
+                       'flmjax.commands.compile:run', 'flmjax.commands.compile:add_args',
+                       config_overrides=True),
     'plot': Command('plot validation loss vs FLOPs and tokens, growth marked, runs compared',
                     'flmjax.plot:plot_main', 'flmjax.plot:add_plot_arguments'),
 }

@@ -1,0 +1,1 @@
+"""`flmjax` sub-commands, one module each (registered in `flmjax.cli.COMMANDS`)."""
