@@ -368,6 +368,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
         raise ConfigError(f'stages[{s.index}].{e}') from None
     if cfg.data.source == 'synthetic':
       vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
+    elif cfg.data.vocab.get('kind') == 'tiktoken':
+      from flmjax.data.vocab import vocab_size
+      vs, field = vocab_size(cfg.data), 'the tiktoken vocabulary (data.vocab.kind) size'
     elif not cfg.data.vocab.get('model_file'):
       vs, field = cfg.data.vocab.size, 'data.vocab.size'
     else:

@@ -41,7 +41,7 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *, 
 def register_tasks(data_cfg: Any = None) -> None:
   """(Re-)registers the Tasks and the Mixture for a data config (default: the package default)."""
   cfg = validate_data_config(data_cfg if data_cfg is not None else default_data_config())
-  voc = vocab.LazyVocabulary(cfg)
+  voc = vocab.lazy_vocabulary(cfg)
   rates = pipeline.mixture_rates(cfg)
   for source, name in TASKS.items():
     seqio.TaskRegistry.remove(name)

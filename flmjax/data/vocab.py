@@ -1,4 +1,7 @@
-"""Bilingual SentencePiece vocabulary: trained on the configured corpus, cached, reproducible.
+"""The data config's vocabulary: `data.vocab.kind` 'sentencepiece' (below) or 'tiktoken'
+(FLM-101B's cl100k_base, `flmjax.data.tiktoken_vocab`); both are seqio Vocabularies.
+
+Bilingual SentencePiece vocabulary: trained on the configured corpus, cached, reproducible.
 
 Ids follow seqio's convention (0 pad, 1 eos, 2 unk, no bos) and the unified-objective special
 tokens are user-defined symbols, so seqio's own tokenizers (python and tf_text) produce them from
@@ -10,12 +13,13 @@ settings give a byte-identical model file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import sentencepiece as spm
 import seqio
@@ -129,14 +133,25 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
   """
   from flmjax.data.config import validate_data_config
   cfg = validate_data_config(cfg)
+  if is_tiktoken(cfg):
+    raise DataError("data.vocab.kind='tiktoken' uses a fixed rank file "
+                    f'({vocabulary_path(cfg)}); there is nothing to train')
   path = os.path.join(out_dir, 'spm.model')
   atomic_write(path, train_model_bytes(cfg))
   check_special_tokens(path)
   return path
 
 
+def is_tiktoken(cfg: Any) -> bool:
+  return cfg.vocab.get('kind', 'sentencepiece') == 'tiktoken'
+
+
 def vocabulary_path(cfg: Any) -> str:
-  """Path of the model for cfg: the configured file, else the cached one (trained on first use)."""
+  """Path of the model for cfg: the configured file, else the cached one (trained on first use);
+  for kind 'tiktoken' the rank file."""
+  if is_tiktoken(cfg):
+    from flmjax.data import tiktoken_vocab
+    return tiktoken_vocab.tiktoken_path(cfg.vocab)
   if cfg.vocab.model_file:
     if not os.path.isfile(cfg.vocab.model_file):
       raise DataError(f'data.vocab.model_file: no such file {cfg.vocab.model_file}')
@@ -149,10 +164,37 @@ def vocabulary_path(cfg: Any) -> str:
   return path
 
 
-def get_vocabulary(cfg: Any) -> seqio.SentencePieceVocabulary:
-  """The seqio vocabulary of a data config (trains and caches it on first use)."""
+def get_vocabulary(cfg: Any) -> seqio.Vocabulary:
+  """The seqio vocabulary of a data config (a SentencePiece one is trained and cached on first
+  use)."""
   from flmjax.data.config import validate_data_config
-  return seqio.SentencePieceVocabulary(vocabulary_path(validate_data_config(cfg)))
+  cfg = validate_data_config(cfg)
+  if is_tiktoken(cfg):
+    return _tiktoken_vocabulary(vocabulary_path(cfg))
+  return seqio.SentencePieceVocabulary(vocabulary_path(cfg))
+
+
+@functools.lru_cache(maxsize=4)
+def _tiktoken_vocabulary(path: str) -> seqio.Vocabulary:
+  from flmjax.data import tiktoken_vocab
+  return tiktoken_vocab.TiktokenVocabulary(path)
+
+
+def lazy_vocabulary(cfg: Any) -> seqio.Vocabulary:
+  """The vocabulary, built on first use (seqio Task registration stays free)."""
+  if is_tiktoken(cfg):
+    from flmjax.data import tiktoken_vocab
+    return tiktoken_vocab.TiktokenVocabulary(vocabulary_path(cfg))
+  return LazyVocabulary(cfg)
+
+
+def batch_encoder(cfg: Any) -> tuple[Callable[[Sequence[str], int], list[list[int]]], int]:
+  """(encode(texts, threads) -> ids per text, eos id) for tokenizing a corpus once."""
+  if is_tiktoken(cfg):
+    voc = _tiktoken_vocabulary(vocabulary_path(cfg))
+    return voc.encode_batch, int(voc.eos_id)
+  sp = spm.SentencePieceProcessor(model_file=vocabulary_path(cfg))
+  return lambda texts, threads: sp.encode(list(texts), num_threads=threads), EOS_ID
 
 
 def vocab_size(cfg: Any) -> int:
