@@ -15,19 +15,23 @@ The mesh is for a large slice (fsdp takes the rest of the devices, tensor 8); ad
 from flmjax import experiment
 
 SEQ = 2048
+GRAD_ACCUM = 2
+BATCH_101B = 2176
 
 
 def get_config():
   c = experiment.default_config()
   c.model.update(vocab_size=100256, d_model=4096, n_heads=32, head_dim=128, d_ff=16384,
                  n_layers=80, max_len=SEQ, compute_dtype='bfloat16', remat='full',
-                 tie_embeddings=True)
+                 tie_embeddings=True, use_mup=True, mup_base_width=256, input_mult=1.0,
+                 output_mult=2.0)
   c.data.source = 'bilingual'
   c.optim.update(lr=4e-4, warmup_steps=2000, schedule='cosine', end_lr=6e-6, b1=0.9, b2=0.95,
-                 eps=1e-8, weight_decay=0.1, clip=1.0, grad_accum=1, z_loss=0.0)
+                 eps=1e-8, weight_decay=0.1, clip=1.0, grad_accum=GRAD_ACCUM, z_loss=0.0)
   c.train.update(seq_len=SEQ, global_batch_size=2304, log_every=10, eval_every=1000,
                  eval_batches=8, ckpt_every=1000, keep=3)
   c.mesh.update(data=1, fsdp=-1, tensor=8)
+  c.mesh.rules.act_length = ('tensor',)  # sequence parallelism: residual stream split 8 ways
   growth = dict(width='msg', depth='msg', ramp_steps=500)
   c.stages = [
       dict(name='16B', model=dict(d_model=4096, n_heads=32, d_ff=16384),
@@ -36,7 +40,7 @@ def get_config():
            tokens=39_640_000_000, lr=3.4e-4, warmup_steps=500, global_batch_size=2304,
            growth=growth),
       dict(name='101B', model=dict(d_model=10240, n_heads=80, d_ff=40960),
-           tokens=26_540_000_000, lr=2e-4, warmup_steps=500, global_batch_size=2160,
+           tokens=26_540_000_000, lr=2e-4, warmup_steps=500, global_batch_size=BATCH_101B,
            growth=growth),
   ]
   return c

@@ -85,12 +85,13 @@ def standard_shape(chips: int, dims: int) -> tuple[int, ...]:
   if chips < 1 or chips & (chips - 1):
     raise PodPlanError(f'{chips} chips is not a power of two: give the topology itself, '
                        f'e.g. v5p:4x4x12')
-  shape = [1] * dims
-  while math.prod(shape) < chips:  # double the last of the smallest dims: 2x2x1 → 2x2x2 → 2x2x4
+  if dims == 3 and chips <= 4:  # one host: 1x1x1, 2x1x1, 2x2x1
+    return {1: (1, 1, 1), 2: (2, 1, 1), 4: (2, 2, 1)}[chips]
+  shape = [2, 2, 2] if dims == 3 else [1, 1]
+  while math.prod(shape) < chips:  # double the last of the smallest dims: 2x2x2 → 2x2x4 → 2x4x4
     low = min(shape)
-    i = max(j for j, s in enumerate(shape) if s == low)
-    shape[i] *= 2
-  return tuple(sorted(shape))
+    shape[max(j for j, s in enumerate(shape) if s == low)] *= 2
+  return tuple(shape)
 
 
 def parse_slice(text: str, num_slices: int = 1) -> Slice:
@@ -142,7 +143,15 @@ def topology_devices(sl: Slice) -> list[Any]:
   # prints pages of warnings.  They only describe *this* host, not the target slice.
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-1')
+  # Compile-only: several processes (parallel tests, a background plan) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  import jax
   from jax.experimental import topologies
+  if not jax.config.jax_platforms:  # no TPU here: don't let jax probe for one (compiling needs none)
+    jax.config.update('jax_platforms', 'cpu')
+  # A persistent cache entry of a compile-only program cannot be loaded (no TPU client) and only
+  # makes jax warn; these compiles are one-offs anyway.
+  jax.config.update('jax_enable_compilation_cache', False)
   kw = {'num_slices': sl.num_slices} if sl.num_slices > 1 else {}
   return list(topologies.get_topology_desc(sl.topology, 'tpu', **kw).devices)
 
@@ -324,12 +333,16 @@ HEADER = ('program', 'stage', 'mesh d,f,t', 'params', 'params/chip', 'opt/chip',
 
 
 def _gib(b: float) -> str:
-  return f'{b / GiB:.2f} GiB'
+  return f'{b / GiB:.2f} GiB' if b >= GiB / 10 else f'{b / 2 ** 20:.2f} MiB'
+
+
+def _count(n: int) -> str:
+  return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.2f}M'
 
 
 def row_cells(r: Row) -> tuple[str, ...]:
   step = bool(r.flops_per_step)
-  return (r.kind, r.name, ','.join(map(str, r.mesh)), f'{r.params / 1e9:.2f}B',
+  return (r.kind, r.name, ','.join(map(str, r.mesh)), _count(r.params),
           _gib(r.param_bytes), _gib(r.opt_bytes),
           'FAILED' if r.error else f'{_gib(r.peak_bytes)} / {_gib(r.capacity)}',
           '' if r.error else f'{100 * r.ratio:.1f}%',

@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     rows = pod_plan.plan(config, sl, stage=args.stage, mfu=mfu, eval_step=not args.no_eval,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
   except experiment.ConfigError as e:
-    print(f'flmjax compile: config error for {sl}: {e}. To fix: change the batch size '
-          f'(train.global_batch_size / stages[k].global_batch_size), optim.grad_accum or the '
-          f'mesh (mesh.data/fsdp/tensor) so that they divide.', file=sys.stderr)
+    fix = (' To fix: change the batch size (train.global_batch_size / '
+           'stages[k].global_batch_size), optim.grad_accum or the mesh (mesh.data/fsdp/tensor) '
+           'so that they divide.' if 'divisible' in str(e) else '')
+    print(f'flmjax compile: config error for {sl}: {e}.{fix}', file=sys.stderr)
     return 2
   print(pod_plan.format_table(rows, sl, mfu), flush=True)
   over = [r for r in rows if not r.error and r.ratio > args.max_hbm_fraction]
