@@ -90,3 +90,10 @@ def test_growth_vs_scratch_smoke_on_tiny():
 def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
   assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out
+
+
+@pytest.mark.slow
+def test_pod_plan_smoke():  # needs the tpu extra (libtpu), which .ci/run installs
+  out = _run('pod_plan.py')
+  assert 'pod plan for v5e:2x2 (4 chips)' in out and 'growth' in out
+  assert 'target <= 0.90: met' in out
