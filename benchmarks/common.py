@@ -129,7 +129,7 @@ def flmjax_runtimes(config) -> list:
   """One `runtime.StageRuntime` per stage: the trainer's own jitted, sharded, donating step."""
   import jax
   from flmjax import experiment, optimizer, sharding
-  from flmjax.training import batches, runtime
+  from flmjax.training import runtime
   stages = experiment.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
@@ -156,10 +156,10 @@ def random_batches(n: int, batch: int, seq_len: int, vocab: int, seed: int = 0) 
 class FlmjaxStepper:
   """Calls the trainer's train step on a cycle of batches; `__call__` blocks until done."""
 
-  def __init__(self, rt, state, batches: list[dict]):
-    from flmjax.training import batches, runtime
+  def __init__(self, rt, state, host_batches: list[dict]):
+    from flmjax.training.batches import to_global
     self.rt, self.state, self.i = rt, state, 0
-    self.batches = [batches.to_global(b, rt.batch_sh) for b in batches]
+    self.batches = [to_global(b, rt.batch_sh) for b in host_batches]
 
   def __call__(self) -> float:
     import jax
