@@ -104,6 +104,8 @@ def test_hf_dtype_and_device_map_reach_from_pretrained(tmp_path, monkeypatch):
   assert seen[0]['local_files_only'] is True
   assert next(b.model.parameters()).dtype == torch.bfloat16 and b.device == 'cpu'
   assert b.loglikelihood([('hello', ' world')])[0].logprob < 0
+  assert 'trust_remote_code' not in seen[0]  # never run a folder's code unless asked
+  assert hf_backend.load_kwargs(transformers, torch, trust_remote_code=True)['trust_remote_code']
   with pytest.raises(ValueError, match='--dtype must be one of'):
     hf_backend.load_kwargs(transformers, torch, 'int4')
 
@@ -163,3 +165,4 @@ def test_counts_must_be_positive(flag, value, fake_checkpoint, capsys):  # noqa:
 def test_dtype_is_for_hf_models_only(fake_checkpoint, capsys):  # noqa: F811
   assert run.eval_main(_args('--checkpoint', 'W', '--dtype', 'bfloat16')) == 2
   assert 'apply to --hf_model' in capsys.readouterr().err
+  assert run.eval_main(_args('--checkpoint', 'W', '--trust_remote_code')) == 2

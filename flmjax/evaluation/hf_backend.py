@@ -44,8 +44,8 @@ def _import_hf():
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 
 
-def load_kwargs(transformers, torch, dtype: str = 'auto', device_map: Optional[str] = None
-                ) -> dict[str, Any]:
+def load_kwargs(transformers, torch, dtype: str = 'auto', device_map: Optional[str] = None,
+                trust_remote_code: bool = False) -> dict[str, Any]:
   """from_pretrained keyword arguments for a dtype name and a device map.
 
   transformers renamed `torch_dtype` to `dtype` in 4.56; the name is chosen by version.
@@ -58,14 +58,17 @@ def load_kwargs(transformers, torch, dtype: str = 'auto', device_map: Optional[s
                             ('dtype' if (major, minor) >= (4, 56) else 'torch_dtype'): value}
   if device_map:
     kwargs['device_map'] = device_map
+  if trust_remote_code:  # models whose folder ships its own modelling code (FLM-101B does)
+    kwargs['trust_remote_code'] = True
   return kwargs
 
 
-def load_model(model_path: str, dtype: str = 'auto', device_map: Optional[str] = None):
+def load_model(model_path: str, dtype: str = 'auto', device_map: Optional[str] = None,
+               trust_remote_code: bool = False):
   """A local causal LM with the given dtype and device map; a clear error if accelerate (which
   device maps need) is missing."""
   torch, transformers = _import_hf()
-  kwargs = load_kwargs(transformers, torch, dtype, device_map)
+  kwargs = load_kwargs(transformers, torch, dtype, device_map, trust_remote_code)
   try:
     return transformers.AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
   except (ImportError, ValueError) as e:
@@ -84,11 +87,12 @@ class HFBackend(Backend):
 
   def __init__(self, model_path: str, batch_size: int = 8, max_len: Optional[int] = None,
                tokenizer: Optional[Tokenizer] = None, device: Optional[str] = None,
-               model=None, dtype: str = 'auto', device_map: Optional[str] = None):
+               model=None, dtype: str = 'auto', device_map: Optional[str] = None,
+               trust_remote_code: bool = False):
     torch, transformers = _import_hf()
     self.torch = torch
     if model is None:
-      model = load_model(model_path, dtype, device_map)
+      model = load_model(model_path, dtype, device_map, trust_remote_code)
     if device_map or getattr(model, 'hf_device_map', None):
       self.model = model.eval()
       self.device = str(model.get_input_embeddings().weight.device)
@@ -96,8 +100,8 @@ class HFBackend(Backend):
       self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
       self.model = model.to(self.device).eval()
     if tokenizer is None:
-      tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(model_path,
-                                                                          local_files_only=True))
+      tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(
+          model_path, local_files_only=True, trust_remote_code=trust_remote_code))
     self.tokenizer = tokenizer
     self.batch_size = batch_size
     cfg = self.model.config

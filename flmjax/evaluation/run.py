@@ -61,6 +61,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       help='--hf_model: weight dtype (auto: as saved)')
   parser.add_argument('--device_map', default=None, help='--hf_model: transformers device map, '
                       'e.g. auto to spread a large model over the GPUs (needs accelerate)')
+  parser.add_argument('--trust_remote_code', action='store_true', help='--hf_model: run the '
+                      "modelling code shipped in the model's folder (e.g. FLM-101B's)")
   parser.add_argument('--skip_missing', action='store_true',
                       help='record tasks whose data is missing as skipped instead of failing '
                       '(always the case without --data_dir)')
@@ -78,9 +80,9 @@ def validate_args(args: argparse.Namespace) -> None:
     if getattr(args, flag) < (0 if flag == 'distractors' else 1):
       raise ValueError(f'--{flag} must be >= {0 if flag == "distractors" else 1}, got '
                        f'{getattr(args, flag)}')
-  if args.checkpoint and (args.dtype != 'auto' or args.device_map):
-    raise ValueError('--dtype and --device_map apply to --hf_model; a --checkpoint is sharded '
-                     'over the devices present on its experiment mesh')
+  if args.checkpoint and (args.dtype != 'auto' or args.device_map or args.trust_remote_code):
+    raise ValueError('--dtype, --device_map and --trust_remote_code apply to --hf_model; a '
+                     '--checkpoint is sharded over the devices present on its experiment mesh')
 
 
 def _parse_shots(spec: str) -> dict[str, int]:
@@ -174,7 +176,8 @@ def load_backend(args: argparse.Namespace):
     if not os.path.isdir(args.hf_model):
       raise EvalDataError(f'--hf_model: {args.hf_model!r} is not a folder with a saved model')
     backend = HFBackend(args.hf_model, batch_size=args.batch_size, max_len=args.max_len,
-                        dtype=args.dtype, device_map=args.device_map)
+                        dtype=args.dtype, device_map=args.device_map,
+                        trust_remote_code=args.trust_remote_code)
     return backend, {'backend': 'hf', 'path': args.hf_model, 'dtype': args.dtype,
                      'device_map': args.device_map}
   from flmjax import checkpoint  # pylint: disable=g-import-not-at-top
