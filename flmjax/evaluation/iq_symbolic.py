@@ -8,8 +8,9 @@ original labels, over the same items and demonstrations, for comparison.
 Data: the public release files, SuperGLUE `<Task>/{train,val}.jsonl` and CLUE
 `<task>_public/{train,dev}.json` (one JSON object per line), under a configured directory, or (for
 SuperGLUE) a prepared TFDS `super_glue/<task>` dataset.  The names of the common re-releases are
-accepted too: FewCLUE (`cluewsc/`, `train_few_all.json`, `dev_few_all.json`), OCNLI's own
-`train.50k.json` / `train.3k.json`.  Evaluation uses val/dev (test labels are hidden);
+accepted too: FewCLUE (`cluewsc/`, `train_few_all.json`, `dev_few_all.json`, its labelled
+`test_public.json`), OCNLI's own `train.50k.json` / `train.3k.json`.  Evaluation uses val/dev
+(test labels are hidden; FewCLUE's public test is the exception);
 demonstrations come from train, balanced over labels so every label's symbol is shown.  A task
 whose train file lacks a label (FewGLUE's WSC has only True examples) is refused: the model
 could not learn that label's symbol from the context, so its score would measure something else.
@@ -28,7 +29,7 @@ from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, 
 CATEGORY = 'symbolic_mapping'
 _SYMBOL_CHARS = string.ascii_letters + string.digits + '%#&*+=?@!$'
 _CLUE_TRAIN = ('train.json', 'train_few_all.json')
-_CLUE_EVAL = ('dev.json', 'dev_few_all.json')
+_CLUE_EVAL = ('dev.json', 'dev_few_all.json', 'test_public.json')  # FewCLUE's labelled test
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,13 +180,22 @@ def format_table(results: Sequence[TaskResult], skipped: Optional[dict[str, dict
     rows.append([cat, f'avg {g}', '', '', '', _pct(ours), '']
                 + [_fmt_ref(avg.get(m)) for m in models])
   for cat, reasons in (skipped or {}).items():
-    for name, why in reasons.items():
-      rows.append([cat, name, '0', '', '', 'skipped', why[:40]] + [''] * len(models))
+    for name in reasons:
+      rows.append([cat, name, '0', '', '', 'skipped', ''] + [''] * len(models))
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   fmt = lambda row: '  '.join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
   lines = [fmt(head), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]
-  lines += _footer(results, ref, limit, seed)
+  lines += _skip_lines(skipped or {}) + _footer(results, ref, limit, seed)
   return '\n'.join(lines)
+
+
+def _skip_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
+  """One line per distinct reason, naming the tasks it skipped (reasons can be long)."""
+  by_reason: dict[str, list[str]] = collections.defaultdict(list)
+  for reasons in skipped.values():
+    for name, why in reasons.items():
+      by_reason[why].append(name)
+  return [f"skipped {', '.join(names)}: {why}" for why, names in by_reason.items()]
 
 
 def _footer(results: Sequence[TaskResult], ref: dict[str, Any], limit: Optional[int],
