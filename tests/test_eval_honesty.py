@@ -2,14 +2,12 @@
 to fit the context are counted, --limit samples, filler never names what is asked, C-Eval without
 its mapping says so, and release re-packagings are read or named precisely."""
 
-import json
 import os
 import re
 
 import pytest
 
 from flmjax.evaluation import iq_interference, iq_symbolic, knowledge, report, runner
-from flmjax.evaluation.iq_interference import Difficulty
 from flmjax.evaluation.tasks import EvalDataError, Item, Task, sample_limit
 from test_eval_conventions import CostBackend
 from test_eval_fixtures import _csv, _jsonl, write_all

@@ -51,7 +51,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       '(default: 100, anti-interference 300, as in the paper)')
   parser.add_argument('--distractors', type=int, default=12, help='anti-interference distractors')
   parser.add_argument('--n_keys', type=int, default=6, help='key/value pairs in key retrieval')
-  parser.add_argument('--n_agents', type=int, default=3, help='agents in bAbI-style stories')
+  parser.add_argument('--n_agents', type=int, default=4, help='agents in bAbI-style stories')
   parser.add_argument('--n_events', type=int, default=None, help='statements in generated '
                       "bAbI-style stories (default: drawn per story from bAbI's lengths)")
   parser.add_argument('--batch_size', type=int, default=8)
@@ -68,18 +68,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       '(always the case without --data_dir)')
 
 
+_MINIMUM = {'limit': 1, 'n_items': 1, 'batch_size': 1, 'max_len': 1, 'n_events': 1, 'n_keys': 1,
+            'n_agents': 1, 'distractors': 0}
+
+
 def validate_args(args: argparse.Namespace) -> None:
   """Counts must be positive; a negative --limit would silently mean 'all but the last'."""
-  for flag in ('limit', 'n_items', 'batch_size', 'max_len'):
+  for flag, low in _MINIMUM.items():
     v = getattr(args, flag, None)
-    if v is not None and v < 1:
-      raise ValueError(f'--{flag} must be >= 1, got {v}')
-  if args.n_events is not None and args.n_events < 1:
-    raise ValueError(f'--n_events must be >= 1, got {args.n_events}')
-  for flag in ('distractors', 'n_keys', 'n_agents'):
-    if getattr(args, flag) < (0 if flag == 'distractors' else 1):
-      raise ValueError(f'--{flag} must be >= {0 if flag == "distractors" else 1}, got '
-                       f'{getattr(args, flag)}')
+    if v is not None and v < low:
+      raise ValueError(f'--{flag} must be >= {low}, got {v}')
   if args.checkpoint and (args.dtype != 'auto' or args.device_map or args.trust_remote_code):
     raise ValueError('--dtype, --device_map and --trust_remote_code apply to --hf_model; a '
                      '--checkpoint is sharded over the devices present on its experiment mesh')
