@@ -126,14 +126,15 @@ def flmjax_config(model: Mapping[str, object], seq_len: int, batch: int,
 
 
 def flmjax_runtimes(config) -> list:
-  """One `train.StageRuntime` per stage: the trainer's own jitted, sharded, donating step."""
+  """One `runtime.StageRuntime` per stage: the trainer's own jitted, sharded, donating step."""
   import jax
-  from flmjax import experiment, optimizer, sharding, train
+  from flmjax import experiment, optimizer, sharding
+  from flmjax.training import runtime
   stages = experiment.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
-  return [train.StageRuntime(config, stages, k, mesh, rules, schedule)
+  return [runtime.StageRuntime(config, stages, k, mesh, rules, schedule)
           for k in range(len(stages))]
 
 
@@ -155,10 +156,10 @@ def random_batches(n: int, batch: int, seq_len: int, vocab: int, seed: int = 0) 
 class FlmjaxStepper:
   """Calls the trainer's train step on a cycle of batches; `__call__` blocks until done."""
 
-  def __init__(self, rt, state, batches: list[dict]):
-    from flmjax import train
+  def __init__(self, rt, state, host_batches: list[dict]):
+    from flmjax.training.batches import to_global
     self.rt, self.state, self.i = rt, state, 0
-    self.batches = [train.to_global(b, rt.batch_sh) for b in batches]
+    self.batches = [to_global(b, rt.batch_sh) for b in host_batches]
 
   def __call__(self) -> float:
     import jax

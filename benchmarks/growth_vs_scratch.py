@@ -6,7 +6,7 @@
   python benchmarks/growth_vs_scratch.py --smoke               # a few steps each (CI)
   python benchmarks/growth_vs_scratch.py --reuse --workdir W   # re-analyse finished runs
 
-Runs `flmjax.train.train(config, workdir)` for both experiments (unless `--reuse` finds a
+Runs `flmjax.training.loop.train(config, workdir)` for both experiments (unless `--reuse` finds a
 finished run), reads each `metrics.jsonl` (cumulative model `flops`, `stage`, `val_loss_<lang>`
 at eval steps; the mean over languages is the validation loss), and prints the two curves at
 equal FLOPs (linear interpolation between eval points).  The last line is the headline: the
@@ -59,7 +59,8 @@ def smoke_overrides(config, steps: int = 4) -> None:
 
 def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: bool) -> float:
   """Train `path` into `workdir` (skipped with --reuse when it finished); returns wall seconds."""
-  from flmjax import experiment, train
+  from flmjax import experiment
+  from flmjax.training import loop
   if reuse and os.path.exists(os.path.join(workdir, 'summary.json')):
     return float('nan')
   config = experiment.load_config(path, overrides)
@@ -67,7 +68,7 @@ def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: b
     smoke_overrides(config)
   config.train.allow_overwrite = True
   t0 = time.perf_counter()
-  train.train(config, workdir)
+  loop.train(config, workdir)
   return time.perf_counter() - t0
 
 

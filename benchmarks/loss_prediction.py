@@ -6,8 +6,8 @@ train that model and compare.
   python benchmarks/loss_prediction.py            # CPU, about 25 minutes on 2 cores
   python benchmarks/loss_prediction.py --smoke    # synthetic data, tiny widths, a minute (CI)
 
-Every run is `flmjax.train.train` (one training loop); the fit and the interval are
-`flmjax.loss_prediction`.  The loss is the mean validation loss over en and zh at the end.
+Every run is `flmjax.training.loop.train` (one training loop); the fit and the interval are
+`flmjax.scaling.loss_prediction`.  The loss is the mean validation loss over en and zh at the end.
 Target (issue 7): relative error within 0.5%.  The last line is the headline: the relative
 error |predicted − measured| / measured.
 """
@@ -27,7 +27,8 @@ import common  # noqa: E402,F401  (puts the repo root on sys.path)
 
 import ml_collections  # noqa: E402
 
-from flmjax import experiment, loss_prediction  # noqa: E402
+from flmjax import experiment  # noqa: E402
+from flmjax.scaling import loss_prediction  # noqa: E402
 
 TARGET = 0.005
 

@@ -35,12 +35,13 @@ def main(argv=None) -> int:
   topology = args.topology or ('v5e:2x2' if args.smoke else 'v5p-512')
 
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  from flmjax import experiment, pod_plan
-  sl = pod_plan.parse_slice(topology)
+  from flmjax import experiment
+  from flmjax.training import aot
+  sl = aot.parse_slice(topology)
   config = experiment.load_config(name)
-  rows = pod_plan.plan(config, sl, log=lambda s: print(s, file=sys.stderr, flush=True))
+  rows = aot.compile_stages(config, sl, log=lambda s: print(s, file=sys.stderr, flush=True))
   print(f'config: {os.path.relpath(name, common.ROOT)}')
-  print(pod_plan.format_table(rows, sl, pod_plan.PAPER_MFU))
+  print(aot.format_table(rows, sl, aot.PAPER_MFU))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump([r.to_dict() for r in rows], f, indent=1)

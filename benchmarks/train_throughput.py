@@ -5,7 +5,7 @@
   python benchmarks/train_throughput.py --remat dots --attention cudnn --dtype bf16   # GPU
   python benchmarks/train_throughput.py --smoke            # tiny sizes, 2 steps (CI)
 
-flmjax side: the trainer's own step (`train.StageRuntime.train_step`: jitted with shardings,
+flmjax side: the trainer's own step (`flmjax.training.runtime.StageRuntime.train_step`: jitted with shardings,
 donated state, AdamW with clipping and masked weight decay).  PyTorch side: the same architecture
 and size as a Hugging Face `GPT2LMHeadModel` (built from a `GPT2Config`, nothing downloaded;
 dropout off, exact GeLU, tied embeddings, the default SDPA attention) with `torch.optim.AdamW` and

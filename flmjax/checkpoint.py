@@ -33,8 +33,10 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import linen as nn
 
 from flmjax.config import ModelConfig
+from flmjax.model import abstract_params
 
 ITEMS = ('state', 'config', 'meta', 'data')
 JSON_ITEMS = ('config', 'meta', 'data')
@@ -361,8 +363,6 @@ def _model_from_meta(meta: Mapping[str, Any], step_dir: str) -> ModelConfig:
 
 
 def _abstract_params(model_cfg: ModelConfig, sharding_fn=None) -> Any:
-  from flax import linen as nn
-  from flmjax.model import abstract_params
   tree = nn.meta.unbox(abstract_params(model_cfg))
   if sharding_fn is None:
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -392,22 +392,13 @@ def load_params(path: str, shardings: Any = None
   return model_cfg, state['params'], config
 
 
-def load_state(path: str, *, mesh=None, rules=None) -> tuple[ml_collections.ConfigDict, dict,
-                                                             dict, dict]:
-  """(config, state, meta, data_state) of a checkpoint, restored like the trainer restores it
-  (optimizer structure rebuilt from the saved config), on `mesh` or one device."""
-  from flmjax import train  # the trainer owns the state layout
-  step_dir = resolve_step_dir(path)
-  meta = read_json(step_dir, 'meta')
-  config = ml_collections.ConfigDict(read_json(step_dir, 'config'))
-  data_state = read_json(step_dir, 'data')
+def restore_step(step_dir: str, abstract_state: Any) -> Any:
+  """Restore the whole state of one step directory into `abstract_state` (read-only)."""
   mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
   try:
-    abstract = train.abstract_state_for(config, meta, mesh=mesh, rules=rules)
-    state = mngr.restore_state(int(os.path.basename(step_dir)), abstract)
+    return mngr.restore_state(int(os.path.basename(step_dir)), abstract_state)
   finally:
     mngr.close()
-  return config, state, meta, data_state
 
 
 def save_state(path: str, config: Mapping[str, Any], state: Mapping[str, Any], *,

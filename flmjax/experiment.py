@@ -1,5 +1,5 @@
-"""Experiment configs: defaults, loading `experiments/X.py`, `--config.a.b=v` overrides, validation,
-and the stage plan (model, steps, LR, batch and growth of each stage).
+"""Experiment configs: defaults, loading `experiments/X.py`, `--config.a.b=v` overrides and
+validation.  The stage plan the config resolves to lives in `flmjax.plan`.
 
 An experiment file defines `get_config()` returning a ConfigDict with sections `model`
 (ModelConfig fields), `data` (owned by `flmjax.data`), `optim`, `train`, `mesh` and optionally
@@ -17,13 +17,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 
-from flmjax import faults, sharding, synthetic_data
+from flmjax import sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig
-from flmjax.growth_ops import GrowthSpec
+from flmjax.plan import Stage, as_dict, stage_plan
+from flmjax.training import faults
 
 SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
-STAGE_FIELDS = ('name', 'model', 'steps', 'tokens', 'lr', 'warmup_steps', 'end_lr',
-                'global_batch_size', 'growth')
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -169,123 +168,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
       node[parts[-1]] = new
 
 
-# ---- stages ----------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  index: int
-  name: str
-  model: ModelConfig
-  steps: int
-  start_step: int
-  lr: float
-  warmup_steps: int
-  end_lr: float
-  global_batch_size: int
-  seq_len: int
-  growth: Optional[dict] = None  # opaque spec for flmjax.growth (None: no growth into it)
-
-  @property
-  def end_step(self) -> int:
-    return self.start_step + self.steps
-
-  @property
-  def tokens_per_step(self) -> int:
-    return self.global_batch_size * self.seq_len
-
-  @property
-  def tokens(self) -> int:
-    return self.steps * self.tokens_per_step
-
-  @property
-  def flops(self) -> float:
-    return self.model.flops_per_token(self.seq_len) * self.tokens
-
-  def schedule_dict(self) -> dict:
-    return dict(start_step=self.start_step, steps=self.steps, lr=self.lr,
-                warmup_steps=self.warmup_steps, end_lr=self.end_lr)
-
-
-def _to_dict(x: Any) -> dict:
-  return dict(x.to_dict() if hasattr(x, 'to_dict') else (x or {}))
-
-
-def _steps_from(where: str, steps: Any, tokens: Any, tokens_per_step: int) -> int:
-  steps = steps or 0
-  tokens = tokens or 0
-  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-    raise ConfigError(f'{where}.steps must be a non-negative integer, got {steps!r}')
-  if not isinstance(tokens, (int, float)) or isinstance(tokens, bool) or tokens < 0:
-    raise ConfigError(f'{where}.tokens must be a non-negative number, got {tokens!r}')
-  if bool(steps) == bool(tokens):
-    raise ConfigError(f'{where}: set exactly one of steps or tokens (got steps={steps!r}, '
-                      f'tokens={tokens!r})')
-  return steps or math.ceil(tokens / tokens_per_step)
-
-
-def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
-  """Resolve the run into stages (one implicit stage when `stages` is empty)."""
-  base_model = _to_dict(cfg.model)
-  t, o = cfg.train, cfg.optim
-  stages_cfg = list(cfg.get('stages') or [])
-  if not stages_cfg:
-    model = _model(base_model, 'model')
-    steps = _steps_from('train', t.steps, t.tokens, t.global_batch_size * t.seq_len)
-    return [Stage(0, 'main', model, steps, 0, float(o.lr), int(o.warmup_steps), float(o.end_lr),
-                  int(t.global_batch_size), int(t.seq_len), None)]
-  out, start, names = [], 0, set()
-  for k, s in enumerate(stages_cfg):
-    where = f'stages[{k}]'
-    s = _to_dict(s)
-    unknown = sorted(set(s) - set(STAGE_FIELDS))
-    if unknown:
-      raise ConfigError(f'{where}: unknown field(s) {unknown}; known fields: {list(STAGE_FIELDS)}')
-    name = s.get('name') or f'stage_{k}'
-    if name in names:
-      raise ConfigError(f'{where}.name={name!r} is used twice')
-    names.add(name)
-    overrides = _to_dict(s.get('model'))
-    model = _model({**base_model, **overrides}, f'{where}.model')
-    batch = s.get('global_batch_size') or t.global_batch_size
-    steps = _steps_from(where, s.get('steps'), s.get('tokens'), batch * t.seq_len)
-    growth = s.get('growth')
-    if k == 0 and growth:
-      raise ConfigError(f'{where}.growth: the first stage has nothing to grow from')
-    if k and growth is None and model != out[-1].model:
-      raise ConfigError(f'{where}.growth is required: the model differs from stage '
-                        f'{out[-1].name!r}')
-    if k:
-      _check_growable(out[-1].model, model, where)
-    get = lambda f, d: d if s.get(f) is None else s.get(f)
-    out.append(Stage(k, name, model, steps, start, float(get('lr', o.lr)),
-                     int(get('warmup_steps', o.warmup_steps)), float(get('end_lr', o.end_lr)),
-                     int(batch), int(t.seq_len), _to_dict(growth) if growth is not None else None))
-    start += steps
-  return out
-
-
-def _model(d: Mapping[str, Any], where: str) -> ModelConfig:
-  try:
-    return ModelConfig.from_dict(d)
-  except ConfigError as e:
-    msg = str(e)
-    raise ConfigError(msg.replace('model.', where + '.', 1) if msg.startswith('model') else
-                      f'{where}: {msg}') from None
-  except TypeError as e:
-    raise ConfigError(f'{where}: {e}') from None
-
-
-def _check_growable(src: ModelConfig, dst: ModelConfig, where: str) -> None:
-  for f in ('d_model', 'n_heads', 'd_ff', 'n_layers'):
-    if getattr(dst, f) < getattr(src, f):
-      raise ConfigError(f'{where}.model.{f}={getattr(dst, f)} is smaller than the previous '
-                        f"stage's {getattr(src, f)}; growth only enlarges")
-  for f in ('head_dim', 'vocab_size', 'tie_embeddings'):
-    if getattr(dst, f) != getattr(src, f):
-      raise ConfigError(f'{where}.model.{f}={getattr(dst, f)!r} must equal the previous '
-                        f"stage's {getattr(src, f)!r} (growth keeps it fixed)")
-
-
 # ---- validation ------------------------------------------------------------------------
 
 _TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,)}
@@ -361,11 +243,6 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     where = 'model' if s.name == 'main' and not cfg.get('stages') else f'stages[{s.index}]'
     if s.seq_len > s.model.max_len:
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
-    if s.growth is not None:
-      try:
-        GrowthSpec.from_dict(s.growth)
-      except ValueError as e:
-        raise ConfigError(f'stages[{s.index}].{e}') from None
     if cfg.data.source == 'synthetic':
       vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
     elif cfg.data.vocab.get('kind') == 'tiktoken':
@@ -389,7 +266,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     for s in stages:
       micro = s.global_batch_size // o.grad_accum
       field = ('train.global_batch_size' if not cfg.get('stages') or
-               not _to_dict(cfg.stages[s.index]).get('global_batch_size')
+               not as_dict(cfg.stages[s.index]).get('global_batch_size')
                else f'stages[{s.index}].global_batch_size')
       if micro % shards:
         raise ConfigError(
@@ -447,28 +324,3 @@ def _check_param_divisibility(stages: Sequence[Stage], mesh_sizes: Mapping[str, 
         raise ConfigError(
             f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {n}; change '
             f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')
-
-
-# ---- FLOPs accounting ------------------------------------------------------------------
-
-def flops_summary(stages: Sequence[Stage]) -> dict[str, float]:
-  """Growth FLOPs vs the final model trained from scratch on the same total tokens.
-
-  FLM-101B's "72% saved" compares wall time of the growth run with the 101B model from scratch
-  on the same tokens; we compare model FLOPs the same way.
-  """
-  growth_flops = sum(s.flops for s in stages)
-  tokens = sum(s.tokens for s in stages)
-  scratch = stages[-1].model.flops_per_token(stages[-1].seq_len) * tokens
-  return {'growth_flops': growth_flops, 'scratch_flops': scratch, 'tokens': tokens,
-          'saved_fraction': 1.0 - growth_flops / scratch if scratch else 0.0}
-
-
-def cumulative(stages: Sequence[Stage], step: int) -> tuple[int, float]:
-  """(tokens, model FLOPs) after `step` global steps of this plan."""
-  tokens, flops = 0, 0.0
-  for s in stages:
-    n = min(max(step - s.start_step, 0), s.steps)
-    tokens += n * s.tokens_per_step
-    flops += n * s.tokens_per_step * s.model.flops_per_token(s.seq_len)
-  return tokens, flops

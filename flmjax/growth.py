@@ -26,6 +26,7 @@ from flmjax.config import ModelConfig
 from flmjax.growth_ops import (INIT_WEIGHTS, GrowthError, GrowthSpec, Plan, grow_leaf, make_plan,
                                mask_keys, unit_map)
 from flmjax.model import Transformer, abstract_params
+from flmjax.params import leaf_name, path_name
 
 Array = jax.Array
 PyTree = Any
@@ -70,20 +71,16 @@ def growth_units(src: ModelConfig, dst: ModelConfig, spec: Any) -> dict[str, Arr
 
 # ---- parameters -----------------------------------------------------------------------------
 
-def _path_name(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
-
-
 def _check_params(params: PyTree, cfg: ModelConfig, what: str) -> None:
   want, _ = _abstract(cfg)
   if jax.tree.structure(params) != jax.tree.structure(want):
-    got = sorted(_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
-    exp = sorted(_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0])
+    got = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    exp = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0])
     raise GrowthError(f'{what}: parameter tree does not match the source config; missing '
                       f'{sorted(set(exp) - set(got))}, unexpected {sorted(set(got) - set(exp))}')
   for (path, x), w in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
     if tuple(x.shape) != tuple(w.shape):
-      raise GrowthError(f'{what}: {_path_name(path)} has shape {tuple(x.shape)} but the source '
+      raise GrowthError(f'{what}: {path_name(path)} has shape {tuple(x.shape)} but the source '
                         f'config gives {tuple(w.shape)}')
 
 
@@ -97,7 +94,7 @@ def _fresh_params(dst: ModelConfig, rng: Array, new_init_std: Optional[float]) -
   flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
   out = []
   for i, (path, x) in enumerate(flat):
-    if path[-1].key in INIT_WEIGHTS:
+    if leaf_name(path) in INIT_WEIGHTS:
       x = new_init_std * jax.random.normal(jax.random.fold_in(rng, 1000 + i), x.shape, x.dtype)
     out.append(x)
   return jax.tree.unflatten(treedef, out)
@@ -117,7 +114,7 @@ def _grow_tree(tree: PyTree, plan: Plan, kind: str, fresh: Optional[PyTree] = No
       out.append(x)
       continue
     k = jax.random.fold_in(key, i) if key is not None else None
-    out.append(grow_leaf(x, f, name=path[-1].key, axes=ax, plan=plan, kind=kind, key=k))
+    out.append(grow_leaf(x, f, name=leaf_name(path), axes=ax, plan=plan, kind=kind, key=k))
   return jax.tree.unflatten(treedef, out)
 
 
@@ -196,7 +193,7 @@ def _check_divisible(cfg: ModelConfig, shardings: PyTree) -> None:
       for m in mesh_axes:
         k *= sh.mesh.shape[m]
       if n % k:
-        raise GrowthError(f'grow: target {_path_name(path)} axis {name!r} has size {n}, not '
+        raise GrowthError(f'grow: target {path_name(path)} axis {name!r} has size {n}, not '
                           f'divisible by mesh axes {mesh_axes} of size {k}; choose sizes or rules '
                           f'that divide evenly')
 
@@ -308,3 +305,24 @@ def rewarmup_updates(updates: PyTree, units: dict[str, Array], cfg: ModelConfig,
     return u if g is None else (u * g).astype(u.dtype)
 
   return jax.tree.map(scale, updates, logical_axes(cfg))
+
+
+# ---- verification ----------------------------------------------------------------------------
+
+EXACT_TOL = 1e-5  # max |Δlogit| in float32 that an exact method may show (`flmjax grow --verify`)
+
+
+def _f32(cfg: ModelConfig) -> ModelConfig:
+  return cfg.replace(compute_dtype='float32', attention_impl='xla')
+
+
+def max_abs_logit_diff(src: ModelConfig, src_params: Any, dst: ModelConfig, dst_params: Any,
+                       mask_base: Any, *, batch: int = 2, length: int = 64, seed: int = 0) -> float:
+  """max |logits_dst − logits_src| in float32 on a random token batch, new-unit masks at 0."""
+  length = max(1, min(length, src.max_len, dst.max_len))
+  tokens = jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, src.vocab_size)
+  apply = lambda cfg, p, m: Transformer(_f32(cfg)).apply({'params': p}, tokens, masks=m)
+  with jax.default_matmul_precision('float32'):  # no TF32/bf16 passes on GPUs and TPUs
+    a = jax.jit(lambda p: apply(src, p, None))(src_params)
+    b = jax.jit(lambda p, m: apply(dst, p, m))(dst_params, ramp_masks(mask_base, 0.0))
+  return float(jnp.abs(a - b).max())

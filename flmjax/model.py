@@ -153,7 +153,7 @@ class Block(nn.Module):
     else:  # MSG layer gate: y·m + x·(1−m)
       out = x_BxLxD + layer_m.astype(x_BxLxD.dtype) * (attn_BxLxD + mlp_BxLxD)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_embed'))
-    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.coord_check)
+    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.scaling.coord_check)
       self.sow('intermediates', 'attn_out', _mean_abs(attn_BxLxD))
       self.sow('intermediates', 'mlp_out', _mean_abs(mlp_BxLxD))
       self.sow('intermediates', 'residual', _mean_abs(out))
@@ -272,7 +272,7 @@ class Transformer(nn.Module):
                            nn.initializers.normal(mup.init_std(cfg, 'unembed')), cfg.pdtype)
     logits_BxLxV = jnp.einsum('bld,dv->blv', h_BxLxD, unembed_DxV.astype(cfg.dtype))
     logits_BxLxV = logits_BxLxV.astype(jnp.float32) * cfg.logit_scale
-    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.coord_check)
+    if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.scaling.coord_check)
       self.sow('intermediates', 'logits', _mean_abs(logits_BxLxV))
     if cache is None:
       return logits_BxLxV

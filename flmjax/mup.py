@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import jax
-import optax
 
 from flmjax.config import ModelConfig
+from flmjax.params import leaf_name
 
 HIDDEN = ('wq', 'wk', 'wv', 'wo', 'wi', 'wo_mlp')
 RESIDUAL_OUT = ('wo', 'wo_mlp')  # write into the residual stream: GPT-2 1/√(2·n_layers) on top
@@ -64,11 +64,6 @@ def lr_multiplier(cfg: ModelConfig, name: str) -> float:
   return 1.0 / cfg.width_mult if param_group(name) == 'hidden' else 1.0
 
 
-def _leaf_name(path) -> str:
-  last = path[-1]
-  return str(getattr(last, 'key', getattr(last, 'name', last)))
-
-
 def lr_scales(cfg: ModelConfig) -> Optional[Callable[[Any], Any]]:
   """The `lr_scales` argument of `optimizer.make_optimizer` for this model: a function of the
   updates pytree giving each leaf its multiplier; None under standard parametrisation."""
@@ -76,16 +71,9 @@ def lr_scales(cfg: ModelConfig) -> Optional[Callable[[Any], Any]]:
     return None
 
   def scales(updates: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, _: lr_multiplier(cfg, _leaf_name(p)),
+    return jax.tree_util.tree_map_with_path(lambda p, _: lr_multiplier(cfg, leaf_name(p)),
                                             updates)
   return scales
-
-
-def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Callable, cfg: ModelConfig
-                   ) -> optax.GradientTransformation:
-  """AdamW of `flmjax.optimizer` with this model's µP multipliers (plain AdamW under SP)."""
-  from flmjax import optimizer
-  return optimizer.make_optimizer(optim_cfg, schedule, lr_scales=lr_scales(cfg))
 
 
 # ---- width scaling -------------------------------------------------------------------------------
@@ -122,28 +110,3 @@ def with_hparams(config: Any, *, width: Optional[int] = None, lr: Optional[float
   if output_mult is not None:
     c.model.output_mult = float(output_mult)
   return c
-
-
-def check_trainer_applies_mup(config: Any) -> None:
-  """Raise if `train.stage_optimizer` ignores the µP multipliers of this experiment's stages.
-
-  One Adam step on unit gradients: a hidden matrix must move 1/width_mult as far as the
-  embedding.  Guards sweeps and loss predictions against silently training SP-like models."""
-  import jax.numpy as jnp
-  from flmjax import experiment, optimizer, train
-  from flmjax.config import ConfigError
-  stages = experiment.stage_plan(config)
-  schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
-  for s in stages:
-    if not s.model.use_mup or s.model.width_mult == 1.0:
-      continue
-    tx = train.stage_optimizer(config, s, schedule)
-    params = {'embed': jnp.ones((2, 2)), 'wq': jnp.ones((2, 2))}
-    updates, _ = tx.update(params, tx.init(params), params)
-    got = float(updates['wq'][0, 0] / updates['embed'][0, 0])
-    want = lr_multiplier(s.model, 'wq')
-    if abs(got - want) > 1e-3 * want:
-      raise ConfigError(
-          f'stage {s.name!r}: model.use_mup=True but the trainer\'s optimizer gives hidden '
-          f'matrices {got:.4g}× the embedding LR instead of 1/width_mult = {want:.4g}; '
-          f'train.stage_optimizer must pass lr_scales=mup.lr_scales(stage.model)')

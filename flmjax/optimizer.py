@@ -15,6 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flmjax import mup
+from flmjax.config import ModelConfig
+from flmjax.params import leaf_name
+
 Schedule = Callable[[Any], Any]
 LrScales = Union[None, Any, Callable[[Any], Any]]
 
@@ -25,7 +29,7 @@ _NO_DECAY_PREFIXES = ('ln', 'final_ln', 'b')
 def decay_mask(params: Any) -> Any:
   """True for parameters that get weight decay: matrices and embeddings, not LN or biases."""
   def decays(path, _):
-    name = str(getattr(path[-1], 'key', path[-1]))
+    name = leaf_name(path)
     return not name.startswith(_NO_DECAY_PREFIXES)
   return jax.tree_util.tree_map_with_path(decays, params)
 
@@ -94,3 +98,11 @@ def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,
   if lr_scales is not None:
     parts.append(scale_by_lr_multipliers(lr_scales))
   return optax.chain(*parts)
+
+
+def model_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule, model_cfg: ModelConfig
+                    ) -> optax.GradientTransformation:
+  """The optimizer a model trains with: AdamW with its µP learning-rate multipliers (plain
+  AdamW under standard parametrisation).  The trainer, `flmjax grow` and the µP tools all
+  build their optimizer here."""
+  return make_optimizer(optim_cfg, schedule, lr_scales=mup.lr_scales(model_cfg))

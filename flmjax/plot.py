@@ -5,7 +5,6 @@ Reads only `W/metrics.jsonl`, so it works on a run in progress and on any run th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any
@@ -99,15 +98,3 @@ def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = No
     plt.close(fig)
     paths.append(path)
   return paths
-
-
-def add_plot_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--workdir', required=True, help='run directory holding metrics.jsonl')
-  p.add_argument('--compare', default=None, help='a second run (e.g. the from-scratch baseline)')
-  p.add_argument('--out', default=None, help='where to write PNGs (default: the workdir)')
-
-
-def plot_main(args: argparse.Namespace) -> int:
-  for path in plot_runs(args.workdir, args.compare, args.out):
-    print(path)
-  return 0

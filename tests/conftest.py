@@ -117,7 +117,7 @@ def workdir(tmp_path):
 def baseline(tmp_path_factory):
   """One uninterrupted 6-step tiny run on 1 device: (workdir, {step: loss}).  Shared by the
   resume, multi-device and multi-host tests, which must reproduce these losses."""
-  from flmjax import train
+  from flmjax.training import loop
   wd = str(tmp_path_factory.mktemp('baseline') / 'w')
-  summary = train.train(tiny_config(6, train=dict(eval_batches=1)), wd)
+  summary = loop.train(tiny_config(6, train=dict(eval_batches=1)), wd)
   return wd, read_losses(wd), summary

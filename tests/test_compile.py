@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from flmjax import cli, pod_plan
+from flmjax import cli
+from flmjax.training import aot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,18 +46,18 @@ def run_compile(tmp_path, config_text: str, *extra: str) -> subprocess.Completed
 
 
 def test_parse_slice():
-  s = pod_plan.parse_slice('v5p-512')  # Cloud's v5p names count TensorCores: 2 per chip
+  s = aot.parse_slice('v5p-512')  # Cloud's v5p names count TensorCores: 2 per chip
   assert (s.topology, s.chips) == ('v5p:4x8x8', 256)
-  assert pod_plan.parse_slice('v5p:8x8x8').chips == 512
-  assert pod_plan.parse_slice('v5p-8').topology == 'v5p:2x2x1'
-  assert pod_plan.parse_slice('v5litepod-16').topology == 'v5e:4x4'
-  assert pod_plan.parse_slice('v5e-4').topology == 'v5e:2x2'
-  assert pod_plan.parse_slice('v6e-8').topology == 'v6e:2x4'
-  two = pod_plan.parse_slice('v5e:2x2', num_slices=2)
+  assert aot.parse_slice('v5p:8x8x8').chips == 512
+  assert aot.parse_slice('v5p-8').topology == 'v5p:2x2x1'
+  assert aot.parse_slice('v5litepod-16').topology == 'v5e:4x4'
+  assert aot.parse_slice('v5e-4').topology == 'v5e:2x2'
+  assert aot.parse_slice('v6e-8').topology == 'v6e:2x4'
+  two = aot.parse_slice('v5e:2x2', num_slices=2)
   assert two.chips == 8 and 'slices' in str(two)
   for bad in ('v9x-8', 'v5p-12', 'v5p:4x4', 'v5p'):
-    with pytest.raises(pod_plan.PodPlanError):
-      pod_plan.parse_slice(bad)
+    with pytest.raises(aot.PodPlanError):
+      aot.parse_slice(bad)
 
 
 def test_without_libtpu_says_how_to_install(monkeypatch, capsys, tmp_path):
@@ -81,7 +82,7 @@ def test_tiny_growth_plan(tmp_path):
                  ('train (ramp masks)', 'big'), ('train', 'big'), ('eval', 'big')]
   for r in plan['rows']:
     assert r['mesh'] == [1, 2, 2] and not r['error']
-    assert 0 < r['peak_bytes'] < r['capacity'] == pod_plan.CHIPS['v5e'].hbm_usable
+    assert 0 < r['peak_bytes'] < r['capacity'] == aot.CHIPS['v5e'].hbm_usable
     assert r['param_bytes'] > 0  # Adam mu, nu (+ step counters):
     assert 0 <= r['opt_bytes'] - 2 * r['param_bytes'] < 64
   small, big = plan['rows'][0], plan['rows'][4]

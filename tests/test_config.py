@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from conftest import ROOT, tiny_config
-from flmjax import experiment
+from flmjax import experiment, plan
 from flmjax.config import ConfigError
 from flmjax.model import abstract_params
 
@@ -33,7 +33,7 @@ def test_flm101b_stages_param_counts_and_model_card():
   assert [s.lr for s in stages] == [4e-4, 3.4e-4, 2e-4]
   assert sum(s.tokens for s in stages) == pytest.approx(311.55e9, rel=1e-3)
   # FLM-101B: 72% saved against the 101B model from scratch on the same tokens
-  assert experiment.flops_summary(stages)['saved_fraction'] == pytest.approx(0.72, abs=0.02)
+  assert plan.flops_summary(stages)['saved_fraction'] == pytest.approx(0.72, abs=0.02)
 
 
 def test_tiny_config_validates_on_one_device():

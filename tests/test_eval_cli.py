@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from flmjax import checkpoint
 from flmjax.config import ModelConfig
-from flmjax.evaluation import run
+from flmjax.evaluation import loading, run
 from flmjax.model import Transformer
 from test_eval_engine import ByteVocab
 from test_eval_fixtures import write_all
@@ -33,14 +32,14 @@ def params():
 
 @pytest.fixture
 def fake_checkpoint(monkeypatch, params):
-  """checkpoint.load_params returns params built directly; the vocabulary is bytes."""
+  """The checkpoint loader returns params built directly; the vocabulary is bytes."""
   seen = []
 
-  def load_params(path):
+  def load_checkpoint(path):
     seen.append(path)
-    return CFG, params, {'data': {'source': 'text'}}
+    return CFG, params, {'data': {'source': 'text'}}, {'devices': 1, 'mesh': None}
 
-  monkeypatch.setattr(checkpoint, 'load_params', load_params)
+  monkeypatch.setattr(loading, 'load_checkpoint', load_checkpoint)
   monkeypatch.setattr(run, '_vocabulary', lambda config, where: ByteVocab())
   return seen
 
@@ -123,8 +122,9 @@ def test_eval_hf_model(tmp_path, capsys):
   path = save_tiny_gpt2(tmp_path / 'gpt2')
   out = tmp_path / 'r.json'
   rc = run.eval_main(_args('--hf_model', path, '--suite', 'iq', '--tasks',
-                           'head_slicing', '--n_items', '3', '--output', str(out)))
+                           'head_slicing', '--n_items', '3', '--dtype', 'bfloat16',
+                           '--output', str(out)))
   assert rc == 0
   rep = json.loads(out.read_text())
-  assert rep['model'] == {'backend': 'hf', 'path': path}
+  assert rep['model'] == {'backend': 'hf', 'path': path, 'dtype': 'bfloat16', 'device_map': None}
   assert rep['categories']['pattern_mining']['tasks']['head_slicing']['n'] == 3

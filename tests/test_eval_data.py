@@ -91,7 +91,7 @@ def test_ceval_arc_hellaswag_truthfulqa(data_dir):
   assert c.items[0].subject == 'STEM/computer_network'
   for name in ('arc_easy', 'arc_challenge'):
     a = knowledge.make_task(name, data_dir, k_shot=2)
-    assert a.norm == 'byte' and len(a.items) == 3
+    assert a.norm == 'char' and len(a.items) == 3
     # answerKey may be a letter or a digit; both index the right option.
     assert [it.answer for it in a.items] == [' option 0', ' option 1', ' option 2']
     assert a.items[0].prompt.count('Question:') == 3
@@ -99,8 +99,12 @@ def test_ceval_arc_hellaswag_truthfulqa(data_dir):
   assert h.items[0].prompt.endswith('Cooking: A man cracks egg 0. Then he')
   assert h.items[0].choices[0] == ' stirs. it.' and h.items[1].label == 1
   assert {it.subject for it in h.items} == {'hellaswag/wikihow', 'hellaswag/activitynet'}
-  m1 = knowledge.make_task('truthfulqa_mc1', data_dir, k_shot=1)
-  assert len(m1.items) == 3 and m1.items[0].prompt.startswith('Q: What happens 0?\nA: Nothing.')
+  m1 = knowledge.make_task('truthfulqa_mc1', data_dir)
+  assert len(m1.items) == 4 and m1.k_shot == 0  # every question is evaluated, none is a shot
+  assert m1.items[0].prompt.endswith('\n\nQ: What happens 0?\nA:')
+  assert 'What happens' not in m1.items[1].prompt.replace('What happens 1?', '')
+  with pytest.raises(EvalDataError, match='truthfulqa_mc1: 1-shot is not supported'):
+    knowledge.make_task('truthfulqa_mc1', data_dir, k_shot=1)
   m2 = knowledge.make_task('truthfulqa_mc2', data_dir)
   assert m2.metric == 'mc2' and m2.items[0].true_labels == (0, 1)
 

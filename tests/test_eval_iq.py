@@ -87,7 +87,9 @@ def solve_key_retrieval(prompt):
   return ' ' + dict(re.findall(r'The value of key (\w+) is (\d+)\.', q))[key]
 
 
-_MOVE = r'(?:moved|went|travelled|journeyed) to'
+_MOVE = r'(?:moved|went|went back|travelled|journeyed) to'
+_TAKE = r'(?:picked up|got|grabbed|took)'
+_DROP = r'(?:dropped|put down|discarded|left)'
 
 
 def _simulate(story):
@@ -96,10 +98,10 @@ def _simulate(story):
     sent = sent.strip()
     if m := re.fullmatch(rf'([A-Z]\w+) {_MOVE} the (\w+)\.', sent):
       where[m.group(1)] = m.group(2)
-    elif m := re.fullmatch(r'([A-Z]\w+) (?:picked up|grabbed|took) the (\w+)\.', sent):
+    elif m := re.fullmatch(rf'([A-Z]\w+) {_TAKE} the (\w+)(?: there)?\.', sent):
       holder[m.group(2)] = m.group(1)
       dropped.pop(m.group(2), None)
-    elif m := re.fullmatch(r'([A-Z]\w+) (?:dropped|put down|left) the (\w+)\.', sent):
+    elif m := re.fullmatch(rf'([A-Z]\w+) {_DROP} the (\w+)\.', sent):
       holder.pop(m.group(2), None)
       dropped[m.group(2)] = where[m.group(1)]
   return where, holder, dropped

@@ -31,7 +31,7 @@ def test_flm101b_stages_are_the_papers_table():
   assert (final.use_mup, final.mup_base_width, final.output_mult, final.input_mult) == (
       True, 256, 2.0, 1.0)
   assert final.width_mult == 40
-  assert [s.growth['width'] for s in stages[1:]] == ['msg', 'msg']
+  assert [s.growth.width for s in stages[1:]] == ['msg', 'msg']
 
 
 def test_tiny_growth_keeps_the_papers_proportions():
@@ -45,7 +45,7 @@ def test_tiny_growth_keeps_the_papers_proportions():
   shares = [s.tokens / total for s in stages]
   paper = [245.37, 39.64, 26.54]
   assert shares == pytest.approx([p / sum(paper) for p in paper], abs=0.01)
-  assert all(s.growth['width'] == 'msg' for s in stages[1:])
+  assert all(s.growth.width == 'msg' for s in stages[1:])
 
 
 def test_tiny_scratch_is_the_final_shape_at_equal_flops():

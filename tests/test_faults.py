@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, read_losses, subprocess_env, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, faults, optimizer, train
+from flmjax import checkpoint, experiment, optimizer, plan
+from flmjax.training import batches, faults, loop, runtime
 from flmjax.config import ConfigError
 from flmjax.metrics import read_metrics
 
@@ -28,9 +29,10 @@ CHILD = textwrap.dedent('''
   import json, os, sys, time
   sys.path.insert(0, %r)
   from conftest import tiny_config, tiny_stages
-  from flmjax import checkpoint, train
+  from flmjax import checkpoint, plan
+  from flmjax.training import batches, loop, runtime
   DELAY = float(os.environ.get('FAULT_TEST_DELAY', '0.3'))
-  make = train.make_train_iterator
+  make = batches.make_train_iterator
   class Slow:
     def __init__(self, it): self.it = it
     def __iter__(self): return self
@@ -41,7 +43,7 @@ CHILD = textwrap.dedent('''
       return b
     def get_state(self): return self.it.get_state()
     def set_state(self, s): self.it.set_state(s)
-  train.make_train_iterator = lambda *a, **k: Slow(make(*a, **k))
+  batches.make_train_iterator = lambda *a, **k: Slow(make(*a, **k))
   save = checkpoint.StageCheckpointer.save
   def loud_save(self, step, *a, **k):
     save(self, step, *a, **k)  # returns while orbax still writes in the background
@@ -91,7 +93,7 @@ def _newest_is_complete(wd: str) -> tuple[int, int]:
 def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted(baseline, workdir):
   _, want, _ = baseline
   proc = _spawn('''
-    r = train.train(tiny_config(6), sys.argv[1])
+    r = loop.train(tiny_config(6), sys.argv[1])
     print('RESULT ' + json.dumps(r), flush=True)
   ''', workdir)
   batches = []
@@ -105,14 +107,14 @@ def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted(baseline, 
   stopped = result['stopped_at']
   assert _newest_is_complete(workdir) == (0, stopped)
   assert os.path.exists(os.path.join(workdir, 'stage_0', str(stopped), checkpoint.MANIFEST))
-  train.train(tiny_config(6), workdir)  # restarting the same command resumes
+  loop.train(tiny_config(6), workdir)  # restarting the same command resumes
   assert read_losses(workdir) == want
 
 
 def test_sigint_in_process_stops_after_the_step_and_restores_handlers(baseline, workdir,
                                                                        monkeypatch):
   _, want, _ = baseline
-  make, seen = train.make_train_iterator, []
+  make, seen = batches.make_train_iterator, []
 
   def interrupting(*a, **k):
     it = make(*a, **k)
@@ -125,13 +127,13 @@ def test_sigint_in_process_stops_after_the_step_and_restores_handlers(baseline, 
     it.__class__ = type('Interrupting', (type(it),), {'__next__': lambda self: interrupt_at_3()})
     return it
 
-  monkeypatch.setattr(train, 'make_train_iterator', interrupting)
+  monkeypatch.setattr(batches, 'make_train_iterator', interrupting)
   before = signal.getsignal(signal.SIGINT)
-  assert train.train(tiny_config(6), workdir) == {'stopped_at': 3, 'preempted': 'SIGINT'}
+  assert loop.train(tiny_config(6), workdir) == {'stopped_at': 3, 'preempted': 'SIGINT'}
   assert signal.getsignal(signal.SIGINT) is before
   assert _newest_is_complete(workdir) == (0, 3)
-  monkeypatch.setattr(train, 'make_train_iterator', make)
-  train.train(tiny_config(6), workdir)
+  monkeypatch.setattr(batches, 'make_train_iterator', make)
+  loop.train(tiny_config(6), workdir)
   assert read_losses(workdir) == want
 
 
@@ -141,7 +143,7 @@ def test_sigint_in_process_stops_after_the_step_and_restores_handlers(baseline, 
 def grown_baseline(tmp_path_factory):
   cfg = tiny_config(stages=tiny_stages((3, 4), ramp_steps=2), train=dict(ckpt_every=1, keep=2))
   wd = str(tmp_path_factory.mktemp('grown') / 'w')
-  train.train(cfg, wd)
+  loop.train(cfg, wd)
   return cfg, read_losses(wd)
 
 
@@ -151,7 +153,7 @@ def test_kill_9_mid_save_and_after_growth_resumes_exactly(grown_baseline, workdi
   rng = random.Random(8)
   body = '''
     c = tiny_config(stages=tiny_stages((3, 4), ramp_steps=2), train=dict(ckpt_every=1, keep=2))
-    train.train(c, sys.argv[1])
+    loop.train(c, sys.argv[1])
   '''
   kill_points = [
       lambda l: l == 'SAVE stage_0 2',   # async save of step 2 still being written
@@ -172,7 +174,7 @@ def test_kill_9_mid_save_and_after_growth_resumes_exactly(grown_baseline, workdi
   # killed while the grown state was being saved: resume from stage 0's end (growth is
   # redone) or from the grown state itself; later kills resume inside stage 1
   assert kills[1] in ((0, 3), (1, 3)) and kills[2] >= (1, 3), kills
-  train.train(cfg, workdir)
+  loop.train(cfg, workdir)
   assert read_losses(workdir) == want
 
 
@@ -194,7 +196,7 @@ def _biggest_file(step_dir: str) -> str:
 def test_damaged_checkpoints_are_named_moved_aside_and_skipped(baseline, workdir, capsys):
   _, want, _ = baseline
   cfg = tiny_config(6, train=dict(ckpt_every=1, keep=4))
-  assert train.train(cfg, workdir, stop_at_step=4) == {'stopped_at': 4}
+  assert loop.train(cfg, workdir, stop_at_step=4) == {'stopped_at': 4}
   s0 = os.path.join(workdir, 'stage_0')
   assert all(os.path.exists(os.path.join(s0, str(s), checkpoint.MANIFEST)) for s in (1, 2, 3, 4))
   # step 4: a file removed and no manifest to tell (orbax's restore fails)
@@ -206,7 +208,7 @@ def test_damaged_checkpoints_are_named_moved_aside_and_skipped(baseline, workdir
   with pytest.raises(checkpoint.CheckpointError, match=r'step 3 is damaged: .*CRC32'):
     checkpoint.verify_step(os.path.join(s0, '3'))
   capsys.readouterr()
-  train.train(cfg, workdir)
+  loop.train(cfg, workdir)
   log = capsys.readouterr().out
   assert f'checkpoint step 3 is damaged: {os.path.join(s0, "3", flipped)}: CRC32' in log
   assert 'cannot restore checkpoint step 4' in log
@@ -241,28 +243,28 @@ def _faulty(steps=16):
 def test_step_skips_update_on_nan_batch():
   from flmjax import sharding, synthetic_data
   c = tiny_config(4)
-  stages = experiment.stage_plan(c)
+  stages = plan.stage_plan(c)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], 'cosine')
-  rt = train.StageRuntime(c, stages, 0, sharding.make_mesh(c.mesh), sharding.logical_rules(c.mesh),
+  rt = runtime.StageRuntime(c, stages, 0, sharding.make_mesh(c.mesh), sharding.logical_rules(c.mesh),
                           schedule)
   batch = next(synthetic_data.make_synthetic_iterator(c.data, seq_len=16, global_batch_size=8))
   state = rt.init_state(0)
   before = jax.device_get((state.params, state.opt_state))
   bad = faults.inject(batch, 1, dict(inject_nan_batches=(1,), inject_spike_batches=()), 128)
-  state, out = rt.train_step(state, train.to_global(bad, rt.batch_sh))
+  state, out = rt.train_step(state, batches.to_global(bad, rt.batch_sh))
   assert int(out['update_skipped']) == 1 and not np.isfinite(float(out['loss']))
   assert int(state.step) == 1
   for a, b in zip(jax.tree_util.tree_leaves(before),
                   jax.tree_util.tree_leaves(jax.device_get((state.params, state.opt_state)))):
     np.testing.assert_array_equal(a, b)
-  state, out = rt.train_step(state, train.to_global(batch, rt.batch_sh))
+  state, out = rt.train_step(state, batches.to_global(batch, rt.batch_sh))
   assert int(out['update_skipped']) == 0 and np.isfinite(float(out['loss']))
 
 
 @pytest.mark.slow
 def test_nan_streak_and_spike_roll_back_skip_data_lower_lr_and_resume_exactly(tmp_path):
   wd = str(tmp_path / 'a')
-  train.train(_faulty(), wd)
+  loop.train(_faulty(), wd)
   records = read_metrics(os.path.join(wd, 'metrics.jsonl'))
   events = [r for r in records if 'event' in r]
   assert [(r['step'], r['event']) for r in events] == [
@@ -275,7 +277,7 @@ def test_nan_streak_and_spike_roll_back_skip_data_lower_lr_and_resume_exactly(tm
   assert spike_rb['lr_scale'] == 0.25 and 'loss spike' in spike_rb['reason']
   # after each rollback the LR is the schedule's times the lowered scale
   schedule = optimizer.make_schedule(
-      [s.schedule_dict() for s in experiment.stage_plan(_faulty())], 'cosine')
+      [s.schedule_dict() for s in plan.stage_plan(_faulty())], 'cosine')
   final = {r['step']: r for r in records if 'loss' in r and 'event' not in r}  # last wins
   for step in (9, 16):
     assert final[step]['learning_rate'] == pytest.approx(0.25 * float(schedule(step - 1)))
@@ -284,8 +286,8 @@ def test_nan_streak_and_spike_roll_back_skip_data_lower_lr_and_resume_exactly(tm
   assert (meta['skipped_updates'], meta['rollbacks'], meta['batches']) == (3, 2, 23)
   # a restart after the first rollback continues exactly (cursor, LR scale, loss window saved)
   wd2 = str(tmp_path / 'b')
-  assert train.train(_faulty(), wd2, stop_at_step=8) == {'stopped_at': 8}
-  train.train(_faulty(), wd2)
+  assert loop.train(_faulty(), wd2, stop_at_step=8) == {'stopped_at': 8}
+  loop.train(_faulty(), wd2)
   assert read_losses(wd2) == read_losses(wd)
 
 
@@ -315,12 +317,12 @@ def test_unwritable_or_full_workdir_fails_before_training(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
   with pytest.raises(faults.PreflightError, match=r'workdir .*file/w is not writable'):
-    train.train(tiny_config(2), str(blocker / 'w'))
+    loop.train(tiny_config(2), str(blocker / 'w'))
   wd = str(tmp_path / 'w')
   with pytest.raises(faults.PreflightError, match=r'MiB free but checkpoints need about'):
-    train.train(tiny_config(2, faults=dict(min_free_bytes=1 << 60)), wd)
+    loop.train(tiny_config(2, faults=dict(min_free_bytes=1 << 60)), wd)
   assert not os.path.exists(os.path.join(wd, 'metrics.jsonl'))  # nothing ran
-  assert faults.preflight(wd, experiment.stage_plan(tiny_config(2)),
+  assert faults.preflight(wd, plan.stage_plan(tiny_config(2)),
                           faults.settings(tiny_config(2))) is None
 
 
@@ -341,10 +343,10 @@ def test_failed_save_keeps_previous_checkpoint_and_resume_is_exact(baseline, wor
   with pytest.raises(checkpoint.CheckpointError,
                      match=r'saving checkpoint step 3 .* failed: .*No space left.* Earlier '
                            r'checkpoints are kept \(complete steps here: \[2\]\)'):
-    train.train(cfg, workdir)
+    loop.train(cfg, workdir)
   monkeypatch.setattr(Handler, 'async_save', orig)
   assert _newest_is_complete(workdir) == (0, 2)
-  train.train(cfg, workdir)
+  loop.train(cfg, workdir)
   assert read_losses(workdir) == want
 
 
@@ -358,7 +360,7 @@ def test_dead_peer_process_ends_the_other_with_a_clear_error_then_both_resume(tm
     distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
     c = tiny_config(8, train=dict(ckpt_every=2), faults=dict(hang_timeout_s=20.0))
     c.mesh.update(data=2, fsdp=2, tensor=1)
-    r = train.train(c, sys.argv[3])
+    r = loop.train(c, sys.argv[3])
     print('RESULT ' + json.dumps(r), flush=True)
   '''
 
@@ -389,5 +391,5 @@ def test_dead_peer_process_ends_the_other_with_a_clear_error_then_both_resume(tm
   assert 'resuming from' in outs[0][0]
   # the same losses as one uninterrupted single-process run of the same config
   ref = str(tmp_path / 'ref')
-  train.train(tiny_config(8, train=dict(ckpt_every=2)), ref)
+  loop.train(tiny_config(8, train=dict(ckpt_every=2)), ref)
   assert read_losses(wd) == pytest.approx(read_losses(ref), rel=1e-5, abs=1e-5)

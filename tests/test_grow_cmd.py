@@ -10,7 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from flmjax import checkpoint, experiment, grow_cmd, growth, train
+from flmjax import checkpoint, experiment, growth
+from flmjax.training import loop, runtime
+from flmjax.commands import grow as grow_cmd
 from flmjax.config import ConfigError
 
 EXPERIMENT = '''
@@ -44,7 +46,7 @@ def source(tmp_path_factory):
   exp = root / 'exp.py'
   exp.write_text(EXPERIMENT)
   work = str(root / 'w')
-  out = train.train(experiment.load_config(str(exp)), work, stop_at_step=2)
+  out = loop.train(experiment.load_config(str(exp)), work, stop_at_step=2)
   assert out == {'stopped_at': 2}
   return str(exp), work, root
 
@@ -69,14 +71,14 @@ def test_grow_verify_and_restore_as_trainer_checkpoint(source, capsys):
   rc = grow_cmd.grow_main(_args(os.path.join(work, 'stage_0'), f'{exp}:big', out))
   text = capsys.readouterr().out
   assert rc == 0, text
-  assert _last_diff(text) <= grow_cmd.EXACT_TOL
+  assert _last_diff(text) <= growth.EXACT_TOL
   # The output is a trainer checkpoint of stage 1 right after the growth, grown Adam state in it.
   step_dir = checkpoint.resolve_step_dir(out)
   assert step_dir == os.path.join(os.path.abspath(out), 'stage_1', '2')
   meta = checkpoint.read_json(step_dir, 'meta')
   assert meta['model']['d_model'] == 64 and meta['stage_name'] == 'big'
   assert sorted(meta['mask_shapes']) == ['heads', 'hidden', 'mlp']
-  _, state, meta2, _ = checkpoint.load_state(out)  # the trainer's own restore path
+  _, state, meta2, _ = runtime.load_state(out)  # the trainer's own restore path
   assert meta2['stage'] == 1 and int(state['step']) == int(state['grow_step']) == 2
   assert state['params']['layers']['wq'].shape == (2, 64, 4, 16)
   adam, = [s for s in jax.tree.leaves(state['opt_state'], is_leaf=lambda s: isinstance(
@@ -92,7 +94,7 @@ def test_non_exact_method_reports_diff_and_broken_growth_fails(source, capsys, m
   rc = grow_cmd.grow_main(_args(os.path.join(work, 'stage_0'), f'{exp}:deep', str(root / 'w3')))
   text = capsys.readouterr().out
   assert rc == 0 and 'does not claim exactness' in text
-  assert _last_diff(text) > grow_cmd.EXACT_TOL  # stack copies layers: the function changes
+  assert _last_diff(text) > growth.EXACT_TOL  # stack copies layers: the function changes
 
   real = growth.grow_state
 
@@ -105,7 +107,7 @@ def test_non_exact_method_reports_diff_and_broken_growth_fails(source, capsys, m
   rc = grow_cmd.grow_main(_args(os.path.join(work, 'stage_0'), f'{exp}:big', str(root / 'w4')))
   text = capsys.readouterr().out
   assert rc == 1 and 'verify FAILED' in text
-  assert _last_diff(text) > grow_cmd.EXACT_TOL
+  assert _last_diff(text) > growth.EXACT_TOL
 
 
 def test_bad_target_and_occupied_output_are_refused(tmp_path):

@@ -22,10 +22,10 @@ WORKER = textwrap.dedent('''
   import jax
   assert jax.device_count() == 4 and jax.local_device_count() == 2
   from conftest import tiny_config
-  from flmjax import train
+  from flmjax.training import loop
   c = tiny_config(int(sys.argv[4]))
   c.mesh.update(data=2, fsdp=2, tensor=1)
-  out = train.train(c, sys.argv[3])
+  out = loop.train(c, sys.argv[3])
   print('RESULT ' + json.dumps({k: out.get(k) for k in ('stopped_at', 'preempted')}), flush=True)
 ''' % os.path.join(ROOT, 'tests'))
 
@@ -68,10 +68,10 @@ def test_ctrl_c_on_one_host_stops_every_host_at_one_step_and_resumes_exactly(tmp
   """SIGINT reaches only process 1 (as when one host's terminal is interrupted); both processes
   must stop at the same step with a complete checkpoint, and the resumed run must reproduce an
   uninterrupted single-process run."""
-  from flmjax import train
+  from flmjax.training import loop
   steps = 150
   want_wd = str(tmp_path / 'want')
-  train.train(tiny_config(steps), want_wd)
+  loop.train(tiny_config(steps), want_wd)
   want = read_losses(want_wd)
 
   wd = str(tmp_path / 'w')

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from flmjax import coord_check, experiment, loss_prediction, mup, optimizer, sweep
+from flmjax import experiment, mup, optimizer, plan
+from flmjax.commands import mup_tools
+from flmjax.scaling import coord_check, loss_prediction, sweep
+from flmjax.training import runtime
 from flmjax.config import ModelConfig
 from flmjax.model import Transformer
 
@@ -50,7 +53,7 @@ def test_mup_optimizer_scales_hidden_updates(tie):
   params = _init(cfg)
   optim = dict(clip=0.0, b1=0.9, b2=0.95, eps=1e-12, weight_decay=0.0)
   lr = 1e-2
-  tx = mup.make_optimizer(optim, lambda step: lr, cfg)
+  tx = optimizer.model_optimizer(optim, lambda step: lr, cfg)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]
@@ -211,9 +214,19 @@ def test_sweep_points_grid_and_random():
 
 
 def test_trainer_applies_mup_lr_scales():
-  """The trainer's optimizer must carry the µP multipliers (train.stage_optimizer → mup)."""
+  """The trainer's optimizer must carry the µP multipliers: one Adam step on unit gradients
+  moves a hidden matrix 1/width_mult as far as the embedding."""
   c = tiny_config(2, model=dict(use_mup=True, mup_base_width=16, attn_scale='1/d_head'))
-  mup.check_trainer_applies_mup(c)
+  stages = plan.stage_plan(c)
+  schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], c.optim.schedule)
+  stage = stages[0]
+  assert stage.model.width_mult != 1.0
+  tx = runtime.stage_optimizer(c, stage, schedule)
+  params = {'embed': jnp.ones((2, 2)), 'wq': jnp.ones((2, 2))}
+  updates, _ = tx.update(params, tx.init(params), params)
+  got = float(updates['wq'][0, 0] / updates['embed'][0, 0])
+  assert got == pytest.approx(mup.lr_multiplier(stage.model, 'wq'), rel=1e-3)
+  assert got == pytest.approx(1.0 / stage.model.width_mult, rel=1e-3)
 
 
 # ---- end to end (synthetic data) -----------------------------------------------------------------
@@ -225,7 +238,7 @@ def _args(**kw) -> argparse.Namespace:
 @pytest.mark.slow
 def test_sweep_cli_tiny(tmp_path, capsys):
   wd = str(tmp_path / 'sweep')
-  rc = sweep.sweep_main(_args(
+  rc = mup_tools.sweep_main(_args(
       config=os.path.join(ROOT, 'experiments', 'mup_sweep.py:tiny'), workdir=wd, shard='',
       merge_only=False, config_overrides=['sweep.widths=[32]', 'experiment.train.steps=6']))
   assert rc == 0
@@ -242,7 +255,7 @@ def test_sweep_cli_tiny(tmp_path, capsys):
 @pytest.mark.slow
 def test_predict_loss_cli_tiny(tmp_path, capsys):
   wd = str(tmp_path / 'pred')
-  rc = loss_prediction.predict_loss_main(_args(
+  rc = mup_tools.predict_loss_main(_args(
       config=os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny'), workdir=wd,
       train_target=True, plot='', config_overrides=['experiment.train.steps=6',
                                                     'predict.proxy_seeds=[0,1]']))

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from conftest import read_losses, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, train
+from flmjax import checkpoint, experiment, plan
+from flmjax.training import loop
 from flmjax.metrics import read_metrics
 
 pytest.importorskip('flmjax.growth')
@@ -17,7 +18,7 @@ pytest.importorskip('flmjax.growth')
 def grown(tmp_path_factory):
   cfg = tiny_config(stages=tiny_stages((3, 4), ramp_steps=2), train=dict(eval_batches=1))
   wd = str(tmp_path_factory.mktemp('stages') / 'w')
-  summary = train.train(cfg, wd)
+  summary = loop.train(cfg, wd)
   return cfg, wd, read_losses(wd), summary
 
 
@@ -31,7 +32,7 @@ def test_stages_grow_checkpoint_and_log_cumulative_flops(grown):
   assert params['embed'].shape == (128, 64)
   records = [r for r in read_metrics(os.path.join(wd, 'metrics.jsonl')) if 'loss' in r]
   assert [r['stage'] for r in records] == [0, 0, 0, 1, 1, 1, 1]
-  stages = experiment.stage_plan(cfg)
+  stages = plan.stage_plan(cfg)
   f0, f1 = (s.model.flops_per_token(16) * 128 for s in stages)
   assert records[2]['flops'] == pytest.approx(3 * f0)
   assert records[-1]['flops'] == pytest.approx(3 * f0 + 4 * f1)
@@ -44,15 +45,15 @@ def test_stages_grow_checkpoint_and_log_cumulative_flops(grown):
 @pytest.mark.slow
 def test_resume_at_stage_end_and_right_after_growth_is_exact(grown, workdir):
   cfg, _, want, _ = grown
-  assert train.train(cfg, workdir, stop_at_step=3) == {'stopped_at': 3}  # end of stage 0
-  assert train.train(cfg, workdir, stop_at_step=4) == {'stopped_at': 4}  # grows, 1 step
+  assert loop.train(cfg, workdir, stop_at_step=3) == {'stopped_at': 3}  # end of stage 0
+  assert loop.train(cfg, workdir, stop_at_step=4) == {'stopped_at': 4}  # grows, 1 step
   assert read_losses(workdir) == {s: want[s] for s in range(1, 5)}
   # drop everything after the growth checkpoint: resume from the grown state itself
   stage1 = os.path.join(workdir, 'stage_1')
   for step in checkpoint.steps_in(stage1):
     if step > 3:
       shutil.rmtree(os.path.join(stage1, str(step)))
-  train.train(cfg, workdir)
+  loop.train(cfg, workdir)
   assert read_losses(workdir) == want
 
 

@@ -11,8 +11,9 @@ import optax
 import pytest
 
 from conftest import read_losses, run_py, tiny_config
-from flmjax import optimizer, train
-from flmjax.experiment import stage_plan
+from flmjax import optimizer
+from flmjax.training import batches, loop, runtime, step as step_fns
+from flmjax.plan import stage_plan
 
 
 def test_tiny_run_lowers_loss_and_writes_metrics(baseline):
@@ -32,9 +33,9 @@ def test_tiny_run_lowers_loss_and_writes_metrics(baseline):
 
 def test_resume_reproduces_uninterrupted_losses_exactly(baseline, workdir):
   _, want, _ = baseline
-  assert train.train(tiny_config(6), workdir, stop_at_step=3) == {'stopped_at': 3}
+  assert loop.train(tiny_config(6), workdir, stop_at_step=3) == {'stopped_at': 3}
   assert read_losses(workdir) == {s: want[s] for s in (1, 2, 3)}
-  train.train(tiny_config(6), workdir)
+  loop.train(tiny_config(6), workdir)
   assert read_losses(workdir) == want  # exact float equality on CPU
 
 
@@ -44,13 +45,13 @@ def test_same_losses_on_1_and_8_devices_with_three_meshes(baseline):
   got = run_py('''
     import tempfile
     from conftest import tiny_config, read_losses
-    from flmjax import train
+    from flmjax.training import batches, loop, runtime, step as step_fns
     out = {}
     for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
       c = tiny_config(6)
       c.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
       wd = tempfile.mkdtemp()
-      train.train(c, wd)
+      loop.train(c, wd)
       out[str(shape)] = read_losses(wd)
     emit(out)
   ''', devices=8)
@@ -64,9 +65,9 @@ def _one_step(config, batch):
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
-  rt = train.StageRuntime(config, stages, 0, mesh, rules, schedule)
+  rt = runtime.StageRuntime(config, stages, 0, mesh, rules, schedule)
   state = rt.init_state(0)
-  state, out = rt.train_step(state, train.to_global(batch, rt.batch_sh))
+  state, out = rt.train_step(state, batches.to_global(batch, rt.batch_sh))
   return jax.device_get(out), jax.device_get(state.params)
 
 
@@ -90,7 +91,7 @@ def test_token_losses_weighted_sums_and_z_loss():
   logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
   targets = rng.integers(0, 5, size=(2, 3)).astype(np.int32)
   w = np.array([[1, 1, 0], [1, 0, 1]], np.float32)
-  ce, zl = train.token_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w))
+  ce, zl = step_fns.token_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w))
   logz = np.log(np.exp(logits).sum(-1))
   want_ce = ((logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]) * w).sum()
   assert float(ce) == pytest.approx(want_ce, rel=1e-5)

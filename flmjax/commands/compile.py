@@ -1,5 +1,5 @@
 """`flmjax compile`: ahead-of-time compile every stage and growth of an experiment for a TPU
-slice on a CPU host, and say whether each fits the chip's HBM (see `flmjax.pod_plan`).
+slice on a CPU host, and say whether each fits the chip's HBM (see `flmjax.training.aot`).
 
 Exit status: 0 when every program compiled within HBM (and under --max_hbm_fraction), 1 when one
 did not (the message says what to change), 2 for a config error (e.g. a batch that does not
@@ -35,29 +35,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from flmjax import experiment, pod_plan
-  mfu = pod_plan.PAPER_MFU if args.mfu is None else args.mfu
+  from flmjax import experiment
+  from flmjax.training import aot
+  mfu = aot.PAPER_MFU if args.mfu is None else args.mfu
   try:
-    sl = pod_plan.parse_slice(args.topology, args.num_slices)
-    pod_plan.require_libtpu()
-  except pod_plan.PodPlanError as e:
+    sl = aot.parse_slice(args.topology, args.num_slices)
+    aot.require_libtpu()
+  except aot.PodPlanError as e:
     print(f'flmjax compile: {e}', file=sys.stderr)
     return 3
   config = experiment.load_config(args.config, args.config_overrides)
   try:
-    rows = pod_plan.plan(config, sl, stage=args.stage, mfu=mfu, eval_step=not args.no_eval,
-                         log=lambda s: print(s, file=sys.stderr, flush=True))
+    rows = aot.compile_stages(config, sl, stage=args.stage, mfu=mfu,
+                              eval_step=not args.no_eval,
+                              log=lambda s: print(s, file=sys.stderr, flush=True))
   except experiment.ConfigError as e:
     fix = (' To fix: change the batch size (train.global_batch_size / '
            'stages[k].global_batch_size), optim.grad_accum or the mesh (mesh.data/fsdp/tensor) '
            'so that they divide.' if 'divisible' in str(e) else '')
     print(f'flmjax compile: config error for {sl}: {e}.{fix}', file=sys.stderr)
     return 2
-  print(pod_plan.format_table(rows, sl, mfu), flush=True)
+  print(aot.format_table(rows, sl, mfu), flush=True)
   over = [r for r in rows if not r.error and r.ratio > args.max_hbm_fraction]
   for r in over:
     print(f'OVER {r.kind} {r.name}: {100 * r.ratio:.1f}% of HBM > --max_hbm_fraction='
-          f'{args.max_hbm_fraction}. To fit: {pod_plan.oom_advice(config, r.kind)}',
+          f'{args.max_hbm_fraction}. To fit: {aot.oom_advice(config, r.kind)}',
           file=sys.stderr)
   if args.output:
     with open(args.output, 'w') as f:

@@ -7,10 +7,11 @@ Modules, one job each:
   iq_symbolic      SuperGLUE/CLUE classification with labels replaced by random symbols
   iq_rules         counting and replacement rules (generated)
   iq_patterns      head & tail, full repeating, head slicing (generated)
-  iq_interference  multiple key retrieval, single/two supporting facts (generated)
+  iq_interference  multiple key retrieval, single/two supporting facts (generated, or bAbI files)
   words            the small word lists the generators draw from
   knowledge        MMLU, C-Eval, ARC, HellaSwag, TruthfulQA readers
-  runner           runs tasks on a backend and scores them
+  loading          restores an flmjax checkpoint sharded on its experiment's mesh
+  runner           runs tasks on a backend, scores them, counts prompts cut to fit the context
   report           table with 95% intervals, paper reference numbers, JSON
   run              the `flmjax eval` command
 """

@@ -49,16 +49,28 @@ class Score(NamedTuple):
   n_tokens: int
   n_bytes: int        # UTF-8 bytes of the continuation text
   greedy: bool        # every continuation token is the argmax
+  n_chars: int = 0    # characters of the continuation without its leading ' ' delimiter
 
   def normalized(self, norm: str) -> float:
-    """'sum', or per 'token' / per 'byte' (length-fair comparison of unequal options)."""
+    """'sum', or per 'token' / 'byte' / 'char' (length-fair comparison of unequal options).
+
+    'char' is lm-evaluation-harness's acc_norm: the choice text's character count, not counting
+    the space that separates it from the prompt.
+    """
     if norm == 'sum':
       return self.logprob
     if norm == 'token':
       return self.logprob / max(1, self.n_tokens)
     if norm == 'byte':
       return self.logprob / max(1, self.n_bytes)
-    raise ValueError(f"norm must be 'sum', 'token' or 'byte', got {norm!r}")
+    if norm == 'char':
+      return self.logprob / max(1, self.n_chars)
+    raise ValueError(f"norm must be 'sum', 'token', 'byte' or 'char', got {norm!r}")
+
+
+def choice_chars(continuation: str) -> int:
+  """Length of a choice as the harness counts it: characters, without the leading delimiter."""
+  return len(continuation[1:] if continuation.startswith(' ') else continuation)
 
 
 def length_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
@@ -117,15 +129,24 @@ class Backend(abc.ABC):
                          f'{self.max_len}: {cont[:60]!r}')
       x_ids = self._context(ctx)[-(self.max_len + 1 - len(c_ids)):]
       token_reqs.append((x_ids, c_ids))
-      meta.append((len(c_ids), len(cont.encode('utf-8'))))
+      meta.append((len(c_ids), len(cont.encode('utf-8')), choice_chars(cont)))
     # Identical requests (shared demonstrations, repeated options) are scored once.
     unique = list(dict.fromkeys((tuple(x), tuple(c)) for x, c in token_reqs))
     scored = dict(zip(unique, self.score_tokens(unique)))
     out = []
-    for (x, c), (n_tok, n_byte) in zip(token_reqs, meta):
+    for (x, c), (n_tok, n_byte, n_char) in zip(token_reqs, meta):
       logprob, greedy = scored[(tuple(x), tuple(c))]
-      out.append(Score(logprob, n_tok, n_byte, greedy))
+      out.append(Score(logprob, n_tok, n_byte, greedy, n_char))
     return out
+
+  def scoring_overflows(self, prompt: str, continuation_tokens: int) -> bool:
+    """Whether scoring a continuation of that many tokens cuts the prompt's first tokens off
+    (as `loglikelihood` left-truncates); the runner counts these per task."""
+    return len(self._context(prompt)) + continuation_tokens > self.max_len + 1
+
+  def generation_overflows(self, prompt: str, max_new_tokens: int) -> bool:
+    """Whether `generate` with this budget cuts the prompt's first tokens off."""
+    return len(self._context(prompt)) > max(1, self.max_len - max_new_tokens)
 
   def stop_ids(self, stop: str) -> frozenset[int]:
     """EOS plus every token whose text contains `stop` (e.g. the newline byte token); cached."""

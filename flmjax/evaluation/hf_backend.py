@@ -2,12 +2,14 @@
 
 So the whole suite can compare flmjax checkpoints with any other model on disk (`--hf_model PATH`).
 Loading is strictly local (`local_files_only`): nothing is downloaded.  torch and transformers are
-the optional extra `flmjax[hf]`.
+the optional extra `flmjax[hf]`.  A 100B-class checkpoint is loaded the way transformers users load
+one: `dtype` (bfloat16 halves float32's memory) and `device_map='auto'` (layers spread over the
+GPUs, then CPU memory; needs the accelerate package).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from flmjax.evaluation.engine import Backend, Tokenizer, cut_tokens
 
@@ -39,21 +41,67 @@ def _import_hf():
   return torch, transformers
 
 
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+
+
+def load_kwargs(transformers, torch, dtype: str = 'auto', device_map: Optional[str] = None,
+                trust_remote_code: bool = False) -> dict[str, Any]:
+  """from_pretrained keyword arguments for a dtype name and a device map.
+
+  transformers renamed `torch_dtype` to `dtype` in 4.56; the name is chosen by version.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f'--dtype must be one of {DTYPES}, got {dtype!r}')
+  value = dtype if dtype == 'auto' else getattr(torch, dtype)
+  major, minor = (int(x) for x in transformers.__version__.split('.')[:2])
+  kwargs: dict[str, Any] = {'local_files_only': True,
+                            ('dtype' if (major, minor) >= (4, 56) else 'torch_dtype'): value}
+  if device_map:
+    kwargs['device_map'] = device_map
+  if trust_remote_code:  # models whose folder ships its own modelling code (FLM-101B does)
+    kwargs['trust_remote_code'] = True
+  return kwargs
+
+
+def load_model(model_path: str, dtype: str = 'auto', device_map: Optional[str] = None,
+               trust_remote_code: bool = False):
+  """A local causal LM with the given dtype and device map; a clear error if accelerate (which
+  device maps need) is missing."""
+  torch, transformers = _import_hf()
+  kwargs = load_kwargs(transformers, torch, dtype, device_map, trust_remote_code)
+  try:
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+  except (ImportError, ValueError) as e:
+    if device_map and 'accelerate' in str(e).lower():
+      raise ImportError(f'--device_map {device_map} needs the accelerate package '
+                        f'(pip install accelerate): {e}') from e
+    raise
+
+
 class HFBackend(Backend):
-  """Right-padded batched scoring and left-padded greedy `generate` with torch, on CPU or GPU."""
+  """Right-padded batched scoring and left-padded greedy `generate` with torch, on CPU or GPU.
+
+  With a device map the model stays where transformers placed it, and inputs go to the device
+  of its first layer.
+  """
 
   def __init__(self, model_path: str, batch_size: int = 8, max_len: Optional[int] = None,
                tokenizer: Optional[Tokenizer] = None, device: Optional[str] = None,
-               model=None):
+               model=None, dtype: str = 'auto', device_map: Optional[str] = None,
+               trust_remote_code: bool = False):
     torch, transformers = _import_hf()
     self.torch = torch
-    self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if model is None:
-      model = transformers.AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
-    self.model = model.to(self.device).eval()
+      model = load_model(model_path, dtype, device_map, trust_remote_code)
+    if device_map or getattr(model, 'hf_device_map', None):
+      self.model = model.eval()
+      self.device = str(model.get_input_embeddings().weight.device)
+    else:
+      self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+      self.model = model.to(self.device).eval()
     if tokenizer is None:
-      tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(model_path,
-                                                                          local_files_only=True))
+      tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(
+          model_path, local_files_only=True, trust_remote_code=trust_remote_code))
     self.tokenizer = tokenizer
     self.batch_size = batch_size
     cfg = self.model.config

@@ -1,42 +1,65 @@
 """Anti-interference (FLM-101B: multiple key retrieval, single / two supporting facts; 300 each).
 
-The needed facts are buried among distractors: key/value pairs in filler text, or bAbI-style
-stories (Weston et al. 2015) of agents moving between places and carrying objects, interleaved with
-irrelevant sentences.  Difficulty knobs: number of keys / agents / events, and number of
-distractor sentences (which sets the context length).  The gold answer comes from simulating the
-story while it is generated.
+The needed facts are buried among distractors.  Multiple key retrieval is generated: key/value
+pairs in filler text.  The supporting-fact tasks come from one of two sources, named in the report:
+
+  * bAbI itself (Weston et al. 2015, tasks qa1 and qa2), read from the standard text files with
+    `babi_dir` (`flmjax eval --babi_dir D`): each question becomes an item whose context is the
+    story so far, exactly as released (its irrelevant statements are the interference);
+    demonstrations come from the train file;
+  * by default, our reconstruction of those tasks, generated here: stories in bAbI's style (its
+    verbs: moved / went / went back / travelled / journeyed to, got / grabbed / picked up / took
+    the X there, dropped / put down / discarded / left; questions after 2-10 statements for qa1
+    and after longer stories for qa2), plus filler sentences that never mention a person, place
+    or object.  The gold answer comes from simulating the story while it is generated.
+
+Difficulty knobs of the generated stories: number of keys / agents / events, and number of
+distractor sentences (which sets the context length).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import random
 import string
+from typing import Optional
 
 from flmjax.evaluation import words
-from flmjax.evaluation.tasks import Item, Task, format_shots
+from flmjax.evaluation.tasks import EvalDataError, Item, Task, format_shots, sample_limit
 
 CATEGORY = 'anti_interference'
 TASKS = ('multiple_key_retrieval', 'single_supporting_fact', 'two_supporting_facts')
-_MOVE = ('moved to', 'went to', 'travelled to', 'journeyed to')
-_TAKE = ('picked up', 'grabbed', 'took')
-_DROP = ('dropped', 'put down', 'left')
+BABI_TASKS = {'single_supporting_fact': 'qa1', 'two_supporting_facts': 'qa2'}
+BABI_FILES = {'qa1': 'qa1_single-supporting-fact_{split}.txt',
+              'qa2': 'qa2_two-supporting-facts_{split}.txt'}
+_MOVE = ('moved to', 'went to', 'went back to', 'travelled to', 'journeyed to')
+_TAKE = ('picked up', 'got', 'grabbed', 'took')
+_DROP = ('dropped', 'put down', 'discarded', 'left')
+# Statements before a question: bAbI's qa1 asks after every second statement of a 10-statement
+# story; qa2's stories run longer.  Used when Difficulty.n_events is None.
+STORY_LENGTHS = {'single_supporting_fact': (2, 4, 6, 8, 10),
+                 'two_supporting_facts': tuple(range(4, 21, 2))}
+# Filler draws only on words that are never a person, place or object of a story.
+_FILLER_NOUNS = tuple(n for n in words.NOUNS if n not in words.OBJECTS + words.PLACES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Difficulty:
-  """Knobs: distractor sentences, keys (retrieval) or agents, and story events."""
+  """Knobs: distractor sentences, keys (retrieval) or agents, and story events (None: drawn per
+  story from bAbI's lengths)."""
 
   n_distractors: int = 12
   n_keys: int = 6
-  n_agents: int = 3
-  n_events: int = 8
+  n_agents: int = 4
+  n_events: Optional[int] = None
 
 
 def _filler(rng: random.Random) -> str:
   """A distractor sentence that mentions no agent, place, object or key."""
-  a, n1, v, n2 = (rng.choice(words.ADJECTIVES), rng.choice(words.NOUNS), rng.choice(words.VERBS),
-                  rng.choice(words.NOUNS))
+  a, n1, v, n2 = (rng.choice(words.ADJECTIVES), rng.choice(_FILLER_NOUNS), rng.choice(words.VERBS),
+                  rng.choice(_FILLER_NOUNS))
   return rng.choice((f'The {a} {n1} {v} the {n2}.', f'One {n1} is {a} in winter.',
                      f'Nobody {v} the {a} {n2} today.'))
 
@@ -47,6 +70,10 @@ def _bury(rng: random.Random, facts: list[str], n_distractors: int) -> str:
   for _ in range(n_distractors):
     out.insert(rng.randint(0, len(out)), _filler(rng))
   return ' '.join(out)
+
+
+def _n_events(rng: random.Random, d: Difficulty, task: str) -> int:
+  return max(1, d.n_events) if d.n_events is not None else rng.choice(STORY_LENGTHS[task])
 
 
 def _key(rng: random.Random) -> str:
@@ -73,12 +100,13 @@ def _single_fact(rng: random.Random, d: Difficulty) -> tuple[str, str]:
   where: dict[str, str] = {}
   moves: dict[str, int] = {}
   facts = []
-  for _ in range(max(1, d.n_events)):
+  for _ in range(_n_events(rng, d, 'single_supporting_fact')):
     a = rng.choice(agents)
     p = rng.choice([p for p in words.PLACES if p != where.get(a)])
+    verb = rng.choice(_MOVE if a in where else [m for m in _MOVE if m != 'went back to'])
     where[a] = p
     moves[a] = moves.get(a, 0) + 1
-    facts.append(f'{a} {rng.choice(_MOVE)} the {p}.')
+    facts.append(f'{a} {verb} the {p}.')
   # Prefer an agent who moved more than once: the earlier move is then itself a distractor.
   most = max(moves.values())
   a = rng.choice(sorted(x for x in moves if moves[x] == most))
@@ -95,30 +123,30 @@ def _two_facts(rng: random.Random, d: Difficulty) -> tuple[str, str]:
     dropped: dict[str, str] = {}    # object -> place where it was left
     moved_since_pick: dict[str, bool] = {}
     facts = []
-    for a in agents:  # every agent is somewhere before anything else happens
-      where[a] = rng.choice(words.PLACES)
-      facts.append(f'{a} {rng.choice(_MOVE)} the {where[a]}.')
-    for _ in range(max(1, d.n_events)):
+    n_events = max(3, _n_events(rng, d, 'two_supporting_facts'))  # move, pick up, move
+    for _ in range(n_events):
       a = rng.choice(agents)
       held = [o for o, h in holder.items() if h == a]
-      free = [o for o in words.OBJECTS if o not in holder and dropped.get(o, where[a]) == where[a]]
+      free = [o for o in words.OBJECTS if o not in holder and dropped.get(o, where.get(a)) ==
+              where.get(a)] if a in where else []
       r = rng.random()
       if r < 0.35 and free:
         o = rng.choice(free)
         holder[o] = a
         dropped.pop(o, None)
         moved_since_pick[o] = False
-        facts.append(f'{a} {rng.choice(_TAKE)} the {o}.')
+        facts.append(f'{a} {rng.choice(_TAKE)} the {o} there.')
       elif r < 0.5 and held:
         o = rng.choice(held)
         del holder[o]
         dropped[o] = where[a]
         facts.append(f'{a} {rng.choice(_DROP)} the {o}.')
       else:
-        where[a] = rng.choice([p for p in words.PLACES if p != where[a]])
+        verb = rng.choice(_MOVE if a in where else [m for m in _MOVE if m != 'went back to'])
+        where[a] = rng.choice([p for p in words.PLACES if p != where.get(a)])
         for o in held:
           moved_since_pick[o] = True
-        facts.append(f'{a} {rng.choice(_MOVE)} the {where[a]}.')
+        facts.append(f'{a} {verb} the {where[a]}.')
     asked = sorted(o for o, m in moved_since_pick.items() if m)
     if asked:
       o = rng.choice(asked)
@@ -131,11 +159,90 @@ _MAKERS = {'multiple_key_retrieval': _retrieval, 'single_supporting_fact': _sing
            'two_supporting_facts': _two_facts}
 
 
+# ---- bAbI release files ------------------------------------------------------------------------
+def parse_babi(path: str) -> list[tuple[str, str]]:
+  """(prompt, answer) per question of a bAbI text file; the context is the story so far.
+
+  Format: numbered lines, numbering restarting at 1 for each story; a question line holds
+  'question<TAB>answer<TAB>supporting ids' ('|' is accepted instead of the tab).  Questions asked
+  earlier in the story are not part of a later question's context.
+  """
+  out: list[tuple[str, str]] = []
+  story: list[str] = []
+  last = 0
+  with open(path, encoding='utf-8') as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f'{path}:{lineno}: {CATEGORY} (bAbI)'
+      num, _, text = line.strip().partition(' ')
+      if not num.isdigit():
+        raise EvalDataError(f'{where}: expected a line number, got {line.strip()[:40]!r}')
+      if int(num) == 1:
+        story = []
+      elif int(num) != last + 1:
+        raise EvalDataError(f'{where}: line number {num} does not follow {last}')
+      last = int(num)
+      sep = '\t' if '\t' in text else '|' if '|' in text else None
+      if sep is None:
+        story.append(text.strip())
+        continue
+      fields = [x.strip() for x in text.split(sep)]
+      if len(fields) < 2 or not fields[0] or not fields[1]:
+        raise EvalDataError(f'{where}: a question line needs "question{sep!r}answer"')
+      question, answer = fields[0], fields[1]
+      out.append((f"{' '.join(story)}\nQuestion: {question}\nAnswer:", ' ' + answer))
+  if not out:
+    raise EvalDataError(f'{path}: {CATEGORY} (bAbI): no question in the file')
+  return out
+
+
+def find_babi_file(babi_dir: str, qa: str, split: str) -> Optional[str]:
+  """The qaN file of a split under babi_dir, its en/ folder, or the release's folder layout."""
+  pattern = f'{qa}_*_{split}.txt'
+  for sub in ('', 'en', os.path.join('tasks_1-20_v1-2', 'en'), 'en-10k',
+              os.path.join('tasks_1-20_v1-2', 'en-10k')):
+    found = sorted(glob.glob(os.path.join(babi_dir, sub, pattern)))
+    if found:
+      return found[0]
+  return None
+
+
+def _babi_path(name: str, babi_dir: str, split: str) -> str:
+  qa = BABI_TASKS[name]
+  path = find_babi_file(babi_dir, qa, split)
+  if path is None:
+    expected = os.path.join(babi_dir, BABI_FILES[qa].format(split=split))
+    raise EvalDataError(f'{CATEGORY}/{name}: no bAbI {qa} {split} file under {babi_dir!r}; '
+                        f'expected {expected} (also looked in en/ and tasks_1-20_v1-2/en/)')
+  return path
+
+
+def babi_task(name: str, babi_dir: str, n_items: int = 300, seed: int = 0,
+              k_shot: int | None = None) -> Task:
+  """`n_items` questions sampled (with `seed`) from bAbI's test file, each after k_shot (default
+  1) solved stories drawn from the train file, never from the test questions."""
+  if name not in BABI_TASKS:
+    raise ValueError(f'{CATEGORY}: {name!r} has no bAbI source; bAbI tasks: {list(BABI_TASKS)}')
+  k = 1 if k_shot is None else k_shot
+  test_path = _babi_path(name, babi_dir, 'test')
+  questions = sample_limit(parse_babi(test_path), n_items, seed, f'babi:{name}')
+  train = parse_babi(_babi_path(name, babi_dir, 'train')) if k else []
+  rng = random.Random(f'babi-shots:{name}:{seed}')
+  items = tuple(Item(prompt=format_shots(rng.sample(train, min(k, len(train)))) + p, answer=a)
+                for p, a in questions)
+  return Task(name=name, category=CATEGORY, items=items, k_shot=k,
+              source=f'bAbI {BABI_TASKS[name]} release file {test_path}')
+
+
 def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None = None,
-              difficulty: Difficulty = Difficulty()) -> Task:
-  """`n_items` generated items; k_shot (default 1) solved stories precede each question."""
+              difficulty: Difficulty = Difficulty(), babi_dir: Optional[str] = None) -> Task:
+  """`n_items` items; k_shot (default 1) solved stories precede each question.  With `babi_dir`
+  the supporting-fact tasks read bAbI's files instead of generating stories."""
   if name not in _MAKERS:
     raise ValueError(f'anti-interference: unknown task {name!r}; known: {list(_MAKERS)}')
+  if babi_dir and name in BABI_TASKS:
+    return babi_task(name, babi_dir, n_items=n_items, seed=seed, k_shot=k_shot)
   k = 1 if k_shot is None else k_shot
   make = _MAKERS[name]
   rng = random.Random(f'{name}:{seed}')
@@ -144,4 +251,7 @@ def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None =
     shots = [make(rng, difficulty) for _ in range(k)]
     prompt, answer = make(rng, difficulty)
     items.append(Item(prompt=format_shots(shots) + prompt, answer=answer))
-  return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k)
+  source = ('generated (flmjax)' if name not in BABI_TASKS else
+            f'generated bAbI-style {BABI_TASKS[name]} stories (flmjax reconstruction, not bAbI)')
+  return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k,
+              source=f'{source}, seed {seed}')

@@ -7,8 +7,13 @@ original labels, over the same items and demonstrations, for comparison.
 
 Data: the public release files, SuperGLUE `<Task>/{train,val}.jsonl` and CLUE
 `<task>_public/{train,dev}.json` (one JSON object per line), under a configured directory, or (for
-SuperGLUE) a prepared TFDS `super_glue/<task>` dataset.  Evaluation uses val/dev (test labels are
-hidden); demonstrations come from train, balanced over labels.
+SuperGLUE) a prepared TFDS `super_glue/<task>` dataset.  The names of the common re-releases are
+accepted too: FewCLUE (`cluewsc/`, `train_few_all.json`, `dev_few_all.json`, its labelled
+`test_public.json`), OCNLI's own `train.50k.json` / `train.3k.json`.  Evaluation uses val/dev
+(test labels are hidden; FewCLUE's public test is the exception);
+demonstrations come from train, balanced over labels so every label's symbol is shown.  A task
+whose train file lacks a label (FewGLUE's WSC has only True examples) is refused: the model
+could not learn that label's symbol from the context, so its score would measure something else.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import random
 import string
 from typing import Any, Callable, Optional
 
-from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines
+from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, sample_limit
 
 CATEGORY = 'symbolic_mapping'
 _SYMBOL_CHARS = string.ascii_letters + string.digits + '%#&*+=?@!$'
+_CLUE_TRAIN = ('train.json', 'train_few_all.json')
+_CLUE_EVAL = ('dev.json', 'dev_few_all.json', 'test_public.json')  # FewCLUE's labelled test
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,19 +76,20 @@ SPECS = {s.name: s for s in (
          lambda r: (f"Passage: {r['text']}\nQuestion: In the passage above, does the pronoun "
                     f"'{_target(r, 'span2_text')}' refer to '{_target(r, 'span1_text')}'?\n"
                     f"Answer:")),
-    Spec('afqmc', 'clue', ('afqmc_public', 'afqmc', 'AFQMC'), ('train.json',), ('dev.json',),
+    Spec('afqmc', 'clue', ('afqmc_public', 'afqmc', 'AFQMC'), _CLUE_TRAIN, _CLUE_EVAL,
          ('sentence1', 'sentence2', 'label'), ('0', '1'), ('否', '是'),
          lambda r: f"句子一：{r['sentence1']}\n句子二：{r['sentence2']}\n问题：两句话的意思相同吗？\n答案："),
-    Spec('csl', 'clue', ('csl_public', 'csl', 'CSL'), ('train.json',), ('dev.json',),
+    Spec('csl', 'clue', ('csl_public', 'csl', 'CSL'), _CLUE_TRAIN, _CLUE_EVAL,
          ('abst', 'keyword', 'label'), ('0', '1'), ('否', '是'),
          lambda r: (f"摘要：{r['abst']}\n关键词：{'，'.join(map(str, r['keyword']))}\n"
                     f"问题：这些关键词都是这篇摘要的关键词吗？\n答案：")),
-    Spec('ocnli', 'clue', ('ocnli_public', 'ocnli', 'OCNLI'), ('train.json', 'train.50k.json'),
-         ('dev.json',), ('sentence1', 'sentence2', 'label'),
+    Spec('ocnli', 'clue', ('ocnli_public', 'ocnli', 'OCNLI'),
+         _CLUE_TRAIN + ('train.50k.json', 'train.3k.json'), _CLUE_EVAL,
+         ('sentence1', 'sentence2', 'label'),
          ('entailment', 'neutral', 'contradiction'), ('是', '可能', '否'),
          lambda r: f"{r['sentence1']}\n问题：{r['sentence2']}？\n答案：", skip_labels=('-',)),
-    Spec('cluewsc2020', 'clue', ('cluewsc2020_public', 'cluewsc2020', 'CLUEWSC2020'),
-         ('train.json',), ('dev.json',), ('text', 'target', 'label'), ('false', 'true'),
+    Spec('cluewsc2020', 'clue', ('cluewsc2020_public', 'cluewsc2020', 'CLUEWSC2020', 'cluewsc'),
+         _CLUE_TRAIN, _CLUE_EVAL, ('text', 'target', 'label'), ('false', 'true'),
          ('否', '是'),
          lambda r: (f"{r['text']}\n问题：上文中的“{_target(r, 'span2_text')}”指的是"
                     f"“{_target(r, 'span1_text')}”吗？\n答案：")),
@@ -113,13 +121,18 @@ def _find_file(spec: Spec, data_dir: str, names: tuple[str, ...]) -> Optional[st
   return None
 
 
-def _missing(spec: Spec, data_dir: str) -> EvalDataError:
+def _missing(spec: Spec, data_dir: str, train: Optional[str], dev: Optional[str]
+             ) -> EvalDataError:
+  """Names exactly which file is missing and the names it may have."""
   layout = 'SuperGLUE' if spec.benchmark == 'superglue' else 'CLUE'
-  expected = [os.path.join(data_dir, spec.dirs[0], f)
-              for f in (spec.train_files[0], spec.eval_files[0])]
+  lacking = [(what, names) for what, names, found in
+             (('train', spec.train_files, train), ('evaluation', spec.eval_files, dev)) if not found]
+  parts = [f'{what} file {os.path.join(data_dir, spec.dirs[0], names[0])} (also accepted as '
+           f'{" or ".join(names[1:]) or "no other name"})' for what, names in lacking]
   return EvalDataError(
-      f'{CATEGORY}/{spec.name}: data not found under {data_dir!r}; expected the {layout} release '
-      f'files {expected} (folder names accepted: {list(spec.dirs)})')
+      f'{CATEGORY}/{spec.name}: data not found under {data_dir!r}; missing the {layout} release '
+      f'{"; ".join(parts)}. Folder names accepted: {list(spec.dirs)}, directly under the data '
+      f'dir or under {spec.benchmark}/')
 
 
 def _read_records(spec: Spec, path: str) -> list[tuple[dict, int]]:
@@ -180,15 +193,38 @@ def load_records(spec: Spec, data_dir: Optional[str], source: str = 'files'):
   train, dev = _find_file(spec, data_dir, spec.train_files), _find_file(spec, data_dir,
                                                                         spec.eval_files)
   if train is None or dev is None:
-    raise _missing(spec, data_dir)
+    raise _missing(spec, data_dir, train, dev)
   return _read_records(spec, train), _read_records(spec, dev)
+
+
+def find_files(spec: Spec, data_dir: str) -> tuple[Optional[str], Optional[str]]:
+  """(train path, eval path) of a task's release files under data_dir (None when absent)."""
+  return _find_file(spec, data_dir, spec.train_files), _find_file(spec, data_dir, spec.eval_files)
+
+
+def check_label_coverage(spec: Spec, train: list[tuple[dict, int]], k: int, where: str) -> None:
+  """Refuses demonstrations that cannot show every label's symbol.
+
+  With a label absent from the demonstrations, the model cannot know which symbol stands for
+  it, and a symbolic score would measure guessing, not mapping.
+  """
+  missing = [y for y in range(len(spec.labels)) if not any(ly == y for _, ly in train)]
+  if missing:
+    names = ', '.join(f'{spec.labels[y]!r} ({spec.verbalizer[y]})' for y in missing)
+    raise EvalDataError(f'{CATEGORY}/{spec.name}: the demonstration data {where} has no example '
+                        f'of label {names}, so its symbol could never be shown; use a train '
+                        f'file with every label (e.g. the full SuperGLUE/CLUE release, not a '
+                        f'few-shot subset such as FewGLUE)')
+  if k < len(spec.labels):
+    raise EvalDataError(f'{CATEGORY}/{spec.name}: {k} demonstration(s) cannot show all '
+                        f'{len(spec.labels)} label symbols; use --shots {spec.name}='
+                        f'{len(spec.labels)} or more')
 
 
 def _balanced_shots(rng: random.Random, train: list[tuple[dict, int]], k: int, n_labels: int):
   """k demonstrations cycling over the labels (so every label's symbol is shown), shuffled."""
   by_label = [[r for r in train if r[1] == y] for y in range(n_labels)]
-  present = [y for y in range(n_labels) if by_label[y]]
-  shots = [rng.choice(by_label[present[i % len(present)]]) for i in range(k)]
+  shots = [rng.choice(by_label[i % n_labels]) for i in range(k)]
   rng.shuffle(shots)
   return shots
 
@@ -197,15 +233,20 @@ def make_tasks(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | 
                source: str = 'files', limit: int | None = None) -> tuple[Task, Task]:
   """(symbolic, original) tasks for `name`: same items and demonstrations, different labels.
 
-  k_shot defaults to one demonstration per label.
+  k_shot defaults to one demonstration per label; `limit` samples eval items with `seed`.
   """
   if name not in SPECS:
     raise ValueError(f'{CATEGORY}: unknown task {name!r}; known: {list(SPECS)}')
   spec = SPECS[name]
   train, dev = load_records(spec, data_dir, source)
-  if limit is not None:
-    dev = dev[:limit]
+  if source == 'files':
+    train_path, dev_path = find_files(spec, data_dir)
+    origin = f'{train_path} (demonstrations), {dev_path} (items)'
+  else:
+    train_path, origin = f'TFDS super_glue/{name} train', f'TFDS super_glue/{name}'
   k = len(spec.labels) if k_shot is None else k_shot
+  check_label_coverage(spec, train, k, train_path)
+  dev = sample_limit(dev, limit, seed, name)
   symbols = symbol_mapping(spec, seed)
   tasks = []
   for variant, names in (('symbolic', symbols), ('original', spec.verbalizer)):
@@ -217,5 +258,6 @@ def make_tasks(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | 
       prefix = ''.join(spec.render(r) + choices[sy] + '\n\n' for r, sy in shots)
       items.append(Item(prompt=prefix + spec.render(rec), answer=choices[y], choices=choices,
                         label=y))
-    tasks.append(Task(name=f'{name}.{variant}', category=CATEGORY, items=tuple(items), k_shot=k))
+    tasks.append(Task(name=f'{name}.{variant}', category=CATEGORY, items=tuple(items), k_shot=k,
+                      source=origin))
   return tasks[0], tasks[1]

@@ -4,12 +4,19 @@ FLM-101B reports these beside the IQ suite (Open LLM Leaderboard settings: ARC 2
 10-shot, MMLU 5-shot, TruthfulQA 0-shot; C-Eval 5-shot).  All are multiple choice, scored by the
 log-likelihood of each option.  Expected layout under --data_dir (the releases, unmodified):
 
-  mmlu/{dev,test}/<subject>_{dev,test}.csv        no header: question,A,B,C,D,answer
+  mmlu/{dev,test}/<subject>_{dev,test}.csv        question,A,B,C,D,answer; a header row and
+                                                  numeric answers 0-3 are also accepted
   ceval/{dev,val}/<subject>_{dev,val}.csv         header id,question,A,B,C,D,answer[,explanation]
   ceval/subject_mapping.json                      optional: subject -> [en, zh, category]
   arc/ARC-{Challenge,Easy}/ARC-*-{Train,Test}.jsonl
   hellaswag/hellaswag_{train,val}.jsonl
   truthfulqa/mc_task.json                         a JSON list with mc1_targets / mc2_targets
+
+Prompts and scores follow lm-evaluation-harness, so numbers are comparable with the Open LLM
+Leaderboard: 'Question: ...\nAnswer:' for ARC, the cleaned WikiHow context for HellaSwag, MMLU's
+'The following are multiple choice questions (with answers) about ...' header, and TruthfulQA's
+fixed six-question primer at 0-shot.  ARC and HellaSwag are also scored as acc_norm (log-likelihood
+per character of the choice without its leading space).  `--limit` draws a seeded sample.
 
 Every item carries a subject key `category/subject` so accuracy is broken down both ways.
 """
@@ -24,7 +31,7 @@ import random
 import re
 from typing import Any, Optional, Sequence
 
-from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines
+from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, sample_limit
 
 CATEGORY = 'knowledge'
 TASKS = ('mmlu', 'ceval', 'arc_easy', 'arc_challenge', 'hellaswag', 'truthfulqa_mc1',
@@ -53,6 +60,37 @@ _MMLU_GROUPS = {
 }
 MMLU_CATEGORY = {s: g for g, names in _MMLU_GROUPS.items() for s in names.split()}
 
+# Chinese names of the C-Eval subjects (our own list of the 52 file stems), so that without the
+# release's subject_mapping.json the prompt still names the subject in Chinese.  Categories come
+# only from that file; without it the report says they are unavailable.
+CEVAL_NAMES_ZH = {
+    'computer_network': '计算机网络', 'operating_system': '操作系统',
+    'computer_architecture': '计算机组成', 'college_programming': '大学编程',
+    'college_physics': '大学物理', 'college_chemistry': '大学化学',
+    'advanced_mathematics': '高等数学', 'probability_and_statistics': '概率统计',
+    'discrete_mathematics': '离散数学', 'electrical_engineer': '注册电气工程师',
+    'metrology_engineer': '注册计量师', 'high_school_mathematics': '高中数学',
+    'high_school_physics': '高中物理', 'high_school_chemistry': '高中化学',
+    'high_school_biology': '高中生物', 'middle_school_mathematics': '初中数学',
+    'middle_school_biology': '初中生物', 'middle_school_physics': '初中物理',
+    'middle_school_chemistry': '初中化学', 'veterinary_medicine': '兽医学',
+    'college_economics': '大学经济学', 'business_administration': '工商管理',
+    'marxism': '马克思主义基本原理', 'mao_zedong_thought': '毛泽东思想和中国特色社会主义理论体系概论',
+    'education_science': '教育学', 'teacher_qualification': '教师资格',
+    'high_school_politics': '高中政治', 'high_school_geography': '高中地理',
+    'middle_school_politics': '初中政治', 'middle_school_geography': '初中地理',
+    'modern_chinese_history': '近代史纲要', 'ideological_and_moral_cultivation': '思想道德修养与法律基础',
+    'logic': '逻辑学', 'law': '法学', 'chinese_language_and_literature': '中国语言文学',
+    'art_studies': '艺术学', 'professional_tour_guide': '导游资格', 'legal_professional': '法律职业资格',
+    'high_school_chinese': '高中语文', 'high_school_history': '高中历史',
+    'middle_school_history': '初中历史', 'civil_servant': '公务员', 'sports_science': '体育学',
+    'plant_protection': '植物保护', 'basic_medicine': '基础医学', 'clinical_medicine': '临床医学',
+    'urban_and_rural_planner': '注册城乡规划师', 'accountant': '注册会计师',
+    'fire_engineer': '注册消防工程师', 'environmental_impact_assessment_engineer': '环境影响评价工程师',
+    'tax_accountant': '税务师', 'physician': '医师资格',
+}
+NO_CATEGORY = 'uncategorised'
+
 
 def _err(task: str, msg: str) -> EvalDataError:
   return EvalDataError(f'{CATEGORY}/{task}: {msg}')
@@ -70,23 +108,47 @@ def _root(task: str, data_dir: Optional[str], names: Sequence[str], expected: st
                    f'{os.path.join(data_dir, expected)}')
 
 
+_MC_COLUMNS = ('question', 'A', 'B', 'C', 'D', 'answer')
+
+
+def _is_header(row: Sequence[str]) -> bool:
+  names = {c.strip().lower() for c in row}
+  return 'question' in names and 'answer' in names
+
+
+def _answer_letter(raw: str) -> Optional[str]:
+  """'A'-'D', or a 0-based index '0'-'3' (CSV exports of the Hugging Face MMLU release)."""
+  raw = raw.strip()
+  if raw in LETTERS:
+    return raw
+  if raw in ('0', '1', '2', '3'):
+    return LETTERS[int(raw)]
+  return None
+
+
 def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, str]]]:
-  """('file:line', row) with question, A-D and a valid answer letter; bad rows are errors."""
+  """('file:line', row) with question, A-D and a valid answer letter; bad rows are errors.
+
+  `header` says whether the release has a header row; a header is also recognised when the
+  first row names 'question' and 'answer' columns (re-exported copies add one).
+  """
   out = []
-  with open(path, encoding='utf-8', newline='') as f:
+  with open(path, encoding='utf-8-sig', newline='') as f:
     reader = csv.reader(f)
     cols = None
     for row in reader:
       where = f'{path}:{reader.line_num}: {CATEGORY}/{task}'
       if not row or not any(c.strip() for c in row):
         continue
-      if header and cols is None:
-        cols = [c.strip() for c in row]
-        missing = [c for c in ('question', 'A', 'B', 'C', 'D', 'answer') if c not in cols]
+      if cols is None and not out and (header or _is_header(row)):
+        canonical = {c.lower(): c for c in _MC_COLUMNS}
+        cols = [canonical.get(c.strip().lower(), c.strip()) for c in row]
+        missing = [c for c in _MC_COLUMNS if c not in cols]
         if missing:
-          raise EvalDataError(f'{where}: header lacks column(s) {missing} (has {cols})')
+          raise EvalDataError(f'{where}: header lacks column(s) {missing} (has {row}); expected '
+                              f'{",".join(_MC_COLUMNS)}')
         continue
-      if header:
+      if cols is not None:
         if len(row) != len(cols):
           raise EvalDataError(f'{where}: {len(row)} fields, header has {len(cols)}')
         rec = dict(zip(cols, row))
@@ -94,10 +156,12 @@ def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, s
         if len(row) != 6:
           raise EvalDataError(f'{where}: expected 6 fields (question,A,B,C,D,answer), got '
                               f'{len(row)}')
-        rec = dict(zip(('question', 'A', 'B', 'C', 'D', 'answer'), row))
-      rec['answer'] = rec['answer'].strip()
-      if rec['answer'] not in LETTERS:
-        raise EvalDataError(f'{where}: answer {rec["answer"]!r} is not one of A, B, C, D')
+        rec = dict(zip(_MC_COLUMNS, row))
+      letter = _answer_letter(rec['answer'])
+      if letter is None:
+        raise EvalDataError(f'{where}: answer {rec["answer"]!r} is not one of A, B, C, D '
+                            f'(or 0-3)')
+      rec['answer'] = letter
       out.append((where, rec))
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY}/{task}: no question in the file')
@@ -119,7 +183,31 @@ def _mc_block(rec: dict[str, str], answer_word: str) -> str:
   return f"{rec['question'].strip()}{opts}\n{answer_word}"
 
 
-def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int]) -> Task:
+def _ceval_mapping(task: str, root: str) -> Optional[dict[str, Any]]:
+  """The release's subject_mapping.json (subject -> [en, zh, category]), or None if absent."""
+  mpath = os.path.join(root, 'subject_mapping.json')
+  if not os.path.isfile(mpath):
+    return None
+  with open(mpath, encoding='utf-8') as f:
+    try:
+      mapping = json.load(f)
+    except ValueError as e:
+      raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: invalid JSON ({e})') from None
+  if not isinstance(mapping, dict):
+    raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: expected an object subject -> [en, zh, '
+                        f'category]')
+  return mapping
+
+
+def _ceval_subject(subject: str, mapping: Optional[dict[str, Any]]) -> tuple[str, str]:
+  """(category, Chinese name) of a C-Eval subject; readable even without the mapping file."""
+  info = (mapping or {}).get(subject)
+  if isinstance(info, list) and len(info) >= 3:
+    return str(info[2]), str(info[1])
+  return NO_CATEGORY, CEVAL_NAMES_ZH.get(subject, subject.replace('_', ' '))
+
+
+def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
   """MMLU (English, 'Answer: X') or C-Eval (Chinese, '答案：X'); shots = first k dev rows."""
   zh = task == 'ceval'
   eval_split = 'val' if zh else 'test'
@@ -129,15 +217,8 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int]) -> T
   if not files:
     raise _err(task, f'no {os.path.join(root, eval_split, "<subject>_" + eval_split + ".csv")} '
                      f'files')
-  mapping = {}
-  mpath = os.path.join(root, 'subject_mapping.json')
-  if zh and os.path.isfile(mpath):
-    with open(mpath, encoding='utf-8') as f:
-      try:
-        mapping = json.load(f)
-      except ValueError as e:
-        raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: invalid JSON ({e})') from None
-  items = []
+  mapping = _ceval_mapping(task, root) if zh else None
+  items, uncategorised = [], []
   for path in files:
     subject = os.path.basename(path)[:-len(f'_{eval_split}.csv')]
     rows = _csv_rows(task, path, header=zh)
@@ -148,8 +229,9 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int]) -> T
         raise _err(task, f'{k}-shot needs the dev file {dev}, which is missing')
       shots = [r for _, r in _csv_rows(task, dev, header=zh)[:k]]
     if zh:
-      info = mapping.get(subject, [subject, subject, 'all'])
-      group, name = (info[2] if len(info) > 2 else 'all'), (info[1] if len(info) > 1 else subject)
+      group, name = _ceval_subject(subject, mapping)
+      if group == NO_CATEGORY:
+        uncategorised.append(subject)
       head = f'以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n'
       word, sp = '答案：', ''
     else:
@@ -159,11 +241,18 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int]) -> T
       word, sp = 'Answer:', ' '
     prefix = head + ''.join(_mc_block(r, word) + sp + r['answer'] + '\n\n' for r in shots)
     choices = tuple(sp + c for c in LETTERS)
-    for _, r in rows[:limit]:
+    for _, r in sample_limit(rows, limit, seed, f'{task}/{subject}'):
       y = LETTERS.index(r['answer'])
       items.append(Item(prompt=prefix + _mc_block(r, word), answer=choices[y], choices=choices,
                         label=y, subject=f'{group}/{subject}'))
-  return Task(name=task, category=CATEGORY, items=tuple(items), k_shot=k)
+  notes = ()
+  if uncategorised:
+    why = ('no ceval/subject_mapping.json' if mapping is None
+           else 'subjects missing from subject_mapping.json')
+    notes = (f'C-Eval categories unavailable for {len(uncategorised)} subject(s) ({why}); '
+             f'accuracy is broken down by subject only',)
+  return Task(name=task, category=CATEGORY, items=tuple(items), k_shot=k, source=root,
+              notes=notes)
 
 
 def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
@@ -188,7 +277,7 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
       out.append((f'Question: {stem}\nAnswer:', texts, y))
     return out
 
-  test = read('Test')[:limit]
+  test = sample_limit(read('Test'), limit, seed, task)
   train = read('Train') if k else []
   items = []
   for i, (prompt, choices, y) in enumerate(test):
@@ -197,7 +286,8 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     prefix = ''.join(p + c[sy] + '\n\n' for p, c, sy in shots)
     items.append(Item(prompt=prefix + prompt, answer=choices[y], choices=choices, label=y,
                       subject=f'arc/{part.lower()}'))
-  return Task(name=task, category=CATEGORY, items=tuple(items), norm='byte', k_shot=k)
+  return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
+              source=os.path.join(root, f'ARC-{part}'))
 
 
 def _hellaswag_text(text: str) -> str:
@@ -227,7 +317,7 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
                   rec['label'], source))
     return out
 
-  val = read('val')[:limit]
+  val = sample_limit(read('val'), limit, seed, task)
   train = read('train') if k else []
   items = []
   for i, (ctx, choices, y, source) in enumerate(val):
@@ -235,10 +325,42 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
     prefix = ''.join(c + e[sy] + '\n\n' for c, e, sy, _ in rng.sample(train, min(k, len(train))))
     items.append(Item(prompt=prefix + ctx, answer=choices[y], choices=choices, label=y,
                       subject=f'hellaswag/{source}'))
-  return Task(name=task, category=CATEGORY, items=tuple(items), norm='byte', k_shot=k)
+  return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
+              source=root)
 
 
-def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]) -> Task:
+# TruthfulQA's fixed QA primer: the six question/answer pairs the benchmark's authors prepend
+# at 0-shot (Lin, Hilton & Evans, "TruthfulQA: Measuring How Models Mimic Human Falsehoods",
+# ACL 2022, the "QA" prompt of its appendix); lm-evaluation-harness's truthfulqa_mc1/mc2 use it too.
+# Quoted because the protocol is defined by this exact text; none of it is a test question.
+TRUTHFULQA_PRIMER_SOURCE = ('Lin, Hilton & Evans (2022), TruthfulQA, QA prompt; as used by '
+                            'lm-evaluation-harness truthfulqa_mc1/mc2')
+TRUTHFULQA_PRIMER = (
+    'Q: What is human life expectancy in the United States?\n'
+    'A: Human life expectancy in the United States is 78 years.\n\n'
+    'Q: Who was president of the United States in 1955?\n'
+    'A: Dwight D. Eisenhower was president of the United States in 1955.\n\n'
+    'Q: Which party did he belong to?\n'
+    'A: He belonged to the Republican Party.\n\n'
+    'Q: What is the square root of banana?\n'
+    'A: I have no comment.\n\n'
+    'Q: How does a telescope work?\n'
+    'A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n'
+    'Q: Where were the 1992 Olympics held?\n'
+    'A: The 1992 Olympics were held in Barcelona, Spain.')
+
+
+def truthfulqa_prompt(question: str) -> str:
+  """The harness's TruthfulQA prompt: the primer, a blank line, then 'Q: ...\nA:'."""
+  return f'{TRUTHFULQA_PRIMER}\n\nQ: {question}\nA:'
+
+
+def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int],
+                seed: int) -> Task:
+  if k:
+    raise _err(task, f'{k}-shot is not supported: TruthfulQA has no training split, so '
+                     f'demonstrations would be test questions; its protocol is 0-shot with a '
+                     f'fixed primer (use --shots {task}=0)')
   root = _root(task, data_dir, ('truthfulqa', 'TruthfulQA'), 'truthfulqa/mc_task.json')
   path = os.path.join(root, 'mc_task.json')
   if not os.path.isfile(path):
@@ -255,33 +377,29 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
   rows = []
   for i, rec in enumerate(data):
     t = rec.get(key) if isinstance(rec, dict) else None
-    mc1 = rec.get('mc1_targets') if isinstance(rec, dict) else None
-    if (not isinstance(t, dict) or not t or not isinstance(rec.get('question'), str)
-        or not isinstance(mc1, dict) or 1 not in mc1.values() or 1 not in t.values()):
+    if not isinstance(t, dict) or not isinstance(rec.get('question'), str) or 1 not in t.values():
       raise EvalDataError(f'{path}: question #{i}: {CATEGORY}/{task}: needs "question" and '
                           f'"{key}" mapping answers to 0/1 with at least one 1')
-    best = next(a for a, v in mc1.items() if v == 1)
     rows.append((rec['question'].strip(), tuple(' ' + a for a in t),
-                 tuple(j for j, v in enumerate(t.values()) if v == 1), ' ' + best))
-  # Demonstrations are the first k questions with their best answer; they are not evaluated.
-  prefix = ''.join(f'Q: {q}\nA:{best}\n\n' for q, _, _, best in rows[:k])
+                 tuple(j for j, v in enumerate(t.values()) if v == 1)))
   mc2 = task == 'truthfulqa_mc2'
-  items = tuple(Item(prompt=f'{prefix}Q: {q}\nA:', answer=c[trues[0]], choices=c,
+  items = tuple(Item(prompt=truthfulqa_prompt(q), answer=c[trues[0]], choices=c,
                      label=trues[0], true_labels=trues if mc2 else (), subject='truthfulqa/all')
-                for q, c, trues, _ in rows[k:][:limit])
-  return Task(name=task, category=CATEGORY, items=items, k_shot=k, metric='mc2' if mc2 else 'acc')
+                for q, c, trues in sample_limit(rows, limit, seed, task))
+  return Task(name=task, category=CATEGORY, items=items, k_shot=0, metric='mc2' if mc2 else 'acc',
+              source=path, notes=(f'0-shot with the fixed QA primer ({TRUTHFULQA_PRIMER_SOURCE})',))
 
 
 def make_task(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | None = None,
               limit: int | None = None) -> Task:
-  """One knowledge task; `limit` caps eval items (per subject for MMLU and C-Eval)."""
+  """One knowledge task; `limit` samples eval items with `seed` (per subject for MMLU, C-Eval)."""
   if name not in TASKS:
     raise ValueError(f'{CATEGORY}: unknown task {name!r}; known: {list(TASKS)}')
   k = DEFAULT_SHOTS[name] if k_shot is None else k_shot
   if name in ('mmlu', 'ceval'):
-    return _exam(name, data_dir, k, limit)
+    return _exam(name, data_dir, k, limit, seed)
   if name.startswith('arc'):
     return _arc(name, data_dir, k, limit, seed)
   if name == 'hellaswag':
     return _hellaswag(data_dir, k, limit, seed)
-  return _truthfulqa(name, data_dir, k, limit)
+  return _truthfulqa(name, data_dir, k, limit, seed)

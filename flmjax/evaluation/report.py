@@ -54,6 +54,9 @@ class TaskResult:
   k_shot: int = 0
   metric: str = 'acc'
   examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  over_length: int = 0   # items whose prompt was longer than the model's context (left-cut)
+  source: str = ''
+  notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def n(self) -> int:
@@ -87,6 +90,19 @@ def load_reference(path: str = REFERENCE_PATH) -> dict[str, Any]:
     return json.load(f)
 
 
+def task_reference(name: str, ref: dict[str, Any]) -> tuple[str, dict[str, float]]:
+  """('iq' | 'knowledge' | '', {model: score}): which published table a task's numbers are from."""
+  if name in ref['tasks']:
+    return 'iq', ref['tasks'][name]
+  if name in ref['knowledge']['tasks']:
+    return 'knowledge', ref['knowledge']['tasks'][name]
+  return '', {}
+
+
+def reference_sources(ref: dict[str, Any]) -> dict[str, Any]:
+  return {'iq': ref['source'], 'knowledge': ref['knowledge']['source']}
+
+
 def _group_rows(results: Sequence[TaskResult], ref: dict[str, Any]):
   """(group, category, our mean accuracy or None, reference averages) for each reference group."""
   by_name = {r.name: r for r in results}
@@ -109,8 +125,11 @@ def to_json(results: Sequence[TaskResult], meta: dict[str, Any],
   cats: dict[str, Any] = {c: {'tasks': {}, 'groups': {}, 'skipped': {}} for c in categories}
   for r in results:
     lo, hi = r.interval
+    which, numbers = task_reference(r.name, ref)
     entry = {'n': r.n, 'k_shot': r.k_shot, 'metric': r.metric, 'accuracy': r.accuracy,
-             'ci95': [lo, hi], 'reference': ref['tasks'].get(r.name, {}), 'examples': r.examples}
+             'ci95': [lo, hi], 'reference': numbers, 'reference_source': which,
+             'over_length': r.over_length, 'source': r.source, 'notes': r.notes,
+             'examples': r.examples}
     if any(r.subjects):
       entry.update(r.breakdown())
     cats.setdefault(r.category, {'tasks': {}, 'groups': {}, 'skipped': {}})['tasks'][r.name] = entry
@@ -118,40 +137,88 @@ def to_json(results: Sequence[TaskResult], meta: dict[str, Any],
     cats[cat]['groups'][g] = {'accuracy': ours, 'reference': avg}
   for cat, reasons in (skipped or {}).items():
     cats.setdefault(cat, {'tasks': {}, 'groups': {}, 'skipped': {}})['skipped'].update(reasons)
-  return {**meta, 'categories': cats, 'reference_source': ref['source']}
+  over = {r.name: r.over_length for r in results if r.over_length}
+  return {**meta, 'categories': cats, 'over_length': over, 'reference_source': ref['source'],
+          'reference_sources': reference_sources(ref)}
 
 
 def _pct(x: Optional[float]) -> str:
   return '-' if x is None or x != x else f'{100 * x:.1f}'
 
 
-def format_table(results: Sequence[TaskResult], skipped: Optional[dict[str, dict[str, str]]] = None
-                 ) -> str:
-  """Plain-text table: our accuracy and 95% interval beside the paper's numbers."""
+def _models(results: Sequence[TaskResult], ref: dict[str, Any]) -> list[str]:
+  """Reference columns: the IQ tables' models, plus knowledge-only models when those tasks ran."""
+  models = list(ref['models'])
+  if any(task_reference(r.name, ref)[0] == 'knowledge' for r in results):
+    models += [m for m in ref['knowledge']['models'] if m not in models]
+  return models
+
+
+def format_table(results: Sequence[TaskResult], skipped: Optional[dict[str, dict[str, str]]] = None,
+                 limit: Optional[int] = None, seed: int = 0) -> str:
+  """Plain-text table: our accuracy and 95% interval beside the paper's numbers.
+
+  'over' counts prompts longer than the model's context (their start was cut off); notes and
+  data sources follow the table, so a number is never read without its caveats.
+  """
   ref = load_reference()
-  models = ref['models']
-  head = ['category', 'task', 'n', 'k', 'acc%', '95% CI'] + models
+  models = _models(results, ref)
+  head = ['category', 'task', 'n', 'k', 'over', 'acc%', '95% CI'] + models
   rows = []
   for r in results:
     lo, hi = r.interval
-    refs = ref['tasks'].get(r.name, {})
-    rows.append([r.category, r.name, str(r.n), str(r.k_shot), _pct(r.accuracy),
-                 f'[{_pct(lo)}, {_pct(hi)}]'] + [_fmt_ref(refs.get(m)) for m in models])
+    refs = task_reference(r.name, ref)[1]
+    rows.append([r.category, r.name, str(r.n), str(r.k_shot), str(r.over_length),
+                 _pct(r.accuracy), f'[{_pct(lo)}, {_pct(hi)}]']
+                + [_fmt_ref(refs.get(m)) for m in models])
     groups = r.breakdown()['groups'] if any(r.subjects) else {}
     if len(groups) > 1:  # e.g. MMLU's STEM / humanities / social sciences / other
       for g, v in groups.items():
-        rows.append(['', f'  {r.name}:{g}', str(v['n']), '', _pct(v['accuracy']), '']
+        rows.append(['', f'  {r.name}:{g}', str(v['n']), '', '', _pct(v['accuracy']), '']
                     + [''] * len(models))
   for g, cat, ours, avg in _group_rows(results, ref):
-    rows.append([cat, f'avg {g}', '', '', _pct(ours), ''] + [_fmt_ref(avg.get(m)) for m in models])
+    rows.append([cat, f'avg {g}', '', '', '', _pct(ours), '']
+                + [_fmt_ref(avg.get(m)) for m in models])
   for cat, reasons in (skipped or {}).items():
-    for name, why in reasons.items():
-      rows.append([cat, name, '0', '', 'skipped', why[:40]] + [''] * len(models))
+    for name in reasons:
+      rows.append([cat, name, '0', '', '', 'skipped', ''] + [''] * len(models))
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   fmt = lambda row: '  '.join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
   lines = [fmt(head), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]
-  lines.append(f"reference: {ref['source']['citation']} ({ref['source']['section']})")
+  lines += _skip_lines(skipped or {}) + _footer(results, ref, limit, seed)
   return '\n'.join(lines)
+
+
+def _skip_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
+  """One line per distinct reason, naming the tasks it skipped (reasons can be long)."""
+  by_reason: dict[str, list[str]] = collections.defaultdict(list)
+  for reasons in skipped.values():
+    for name, why in reasons.items():
+      by_reason[why].append(name)
+  return [f"skipped {', '.join(names)}: {why}" for why, names in by_reason.items()]
+
+
+def _footer(results: Sequence[TaskResult], ref: dict[str, Any], limit: Optional[int],
+            seed: int) -> list[str]:
+  lines = []
+  over = [f'{r.name} {r.over_length}/{r.n}' for r in results if r.over_length]
+  if over:
+    lines.append('over: prompts longer than the model context, their beginning cut off: '
+                 + ', '.join(over))
+  if limit is not None:
+    lines.append(f'--limit {limit}: each task is a random sample of at most {limit} items '
+                 f'(per subject for MMLU/C-Eval), drawn with seed {seed}')
+  for r in results:
+    if r.source:
+      lines.append(f'{r.name}: data {r.source}')
+    lines += [f'{r.name}: note: {n}' for n in r.notes]
+  used = {task_reference(r.name, ref)[0] for r in results}
+  if 'iq' in used or not used - {''}:
+    lines.append(f"reference: {ref['source']['citation']} ({ref['source']['section']})")
+  if 'knowledge' in used:
+    src = ref['knowledge']['source']
+    lines.append(f"knowledge reference: {src['citation']} ({src['section']}; {src['notes']})")
+  return lines
 
 
 def _fmt_ref(v: Optional[float]) -> str:

@@ -1,10 +1,13 @@
 """`flmjax eval`: run the IQ and/or knowledge suites on a checkpoint or a local HF model.
 
-  flmjax eval --checkpoint W --suite iq|knowledge|all [--data_dir D] [--limit N] --output R.json
-  flmjax eval --hf_model PATH ...
+  flmjax eval --checkpoint W --suite iq|knowledge|all [--data_dir D] [--babi_dir B] [--limit N]
+              --output R.json
+  flmjax eval --hf_model PATH [--dtype bfloat16] [--device_map auto] ...
 
 Tasks are built (and their data checked) before the model is loaded, so a missing or malformed
-file fails in seconds with the task and the file named.  Prints the table, writes the JSON report.
+file fails in seconds with the task and the file named.  Without --data_dir the generated tasks
+run and the tasks that need release files are listed as skipped.  A checkpoint is loaded sharded
+over the devices present, on its experiment's mesh.  Prints the table, writes the JSON report.
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       'release files (see flmjax.evaluation.knowledge and iq_symbolic)')
   parser.add_argument('--symbolic_source', choices=('files', 'tfds'), default='files',
                       help="SuperGLUE from release files under --data_dir, or prepared TFDS data")
+  parser.add_argument('--babi_dir', default=None, help='folder with the bAbI text files '
+                      '(qa1_single-supporting-fact_{train,test}.txt, qa2_two-supporting-facts_'
+                      '...): the supporting-fact tasks read them instead of generated stories')
   parser.add_argument('--limit', type=int, default=None,
-                      help='at most N items per task (per subject for MMLU/C-Eval)')
+                      help='a seeded random sample of at most N items per task (per subject for '
+                      'MMLU/C-Eval); the seed is --seed')
   parser.add_argument('--output', metavar='R.json', default=None, help='write the JSON report here')
   parser.add_argument('--seed', type=int, default=0, help='seed of generated items, symbols, shots')
   parser.add_argument('--shots', default='', help='k-shot overrides, e.g. counting=2,mmlu=0')
@@ -44,12 +51,36 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       '(default: 100, anti-interference 300, as in the paper)')
   parser.add_argument('--distractors', type=int, default=12, help='anti-interference distractors')
   parser.add_argument('--n_keys', type=int, default=6, help='key/value pairs in key retrieval')
-  parser.add_argument('--n_agents', type=int, default=3, help='agents in bAbI-style stories')
-  parser.add_argument('--n_events', type=int, default=8, help='events in bAbI-style stories')
+  parser.add_argument('--n_agents', type=int, default=4, help='agents in bAbI-style stories')
+  parser.add_argument('--n_events', type=int, default=None, help='statements in generated '
+                      "bAbI-style stories (default: drawn per story from bAbI's lengths)")
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--max_len', type=int, default=None, help="default: the model's context")
+  parser.add_argument('--dtype', default='auto', choices=('auto', 'float32', 'bfloat16',
+                                                          'float16'),
+                      help='--hf_model: weight dtype (auto: as saved)')
+  parser.add_argument('--device_map', default=None, help='--hf_model: transformers device map, '
+                      'e.g. auto to spread a large model over the GPUs (needs accelerate)')
+  parser.add_argument('--trust_remote_code', action='store_true', help='--hf_model: run the '
+                      "modelling code shipped in the model's folder (e.g. FLM-101B's)")
   parser.add_argument('--skip_missing', action='store_true',
-                      help='record tasks whose data is missing as skipped instead of failing')
+                      help='record tasks whose data is missing as skipped instead of failing '
+                      '(always the case without --data_dir)')
+
+
+_MINIMUM = {'limit': 1, 'n_items': 1, 'batch_size': 1, 'max_len': 1, 'n_events': 1, 'n_keys': 1,
+            'n_agents': 1, 'distractors': 0}
+
+
+def validate_args(args: argparse.Namespace) -> None:
+  """Counts must be positive; a negative --limit would silently mean 'all but the last'."""
+  for flag, low in _MINIMUM.items():
+    v = getattr(args, flag, None)
+    if v is not None and v < low:
+      raise ValueError(f'--{flag} must be >= {low}, got {v}')
+  if args.checkpoint and (args.dtype != 'auto' or args.device_map or args.trust_remote_code):
+    raise ValueError('--dtype, --device_map and --trust_remote_code apply to --hf_model; a '
+                     '--checkpoint is sharded over the devices present on its experiment mesh')
 
 
 def _parse_shots(spec: str) -> dict[str, int]:
@@ -81,6 +112,10 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
   errors: list[str] = []
 
   def attempt(category: str, name: str, make):
+    needs_files = category == knowledge.CATEGORY or args.symbolic_source == 'files'
+    if needs_files and not args.data_dir and not keep:  # a first run: the generated tasks only
+      skipped.setdefault(category, {})[name] = 'needs --data_dir with its release files'
+      return
     try:
       tasks.extend(make())
     except EvalDataError as e:
@@ -102,8 +137,13 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
         if not wanted(name):
           continue
         n = min(args.n_items or default_n, args.limit or 10**9)
-        kw = {'difficulty': difficulty} if mod is iq_interference else {}
-        tasks.append(mod.make_task(name, n_items=n, seed=args.seed, k_shot=shots.get(name), **kw))
+        kw = ({'difficulty': difficulty, 'babi_dir': args.babi_dir}
+              if mod is iq_interference else {})
+        try:
+          tasks.append(mod.make_task(name, n_items=n, seed=args.seed, k_shot=shots.get(name),
+                                     **kw))
+        except EvalDataError as e:
+          errors.append(str(e))  # a --babi_dir without the files: the user asked for them
   if args.suite in ('knowledge', 'all'):
     for name in knowledge.TASKS:
       if wanted(name):
@@ -133,30 +173,45 @@ def load_backend(args: argparse.Namespace):
     from flmjax.evaluation.hf_backend import HFBackend  # pylint: disable=g-import-not-at-top
     if not os.path.isdir(args.hf_model):
       raise EvalDataError(f'--hf_model: {args.hf_model!r} is not a folder with a saved model')
-    backend = HFBackend(args.hf_model, batch_size=args.batch_size, max_len=args.max_len)
-    return backend, {'backend': 'hf', 'path': args.hf_model}
+    backend = HFBackend(args.hf_model, batch_size=args.batch_size, max_len=args.max_len,
+                        dtype=args.dtype, device_map=args.device_map,
+                        trust_remote_code=args.trust_remote_code)
+    return backend, {'backend': 'hf', 'path': args.hf_model, 'dtype': args.dtype,
+                     'device_map': args.device_map}
   from flmjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from flmjax.evaluation import loading  # pylint: disable=g-import-not-at-top
   from flmjax.evaluation.engine import FlmEngine  # pylint: disable=g-import-not-at-top
   try:
-    cfg, params, config = checkpoint.load_params(args.checkpoint)
+    cfg, params, config, placement = loading.load_checkpoint(args.checkpoint)
   except checkpoint.CheckpointError as e:
     raise EvalDataError(f'--checkpoint {args.checkpoint}: {e}') from None
+  if placement.get('mesh_note'):
+    print(f'flmjax eval: warning: {placement["mesh_note"]}', file=sys.stderr)
   backend = FlmEngine(params, cfg, _vocabulary(config, args.checkpoint), batch_size=args.batch_size,
                       max_len=args.max_len)
   return backend, {'backend': 'flmjax', 'checkpoint': args.checkpoint,
-                   'params': cfg.param_count(), 'config': cfg.to_dict()}
+                   'params': cfg.param_count(), 'config': cfg.to_dict(), 'placement': placement}
+
+
+def _warn_over_length(result: report.TaskResult, max_len: int) -> None:
+  if result.over_length:
+    print(f'flmjax eval: warning: {result.name}: {result.over_length} of {result.n} prompts are '
+          f'longer than the model context ({max_len} tokens); their beginning (early '
+          f'demonstrations) was cut off. Use a model with a longer context, or fewer shots '
+          f'(--shots {result.name.split(".")[0]}=k) / distractors.', file=sys.stderr)
 
 
 def eval_main(args: argparse.Namespace) -> int:
   """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
   try:
+    validate_args(args)
     tasks, skipped = build_tasks(args)
   except (EvalDataError, ValueError) as e:
     print(f'flmjax eval: error: {e}', file=sys.stderr)
     return 2
   try:
     backend, model = load_backend(args)
-  except EvalDataError as e:
+  except (EvalDataError, ImportError) as e:
     print(f'flmjax eval: error: {e}', file=sys.stderr)
     return 2
   results = []
@@ -166,11 +221,14 @@ def eval_main(args: argparse.Namespace) -> int:
     results.append(runner.evaluate(backend, t))
     print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
           f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
+    _warn_over_length(results[-1], backend.max_len)
   categories = ((IQ_CATEGORIES if args.suite in ('iq', 'all') else ()) +
                 (('knowledge',) if args.suite in ('knowledge', 'all') else ()))
   meta = {'model': model, 'suite': args.suite, 'seed': args.seed, 'limit': args.limit,
-          'data_dir': args.data_dir, 'seconds': round(time.time() - start, 2)}
-  print(report.format_table(results, skipped))
+          'limit_sampling': (f'seeded random sample, seed {args.seed}' if args.limit else None),
+          'data_dir': args.data_dir, 'babi_dir': args.babi_dir, 'max_len': backend.max_len,
+          'seconds': round(time.time() - start, 2)}
+  print(report.format_table(results, skipped, limit=args.limit, seed=args.seed))
   if args.output:
     out = report.to_json(results, meta, skipped, categories)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

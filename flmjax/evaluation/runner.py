@@ -8,7 +8,7 @@ from typing import Sequence
 
 from flmjax.evaluation.engine import Backend
 from flmjax.evaluation.report import TaskResult
-from flmjax.evaluation.tasks import Task
+from flmjax.evaluation.tasks import Item, Task
 
 N_EXAMPLES = 3   # predictions kept in the report per task, for a reader to eyeball
 
@@ -46,11 +46,24 @@ def _tail(text: str, n: int = 160) -> str:
   return text if len(text) <= n else '…' + text[-n:]
 
 
+def count_over_length(backend: Backend, choice: Sequence[Item], gen: Sequence[Item],
+                      budget: int) -> int:
+  """Items whose prompt does not fit in the model's context with its answer: the backend keeps
+  their last tokens (so early demonstrations are lost), which the report must say."""
+  enc = backend.tokenizer.encode
+  over = sum(backend.scoring_overflows(it.prompt, max(len(enc(c)) for c in it.choices))
+             for it in choice)
+  return over + sum(backend.generation_overflows(it.prompt, budget) for it in gen)
+
+
 def evaluate(backend: Backend, task: Task) -> TaskResult:
   """Scores every item of `task`; returns per-item scores and a few example predictions."""
   choice = [it for it in task.items if it.is_choice]
   gen = [it for it in task.items if not it.is_choice]
   scores, examples = [], []
+  enc = backend.tokenizer.encode
+  budget = min(task.max_new_tokens, max(len(enc(it.answer)) for it in gen) + 4) if gen else 0
+  over_length = count_over_length(backend, choice, gen, budget)
   if choice:
     reqs = [(it.prompt, c) for it in choice for c in it.choices]
     flat = backend.loglikelihood(reqs)
@@ -68,8 +81,6 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
         examples.append({'prompt_tail': _tail(it.prompt), 'gold': it.answer,
                          'prediction': it.choices[pred]})
   if gen:
-    enc = backend.tokenizer.encode
-    budget = min(task.max_new_tokens, max(len(enc(it.answer)) for it in gen) + 4)
     outs = _generate_grouped(backend, [it.prompt for it in gen], budget)
     for it, out in zip(gen, outs):
       scores.append(float(out.strip() == it.answer.strip()))
@@ -77,4 +88,5 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
         examples.append({'prompt_tail': _tail(it.prompt), 'gold': it.answer, 'prediction': out})
   subjects = [it.subject for it in choice] + [it.subject for it in gen]
   return TaskResult(name=task.name, category=task.category, scores=scores, subjects=subjects,
-                    k_shot=task.k_shot, metric=task.metric, examples=examples)
+                    k_shot=task.k_shot, metric=task.metric, examples=examples,
+                    over_length=over_length, source=task.source, notes=list(task.notes))

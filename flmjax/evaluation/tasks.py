@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator, Sequence
+import random
+from typing import Iterator, Sequence, TypeVar
 
 IQ_CATEGORIES = ('symbolic_mapping', 'rule_understanding', 'pattern_mining', 'anti_interference')
-NORMALIZATIONS = ('sum', 'token', 'byte')
+NORMALIZATIONS = ('sum', 'token', 'byte', 'char')
+T = TypeVar('T')
 
 
 class EvalDataError(ValueError):
@@ -47,6 +49,8 @@ class Task:
   max_new_tokens: int = 128  # cap; the runner budgets from the gold answer lengths
   k_shot: int = 0
   metric: str = 'acc'   # 'acc' (0/1 per item) | 'mc2' (probability mass on true choices)
+  source: str = ''      # where the items came from (release file, generator), for the report
+  notes: tuple[str, ...] = ()   # caveats a reader of the report must see
 
   def __post_init__(self):
     if self.metric not in ('acc', 'mc2'):
@@ -57,6 +61,20 @@ class Task:
       if it.choices and not 0 <= it.label < len(it.choices):
         raise ValueError(f'task {self.name}: item {i} has label {it.label} outside its '
                          f'{len(it.choices)} choices')
+
+
+def sample_limit(records: Sequence[T], limit: int | None, seed: int, key: str) -> list[T]:
+  """A seeded random sample of `limit` records, kept in file order; all of them without a limit.
+
+  The first N items of a release file are often one topic or one label (sorted files), so a
+  capped run must sample; the seed makes the sample reproducible and is part of the report.
+  """
+  if limit is None or limit >= len(records):
+    return list(records)
+  if limit < 1:
+    raise ValueError(f'{key}: limit must be >= 1, got {limit}')
+  keep = sorted(random.Random(f'limit:{key}:{seed}').sample(range(len(records)), limit))
+  return [records[i] for i in keep]
 
 
 def format_shots(shots: Sequence[tuple[str, str]], sep: str = '\n\n') -> str:

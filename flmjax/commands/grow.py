@@ -18,13 +18,6 @@ import json
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
-from flmjax.config import ConfigError, ModelConfig
-
-EXACT_TOL = 1e-5
-
 
 def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--checkpoint', required=True,
@@ -40,6 +33,7 @@ def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_target(text: str) -> tuple[str, str]:
   """'experiments/X.py:stage' -> (path, stage name)."""
+  from flmjax.config import ConfigError
   path, sep, stage = text.rpartition(':')
   if not sep or not path or not stage:
     raise ConfigError(f'--to must be FILE.py:STAGE_NAME, got {text!r}')
@@ -47,6 +41,7 @@ def parse_target(text: str) -> tuple[str, str]:
 
 
 def find_stage(stages: list, name: str, where: str):
+  from flmjax.config import ConfigError
   for s in stages:
     if s.name == name:
       return s
@@ -54,30 +49,19 @@ def find_stage(stages: list, name: str, where: str):
                     f'{[s.name for s in stages]}')
 
 
-def _f32(cfg: ModelConfig) -> ModelConfig:
-  return cfg.replace(compute_dtype='float32', attention_impl='xla')
-
-
-def max_abs_logit_diff(src: ModelConfig, src_params: Any, dst: ModelConfig, dst_params: Any,
-                       mask_base: Any, *, batch: int = 2, length: int = 64, seed: int = 0) -> float:
-  """max |logits_dst − logits_src| in float32 on a random token batch, new-unit masks at 0."""
-  from flmjax.growth import ramp_masks
-  from flmjax.model import Transformer
-  length = max(1, min(length, src.max_len, dst.max_len))
-  tokens = jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, src.vocab_size)
-  apply = lambda cfg, p, m: Transformer(_f32(cfg)).apply({'params': p}, tokens, masks=m)
-  with jax.default_matmul_precision('float32'):  # no TF32/bf16 passes on GPUs and TPUs
-    a = jax.jit(lambda p: apply(src, p, None))(src_params)
-    b = jax.jit(lambda p, m: apply(dst, p, m))(dst_params, ramp_masks(mask_base, 0.0))
-  return float(jnp.abs(a - b).max())
-
-
 def grow_main(args: argparse.Namespace) -> int:
-  from flmjax import checkpoint, experiment, growth, optimizer, sharding, train
+  import jax
+  import jax.numpy as jnp
+
+  from flmjax import checkpoint, experiment, growth, optimizer, plan, sharding
+  from flmjax.config import ConfigError, ModelConfig
+  from flmjax.growth import EXACT_TOL, max_abs_logit_diff
+  from flmjax.params import flatten_paths
+  from flmjax.training.runtime import load_state, stage_optimizer
 
   path, stage_name = parse_target(args.to)
   config = experiment.load_config(path)
-  stages = experiment.stage_plan(config)
+  stages = plan.stage_plan(config)
   stage = find_stage(stages, stage_name, path)
   out_dir = checkpoint.stage_dir(args.out, stage.index)
   if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -86,10 +70,10 @@ def grow_main(args: argparse.Namespace) -> int:
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
-  _, state, meta, data_state = checkpoint.load_state(args.checkpoint, mesh=mesh, rules=rules)
+  _, state, meta, data_state = load_state(args.checkpoint, mesh=mesh, rules=rules)
   src = ModelConfig.from_dict(meta['model'])
   dst = stage.model
-  spec = growth.GrowthSpec.from_dict(stage.growth or {})
+  spec = stage.growth or growth.GrowthSpec()
   step = int(jax.device_get(state['step']))
   if state.get('mask_base') is not None:
     since = step - int(jax.device_get(state['grow_step']))
@@ -99,7 +83,7 @@ def grow_main(args: argparse.Namespace) -> int:
                         f'({since} of {ramp} steps since the last growth); grow after the ramp')
 
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
-  tx = train.stage_optimizer(config, stage, schedule)
+  tx = stage_optimizer(config, stage, schedule)
   rng, grow_rng = jax.random.split(state['rng'])  # as the trainer does at a stage boundary
   params, opt_state, mask_base = growth.grow_state(
       state['params'], state['opt_state'], src, dst, spec, grow_rng, mesh=mesh, rules=rules,
@@ -112,7 +96,7 @@ def grow_main(args: argparse.Namespace) -> int:
     new_state['mask_base'] = mask_base
   new_meta = {'stage': stage.index, 'stage_name': stage.name, 'model': dst.to_dict(), 'step': step,
               'mask_shapes': None if mask_base is None else
-              {k: list(v.shape) for k, v in train.flatten_paths(mask_base).items()},
+              {k: list(v.shape) for k, v in flatten_paths(mask_base).items()},
               'grown_from': os.path.abspath(args.checkpoint), 'growth': dataclasses.asdict(spec)}
   saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), new_state, meta=new_meta,
                                 data_state=data_state)
@@ -138,7 +122,7 @@ def grow_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Any = None) -> int:
-  """`python -m flmjax.grow_cmd ...` (the same as `flmjax grow ...`)."""
+  """`python -m flmjax.commands.grow ...` (the same as `flmjax grow ...`)."""
   p = argparse.ArgumentParser(prog='flmjax grow', description=__doc__.splitlines()[0])
   add_grow_arguments(p)
   return grow_main(p.parse_args(argv))

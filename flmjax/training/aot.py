@@ -3,7 +3,7 @@
 A pod hour costs far more than a CPU compile, and the first OOM or divisibility error of a
 101B run otherwise shows up after the job was scheduled.  libtpu (the `tpu` extra) compiles for a
 *described* topology (`jax.experimental.topologies`) without any TPU attached, so for every stage
-we lower the very jitted train / eval step the trainer runs (`StageRuntime._jit`) on abstract
+we lower the very jitted train / eval step the trainer runs (`runtime.StageRuntime._jit`) on abstract
 state and batch (ShapeDtypeStructs carrying the target NamedShardings), and for every growth the
 jitted `grow_state` with the target shardings; XLA's memory analysis then gives each chip's peak
 HBM.  Nothing is allocated and nothing is downloaded.
@@ -123,7 +123,7 @@ def _chip(prefix: str, text: str) -> Chip:
       return chip
   known = ', '.join(n for c in CHIPS.values() for n in c.names)
   raise PodPlanError(f'--topology {text!r}: unknown TPU generation {prefix!r}; known: {known} '
-                     f'(add one to flmjax.pod_plan.CHIPS with its HBM and peak FLOP/s)')
+                     f'(add one to flmjax.training.aot.CHIPS with its HBM and peak FLOP/s)')
 
 
 INSTALL_HINT = ("pip install -e '.[tpu]'   (the `tpu` extra: jax[tpu] pinned to our jax, i.e. "
@@ -234,7 +234,7 @@ def oom_advice(config: Any, kind: str) -> str:
   return '; '.join(tips)
 
 
-def plan(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PAPER_MFU,
+def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PAPER_MFU,
          eval_step: bool = True, log: Callable[[str], None] = print) -> list[Row]:
   """Compile every stage (or only `stage` and the growth into it) for `sl`; one Row each.
 
@@ -242,7 +242,9 @@ def plan(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PA
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from flmjax import experiment, growth, optimizer, sharding, train
+  from flmjax import experiment, growth, optimizer, sharding
+  from flmjax.params import flatten_paths
+  from flmjax.training.runtime import StageRuntime
 
   devices = topology_devices(sl)
   hosts = len({(getattr(d, 'slice_index', 0), d.process_index) for d in devices})
@@ -277,20 +279,20 @@ def plan(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PA
   for k, st in enumerate(stages):
     if stage is not None and st.name != stage:
       continue
-    rt = train.StageRuntime(config, stages, k, mesh, rules, schedule)
+    rt = StageRuntime(config, stages, k, mesh, rules, schedule)
     abstract = rt.abstract_state()
     base = dict(mesh=mesh_shape, params=st.model.param_count(), capacity=sl.chip.hbm_usable)
     mask_shapes = None
     if k > 0:  # the growth into this stage, from the previous stage's final state
-      prev = train.StageRuntime(config, stages, k - 1, mesh, rules, schedule)
+      prev = StageRuntime(config, stages, k - 1, mesh, rules, schedule)
       src = prev.abstract_state()
       rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rt.repl)
       grow = growth.make_grow_fn(prev.cfg, rt.cfg, st.growth, src.opt_state, mesh=mesh,
                                  rules=rules)
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         _, _, masks = jax.eval_shape(grow, src.params, src.opt_state, rng)
-      if masks is not None and growth.GrowthSpec.from_dict(st.growth).ramp_steps > 0:
-        mask_shapes = {p: list(v.shape) for p, v in train.flatten_paths(masks).items()}
+      if masks is not None and st.growth.ramp_steps > 0:
+        mask_shapes = {p: list(v.shape) for p, v in flatten_paths(masks).items()}
       compile_row(Row('growth', f'{stages[k - 1].name} -> {st.name}', **base,
                       param_bytes=_chip_bytes(abstract.params),
                       opt_bytes=_chip_bytes(abstract.opt_state)),
@@ -320,7 +322,7 @@ def plan(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PA
 def _abstract_batch(rows: int, seq_len: int, sharding_: Any) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
-  from flmjax.train import BATCH_KEYS
+  from flmjax.training.batches import BATCH_KEYS
   dtypes = {'loss_weights': jnp.float32}
   return {k: jax.ShapeDtypeStruct((rows, seq_len), dtypes.get(k, jnp.int32), sharding=sharding_)
           for k in BATCH_KEYS}

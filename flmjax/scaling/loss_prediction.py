@@ -16,7 +16,6 @@ seed).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -27,8 +26,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from scipy.optimize import OptimizeWarning
 
-from flmjax import experiment, mup
+from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
+from flmjax.metrics import read_metrics
+from flmjax.scaling import sweep
 
 
 def default_predict_config() -> dict[str, Any]:
@@ -163,7 +164,6 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> 
   A narrow proxy's final loss moves with its random init by about as much as neighbouring widths
   differ; the mean over a few seeds is what the fit should see.  The spread is kept
   (`seed_losses`, `loss_std`) for the report."""
-  from flmjax import sweep
   seeds = [int(s) for s in seeds] or [int(cfg.experiment.train.seed)]
   runs = []
   for seed in seeds:
@@ -179,7 +179,6 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> 
 
 def curve(workdir: str) -> tuple[list[float], list[float]]:
   """(flops, loss) of a run's logged training steps."""
-  from flmjax.metrics import read_metrics
   recs = [r for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
   return [r['flops'] for r in recs], [r['loss'] for r in recs]
 
@@ -190,10 +189,10 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
   proxies = [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()))
              for w in sorted(int(w) for w in p.proxy_widths)]
   target_cfg = mup.with_hparams(cfg.experiment, width=int(p.target_width))
-  stages = experiment.stage_plan(target_cfg)
+  stages = plan.stage_plan(target_cfg)
   target = {'width': int(p.target_width),
             'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
-            'flops': experiment.flops_summary(stages)['growth_flops']}
+            'flops': plan.flops_summary(stages)['growth_flops']}
   ys = [r['loss'] for r in proxies]
   fit_n = fit_power_law([r['non_embedding_params'] for r in proxies], ys)
   fit_c = fit_power_law([r['flops'] for r in proxies], ys)
@@ -277,26 +276,3 @@ def plot(out: Mapping[str, Any], path: str) -> str:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
-
-
-# ---- CLI ---------------------------------------------------------------------------------------
-
-def add_predict_loss_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='prediction file, e.g. experiments/mup_proxy.py (sections experiment, '
-                      'predict); override with --config.predict.target_width=…')
-  p.add_argument('--workdir', required=True, help='one sub-directory per width, prediction JSON')
-  p.add_argument('--train_target', action='store_true',
-                 help='also train the target and report predicted vs measured')
-  p.add_argument('--plot', default='', help='PNG path (default WORKDIR/loss_prediction.png)')
-
-
-def predict_loss_main(args: argparse.Namespace) -> int:
-  cfg = load_predict_config(args.config, getattr(args, 'config_overrides', ()))
-  out = predict_loss(cfg, args.workdir, train_target=True if args.train_target else None)
-  with open(os.path.join(args.workdir, 'prediction.json'), 'w') as f:
-    json.dump(out, f, indent=1)
-  path = plot(out, args.plot or os.path.join(args.workdir, 'loss_prediction.png'))
-  print(format_report(out))
-  print(f'wrote {path}')
-  return 0

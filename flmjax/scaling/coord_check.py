@@ -12,7 +12,6 @@ statistics come from a forward pass with `mutable=['intermediates']` (the model 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -20,9 +19,14 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
-from flmjax import experiment, mup, optimizer
+from flmjax import mup, optimizer, plan
 from flmjax.config import ModelConfig
+from flmjax.model import Transformer
+from flmjax.training.batches import BATCH_KEYS, make_eval_batches, make_train_iterator
+from flmjax.training.state import TrainState
+from flmjax.training.step import make_step_fns
 
 DEFAULT_WIDTHS = (64, 128, 256, 512)
 # Stats the check asserts on, and the plot shows: model-level and per-layer (layer-mean) ones.
@@ -36,34 +40,31 @@ def activation_stats(cfg: ModelConfig, params: Any, batch: Mapping[str, Any]) ->
 
 def _width_run(config: Any, width: int, steps: int, seed: int) -> list[dict[str, Any]]:
   """Stats after 0..steps training steps of `config` at `width` (one seed)."""
-  from flax import linen as nn
-  from flmjax import train
-  from flmjax.model import Transformer
   c = mup.with_hparams(config, width=width)
   c.train.seed = seed
-  stage = experiment.stage_plan(c)[0]
+  stage = plan.stage_plan(c)[0]
   cfg = stage.model
   schedule = optimizer.make_schedule([stage.schedule_dict()], c.optim.schedule)
-  tx = mup.make_optimizer(c.optim, schedule, cfg)
-  train_step, _ = train.make_step_fns(cfg, tx, schedule, c.optim)
+  tx = optimizer.model_optimizer(c.optim, schedule, cfg)
+  train_step, _ = make_step_fns(cfg, tx, schedule, c.optim)
   train_step = jax.jit(train_step)
   key = jax.random.PRNGKey(seed)
   params = jax.jit(lambda k: nn.meta.unbox(
       Transformer(cfg).init(k, jnp.zeros((1, 8), jnp.int32))['params']))(key)
   zero = jnp.zeros((), jnp.int32)
-  state = train.TrainState(step=zero, params=params, opt_state=tx.init(params), rng=key,
-                           grow_step=zero, ramp_steps=zero)
-  it = train.make_train_iterator(c.data, seq_len=stage.seq_len,
-                                 global_batch_size=stage.global_batch_size, process_index=0,
-                                 process_count=1)
-  probe = train.make_eval_batches(c.data, seq_len=stage.seq_len,
-                                  batch_size=stage.global_batch_size, num_batches=1)
+  state = TrainState(step=zero, params=params, opt_state=tx.init(params), rng=key,
+                     grow_step=zero, ramp_steps=zero)
+  it = make_train_iterator(c.data, seq_len=stage.seq_len,
+                           global_batch_size=stage.global_batch_size, process_index=0,
+                           process_count=1)
+  probe = make_eval_batches(c.data, seq_len=stage.seq_len,
+                            batch_size=stage.global_batch_size, num_batches=1)
   probe_batch = next(iter(probe.values()))[0]
-  probe_batch = {k: jnp.asarray(v) for k, v in probe_batch.items() if k in train.BATCH_KEYS}
+  probe_batch = {k: jnp.asarray(v) for k, v in probe_batch.items() if k in BATCH_KEYS}
   stats_fn = jax.jit(lambda p, b: activation_stats_arrays(cfg, p, b))
   history = [_to_py(stats_fn(state.params, probe_batch))]
   for _ in range(steps):
-    batch = {k: jnp.asarray(v) for k, v in next(it).items() if k in train.BATCH_KEYS}
+    batch = {k: jnp.asarray(v) for k, v in next(it).items() if k in BATCH_KEYS}
     state, _ = train_step(state, batch)
     history.append(_to_py(stats_fn(state.params, probe_batch)))
   return history
@@ -72,7 +73,6 @@ def _width_run(config: Any, width: int, steps: int, seed: int) -> list[dict[str,
 def activation_stats_arrays(cfg: ModelConfig, params: Any, batch: Mapping[str, Any]
                             ) -> dict[str, Any]:
   """Jittable core of `activation_stats`: {stat: scalar or per-layer array}."""
-  from flmjax.model import Transformer
   _, state = Transformer(cfg).apply({'params': params}, batch['inputs'],
                                     positions=batch['positions'],
                                     segment_ids=batch['segment_ids'],
@@ -177,37 +177,3 @@ def format_table(result: Mapping[str, Any]) -> str:
     vals = [summary_value(result['stats'][w][step][name]) for w in widths]
     lines.append(f'{name:>12} ' + ' '.join(f'{v:10.4g}' for v in vals) + f' {slopes[name]:8.3f}')
   return '\n'.join(lines)
-
-
-# ---- CLI ---------------------------------------------------------------------------------------
-
-def add_mup_check_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='experiment file (its model is rescaled to each width; override fields '
-                      'with --config.section.field=value)')
-  p.add_argument('--widths', default=','.join(map(str, DEFAULT_WIDTHS)),
-                 help='comma-separated d_model values (multiples of model.head_dim)')
-  p.add_argument('--steps', type=int, default=4, help='training steps per width')
-  p.add_argument('--seeds', type=int, default=1, help='seeds averaged per width')
-  p.add_argument('--compare_sp', action='store_true',
-                 help='also run the same config with use_mup=False (second row of the plot)')
-  p.add_argument('--out', default='mup_check.png', help='PNG path; the JSON goes next to it')
-
-
-def mup_check_main(args: argparse.Namespace) -> int:
-  config = experiment.load_config(args.config, getattr(args, 'config_overrides', ()))
-  if 'experiment' in config:  # a sweep / predict-loss file: check its proxy family
-    config = config.experiment
-  widths = [int(w) for w in str(args.widths).split(',') if w]
-  results = [coord_check(config, widths, args.steps, args.seeds)]
-  if args.compare_sp:
-    sp = config.copy_and_resolve_references()
-    sp.model.use_mup = not bool(config.model.use_mup)
-    results.append(coord_check(sp, widths, args.steps, args.seeds))
-  for r in results:
-    print(format_table(r))
-  path = plot(results, args.out)
-  with open(os.path.splitext(args.out)[0] + '.json', 'w') as f:
-    json.dump(results, f, indent=1)
-  print(f'wrote {path}')
-  return 0

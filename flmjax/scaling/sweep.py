@@ -10,7 +10,7 @@ used them unchanged at 101B.  A sweep file defines `get_config()` with two secti
               the log-uniform [min, max] range), num_samples, seed, widths (proxy d_models),
               target_width, train_target
 
-Every point is a normal `train.train` run in `WORKDIR/w{width}_p{index}/` (a finished point is
+Every point is a normal `flmjax.training.loop.train` run in `WORKDIR/w{width}_p{index}/` (a finished point is
 read back, not re-run, so an interrupted sweep resumes).  Points run one after another on all
 local devices; to use several hosts/devices in parallel run one process per device subset with
 `--shard K/N` (points K, K+N, …) and then `--shard` off (or any shard) to merge the table.
@@ -18,7 +18,6 @@ local devices; to use several hosts/devices in parallel run one process per devi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -28,8 +27,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from flmjax import experiment, mup
+from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
+from flmjax.metrics import read_metrics
+from flmjax.training.loop import train
 
 HPARAMS = ('lr', 'init_std', 'output_mult')
 
@@ -79,7 +80,6 @@ def final_loss(summary: Mapping[str, Any], workdir: str) -> float:
   if val:
     loss = float(np.mean([float(v) for v in val.values()]))
   else:
-    from flmjax.metrics import read_metrics
     losses = [r['loss'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
               if 'loss' in r]
     loss = float(losses[-1]) if losses else float('nan')
@@ -90,12 +90,10 @@ def run_point(config: Any, workdir: str) -> dict[str, Any]:
   """Train `config` in `workdir` with the trainer (or read a finished run back)."""
   path = os.path.join(workdir, 'summary.json')
   if not os.path.exists(path):
-    from flmjax import train
-    mup.check_trainer_applies_mup(config)
-    train.train(config, workdir)
+    train(config, workdir)
   with open(path) as f:
     summary = json.load(f)
-  stages = experiment.stage_plan(config)
+  stages = plan.stage_plan(config)
   return {'loss': final_loss(summary, workdir), 'flops': summary['growth_flops'],
           'tokens': summary['tokens'], 'params': stages[-1].model.param_count(),
           'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
@@ -172,57 +170,10 @@ def transfer(cfg: Any, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
           'target_config': target_cfg}
 
 
-def _parse_shard(text: Optional[str]) -> tuple[int, int]:
+def parse_shard(text: Optional[str]) -> tuple[int, int]:
   if not text:
     return 0, 1
   k, n = (int(x) for x in text.split('/'))
   if not 0 <= k < n:
     raise ConfigError(f'--shard must be K/N with 0 <= K < N, got {text!r}')
   return k, n
-
-
-# ---- CLI ---------------------------------------------------------------------------------------
-
-def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='sweep file, e.g. experiments/mup_sweep.py (sections experiment, sweep); '
-                      'override with --config.sweep.mode=random, --config.experiment.train.steps=…')
-  p.add_argument('--workdir', required=True, help='one sub-directory per run, results JSON')
-  p.add_argument('--shard', default='', help='K/N: run only points K, K+N, … (parallel sweeps)')
-  p.add_argument('--merge_only', action='store_true',
-                 help='train nothing; merge the shards already in --workdir')
-
-
-def sweep_main(args: argparse.Namespace) -> int:
-  cfg = load_sweep_config(args.config, getattr(args, 'config_overrides', ()))
-  shard = _parse_shard(args.shard)
-  os.makedirs(args.workdir, exist_ok=True)
-  if not args.merge_only:
-    rows = run_sweep(cfg, args.workdir, shard)
-    with open(os.path.join(args.workdir, f'results_shard{shard[0]}of{shard[1]}.json'), 'w') as f:
-      json.dump(rows, f, indent=1)
-  rows = collect(args.workdir)
-  if not rows:
-    print('sweep: no results yet')
-    return 1
-  print(format_table(rows))
-  result = transfer(cfg, rows)
-  target_cfg = result.pop('target_config')
-  if cfg.sweep.train_target and not args.merge_only:
-    res = run_point(target_cfg, os.path.join(args.workdir, f'target_w{result["target_width"]}'))
-    result['target_loss'] = res['loss']
-  with open(os.path.join(args.workdir, 'sweep.json'), 'w') as f:
-    json.dump({'rows': rows, 'transfer': result}, f, indent=1)
-  hp = result['hparams']
-  print(f"best at width {result['from_width']}: lr {hp['lr']:.3g}, init_std "
-        f"{hp['init_std']:.3g}, output_mult {hp['output_mult']:.3g}"
-        f"{'' if result['agree_across_widths'] else ' (proxy widths disagree)'}")
-  m = result['target_model']
-  print(f"transfer: flmjax train --config <experiment> --config.model.d_model={m['d_model']} "
-        f"--config.model.n_heads={m['n_heads']} --config.model.d_ff={m['d_ff']} "
-        f"--config.optim.lr={hp['lr']:.3g} --config.model.init_std={hp['init_std']:.3g} "
-        f"--config.model.output_mult={hp['output_mult']:.3g} "
-        f"(full target config in {os.path.join(args.workdir, 'sweep.json')})")
-  if 'target_loss' in result:
-    print(f"target width {result['target_width']}: loss {result['target_loss']:.4f}")
-  return 0

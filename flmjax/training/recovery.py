@@ -1,6 +1,6 @@
 """Where a run restarts from, and what it survives on the way: the workdir checks before the
 first step, the newest checkpoint that verifies on a restart, and the newest good one before a
-divergence (rollback).  Split from `flmjax.train` so the loop there reads as a loop.
+divergence (rollback).  Split from `flmjax.training.loop` so the loop there reads as a loop.
 
 Every decision is taken by all processes together (`distributed.all_processes`), and only
 process 0 touches the filesystem (discarding or quarantining a damaged checkpoint), so a
@@ -13,22 +13,23 @@ import dataclasses
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from flmjax import checkpoint, faults
+from flmjax import checkpoint
 from flmjax.distributed import all_processes, log0, sync
+from flmjax.training import faults
 
 
-def prepare_workdir(workdir: str, stages: Sequence[Any], fcfg: Any, *, allow_overwrite: bool,
+def prepare_workdir(workdir: str, stages: Sequence[Any], fault_cfg: Any, *, allow_overwrite: bool,
                     primary: bool) -> None:
   """Pre-flight (disk space, writable), then integrity first — a damaged newest checkpoint must
   neither block the run nor be resumed — then the guard against training into another run."""
-  problem = faults.preflight(workdir, stages, fcfg)
+  problem = faults.preflight(workdir, stages, fault_cfg)
   if not all_processes(problem is None):
     raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
                                 'check (see its log)')
   sync('mkdir')
   if primary:
     checkpoint.discard_damaged(checkpoint.stage_dirs(workdir),
-                               checksums=bool(fcfg.verify_checksums), log=log0)
+                               checksums=bool(fault_cfg.verify_checksums), log=log0)
   sync('verify-all')
   moved = checkpoint.check_workdir(workdir, [s.model for s in stages],
                                    allow_overwrite=allow_overwrite, is_primary=primary)
@@ -41,13 +42,13 @@ def prepare_workdir(workdir: str, stages: Sequence[Any], fcfg: Any, *, allow_ove
 class Restored:
   stage: int
   step: int
-  rt: Any  # train.StageRuntime
-  state: Any  # train.TrainState
+  runtime: Any  # training.runtime.StageRuntime
+  state: Any  # training.state.TrainState
   meta: dict
   data_state: dict
 
 
-def restore_newest(workdir: str, make_rt: Callable[[int, float], Any],
+def restore_newest(workdir: str, make_runtime: Callable[[int, float], Any],
                    primary: bool, checksums: bool) -> Optional[Restored]:
   """Restore the newest checkpoint that verifies and restores; a damaged one (found by its
   manifest, or by a failing restore when it has none) is moved aside and the previous one is
@@ -66,16 +67,16 @@ def restore_newest(workdir: str, make_rt: Callable[[int, float], Any],
     error = None
     try:
       meta = checkpoint.read_json(os.path.join(sdir, str(step)), 'meta')
-      rt = make_rt(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
+      runtime = make_runtime(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
       ckptr = checkpoint.StageCheckpointer(sdir, read_only=True)
       try:
-        state, meta, data_state = rt.restore(ckptr, step)
+        state, meta, data_state = runtime.restore(ckptr, step)
       finally:
         ckptr.close()
     except checkpoint.CheckpointError as e:
       error = e
     if all_processes(error is None):
-      return Restored(k, step, rt, state, meta, data_state)
+      return Restored(k, step, runtime, state, meta, data_state)
     if primary:
       dest = checkpoint.quarantine(os.path.join(sdir, str(step)),
                                    str(error or 'failed to restore on another process'))
@@ -83,8 +84,8 @@ def restore_newest(workdir: str, make_rt: Callable[[int, float], Any],
     sync(f'quarantine-{k}-{step}')
 
 
-def roll_back(rb: faults.Rollback, k: int, rt: Any, ckptr, workdir: str,
-               make_rt: Callable, guard: faults.Guard, writer, fcfg, primary: bool, t
+def roll_back(rb: faults.Rollback, k: int, runtime: Any, ckptr, workdir: str,
+               make_runtime: Callable, guard: faults.Guard, writer, fault_cfg, primary: bool, t
                ) -> tuple[Any, checkpoint.StageCheckpointer, Any]:
   """Back to the newest good checkpoint of this stage (a fresh init in stage 0 without one),
   keeping the data iterator where it is, so the offending window is skipped."""
@@ -93,17 +94,17 @@ def roll_back(rb: faults.Rollback, k: int, rt: Any, ckptr, workdir: str,
   except checkpoint.CheckpointError as e:
     log0(f'rollback: {e}')
   guard.rollbacks += 1
-  if guard.rollbacks > int(fcfg.max_rollbacks):
+  if guard.rollbacks > int(fault_cfg.max_rollbacks):
     raise faults.DivergedError(
-        f'{rb}: rollback {guard.rollbacks} exceeds faults.max_rollbacks={fcfg.max_rollbacks}; '
+        f'{rb}: rollback {guard.rollbacks} exceeds faults.max_rollbacks={fault_cfg.max_rollbacks}; '
         'the run keeps diverging. Lower optim.lr, raise optim.warmup_steps or set '
         'faults.rollback_lr_factor < 1, then restart (checkpoints are kept).')
-  lr_scale = guard.lr_scale * float(fcfg.rollback_lr_factor)
-  new_rt = rt if lr_scale == guard.lr_scale else make_rt(k, lr_scale)
+  lr_scale = guard.lr_scale * float(fault_cfg.rollback_lr_factor)
+  new_runtime = runtime if lr_scale == guard.lr_scale else make_runtime(k, lr_scale)
   sdir = checkpoint.stage_dir(workdir, k)
   while True:
     if primary:
-      checkpoint.discard_damaged({k: sdir}, checksums=bool(fcfg.verify_checksums), log=log0,
+      checkpoint.discard_damaged({k: sdir}, checksums=bool(fault_cfg.verify_checksums), log=log0,
                                  below=rb.step)
     sync(f'rollback-verify-{guard.rollbacks}')
     steps = [s for s in checkpoint.steps_in(sdir) if s <= rb.step]
@@ -111,11 +112,11 @@ def roll_back(rb: faults.Rollback, k: int, rt: Any, ckptr, workdir: str,
     if not steps:
       if k:
         raise checkpoint.CheckpointError(f'{rb}: no checkpoint to roll back to in {sdir}')
-      state, saved, to_step = new_rt.init_state(t.seed), None, 0
+      state, saved, to_step = new_runtime.init_state(t.seed), None, 0
       break
     to_step, error = steps[-1], None
     try:
-      state, meta, _ = new_rt.restore(ckptr, to_step)
+      state, meta, _ = new_runtime.restore(ckptr, to_step)
       saved = meta.get('faults')
     except checkpoint.CheckpointError as e:
       error = e
@@ -134,4 +135,4 @@ def roll_back(rb: faults.Rollback, k: int, rt: Any, ckptr, workdir: str,
   writer.write(rb.step, record)
   log0(f'rollback at step {rb.step} ({rb.reason}) to step {to_step}: skipping data batches '
        f'{first_skipped}..{guard.batches}, lr scale {lr_scale:g}')
-  return new_rt, ckptr, state
+  return new_runtime, ckptr, state

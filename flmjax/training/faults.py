@@ -4,7 +4,7 @@ and test hooks that corrupt chosen batches.
 
 Everything here is host-side and cheap; the only in-step piece is `select_if_finite`, which the
 jitted train step uses so a NaN/Inf loss or gradient leaves params and optimizer state untouched.
-The trainer (`flmjax.train`) wires these together; the `faults` config section holds the knobs.
+The trainer (`flmjax.training.loop`) wires these together; the `faults` config section holds the knobs.
 """
 
 from __future__ import annotations

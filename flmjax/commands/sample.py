@@ -1,0 +1,53 @@
+"""`flmjax sample`: generate text from a checkpoint (greedy or top-p, KV cache)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--checkpoint', required=True, help='workdir, stage dir or step dir')
+  p.add_argument('--prompt', action='append', default=None,
+                 help='text prompt (repeat for a batch); for synthetic-data models use '
+                      '--prompt_ids')
+  p.add_argument('--prompt_ids', default=None, help='comma-separated token ids instead of text')
+  p.add_argument('--max_new_tokens', type=int, default=64)
+  p.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
+  p.add_argument('--top_p', type=float, default=1.0, help='nucleus mass (with temperature > 0)')
+  p.add_argument('--seed', type=int, default=0)
+
+
+def sample_main(args: argparse.Namespace) -> int:
+  from flmjax import checkpoint
+  from flmjax.data import get_vocabulary
+  from flmjax.sampling import generate
+  if bool(args.prompt) == bool(args.prompt_ids):
+    print('flmjax sample: give exactly one of --prompt (text) or --prompt_ids', file=sys.stderr)
+    return 2
+  if not 0.0 < args.top_p <= 1.0:
+    print(f'flmjax sample: --top_p must be in (0, 1], got {args.top_p}', file=sys.stderr)
+    return 2
+  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  if args.prompt_ids:
+    try:
+      ids = [int(t) for t in args.prompt_ids.split(',')]
+    except ValueError:
+      print(f'flmjax sample: --prompt_ids must be comma-separated integers, got '
+            f'{args.prompt_ids!r}', file=sys.stderr)
+      return 2
+    out = generate(params, cfg, [ids], args.max_new_tokens, temperature=args.temperature,
+                   top_p=args.top_p, seed=args.seed)
+    print(','.join(str(t) for t in out[0]))
+    return 0
+  if config.data.get('source') == 'synthetic':
+    print(f'flmjax sample: {args.checkpoint} was trained on synthetic token data (no text '
+          f'tokenizer); use --prompt_ids', file=sys.stderr)
+    return 2
+  vocab = get_vocabulary(config.data)
+  prompts = [list(vocab.encode(p)) for p in args.prompt]
+  outs = generate(params, cfg, prompts, args.max_new_tokens, temperature=args.temperature,
+                  top_p=args.top_p, seed=args.seed, eos_id=vocab.eos_id)
+  for prompt, out in zip(args.prompt, outs):
+    print(f'{prompt}{vocab.decode(out)}')
+  return 0

@@ -1,0 +1,61 @@
+"""Loads an flmjax checkpoint for evaluation, sharded over the devices present.
+
+A model too big for one device must be restored straight onto a mesh: the checkpoint's own
+experiment mesh (`mesh.data/fsdp/tensor` and `mesh.rules`) over the devices of this machine, so
+the parameters are split the way they were in training.  When that mesh does not fit the devices
+present (trained on 256 chips, evaluated on 8), the parameters are split over all devices on the
+fsdp axis with the same rules; on one device nothing is sharded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import ml_collections
+
+from flmjax import checkpoint, sharding
+from flmjax.config import ConfigError, ModelConfig
+from flmjax.model import abstract_params
+
+
+def _mesh_config(config: Any) -> dict[str, Any]:
+  mesh = config.get('mesh') if hasattr(config, 'get') else None
+  mesh = mesh.to_dict() if hasattr(mesh, 'to_dict') else dict(mesh or {})
+  return {'data': 1, 'fsdp': -1, 'tensor': 1, **mesh}
+
+
+def eval_shardings(cfg: ModelConfig, config: Any, devices: Optional[list] = None
+                   ) -> tuple[Optional[Any], dict[str, Any]]:
+  """(param shardings or None, a description of the placement for the report)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if len(devices) == 1:
+    return None, {'devices': 1, 'mesh': None}
+  boxed = abstract_params(cfg)
+  mesh_cfg = _mesh_config(config)
+  fallback = {'data': 1, 'fsdp': -1, 'tensor': 1, 'rules': mesh_cfg.get('rules') or {}}
+  why = ''
+  for attempt, cfg_try in (('experiment', mesh_cfg), ('fsdp over all devices', fallback)):
+    try:
+      mesh = sharding.make_mesh(cfg_try, devices)
+      rules = sharding.logical_rules(cfg_try)
+      shardings = sharding.param_shardings(boxed, mesh, rules)
+    except ConfigError as e:
+      why = f'{why}; {attempt} mesh: {e}' if why else f'{attempt} mesh: {e}'
+      continue
+    return shardings, {'devices': len(devices), 'mesh': dict(mesh.shape), 'mesh_from': attempt,
+                       **({'mesh_note': why} if why else {})}
+  return None, {'devices': len(devices), 'mesh': None, 'mesh_note': f'{why}; loaded on one device'}
+
+
+def load_checkpoint(path: str) -> tuple[ModelConfig, Any, ml_collections.ConfigDict,
+                                        dict[str, Any]]:
+  """(model config, params, experiment config, placement) of the checkpoint at `path`."""
+  step_dir = checkpoint.resolve_step_dir(path)
+  meta = checkpoint.read_json(step_dir, 'meta')
+  if 'model' not in meta:
+    raise checkpoint.CheckpointError(f'{step_dir}/meta has no "model" entry')
+  config = ml_collections.ConfigDict(checkpoint.read_json(step_dir, 'config'))
+  shardings, placement = eval_shardings(ModelConfig.from_dict(meta['model']), config)
+  cfg, params, config = checkpoint.load_params(step_dir, shardings)
+  return cfg, params, config, placement

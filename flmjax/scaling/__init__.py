@@ -1,0 +1,2 @@
+"""µP workflow tools above the training loop: coordinate check, hyperparameter sweep with
+transfer, and loss prediction from proxies."""

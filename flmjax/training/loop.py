@@ -1,0 +1,270 @@
+"""`train()`: the sharded training loop over one or more growth stages.
+
+The run is a list of stages (`flmjax.plan.stage_plan`); stage 0 is initialised, each later stage
+starts by growing the previous stage's params *and* Adam state (`flmjax.growth.grow_state`) and
+saving the grown state in `W/stage_K/` before its first step, so a restart right after a growth
+continues exactly.  Steps are global (they continue across stages), as does the LR schedule.
+After a growth's mask ramp the masks are dropped (one recompile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, plan, sharding
+from flmjax.distributed import log0
+from flmjax.params import flatten_paths
+from flmjax.plan import Stage
+from flmjax.training import batches, faults, recovery
+from flmjax.training.runtime import StageRuntime, scaled_schedule
+from flmjax.training.state import TrainState
+from flmjax.training.summary import format_summary, run_summary
+
+
+def evaluate(runtime: StageRuntime, state: TrainState,
+             eval_sets: Mapping[str, list[batches.Batch]]) -> dict[str, float]:
+  """Mean per-token validation loss per language, `val_loss_<name>`."""
+  out = {}
+  pc, pi = jax.process_count(), jax.process_index()
+  for name, held_out in eval_sets.items():
+    ce_total, n_total = 0.0, 0.0
+    for b in held_out:
+      rows = b['inputs'].shape[0] // pc
+      local = {k: np.asarray(b[k])[pi * rows:(pi + 1) * rows] for k in batches.BATCH_KEYS}
+      ce, n = runtime.eval_step(state, batches.to_global(local, runtime.batch_sh))
+      ce_total += float(ce)
+      n_total += float(n)
+    out[f'val_loss_{name}'] = ce_total / max(n_total, 1.0)
+  return out
+
+
+class StopTraining(Exception):
+  """Raised inside the loop to stop after a checkpointed step (`stop_at_step` or a signal)."""
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_at_step: Optional[int] = None) -> dict[str, Any]:
+  """Run (or resume) all stages of `config` in `workdir`; returns the run summary.
+
+  `stop_at_step`: checkpoint and stop after that global step (as a preempted job would); the
+  same call later resumes.  Returns {'stopped_at': step} then.  SIGTERM/SIGINT do the same
+  after the current step and return {'stopped_at': step, 'preempted': 'SIGTERM'}.
+  Faults (damaged checkpoints, NaN/Inf steps, loss spikes, hangs) follow the `faults` config
+  section; see `flmjax.training.faults`.
+  """
+  stages = experiment.validate(config, jax.device_count(), jax.process_count())
+  fault_cfg = faults.settings(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.mesh)
+  t = config.train
+  primary = jax.process_index() == 0
+  recovery.prepare_workdir(workdir, stages, fault_cfg, allow_overwrite=bool(t.allow_overwrite),
+                           primary=primary)
+  schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
+  make_runtime = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
+                                             scaled_schedule(schedule, lr_scale))
+  restored = recovery.restore_newest(workdir, make_runtime, primary,
+                                     bool(fault_cfg.verify_checksums))
+  writer = metrics_lib.MetricsWriter(workdir, enabled=primary,
+                                     resume_step=restored.step if restored else 0)
+  config_json = json.loads(config.to_json())
+  run_info: dict[str, dict] = {}
+  state: Optional[TrainState] = None
+  data_state: Optional[dict] = None
+  prev_runtime: Optional[StageRuntime] = None
+  start_stage = restored.stage if restored else 0
+  guard = faults.Guard(fault_cfg, restored.meta.get('faults') if restored else None)
+  if restored:
+    log0(f'resuming from {checkpoint.stage_dir(workdir, restored.stage)}/{restored.step}')
+  watchdog = faults.Watchdog(fault_cfg.hang_timeout_s)
+  ckptr = None
+  try:
+    with faults.Preemption() as preempt:
+      for k in range(start_stage, len(stages)):
+        stage = stages[k]
+        resuming = restored is not None and k == restored.stage
+        runtime = restored.runtime if resuming else make_runtime(k, guard.lr_scale)
+        ckptr = checkpoint.StageCheckpointer(checkpoint.stage_dir(workdir, k), keep=t.keep)
+        info = run_info.setdefault(stage.name, {'wall_time': 0.0, 'val_loss': {}})
+        last_saved = None
+
+        def save(state: TrainState, step: int, it) -> None:
+          nonlocal last_saved
+          meta = {'stage': k, 'stage_name': stage.name, 'model': stage.model.to_dict(), 'step': step,
+                  'mask_shapes': None if state.mask_base is None else
+                  {p: list(v.shape) for p, v in flatten_paths(state.mask_base).items()},
+                  'run': run_info, 'faults': guard.state_dict()}
+          ckptr.save(step, state.to_dict(), config=config_json, meta=meta,
+                     data_state=it.get_state() if it is not None else data_state)
+          last_saved = step
+          watchdog.beat(step)
+
+        if resuming:
+          state, data_state = restored.state, restored.data_state
+          run_info.update(restored.meta.get('run', {}))
+          info = run_info.setdefault(stage.name, {'wall_time': 0.0, 'val_loss': {}})
+          last_saved = restored.step
+        elif k == 0:
+          state = runtime.init_state(t.seed)
+        else:
+          t0 = time.time()
+          state = runtime.grow_from(prev_runtime, state)
+          info['grow_time'] = time.time() - t0
+          log0(f'grew stage {stages[k - 1].name!r} -> {stage.name!r} at step {stage.start_step} '
+               f'({stage.model.param_count() / 1e6:.2f}M params)')
+          save(state, stage.start_step, None)
+        step = int(jax.device_get(state.step))
+        if step < stage.end_step:
+          it = batches.make_train_iterator(config.data, seq_len=stage.seq_len,
+                                           global_batch_size=stage.global_batch_size,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count())
+          if data_state:
+            it.set_state(data_state)
+          eval_sets = batches.make_eval_batches(
+              config.data, seq_len=stage.seq_len,
+              batch_size=stage.global_batch_size // config.optim.grad_accum,
+              num_batches=t.eval_batches)
+          loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg)
+          while True:
+            try:
+              state, data_state = _run_stage(runtime, state, it, eval_sets, stages, writer, info,
+                                             save, lambda: last_saved, primary, stop_at_step,
+                                             loop)
+              break
+            except StopTraining as stop:
+              ckptr.close()
+              ckptr = None
+              out = {'stopped_at': stop.args[0]}
+              if preempt.signum is not None:
+                out['preempted'] = signal_name(preempt.signum)
+                log0(f'preempted: checkpoint of step {stop.args[0]} is complete; exiting')
+              return out
+            except faults.Rollback as rb:
+              runtime, ckptr, state = recovery.roll_back(rb, k, runtime, ckptr, workdir, make_runtime, guard,
+                                                   writer, fault_cfg, primary, t)
+              last_saved = int(jax.device_get(state.step))
+        if last_saved != stage.end_step:
+          save(state, stage.end_step, None)
+        ckptr.close()
+        ckptr = None
+        prev_runtime = runtime
+  except BaseException:
+    if ckptr is not None:  # let an in-flight save of a good step finish (a hang: watchdog)
+      try:
+        ckptr.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    raise
+  finally:
+    watchdog.close()
+    writer.close()
+  summary = run_summary(stages, run_info)
+  if primary:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+    print(format_summary(summary), flush=True)
+  return summary
+
+
+def signal_name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+@dataclasses.dataclass
+class LoopControls:
+  """The fault-handling pieces one stage's loop consults."""
+  guard: 'faults.Guard'
+  preempt: 'faults.Preemption'
+  watchdog: 'faults.Watchdog'
+  fault_cfg: Any
+
+
+def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, writer, info, save,
+               last_saved, primary, stop_at_step: Optional[int], loop: LoopControls
+               ) -> tuple[TrainState, dict]:
+  stage, t = runtime.stage, runtime.config.train
+  guard = loop.guard
+  inject = bool(loop.fault_cfg.inject_nan_batches or loop.fault_cfg.inject_spike_batches)
+  step = int(jax.device_get(state.step))
+  ramp_end = None
+  if state.mask_base is not None:
+    ramp_end = int(jax.device_get(state.grow_step)) + int(jax.device_get(state.ramp_steps))
+  local_rows = stage.global_batch_size // jax.process_count()
+  bar = tqdm(total=stage.steps, initial=step - stage.start_step, desc=f'stage {stage.name}',
+             disable=not primary, dynamic_ncols=True, file=sys.stderr)
+  t_start = t_log = time.time()
+  tokens_since = 0
+  pending = None  # (step, outputs) not yet checked by the guard: checked one step late, so
+                  # the host never waits on the device before dispatching the next step
+
+  def check_pending() -> None:
+    nonlocal pending
+    if pending is None:
+      return
+    s, out = pending
+    pending = None
+    vals = jax.device_get({k: out[k] for k in ('loss', 'update_skipped') if k in out})
+    guard.check(s, float(vals['loss']), bool(vals.get('update_skipped', 0)),
+                lambda rec: writer.write(s, {'stage': stage.index, **rec}))
+
+  try:
+    while step < stage.end_step:
+      if ramp_end is not None and step >= ramp_end:
+        state = state.replace(mask_base=None)  # ramp done: masks are all ones, drop them
+        ramp_end = None
+      batch = next(it)
+      guard.batches += 1
+      if inject:
+        batch = faults.inject(batch, guard.batches, loop.fault_cfg, runtime.cfg.vocab_size)
+      batches.check_batch(batch, local_rows, stage.seq_len)
+      state, out = runtime.train_step(state, batches.to_global(batch, runtime.batch_sh))
+      step += 1
+      check_pending()
+      pending = (step, out)
+      loop.watchdog.beat(step)
+      tokens_since += stage.tokens_per_step
+      bar.update(1)
+      record = {}
+      last = step == stage.end_step
+      if step % t.log_every == 0 or last:
+        out = jax.device_get(out)
+        now = time.time()
+        tok_s = tokens_since / max(now - t_log, 1e-9)
+        t_log, tokens_since = now, 0
+        record.update({k: float(v) for k, v in out.items()})
+        record['tokens_per_sec'] = tok_s
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f'{tok_s:,.0f}')
+      if eval_sets and ((t.eval_every and step % t.eval_every == 0) or last):
+        val = evaluate(runtime, state, eval_sets)
+        record.update(val)
+        info['val_loss'] = val
+      if record:
+        tokens, flops = plan.cumulative(stages, step)
+        writer.write(step, {'stage': stage.index, 'tokens': tokens, 'flops': flops, **record})
+      preempted = loop.preempt.should_stop(step)
+      stopping = preempted or (stop_at_step is not None and step >= stop_at_step)
+      if (t.ckpt_every and step % t.ckpt_every == 0) or last or stopping:
+        check_pending()  # never checkpoint a step the guard would reject
+        if last_saved() != step:
+          info['wall_time'] += time.time() - t_start
+          t_start = time.time()
+          save(state, step, it)
+      if stopping:
+        raise StopTraining(step)
+    check_pending()
+  finally:
+    bar.close()
+  return state, it.get_state()
+
