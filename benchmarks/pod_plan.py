@@ -39,6 +39,7 @@ def main(argv=None) -> int:
   from flmjax.training import aot
   sl = aot.parse_slice(topology)
   config = experiment.load_config(name)
+  aot.no_persistent_cache()
   rows = aot.compile_stages(config, sl, log=lambda s: print(s, file=sys.stderr, flush=True))
   print(f'config: {os.path.relpath(name, common.ROOT)}')
   print(aot.format_table(rows, sl, aot.PAPER_MFU))

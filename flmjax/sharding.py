@@ -74,8 +74,16 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Optional[Sequence[Any]] = No
   """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  from jax.experimental import mesh_utils
+  if slices > 1:  # multi-slice: only `data` crosses the slow links between slices (DCN)
+    if shape[0] % slices:
+      raise ConfigError(f'mesh.data={shape[0]} must be a multiple of the {slices} slices: only '
+                        f'the data axis spans slices')
+    arr = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]),
+                                               (slices, 1, 1), devices)
+    return Mesh(arr, MESH_AXES)
   try:
-    from jax.experimental import mesh_utils
     arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
   except Exception:  # CPU / odd topologies: plain row-major order (process-major on multi-host)
     arr = np.array(devices).reshape(shape)

@@ -125,3 +125,16 @@ def test_batch_that_does_not_divide_names_the_field(tmp_path):
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'train.global_batch_size=6' in proc.stderr and 'batch shards' in proc.stderr
   assert 'optim.grad_accum' in proc.stderr and 'mesh' in proc.stderr
+
+
+def test_multislice_mesh_puts_only_data_across_slices():
+  from flmjax import sharding
+  from flmjax.config import ConfigError
+  sl = aot.parse_slice('v5e:2x2', num_slices=2)
+  devices = aot.topology_devices(sl)
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}, devices)
+  slice_of = lambda d: d.slice_index
+  for i in range(2):  # each data row is one slice; fsdp × tensor stay inside it
+    assert {slice_of(d) for d in mesh.devices[i].flat} == {i}
+  with pytest.raises(ConfigError, match='mesh.data=1 must be a multiple of the 2 slices'):
+    sharding.make_mesh({'data': 1, 'fsdp': 4, 'tensor': 2}, devices)

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f'flmjax compile: {e}', file=sys.stderr)
     return 3
   config = experiment.load_config(args.config, args.config_overrides)
+  aot.no_persistent_cache()
   try:
     rows = aot.compile_stages(config, sl, stage=args.stage, mfu=mfu,
                               eval_step=not args.no_eval,

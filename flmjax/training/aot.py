@@ -136,6 +136,13 @@ def require_libtpu() -> None:
                        + INSTALL_HINT)
 
 
+def no_persistent_cache() -> None:
+  """A persistent-cache entry of a compile-only program cannot be loaded (there is no TPU client)
+  and only makes jax warn; these compiles are one-offs anyway.  Process-wide: commands only."""
+  import jax
+  jax.config.update('jax_enable_compilation_cache', False)
+
+
 def topology_devices(sl: Slice) -> list[Any]:
   """Compile-only devices of the slice (no TPU needed)."""
   require_libtpu()
@@ -149,9 +156,6 @@ def topology_devices(sl: Slice) -> list[Any]:
   from jax.experimental import topologies
   if not jax.config.jax_platforms:  # no TPU here: don't let jax probe for one (compiling needs none)
     jax.config.update('jax_platforms', 'cpu')
-  # A persistent cache entry of a compile-only program cannot be loaded (no TPU client) and only
-  # makes jax warn; these compiles are one-offs anyway.
-  jax.config.update('jax_enable_compilation_cache', False)
   kw = {'num_slices': sl.num_slices} if sl.num_slices > 1 else {}
   return list(topologies.get_topology_desc(sl.topology, 'tpu', **kw).devices)
 
