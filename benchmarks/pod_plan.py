@@ -2,7 +2,7 @@
 a TPU v5p-512 slice (256 chips) on this CPU host, and report per-chip peak HBM against capacity.
 
   python benchmarks/pod_plan.py            # flm101b.py on v5p-512 (~40 min on 2 CPU cores)
-  python benchmarks/pod_plan.py --smoke    # experiments/tiny_growth.py on v5e:2x2 (CI)
+  python benchmarks/pod_plan.py --smoke    # experiments/tiny_growth.py on v5e:2x2, no eval (CI)
 
 Needs the `tpu` extra (libtpu).  The table is `flmjax compile`'s; the last line is the headline:
 the largest per-chip peak HBM ÷ capacity over all stages and growths (target ≤ 0.90).
@@ -40,7 +40,8 @@ def main(argv=None) -> int:
   sl = aot.parse_slice(topology)
   config = experiment.load_config(name)
   aot.no_persistent_cache()
-  rows = aot.compile_stages(config, sl, log=lambda s: print(s, file=sys.stderr, flush=True))
+  rows = aot.compile_stages(config, sl, eval_step=not args.smoke,  # smoke: train + growth only
+                            log=lambda s: print(s, file=sys.stderr, flush=True))
   print(f'config: {os.path.relpath(name, common.ROOT)}')
   print(aot.format_table(rows, sl, aot.PAPER_MFU))
   if args.json:
