@@ -3,7 +3,7 @@
 A pod hour costs far more than a CPU compile, and the first OOM or divisibility error of a
 101B run otherwise shows up after the job was scheduled.  libtpu (the `tpu` extra) compiles for a
 *described* topology (`jax.experimental.topologies`) without any TPU attached, so for every stage
-we lower the very jitted train / eval step the trainer runs (`runtime.StageRuntime._jit`) on abstract
+we lower the very jitted train / eval step the trainer runs (`StageRuntime._jit`) on abstract
 state and batch (ShapeDtypeStructs carrying the target NamedShardings), and for every growth the
 jitted `grow_state` with the target shardings; XLA's memory analysis then gives each chip's peak
 HBM.  Nothing is allocated and nothing is downloaded.
@@ -154,7 +154,7 @@ def topology_devices(sl: Slice) -> list[Any]:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   import jax
   from jax.experimental import topologies
-  if not jax.config.jax_platforms:  # no TPU here: don't let jax probe for one (compiling needs none)
+  if not jax.config.jax_platforms:  # compiling needs no TPU backend: don't let jax probe for one
     jax.config.update('jax_platforms', 'cpu')
   kw = {'num_slices': sl.num_slices} if sl.num_slices > 1 else {}
   return list(topologies.get_topology_desc(sl.topology, 'tpu', **kw).devices)
@@ -206,8 +206,8 @@ def peak_bytes(compiled: Any) -> int:
              - m.alias_size_in_bytes)
 
 
-_OOM = re.compile(r'RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT]?)\).*?available HBM \(([\d.]+)([KMGT]?)\)',
-                  re.S)
+_OOM = re.compile(r'RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT]?)\).*?available HBM '
+                  r'\(([\d.]+)([KMGT]?)\)', re.S)
 
 
 def describe_error(e: BaseException) -> str:
@@ -238,8 +238,9 @@ def oom_advice(config: Any, kind: str) -> str:
   return '; '.join(tips)
 
 
-def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: float = PAPER_MFU,
-         eval_step: bool = True, log: Callable[[str], None] = print) -> list[Row]:
+def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
+                   mfu: float = PAPER_MFU, eval_step: bool = True,
+                   log: Callable[[str], None] = print) -> list[Row]:
   """Compile every stage (or only `stage` and the growth into it) for `sl`; one Row each.
 
   Config errors (divisibility, unknown fields) raise ConfigError before anything compiles."""
@@ -313,13 +314,14 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None, mfu: 
       variants.insert(0, (mask_shapes, 'train (ramp masks)'))
     for shapes, kind in variants:
       state = rt.abstract_state(shapes)
-      compile_row(Row(kind, st.name, **step), rt._jit('train', shapes is not None,  # pylint: disable=protected-access
-                                                       state.mask_base), state, batch)
+      # the very function the trainer runs  # pylint: disable-next=protected-access
+      jitted = rt._jit('train', shapes is not None, state.mask_base)
+      compile_row(Row(kind, st.name, **step), jitted, state, batch)
     if eval_step:
       eval_batch = _abstract_batch(st.global_batch_size // accum, st.seq_len, rt.batch_sh)
+      jitted = rt._jit('eval', False, None)  # pylint: disable=protected-access
       compile_row(Row('eval', st.name, **base, param_bytes=step['param_bytes'],
-                      opt_bytes=step['opt_bytes']),
-                  rt._jit('eval', False, None), abstract, eval_batch)  # pylint: disable=protected-access
+                      opt_bytes=step['opt_bytes']), jitted, abstract, eval_batch)
   return rows
 
 
