@@ -132,10 +132,15 @@ class StageCheckpointer:
 
   def _save_error(self, step: int, e: BaseException) -> CheckpointError:
     kept = steps_in(self.directory)
+    partial = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) \
+        if os.path.isdir(self.directory) else []
+    left = (f'; the unfinished {", ".join(partial)} in it is removed when the run restarts'
+            if partial else '')
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
     return CheckpointError(
-        f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: {e}. '
-        f'Earlier checkpoints are kept (complete steps here: {kept or "none"}); check disk '
-        'space and permissions, then restart to resume from the newest complete one.')
+        f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: '
+        f'{reason}. Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; '
+        'check disk space and permissions, then restart to resume from the newest complete one.')
 
   def latest_step(self) -> Optional[int]:
     return self.mngr.latest_step()
@@ -355,6 +360,20 @@ def resolve_step_dir(path: str) -> str:
   if found:
     return os.path.join(stage_dir(path, found[0]), str(found[1]))
   raise CheckpointError(f'no complete checkpoint found under {path}')
+
+
+def remove_leftover_temporaries(workdir: str) -> list[tuple[str, int]]:
+  """Delete orbax's temporary step directories left by a save that never finished (a crash, a
+  full disk); only call it while holding the workdir lock.  Returns [(path, bytes)]."""
+  removed = []
+  for d in stage_dirs(workdir).values():
+    for name in sorted(os.listdir(d)):
+      path = os.path.join(d, name)
+      if TMP_MARKER in name and os.path.isdir(path):
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        shutil.rmtree(path)
+        removed.append((path, size))
+  return removed
 
 
 # ---- workdir ownership -----------------------------------------------------------------

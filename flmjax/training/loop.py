@@ -61,16 +61,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   same call later resumes.  Returns {'stopped_at': step} then.  SIGTERM/SIGINT do the same
   after the current step and return {'stopped_at': step, 'preempted': 'SIGTERM'}.
   Faults (damaged checkpoints, NaN/Inf steps, loss spikes, hangs) follow the `faults` config
-  section; see `flmjax.training.faults`.
+  section; see `flmjax.training.faults`.  The workdir is locked for the run: a second writer is
+  refused with the holder's pid and host.
   """
   stages = experiment.validate(config, jax.device_count(), jax.process_count())
+  with recovery.workdir_lock(workdir, jax.process_index() == 0):
+    return _train(config, workdir, stages, stop_at_step)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
+           stop_at_step: Optional[int]) -> dict[str, Any]:
   fault_cfg = faults.settings(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   t = config.train
   primary = jax.process_index() == 0
   recovery.prepare_workdir(workdir, stages, fault_cfg, allow_overwrite=bool(t.allow_overwrite),
-                           primary=primary)
+                           primary=primary, keep=int(t.keep))
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   make_runtime = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
                                              scaled_schedule(schedule, lr_scale))
