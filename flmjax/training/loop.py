@@ -139,6 +139,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
                                            process_count=jax.process_count())
           if data_state:
             it.set_state(data_state)
+          if getattr(it, 'skipped_reasons', None):
+            log0(f'data: {int(it.stats()["skipped_lines"])} bad line(s) skipped, first: '
+                 f'{it.skipped_reasons[0]}')
           eval_sets = batches.make_eval_batches(
               config.data, seq_len=stage.seq_len,
               batch_size=stage.global_batch_size // config.optim.grad_accum,
@@ -252,6 +255,8 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
         t_log, tokens_since = now, 0
         record.update({k: float(v) for k, v in out.items()})
         record['tokens_per_sec'] = tok_s
+        if hasattr(it, 'stats'):  # text data: bad lines skipped while reading (cached too)
+          record['skipped_lines'] = float(it.stats().get('skipped_lines', 0))
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f'{tok_s:,.0f}')
       if eval_sets and ((t.eval_every and step % t.eval_every == 0) or last):
         val = evaluate(runtime, state, eval_sets)
