@@ -181,6 +181,10 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
       raise ConfigError(f'--config override {item!r} must look like --config.field=value')
     key, text = item.split('=', 1)
     key = key[len('--config.'):] if key.startswith('--config.') else key
+    if key in ('train.steps', 'train.tokens') and cfg.get('stages'):
+      raise ConfigError(f'--config.{key}={text} would have no effect: this experiment has '
+                        f'{len(cfg.stages)} stages, each with its own length; use '
+                        f'--config.stages.K.{key.split(".")[1]}=... (K = 0..{len(cfg.stages) - 1})')
     parts = key.split('.')
     node = cfg
     for i, p in enumerate(parts[:-1]):
@@ -270,12 +274,6 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     if t[f] < 0:
       raise ConfigError(f'train.{f} must be >= 0, got {t[f]!r}')
 
-  if cfg.get('stages'):
-    for f in ('steps', 'tokens'):
-      if t.get(f):
-        raise ConfigError(f'train.{f}={t[f]!r} has no effect: this experiment has stages, and '
-                          f'each stage sets its own length; use --config.stages.K.{f}=... '
-                          f'(K = 0..{len(cfg.stages) - 1})')
   stages = stage_plan(cfg)
   vocab_file_size = _vocab_file_size(cfg.data)
   for s in stages:
