@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
+import logging
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -126,12 +128,18 @@ def describe_error(e: BaseException) -> str:
   if names & set(_OWN_ERRORS):
     return _one_line(str(e))
   if isinstance(e, OSError):
-    where = f'{e.filename}' + (f' -> {e.filename2}' if e.filename2 else '')
+    where = '' if e.filename is None else str(e.filename)
+    where += f' -> {e.filename2}' if e.filename2 else ''
     what = e.strerror or str(e)
-    if where and where != 'None':
-      return (f'cannot use {where}: {what}; check that the path exists, is a directory where '
-              'one is expected, and is writable (or choose another path)')
-    return _one_line(f'{type(e).__name__}: {what}')
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      todo = 'free space there or choose another path'
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+      todo = 'it is not writable: fix its permissions or choose another path'
+    else:
+      todo = ('check that the path exists, is a directory where one is expected, and is '
+              'writable (or choose another path)')
+    return _one_line(f'cannot use {where}: {what}; {todo}' if where else
+                     f'{type(e).__name__}: {what}; {todo}')
   first = str(e).strip().splitlines()[0] if str(e).strip() else ''
   return _one_line(f'{type(e).__name__}: {first} (unexpected: run with --debug for the '
                    'traceback)')
@@ -148,6 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if overrides and not cmd.config_overrides:
     parser.error(f'{args.command} takes no --config.* overrides (got --config.{overrides[0]})')
   args.config_overrides = overrides
+  quiet = None if debug else _LogWithoutTracebacks()
+  if quiet:  # libraries (orbax) log a failing background save with its traceback, via absl
+    logging.getLogger('absl').addFilter(quiet)
   try:
     return int(_resolve(cmd.run)(args) or 0)
   except KeyboardInterrupt:
@@ -160,6 +171,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise
     print(f'flmjax {args.command}: {describe_error(e)}', file=sys.stderr)
     return 2 if 'ConfigError' in {c.__name__ for c in type(e).__mro__} else 1
+  finally:
+    if quiet:
+      logging.getLogger('absl').removeFilter(quiet)
+
+
+class _LogWithoutTracebacks(logging.Filter):
+  """Keep library log lines but drop their tracebacks: the error that ends the command is
+  reported once, in one line, by `main` (`--debug` keeps them)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 if __name__ == '__main__':

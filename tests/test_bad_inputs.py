@@ -257,6 +257,24 @@ def test_unexpected_error_is_one_line_naming_its_type(monkeypatch, capsys):
   assert len(err) == 1 and "KeyError: 'surprise'" in err[0] and '--debug' in err[0]
 
 
+def test_full_disk_is_one_line_without_library_tracebacks(monkeypatch, capfd):
+  """A failing save that a library logs with its traceback still ends in one line."""
+  from absl import logging as absl_logging
+  from flmjax.commands import plot as plot_cmd
+  def full_disk(args):
+    try:
+      raise OSError(28, 'No space left on device', '/w/stage_0/3.orbax-checkpoint-tmp')
+    except OSError as e:
+      absl_logging.exception('background save failed')
+      raise e
+  monkeypatch.setattr(plot_cmd, 'plot_main', full_disk)
+  assert cli.main(['plot', '--workdir', 'w']) == 1
+  err = capfd.readouterr().err
+  assert 'Traceback' not in err, err
+  line = [l for l in err.splitlines() if l.startswith('flmjax ')]
+  assert len(line) == 1 and 'No space left on device; free space there' in line[0], err
+
+
 def test_lock_holder_is_named_and_the_workdir_untouched(world):
   assert sorted(os.listdir(world['locked'])) == [LOCK_NAME]
 
