@@ -295,9 +295,10 @@ def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
       raise bad(rel, 'file missing')
     size = os.path.getsize(full)
     if size != want['size']:
-      raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated?)')
+      raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated or changed)')
     if checksums and _crc32(full) != want['crc32']:
-      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (bytes changed)')
+      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (checksum '
+                     'mismatch: bytes changed)')
   return True
 
 

@@ -80,10 +80,12 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 
 
 def _newest_is_complete(wd: str) -> tuple[int, int]:
-  """The checkpoint a restart would pick is complete: it verifies (manifest when present)."""
+  """The checkpoint a restart would pick is complete and protected: it carries its manifest
+  (committed with the step, so also after a kill -9) and verifies against it."""
   found = checkpoint.latest(wd)
   assert found is not None
-  checkpoint.verify_step(os.path.join(checkpoint.stage_dir(wd, found[0]), str(found[1])))
+  assert checkpoint.verify_step(
+      os.path.join(checkpoint.stage_dir(wd, found[0]), str(found[1]))) is True, 'no manifest'
   return found
 
 
