@@ -194,3 +194,21 @@ def test_skipped_lines_reach_metrics_also_on_a_cached_rerun(tmp_path):
     loop.train(c, wd)
     recs = [r for r in metrics.read_metrics(os.path.join(wd, 'metrics.jsonl')) if 'loss' in r]
     assert recs and all(r['skipped_lines'] == 2 for r in recs), (run, recs)  # en and zh
+
+
+def test_empty_validation_split_names_the_corpus_files(tmp_path):
+  from flmjax import data
+  from test_bad_inputs import _spm_model
+  corpus = str(tmp_path / 'small.txt')
+  with open(corpus, 'w') as f:
+    f.write('one short line\nanother short line\n')
+  c = tiny_config(2)
+  c.data.source = 'bilingual'
+  c.data.vocab.model_file = _spm_model(str(tmp_path), 400)
+  c.data.cache_dir = str(tmp_path / 'cache')
+  for lang in ('en', 'zh'):
+    c.data[lang].kind = 'files'
+    c.data[lang].files = [corpus]
+  with pytest.raises(data.DataError, match=rf'data.en: the validation split has no documents '
+                                           rf'from {corpus} \(none of its lines gave a document'):
+    data.make_eval_batches(c.data, seq_len=16, batch_size=8)

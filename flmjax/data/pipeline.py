@@ -351,7 +351,7 @@ def _source_note(cfg: Any, source: str, meta: Mapping[str, Any]) -> str:
     note += (f'; {meta["skipped_lines"]} unreadable line(s) skipped, first: '
              f'{(meta.get("skipped_reasons") or ["?"])[0]} — is it a text or JSONL file?')
   elif files:
-    note += ' (no line there gave usable text: is it the right file?)'
+    note += ' (none of its lines gave a document of this split: too few lines, or not text?)'
   return note
 
 
