@@ -180,6 +180,36 @@ def test_kill_9_mid_save_and_after_growth_resumes_exactly(grown_baseline, workdi
   assert read_losses(workdir) == want
 
 
+# ---- a second writer -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_train_on_a_running_workdir_is_refused_then_a_killed_run_is_resumed(baseline,
+                                                                                  workdir):
+  """The reported case: a second `train` on a workdir a run is writing.  It is refused, naming
+  the running process, before it reads or writes anything; the running run's metrics keep
+  every step; after that run is killed (-9), its stale lock is taken over and the resume is
+  exact."""
+  from flmjax.workdir_lock import WorkdirLockedError
+  _, want, _ = baseline
+  proc = _spawn('''
+    loop.train(tiny_config(6, train=dict(ckpt_every=1)), sys.argv[1])
+  ''', workdir)
+  try:
+    batches = []
+    _wait_for(proc, lambda l: l == 'BATCH' and (batches.append(l) or len(batches) == 2))
+    with pytest.raises(WorkdirLockedError, match=rf'is in use by pid {proc.pid} on host '):
+      loop.train(tiny_config(6), workdir)
+    _wait_for(proc, lambda l: l == 'SAVE stage_0 3')
+  finally:
+    proc.kill()
+    proc.wait()
+  logged = sorted(r['step'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+                  if 'loss' in r)
+  assert logged[:3] == [1, 2, 3], logged  # the refused run removed nothing
+  loop.train(tiny_config(6), workdir)
+  assert read_losses(workdir) == want
+
+
 # ---- damaged checkpoints -----------------------------------------------------------------
 
 def _flip_bytes(path: str) -> None:
