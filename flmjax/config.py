@@ -13,6 +13,12 @@ import jax.numpy as jnp
 
 VOCAB_MULTIPLE = 128
 
+# Logical parameter axis -> the config field that sets its size (named in sharding and growth
+# errors).  `ModelConfig.axis_sizes` gives the sizes themselves.
+AXIS_FIELDS = {'vocab': 'model.vocab_size (padded)', 'embed': 'model.d_model',
+               'heads': 'model.n_heads', 'mlp': 'model.d_ff', 'kv': 'model.head_dim',
+               'layers': 'model.n_layers'}
+
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field and the value."""
@@ -106,6 +112,11 @@ class ModelConfig:
         raise ConfigError(f'model.{name} must be a positive number, got {v!r}')
 
   # ---- derived quantities -------------------------------------------------------------
+  def axis_sizes(self) -> dict[str, int]:
+    """Size of every logical parameter axis (the names in `flmjax.model`'s declarations)."""
+    return {'vocab': self.padded_vocab, 'embed': self.d_model, 'heads': self.n_heads,
+            'mlp': self.d_ff, 'kv': self.head_dim, 'layers': self.n_layers}
+
   @property
   def width_mult(self) -> float:
     """d_model / mup_base_width: the µP width multiplier (1.0 under standard parametrisation)."""

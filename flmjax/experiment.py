@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
-import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -259,7 +258,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     batch_axes = sharding.batch_axes(rules)
     names = () if batch_axes is None else (
         (batch_axes,) if isinstance(batch_axes, str) else batch_axes)
-    shards = math.prod(mesh_sizes[n] for n in names)
+    shards = sharding.batch_shards(mesh_sizes, rules)
     for s in stages:
       micro = s.global_batch_size // o.grad_accum
       field = ('train.global_batch_size' if not cfg.get('stages') or
@@ -270,7 +269,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
             f'{field}={s.global_batch_size} / optim.grad_accum={o.grad_accum} = {micro} is not '
             f'divisible by the batch shards {"×".join(names) or "1"} = {shards} '
             f'(mesh {shape})')
-    _check_param_divisibility(stages, mesh_sizes, rules)
+    for s in stages:
+      sharding.check_divisible(s.model, mesh_sizes, rules,
+                               stage=s.name if len(stages) > 1 else None)
   return stages
 
 
@@ -300,24 +301,3 @@ def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> N
   if b % process_count:
     raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by the process count '
                       f'{process_count}')
-
-
-def _check_param_divisibility(stages: Sequence[Stage], mesh_sizes: Mapping[str, int],
-                              rules) -> None:
-  """Sharded dims (from each stage's logical param shapes) must divide by their mesh axes."""
-  import flax.linen as nn
-  sizes = lambda m: {'vocab': m.padded_vocab, 'embed': m.d_model, 'heads': m.n_heads,
-                     'mlp': m.d_ff, 'kv': m.head_dim, 'layers': m.n_layers}
-  for s in stages:
-    for logical, dim in sizes(s.model).items():
-      entry = nn.logical_to_mesh_axes((logical,), rules)[0]
-      if entry is None:
-        continue
-      names = (entry,) if isinstance(entry, str) else entry
-      n = math.prod(mesh_sizes[a] for a in names)
-      if dim % n:
-        field = sharding.AXIS_FIELD[logical]
-        where = f' (stage {s.name!r})' if len(stages) > 1 else ''
-        raise ConfigError(
-            f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {n}; change '
-            f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')

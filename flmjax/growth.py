@@ -22,21 +22,22 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flmjax import sharding
 from flmjax.config import ModelConfig
-from flmjax.growth_ops import (INIT_WEIGHTS, GrowthError, GrowthSpec, Plan, grow_leaf, make_plan,
-                               mask_keys, unit_map)
+from flmjax.growth_ops import (WIDTH_MASK_AXES, GrowthError, GrowthSpec, Plan,
+                               grow_leaf, make_plan, mask_keys, unit_map)
 from flmjax.model import Transformer, abstract_params
-from flmjax.params import leaf_name, path_name
+from flmjax.params import WEIGHTS, leaf_name, path_name
 
 Array = jax.Array
 PyTree = Any
 Rules = Sequence[tuple[str, Any]]
 # optax state fields holding second moments: grown with the squared scale of the parameter map.
 SQUARED_FIELDS = ('nu', 'nu_max', 'sum_of_squares')
-_UNIT_OF_AXIS = {'embed': 'hidden', 'heads': 'heads', 'mlp': 'mlp', 'layers': 'layers'}
+_UNIT_OF_AXIS = {**{axis: key for key, axis in WIDTH_MASK_AXES}, 'layers': 'layers'}
 
 __all__ = ['GrowthError', 'GrowthSpec', 'grow_state', 'make_grow_fn', 'ramp_masks', 'ramp_alpha',
-           'growth_units', 'rewarmup_updates', 'is_exact', 'logical_axes', 'param_shardings']
+           'growth_units', 'rewarmup_updates', 'is_exact', 'logical_axes']
 
 
 @functools.lru_cache(maxsize=32)
@@ -50,13 +51,6 @@ def _abstract(cfg: ModelConfig):
 def logical_axes(cfg: ModelConfig) -> PyTree:
   """Params-shaped tree of logical axis-name tuples, e.g. ('layers', 'embed', 'heads', 'kv')."""
   return _abstract(cfg)[1]
-
-
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> PyTree:
-  """NamedShardings of `cfg`'s parameters on `mesh` under logical->mesh `rules`."""
-  specs = jax.tree.map(lambda a: PartitionSpec(*a), logical_axes(cfg),
-                       is_leaf=lambda x: isinstance(x, tuple))
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
 def is_exact(src: ModelConfig, dst: ModelConfig, spec: Any) -> bool:
@@ -94,7 +88,7 @@ def _fresh_params(dst: ModelConfig, rng: Array, new_init_std: Optional[float]) -
   flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
   out = []
   for i, (path, x) in enumerate(flat):
-    if leaf_name(path) in INIT_WEIGHTS:
+    if leaf_name(path) in WEIGHTS:
       x = new_init_std * jax.random.normal(jax.random.fold_in(rng, 1000 + i), x.shape, x.dtype)
     out.append(x)
   return jax.tree.unflatten(treedef, out)
@@ -181,30 +175,12 @@ def make_grow_fn(src: ModelConfig, dst: ModelConfig, spec: Any, opt_state: Any =
 _GROW_FNS: dict[Any, Callable] = {}
 
 
-def _check_divisible(cfg: ModelConfig, shardings: PyTree) -> None:
-  """Every target dimension must split evenly over the mesh axes its logical axis maps to."""
-  shapes, axes = _abstract(cfg)
-  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  for (path, a), ax, sh in zip(flat, jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple)),
-                               jax.tree.leaves(shardings)):
-    for n, name, parts in zip(a.shape, ax, sh.spec):
-      mesh_axes = () if parts is None else (parts if isinstance(parts, tuple) else (parts,))
-      k = 1
-      for m in mesh_axes:
-        k *= sh.mesh.shape[m]
-      if n % k:
-        raise GrowthError(f'grow: target {path_name(path)} axis {name!r} has size {n}, not '
-                          f'divisible by mesh axes {mesh_axes} of size {k}; choose sizes or rules '
-                          f'that divide evenly')
-
-
 def _build_grow_fn(plan: Plan, opt_state: Any, mesh: Optional[Mesh],
                    rules: Optional[Rules]) -> Callable:
   dst = plan.dst
   psh = None
   if mesh is not None:
-    psh = param_shardings(dst, mesh, rules)
-    _check_divisible(dst, psh)
+    psh = sharding.param_shardings(dst, mesh, rules)
 
   def grow(params, opt_state, rng):
     k_init, k_noise = jax.random.split(rng)

@@ -24,12 +24,8 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 
 from flmjax.config import ModelConfig
-from flmjax.params import leaf_name
+from flmjax.params import EMBEDDING, HIDDEN, OUTPUT, RESIDUAL_OUT, leaf_name
 
-HIDDEN = ('wq', 'wk', 'wv', 'wo', 'wi', 'wo_mlp')
-RESIDUAL_OUT = ('wo', 'wo_mlp')  # write into the residual stream: GPT-2 1/√(2·n_layers) on top
-EMBEDDING = ('embed',)
-OUTPUT = ('unembed',)
 GROUPS = ('embedding', 'hidden', 'output', 'vector')
 
 

@@ -45,7 +45,7 @@ class StageRuntime:
     self.tx = stage_optimizer(config, self.stage, schedule)
     self.model = Transformer(self.cfg)
     boxed = abstract_params(self.cfg)
-    self.param_sh = sharding.param_shardings(boxed, mesh, rules)
+    self.param_sh = sharding.param_shardings(self.cfg, mesh, rules)
     self.abstract_params = nn.meta.unbox(boxed)
     abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
     self.opt_sh = sharding.opt_state_shardings(abstract_opt, self.param_sh, mesh)
