@@ -238,11 +238,14 @@ def grow_state(params: PyTree, opt_state: Any, src: ModelConfig, dst: ModelConfi
 
 # ---- after the growth: mask ramp and re-warm-up ----------------------------------------------
 
-def ramp_alpha(steps_since_growth: Any, ramp_steps: int) -> Array:
-  """Linear ramp 0 -> 1 over `ramp_steps` (0 at the growth step itself; 1 when ramp_steps=0)."""
-  if ramp_steps <= 0:
-    return jnp.ones((), jnp.float32)
-  return jnp.clip(jnp.asarray(steps_since_growth, jnp.float32) / ramp_steps, 0.0, 1.0)
+def ramp_alpha(steps_since_growth: Any, ramp_steps: Any) -> Array:
+  """Linear ramp 0 -> 1 over `ramp_steps` (0 at the growth step itself; 1 when ramp_steps=0).
+
+  Both arguments may be traced (the train step reads them from the state), so the ramp never
+  recompiles."""
+  ramp = jnp.asarray(ramp_steps, jnp.float32)
+  since = jnp.asarray(steps_since_growth, jnp.float32)
+  return jnp.where(ramp > 0, jnp.clip(since / jnp.maximum(ramp, 1.0), 0.0, 1.0), 1.0)
 
 
 def ramp_masks(mask_base: Optional[dict[str, Array]], alpha: Any) -> Optional[dict[str, Array]]:

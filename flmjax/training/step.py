@@ -35,10 +35,7 @@ def current_masks(state: TrainState) -> Optional[dict[str, Array]]:
   """Growth masks for this step: alpha = clip((step − grow_step) / ramp_steps, 0, 1)."""
   if state.mask_base is None:
     return None
-
-  ramp = state.ramp_steps.astype(jnp.float32)
-  since = (state.step - state.grow_step).astype(jnp.float32)
-  alpha = jnp.where(ramp > 0, jnp.clip(since / jnp.maximum(ramp, 1.0), 0.0, 1.0), 1.0)
+  alpha = growth.ramp_alpha(state.step - state.grow_step, state.ramp_steps)
   return growth.ramp_masks(state.mask_base, alpha)
 
 
