@@ -137,7 +137,7 @@ class StageRuntime:
         mesh=self.mesh, rules=self.rules, optimizer=self.tx)
     ramp = spec.ramp_steps if mask_base is not None else 0
     new = TrainState(step=state.step, params=params, opt_state=opt_state, rng=rng,
-                     grow_step=jnp.asarray(state.step, jnp.int32),
+                     grow_step=jnp.asarray(int(jax.device_get(state.step)), jnp.int32),
                      ramp_steps=jnp.asarray(ramp, jnp.int32), mask_base=mask_base)
     return jax.device_put(new, self.state_shardings(mask_base))
 
