@@ -68,11 +68,11 @@ def growth_units(src: ModelConfig, dst: ModelConfig, spec: Any) -> dict[str, Arr
 def _check_params(params: PyTree, cfg: ModelConfig, what: str) -> None:
   want, _ = _abstract(cfg)
   if jax.tree.structure(params) != jax.tree.structure(want):
-    got = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
-    exp = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0])
+    got = sorted(path_name(p) for p, _ in jax.tree.flatten_with_path(params)[0])
+    exp = sorted(path_name(p) for p, _ in jax.tree.flatten_with_path(want)[0])
     raise GrowthError(f'{what}: parameter tree does not match the source config; missing '
                       f'{sorted(set(exp) - set(got))}, unexpected {sorted(set(got) - set(exp))}')
-  for (path, x), w in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
+  for (path, x), w in zip(jax.tree.flatten_with_path(params)[0], jax.tree.leaves(want)):
     if tuple(x.shape) != tuple(w.shape):
       raise GrowthError(f'{what}: {path_name(path)} has shape {tuple(x.shape)} but the source '
                         f'config gives {tuple(w.shape)}')
@@ -85,7 +85,7 @@ def _fresh_params(dst: ModelConfig, rng: Array, new_init_std: Optional[float]) -
   fresh = nn.unbox(Transformer(plain).init(rng, tokens)['params'])
   if new_init_std is None:
     return fresh
-  flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+  flat, treedef = jax.tree.flatten_with_path(fresh)
   out = []
   for i, (path, x) in enumerate(flat):
     if leaf_name(path) in WEIGHTS:
@@ -99,7 +99,7 @@ def _grow_tree(tree: PyTree, plan: Plan, kind: str, fresh: Optional[PyTree] = No
   """Grow a params-shaped tree (leaves may be optax.MaskedNode, kept as they are)."""
   _, axes = _abstract(plan.src)
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)
+  flat, treedef = jax.tree.flatten_with_path(tree, is_leaf=is_masked)
   axes_flat = treedef.flatten_up_to(axes)
   fresh_flat = treedef.flatten_up_to(fresh) if fresh is not None else [None] * len(flat)
   out = []

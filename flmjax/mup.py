@@ -67,8 +67,7 @@ def lr_scales(cfg: ModelConfig) -> Optional[Callable[[Any], Any]]:
     return None
 
   def scales(updates: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, _: lr_multiplier(cfg, leaf_name(p)),
-                                            updates)
+    return jax.tree.map_with_path(lambda p, _: lr_multiplier(cfg, leaf_name(p)), updates)
   return scales
 
 

@@ -25,8 +25,7 @@ LrScales = Union[None, Any, Callable[[Any], Any]]
 
 def decay_mask(params: Any) -> Any:
   """True for parameters that get weight decay: matrices and embeddings, not LN or biases."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: leaf_name(path) not in NO_DECAY,
-                                          params)
+  return jax.tree.map_with_path(lambda path, _: leaf_name(path) not in NO_DECAY, params)
 
 
 def stage_schedule(*, lr: float, warmup_steps: int, steps: int, end_lr: float, kind: str,
@@ -71,7 +70,7 @@ def scale_by_lr_multipliers(lr_scales: LrScales) -> optax.GradientTransformation
   def update(updates, state, params=None):
     del params
     scales = lr_scales(updates) if callable(lr_scales) else lr_scales
-    return jax.tree_util.tree_map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
   return optax.GradientTransformation(init, update)
 

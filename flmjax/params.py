@@ -46,7 +46,7 @@ def path_name(path: Any) -> str:
 
 def flatten_paths(tree: Any) -> dict[str, Any]:
   """{'a/b': leaf} for every leaf of `tree`."""
-  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path_name(path): leaf for path, leaf in jax.tree.flatten_with_path(tree)[0]}
 
 
 def unflatten_paths(flat: Mapping[str, Any]) -> dict[str, Any]:

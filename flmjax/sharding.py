@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from flmjax.config import AXIS_FIELDS, ConfigError, ModelConfig
 from flmjax.model import abstract_params
@@ -71,12 +71,14 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Optional[Sequence[Any]] = No
   """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
-  try:
-    from jax.experimental import mesh_utils
-    arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-  except Exception:  # CPU / odd topologies: plain row-major order (process-major on multi-host)
-    arr = np.array(devices).reshape(shape)
-  return Mesh(arr, MESH_AXES)
+  # Auto axes: parameters and activations are placed by the logical rules' annotations.
+  auto = (AxisType.Auto,) * len(MESH_AXES)
+  try:  # device order that follows the physical topology (TPU torus)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+  except (NotImplementedError, ValueError):
+    # A TPU topology this shape cannot map onto without splitting physical axes, or several
+    # slices: plain row-major order (process-major on multi-host).
+    return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def logical_rules(mesh_cfg: Optional[Mapping[str, Any]] = None) -> LogicalRules:
@@ -170,7 +172,7 @@ def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any, mesh: Me
   need nothing new here.
   """
   by_path = {}
-  for path, sh in jax.tree_util.tree_flatten_with_path(params_shardings)[0]:
+  for path, sh in jax.tree.flatten_with_path(params_shardings)[0]:
     by_path[tuple(path)] = sh
 
   def pick(path, leaf):
@@ -181,9 +183,4 @@ def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any, mesh: Me
         return sh
     return replicated(mesh)
 
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
-
-
-def tree_shardings_like(tree: Any, mesh: Mesh) -> Any:
-  """Replicated shardings for a small pytree (masks, scalars)."""
-  return jax.tree_util.tree_map(lambda _: replicated(mesh), tree)
+  return jax.tree.map_with_path(pick, abstract_opt_state)

@@ -58,7 +58,7 @@ def settings(config: Any) -> ml_collections.ConfigDict:
 def select_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
   """`new` where `finite` else `old`, leaf by leaf: a skipped update changes nothing (like
   optax.apply_if_finite, but without adding state, so checkpoints and growth are unaffected)."""
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 # ---- preemption --------------------------------------------------------------------------

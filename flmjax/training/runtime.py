@@ -69,7 +69,7 @@ class StageRuntime:
     return TrainState(step=r, params=self.param_sh, opt_state=self.opt_sh, rng=r, grow_step=r,
                       ramp_steps=r,
                       mask_base=None if mask_base is None else
-                      jax.tree_util.tree_map(lambda _: r, mask_base))
+                      jax.tree.map(lambda _: r, mask_base))
 
   def abstract_state(self, mask_shapes: Optional[Mapping[str, list[int]]] = None) -> TrainState:
     """ShapeDtypeStructs with target shardings: the restore target on this mesh."""
@@ -81,7 +81,7 @@ class StageRuntime:
                         opt_state=jax.eval_shape(self.tx.init, self.abstract_params),
                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32), grow_step=i32(),
                         ramp_steps=i32(), mask_base=mask_base)
-    return jax.tree_util.tree_map(
+    return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, sh)
 
   def _jit(self, kind: str, has_masks: bool, mask_base: Any) -> Callable:
