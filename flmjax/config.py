@@ -24,6 +24,29 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field and the value."""
 
 
+def check_section(cfg: Any, defaults: Any, section: str) -> None:
+  """A config section against its defaults: unknown fields are rejected and each field must have
+  its default's type.  Every module that owns a section validates it with this."""
+  d_keys, keys = set(defaults.keys()), set(cfg.keys())
+  unknown = sorted(keys - d_keys)
+  if unknown:
+    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
+  for k in sorted(keys):
+    v, dv = cfg[k], defaults[k]
+    if isinstance(dv, bool):
+      ok = isinstance(v, bool)
+    elif isinstance(dv, int):
+      ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(dv, float):
+      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    elif isinstance(dv, str):
+      ok = isinstance(v, str)
+    else:
+      ok = True
+    if not ok:
+      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shapes and numerics of the FLM decoder (GPT-3 style FreeLM backbone with xPos)."""

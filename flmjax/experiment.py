@@ -9,7 +9,6 @@ An experiment file defines `get_config()` returning a ConfigDict with sections `
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib.util
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -17,7 +16,8 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 
 from flmjax import sharding, synthetic_data
-from flmjax.config import ConfigError, ModelConfig
+from flmjax.config import ConfigError, ModelConfig, check_section
+from flmjax.data.config import validate_data_config
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
 
@@ -169,31 +169,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 # ---- validation ------------------------------------------------------------------------
 
-_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,)}
-
-
-def _check_section(cfg: Any, defaults: Any, section: str) -> None:
-  """Unknown fields rejected; each field must have its default's type."""
-  d_keys, keys = set(defaults.keys()), set(cfg.keys())
-  unknown = sorted(keys - d_keys)
-  if unknown:
-    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
-  for k in sorted(keys):
-    v, dv = cfg[k], defaults[k]
-    if isinstance(dv, bool):
-      ok = isinstance(v, bool)
-    elif isinstance(dv, int):
-      ok = isinstance(v, int) and not isinstance(v, bool)
-    elif isinstance(dv, float):
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    elif isinstance(dv, str):
-      ok = isinstance(v, str)
-    else:
-      ok = True
-    if not ok:
-      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
-
-
 def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
              process_count: int = 1) -> list[Stage]:
   """Check the whole experiment config; returns the stage plan.  Device checks need
@@ -202,17 +177,15 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:
     raise ConfigError(f'config: unknown section(s) {unknown}; known sections: {list(SECTIONS)}')
-  for name in ('model', 'data', 'optim', 'train', 'mesh'):
+  for name in ('model', 'data', 'optim', 'train', 'mesh', 'faults'):
     if name not in cfg:
       raise ConfigError(f'config: missing section {name!r}')
+  # Each section's owner checks it; optim and train are checked here, then the stage plan
+  # (which validates the model of every stage) and the checks that span sections.
   for name in ('optim', 'train'):
-    _check_section(cfg[name], defaults[name], name)
-  if 'faults' in cfg:  # optional: configs written before it existed get the defaults
-    _check_faults(cfg.faults, defaults.faults)
-  mesh_defaults = {k: v for k, v in defaults.mesh.items() if k != 'rules'}
-  _check_section({k: v for k, v in cfg.mesh.items() if k != 'rules'}, mesh_defaults, 'mesh')
-  rules = sharding.logical_rules(cfg.mesh)
-  from flmjax.data.config import validate_data_config
+    check_section(cfg[name], defaults[name], name)
+  faults.validate_faults_config(cfg.faults)
+  rules = sharding.validate_mesh_config(cfg.mesh)
   validate_data_config(cfg.data)
 
   o, t = cfg.optim, cfg.train
@@ -273,24 +246,6 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       sharding.check_divisible(s.model, mesh_sizes, rules,
                                stage=s.name if len(stages) > 1 else None)
   return stages
-
-
-def _check_faults(f: Any, defaults: Any) -> None:
-  _check_section(f, defaults, 'faults')
-  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
-    if f[k] < 0:
-      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
-  if f.spike_factor != 0 and f.spike_factor <= 1:
-    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
-  if not 0 < f.rollback_lr_factor <= 1:
-    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
-                      f'{f.rollback_lr_factor!r}')
-  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
-    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
-                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
-  for k in ('inject_nan_batches', 'inject_spike_batches'):
-    if not all(isinstance(i, int) and i > 0 for i in f[k]):
-      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
 
 
 def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:

@@ -9,7 +9,7 @@ scan over micro-batches), so the optimizer's step count is the number of updates
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from flmjax.config import AXIS_FIELDS, ConfigError, ModelConfig
+from flmjax.config import AXIS_FIELDS, ConfigError, ModelConfig, check_section
 from flmjax.model import abstract_params
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -79,6 +79,14 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Optional[Sequence[Any]] = No
     # A TPU topology this shape cannot map onto without splitting physical axes, or several
     # slices: plain row-major order (process-major on multi-host).
     return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def validate_mesh_config(mesh_cfg: Mapping[str, Any]) -> LogicalRules:
+  """Checks the `mesh` section (data/fsdp/tensor are integers; `rules` name mesh axes) and
+  returns its logical rules.  The sizes are resolved against the devices by `mesh_shape`."""
+  check_section({k: v for k, v in mesh_cfg.items() if k != 'rules'},
+                {name: 1 for name in MESH_AXES}, 'mesh')
+  return logical_rules(mesh_cfg)
 
 
 def logical_rules(mesh_cfg: Optional[Mapping[str, Any]] = None) -> LogicalRules:

@@ -127,12 +127,12 @@ def test_sigint_in_process_stops_after_the_step_and_restores_handlers(baseline, 
     it.__class__ = type('Interrupting', (type(it),), {'__next__': lambda self: interrupt_at_3()})
     return it
 
-  monkeypatch.setattr(train, 'make_train_iterator', interrupting)
+  monkeypatch.setattr(batches, 'make_train_iterator', interrupting)
   before = signal.getsignal(signal.SIGINT)
   assert loop.train(tiny_config(6), workdir) == {'stopped_at': 3, 'preempted': 'SIGINT'}
   assert signal.getsignal(signal.SIGINT) is before
   assert _newest_is_complete(workdir) == (0, 3)
-  monkeypatch.setattr(train, 'make_train_iterator', make)
+  monkeypatch.setattr(batches, 'make_train_iterator', make)
   loop.train(tiny_config(6), workdir)
   assert read_losses(workdir) == want
 

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, plan, sharding
 from flmjax.distributed import log0
-from flmjax.plan import Stage
 from flmjax.training import batches, faults, recovery
 from flmjax.training.runtime import StageRuntime, scaled_schedule, stage_meta
 from flmjax.training.state import TrainState
