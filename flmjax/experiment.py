@@ -17,7 +17,7 @@ import ml_collections
 
 from flmjax import sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig, check_section
-from flmjax.data.config import validate_data_config
+from flmjax.data import config as data_config
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
 
@@ -26,8 +26,7 @@ SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
 
 def default_data_config() -> ml_collections.ConfigDict:
   """`flmjax.data`'s defaults plus the `synthetic` subsection (flmjax.synthetic_data's)."""
-  from flmjax.data.config import default_data_config as data_defaults
-  cfg = data_defaults()
+  cfg = data_config.default_data_config()
   cfg.synthetic = synthetic_data.synthetic_config()
   return cfg
 
@@ -186,7 +185,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     check_section(cfg[name], defaults[name], name)
   faults.validate_faults_config(cfg.faults)
   rules = sharding.validate_mesh_config(cfg.mesh)
-  validate_data_config(cfg.data)
+  data_config.validate_data_config(cfg.data)
 
   o, t = cfg.optim, cfg.train
   if o.lr <= 0:

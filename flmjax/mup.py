@@ -26,8 +26,6 @@ import jax
 from flmjax.config import ModelConfig
 from flmjax.params import EMBEDDING, HIDDEN, OUTPUT, RESIDUAL_OUT, leaf_name
 
-GROUPS = ('embedding', 'hidden', 'output', 'vector')
-
 
 def param_group(name: str) -> str:
   """µP group of a parameter by its leaf name (see the module table)."""

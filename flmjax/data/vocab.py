@@ -20,6 +20,7 @@ from typing import Any
 import sentencepiece as spm
 
 from flmjax.data import corpus
+from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -126,7 +127,6 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
 
   Called by `flmjax vocab --config ... --out DIR`.
   """
-  from flmjax.data.config import validate_data_config
   cfg = validate_data_config(cfg)
   path = os.path.join(out_dir, 'spm.model')
   atomic_write(path, train_model_bytes(cfg))
@@ -153,7 +153,6 @@ def get_vocabulary(cfg: Any) -> Any:
   (Tasks, feature converters).  seqio is imported here, not at module level, because it imports
   TensorFlow (seconds and log lines): sampling and evaluation use `get_tokenizer` instead."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from flmjax.data.config import validate_data_config
   return seqio.SentencePieceVocabulary(vocabulary_path(validate_data_config(cfg)))
 
 
@@ -180,7 +179,6 @@ class Tokenizer:
 
 def get_tokenizer(cfg: Any) -> Tokenizer:
   """The text tokenizer of a data config (trains and caches the vocabulary on first use)."""
-  from flmjax.data.config import validate_data_config
   return Tokenizer(vocabulary_path(validate_data_config(cfg)))
 
 
