@@ -17,9 +17,9 @@ import optax
 from jax.sharding import Mesh
 
 from flmjax import checkpoint, growth, optimizer, plan, sharding
-from flmjax.model import Transformer, abstract_params
 from flmjax.config import ModelConfig
 from flmjax.growth_ops import GrowthSpec
+from flmjax.model import Transformer, abstract_params
 from flmjax.params import flatten_paths, unflatten_paths
 from flmjax.plan import Stage
 from flmjax.training import faults
