@@ -90,3 +90,9 @@ def test_growth_vs_scratch_smoke_on_tiny():
 def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
   assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out
+
+
+@pytest.mark.slow
+def test_packing_vs_seqio_smoke():
+  out = _run('packing_vs_seqio.py')
+  assert 'flmjax numpy packer' in out and 'seqio DecoderFeatureConverter' in out
