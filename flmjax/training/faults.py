@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flmjax.config import ConfigError, check_section
+
 
 def default_faults_config() -> ml_collections.ConfigDict:
   """The `faults` section.  Spike detection is off by default (early losses fall fast)."""
@@ -36,21 +38,36 @@ def default_faults_config() -> ml_collections.ConfigDict:
       rollback_lr_factor=1.0,   # multiply the LR by this at each rollback (1: keep it)
       max_rollbacks=3,          # then stop with an error: the run is diverging
       verify_checksums=True,    # check per-file CRC32s on restore (sizes are always checked)
-      min_free_bytes=-1,        # pre-flight: -1 = estimate two checkpoints' size, 0 = no check
+      min_free_bytes=-1,        # pre-flight: -1 = estimate (train.keep + 1) checkpoints, 0 = no check
       hang_timeout_s=0.0,       # exit with an error if no step completes for this long (0: off)
       inject_nan_batches=(),    # test hook: stream batch indices (1-based) to make NaN
       inject_spike_batches=(),  # test hook: batch indices whose targets become a rare token
   ))
 
 
-def settings(config: Any) -> ml_collections.ConfigDict:
-  """The run's `faults` section over the defaults (configs saved before it existed work)."""
-  out = default_faults_config()
-  given = config.get('faults') if hasattr(config, 'get') else None
-  if given:
-    with out.ignore_type():
-      out.update(dict(given))
-  return out
+def validate_faults_config(f: Any) -> Any:
+  """Checks the `faults` section (fields, types, ranges); returns it.  Errors name the field."""
+  check_section(f, default_faults_config(), 'faults')
+  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
+    if f[k] < 0:
+      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
+  if f.spike_factor != 0 and f.spike_factor <= 1:
+    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
+  if not 0 < f.rollback_lr_factor <= 1:
+    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
+                      f'{f.rollback_lr_factor!r}')
+  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
+    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
+                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
+  for k in ('inject_nan_batches', 'inject_spike_batches'):
+    if not all(isinstance(i, int) and i > 0 for i in f[k]):
+      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
+  return f
+
+
+def settings(config: Any) -> Any:
+  """The run's validated `faults` section."""
+  return validate_faults_config(config.faults)
 
 
 # ---- in the jitted step ------------------------------------------------------------------
@@ -58,7 +75,7 @@ def settings(config: Any) -> ml_collections.ConfigDict:
 def select_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
   """`new` where `finite` else `old`, leaf by leaf: a skipped update changes nothing (like
   optax.apply_if_finite, but without adding state, so checkpoints and growth are unaffected)."""
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 # ---- preemption --------------------------------------------------------------------------
@@ -142,10 +159,12 @@ def checkpoint_bytes(stages: Sequence[Any]) -> int:
   return max(3 * 4 * s.model.param_count() for s in stages)
 
 
-def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any]) -> Optional[str]:
+def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any],
+              keep: int = 2) -> Optional[str]:
   """Create the workdir and prove it takes a write (file + fsync + rename + delete) and has
-  room for checkpoints.  Returns an error message, or None when fine (the trainer agrees on
-  the answer across processes before raising)."""
+  room for checkpoints: `keep` + 1 of the largest stage, since a new one is written before the
+  oldest is deleted.  Returns an error message, or None when fine (the trainer agrees on the
+  answer across processes before raising)."""
   probe = os.path.join(workdir, f'.write_probe.{jax.process_index()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -160,12 +179,13 @@ def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any]) -> O
             'fix its permissions or choose another --workdir')
   need = int(fcfg['min_free_bytes'])
   if need < 0:
-    need = 2 * checkpoint_bytes(stages)
+    need = (keep + 1) * checkpoint_bytes(stages)
   free = shutil.disk_usage(workdir).free
   if need and free < need:
     return (f'workdir {workdir} has {free / 2**20:.1f} MiB free but checkpoints need about '
             f'{need / 2**20:.1f} MiB (faults.min_free_bytes={fcfg["min_free_bytes"]}; -1 = '
-            'two checkpoints of the largest stage); free space or choose another --workdir')
+            f'train.keep + 1 = {keep + 1} checkpoints of the largest stage, as a new one is '
+            'written before the oldest is deleted); free space or choose another --workdir')
   return None
 
 
