@@ -124,6 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           log0(f'grew stage {stages[k - 1].name!r} -> {stage.name!r} at step {stage.start_step} '
                f'({stage.model.param_count() / 1e6:.2f}M params)')
           save(state, stage.start_step, None)
+        grew_now = k > 0 and not resuming
         step = int(jax.device_get(state.step))
         if step < stage.end_step:
           it = batches.make_train_iterator(config.data, seq_len=stage.seq_len,
@@ -136,6 +137,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
               config.data, seq_len=stage.seq_len,
               batch_size=stage.global_batch_size // config.optim.grad_accum,
               num_batches=t.eval_batches)
+          if grew_now and eval_sets:  # the grown model, before its first step: equals the last
+            val = evaluate(runtime, state, eval_sets)  # eval of the previous stage (exact growth)
+            writer.write(step, {'stage': k, 'after_growth': 1.0, **val})
           loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg)
           while True:
             try:
