@@ -8,7 +8,8 @@ and divides fan-in weights by r.  Depth methods map every target layer to a sour
 or to -1 (a new layer).  A new layer (msg / identity) starts from a fresh init
 (`new_layers='fresh'`, the default) or as a copy of the old layer below it (`new_layers='copy'`,
 MSG's own choice); its Adam moments start at zero either way, and under msg its layer mask is 0,
-so the grown model computes the old function with both.  Everything here is static (numpy / Python) except `grow_leaf`.
+so the grown model computes the old function with both.  Everything here is static (numpy /
+Python) except `grow_leaf`.
 """
 
 from __future__ import annotations
