@@ -98,17 +98,15 @@ def add_decayed_weights(weight_decay: float, lr_scales: LrScales = None
   if lr_scales is None:
     return optax.add_decayed_weights(weight_decay, mask=decay_mask)
 
-  def init(params):
-    del params
-    return optax.AddDecayedWeightsState()
+  reference = optax.add_decayed_weights(weight_decay, mask=decay_mask)
 
   def update(updates, state, params=None):
     scales = lr_scales(updates) if callable(lr_scales) else lr_scales
-    updates = jax.tree_util.tree_map(
-        lambda u, p, s: u + (weight_decay / s) * p.astype(u.dtype), updates, params, scales)
+    decayed = lambda u, p, s, m: u + (weight_decay / s) * p.astype(u.dtype) if m else u
+    updates = jax.tree_util.tree_map(decayed, updates, params, scales, decay_mask(params))
     return updates, state
 
-  return optax.masked(optax.GradientTransformation(init, update), decay_mask)
+  return optax.GradientTransformation(reference.init, update)
 
 
 def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,

@@ -25,7 +25,7 @@ def test_flm101b_stages_are_the_papers_table():
   assert tokens == pytest.approx([245.37, 39.64, 26.54], rel=1e-3)
   final = stages[-1].model
   assert (final.n_layers, final.n_heads, final.d_model, final.vocab_size) == (80, 80, 10240, 100256)
-  assert [s.growth['width'] for s in stages[1:]] == ['msg', 'msg']
+  assert [s.growth.width for s in stages[1:]] == ['msg', 'msg']
 
 
 def test_tiny_growth_keeps_the_papers_proportions():
@@ -39,7 +39,7 @@ def test_tiny_growth_keeps_the_papers_proportions():
   shares = [s.tokens / total for s in stages]
   paper = [245.37, 39.64, 26.54]
   assert shares == pytest.approx([p / sum(paper) for p in paper], abs=0.01)
-  assert all(s.growth['width'] == 'msg' for s in stages[1:])
+  assert all(s.growth.width == 'msg' for s in stages[1:])
 
 
 def test_tiny_scratch_is_the_final_shape_at_equal_flops():

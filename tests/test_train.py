@@ -170,6 +170,14 @@ def test_weight_decay_skips_layernorm_and_biases_and_lr_scales_apply():
   assert float(upd['embed'][0, 0]) == pytest.approx(-0.05)
   assert float(upd['layers']['bq'][0, 0]) == 0.0
   scales = jax.tree_util.tree_map(lambda _: 2.0, params)
-  tx2 = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1), lr_scales=scales)
+  tx2 = optimizer.make_optimizer(dict(cfg, mup_weight_decay='lr_scaled'),
+                                 optax.constant_schedule(0.1), lr_scales=scales)
   upd2, _ = tx2.update(zeros, tx2.init(params), params)
-  assert float(upd2['embed'][0, 0]) == pytest.approx(-0.1)
+  assert float(upd2['embed'][0, 0]) == pytest.approx(-0.1)  # decay × the LR multiplier
+  tx3 = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1), lr_scales=scales)
+  upd3, _ = tx3.update(zeros, tx3.init(params), params)  # default: lr·wd whatever the multiplier
+  assert float(upd3['embed'][0, 0]) == pytest.approx(-0.05)
+  assert float(upd3['layers']['bq'][0, 0]) == 0.0
+  ones = jax.tree_util.tree_map(jnp.ones_like, params)
+  grads3, _ = tx3.update(ones, tx3.init(params), params)  # gradients do get the multiplier
+  assert float(grads3['layers']['bq'][0, 0]) == pytest.approx(-0.2, rel=1e-4)
