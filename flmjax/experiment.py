@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-4, warmup_steps=0, schedule='cosine', end_lr=0.0, stage_schedule='continue',
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mup_weight_decay='width_invariant', clip=1.0,
-      grad_accum=1, z_loss=0.0, teacher_loss=1.0))
+      grad_accum=1, z_loss=0.0, teacher_loss=0.1))
   c.train = ml_collections.ConfigDict(dict(
       steps=0, tokens=0, seq_len=128, global_batch_size=8, log_every=10, eval_every=0,
       eval_batches=2, ckpt_every=0, keep=2, seed=0, allow_overwrite=False))

@@ -66,7 +66,7 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
   state (the step counter still advances) and reports `update_skipped` = 1."""
   model = Transformer(model_cfg)
   accum, z_loss = int(optim_cfg.grad_accum), float(optim_cfg.z_loss)
-  teacher_weight = float(optim_cfg.get('teacher_loss', 1.0))
+  teacher_weight = float(optim_cfg.get('teacher_loss', 0.1))  # experiment.py's default
 
   def forward(params, batch, masks):
     return model.apply({'params': params}, batch['inputs'], positions=batch['positions'],
