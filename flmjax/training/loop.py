@@ -139,7 +139,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
               num_batches=t.eval_batches)
           if grew_now and eval_sets:  # the grown model, before its first step: equals the last
             val = evaluate(runtime, state, eval_sets)  # eval of the previous stage (exact growth)
-            writer.write(step, {'stage': k, 'after_growth': 1.0, **val})
+            tokens, flops = plan.cumulative(stages, step)
+            writer.write(step, {'stage': k, 'tokens': tokens, 'flops': flops, 'after_growth': 1.0,
+                                **val})
           loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg)
           while True:
             try:
