@@ -76,8 +76,8 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
     masks = current_masks(state)
     lm_tokens = jnp.maximum(batch['loss_weights'].astype(jnp.float32).sum(), 1.0)
     has_teacher = 'teacher_weights' in batch
-    teacher_tokens = jnp.maximum(batch['teacher_weights'].astype(jnp.float32).sum(), 1.0) \
-        if has_teacher else jnp.ones(())
+    teacher_tokens = (jnp.maximum(batch['teacher_weights'].astype(jnp.float32).sum(), 1.0)
+                      if has_teacher else jnp.ones(()))
 
     def micro_loss(params, micro_batch):
       logits_BxLxV = forward(params, micro_batch, masks)
