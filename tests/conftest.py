@@ -51,7 +51,7 @@ def tiny_stages(steps=(4, 4), ramp_steps: int = 2) -> list[dict]:
   return [
       dict(name='small', steps=steps[0]),
       dict(name='big', model=dict(d_model=64, n_heads=4, d_ff=128), steps=steps[1], lr=5e-3,
-           warmup_steps=1, growth=dict(width='msg', depth='msg', ramp_steps=ramp_steps)),
+           growth=dict(width='msg', depth='msg', ramp_steps=ramp_steps)),
   ]
 
 

@@ -28,9 +28,10 @@ FIELD_DOCS: dict[str, str] = {
                      'data, in [0, 1).',
     'teacher_rate': 'Fraction of all training tokens drawn from FreeLM teacher-signal samples '
                     '(`text <|sep|> proposition <|true|>/<|false|>`), in [0, 1). Mixed into every '
-                    'batch by token share, not alternated.',
+                    'batch by token share, not alternated; the label tokens are marked in the '
+                    "batch's teacher_weights, a loss term of its own (weight optim.teacher_loss).",
     'prompt_loss': 'If True, instruction prompt tokens carry loss too; teacher-signal samples '
-                   'always carry loss only on the label token.',
+                   'always carry (teacher) loss only on the label token.',
     'validation_fraction': 'Share of documents (chosen by a hash of the text, so stable) held out '
                            'as the validation split.',
     'eval_batches': 'Number of validation batches per language returned by make_eval_batches.',
