@@ -90,3 +90,14 @@ def test_growth_vs_scratch_smoke_on_tiny():
 def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
   assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out
+
+
+@pytest.mark.slow
+def test_growth_evidence_smoke(tmp_path):
+  out = _run('growth_evidence.py', '--workdir', str(tmp_path))
+  assert 'three arms, one budget' in out and 'every operator in the same harness' in out
+  for op in ('width msg + depth msg', 'width tile + depth msg', 'width msg + depth identity',
+             'width msg + depth stack', 'width msg + depth interleave', 'width tile + depth stack'):
+    assert op in out, op
+  for png in ('arms.png', 'operators.png', 'flm_vs_equal_loss.png'):
+    assert os.path.getsize(tmp_path / 'plots' / png) > 1000
