@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -99,20 +100,25 @@ def reach_ratio(wd: str, target: float, budget: float) -> float:
 
 
 def growth_details(wd: str) -> dict:
-  """Loss before/after the growth (train loss of the steps around it), the jump and the step
-  noise, and the MSG ramp: its steps, its share of the run's FLOPs and its step-time cost."""
+  """Validation loss at the end of the first stage and of the freshly grown model before its
+  first update (function preservation: equal), and the training-loss jump across the growth
+  with the step-to-step noise beside it."""
   from flmjax import curves
   recs = curves.run_records(wd)
   points = curves.growth_points(recs)
   if not points:
     return {}
   _, last_old, _ = points[0]
-  jump = curves.jump_at_growth(recs, last_old)
   by_step = {int(r['step']): r for r in recs}
+  before = curves.mean_val(by_step.get(last_old, {}))
+  after_rec = curves.after_growth_records(wd).get(last_old)
+  after = curves.mean_val(after_rec) if after_rec else None
+  jump = curves.jump_at_growth(recs, last_old)
+  nan = math.nan
   return {'growth_step': last_old,
-         'loss_before': by_step.get(last_old, {}).get('loss', math.nan),
-         'loss_after': by_step.get(last_old + 1, {}).get('loss', math.nan),
-         'jump': jump[0] if jump else math.nan, 'noise': jump[1] if jump else math.nan}
+          'val_before': nan if before is None else before,
+          'val_after': nan if after is None else after,
+          'train_jump': jump[0] if jump else nan, 'noise': jump[1] if jump else nan}
 
 
 def ramp_cost(wd: str, ramp_steps: int, budget: float) -> dict:
@@ -299,13 +305,15 @@ def main(argv=None) -> int:
     op_rows.append([
         f'width {w} + depth {d}', len(v), fmt_ms([final_loss(x) for x in v]),
         fmt_ci([reach_ratio(x, target, budget) for x in v]),
-        fmt_ms([x['loss_before'] for x in det]), fmt_ms([x['loss_after'] for x in det]),
-        f"{fmt(sum(x['jump'] for x in det) / len(det), 3)} (noise "
-        f"{fmt(sum(x['noise'] for x in det) / len(det), 3)})",
+        fmt_ms([x['val_before'] for x in det]), fmt_ms([x['val_after'] for x in det]),
+        fmt(statistics.fmean(x['val_after'] - x['val_before'] for x in det)),
+        f"{fmt(statistics.fmean(x['train_jump'] for x in det), 3)} (noise "
+        f"{fmt(statistics.fmean(x['noise'] for x in det), 3)})",
         f"{ramp} ({100 * sum(x['ramp_share'] for x in rc) / len(rc):.1f}%)" if ramp else 'none',
         fmt(common.median([x['ramp_time_ratio'] for x in rc]), 2) if ramp else '-'])
   common.print_table(['growth operator', 'seeds', 'final val loss', 'FLOPs to reach (2) ÷ (2)',
-                      'train loss before growth', 'right after', 'jump (step noise)',
+                      'val loss before growth', 'right after', 'val jump',
+                      'train-loss jump (step noise)',
                       'ramp steps (FLOPs share)', 'ramp step time ×'], op_rows,
                      title=f'every operator in the same harness (same first stage, lr; seeds '
                            f'{op_seeds}; seed std of the MSG arm\'s final loss: '

@@ -21,6 +21,8 @@ gave the final size 0.4 tokens per parameter, where any smaller model wins).
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from flmjax import experiment
@@ -119,12 +121,23 @@ def get_config(arg: str = 'growth') -> ml_collections.ConfigDict:
   final = steps_for(flops * (1 - FIRST_STAGE_FLOPS_SHARE), p['final'])
   lr = float(o['lr'])
   growth = dict(width=o['width'], depth=o['depth'], ramp_steps=max(1, round(RAMP_SHARE * final)))
+  # One schedule over the run, as the other arms': warm-up, then the cosine from lr to lr/10
+  # over all steps; the growth falls where it falls on it, and the grown stage starts at the LR
+  # the first stage ended with (the trainer's optim.stage_schedule='continue').
+  boundary_lr = cosine_lr(lr, first / (first + final))
   c.stages = [
       dict(name='first', model=model_shape(*p['first']), steps=first, lr=lr,
-           warmup_steps=warmup(first), end_lr=lr / 10),
-      dict(name='final', model=model_shape(*p['final']), steps=final, lr=lr,
-           warmup_steps=warmup(final), end_lr=lr / 10, growth=growth),
+           warmup_steps=warmup(first + final)),
+      dict(name='final', model=model_shape(*p['final']), steps=final, lr=boundary_lr,
+           warmup_steps=0, end_lr=lr / 10, growth=growth),
   ]
+  if 'stage_schedule' not in c.optim:  # a trainer without the option: spell the same schedule out
+    c.stages[0]['end_lr'] = boundary_lr
   c.train.eval_every = max(1, (first + final) // p['evals'])
   c.train.log_every = 1  # the loss right before and after the growth shows function preservation
   return c
+
+
+def cosine_lr(lr: float, fraction: float) -> float:
+  """The LR of a cosine from lr to lr/10 after `fraction` of its steps."""
+  return lr / 10 + (lr - lr / 10) * 0.5 * (1 + math.cos(math.pi * fraction))

@@ -28,21 +28,36 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def run_records(workdir: str) -> list[dict[str, Any]]:
-  """A run's metrics records, the last one per step (a resumed run re-logs steps)."""
+  """A run's metrics records merged per step (a resumed run re-logs steps; the last wins).
+
+  The evaluation of a freshly grown model (`after_growth` records, logged at the growth step
+  beside the old stage's own record) is left out: see `after_growth_records`."""
   by_step: dict[int, dict[str, Any]] = {}
   for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')):
-    if 'step' in r:
+    if 'step' in r and not r.get('after_growth'):
       by_step.setdefault(int(r['step']), {}).update(r)
   return [by_step[s] for s in sorted(by_step)]
+
+
+def after_growth_records(workdir: str) -> dict[int, dict[str, Any]]:
+  """{growth step: the grown model's evaluation before its first update} (the last per step)."""
+  return {int(r['step']): r for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+          if r.get('after_growth') and 'step' in r}
+
+
+def mean_val(record: dict[str, Any]) -> Optional[float]:
+  """The mean of a record's `val_loss_<lang>` values (None without any)."""
+  vals = [float(v) for k, v in record.items() if k.startswith('val_loss_') and v is not None]
+  return sum(vals) / len(vals) if vals else None
 
 
 def val_curve(records: Sequence[dict[str, Any]]) -> Curve:
   """(FLOPs, mean of the `val_loss_<lang>` values) at every record that has them."""
   out: Curve = []
   for r in records:
-    vals = [float(v) for k, v in r.items() if k.startswith('val_loss_') and v is not None]
-    if vals:
-      out.append((float(r['flops']), sum(vals) / len(vals)))
+    v = mean_val(r)
+    if v is not None:
+      out.append((float(r['flops']), v))
   return out
 
 

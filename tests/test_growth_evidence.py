@@ -163,9 +163,34 @@ def test_three_arms_share_one_budget_and_recipe(preset):
     assert c.data.to_dict() == cfgs[0].data.to_dict()
     assert c.optim.schedule == cfgs[0].optim.schedule
     assert c.train.global_batch_size == cfgs[0].train.global_batch_size
-  assert {s.lr for _, st in arms.values() for s in st} == {3e-3}
+  assert {st[0].lr for _, st in arms.values()} == {3e-3}
   assert growth[1].model.d_model > growth[0].model.d_model
   assert growth[1].model.n_layers > growth[0].model.n_layers
+
+
+def test_growth_arm_runs_one_schedule_like_the_others():
+  """Warm-up, then one cosine to lr/10 over the whole run; no jump of the LR at the growth."""
+  from flmjax import optimizer
+  _, st = _plan('growth')
+  sched = optimizer.make_schedule([s.schedule_dict() for s in st], 'cosine')
+  g = st[1].start_step
+  lr = lambda step: float(sched(step))
+  assert lr(g - 1) == pytest.approx(lr(g), rel=0.02)
+  assert lr(g) < 3e-3 and lr(st[1].end_step - 1) == pytest.approx(3e-4, rel=1e-3)
+  assert max(lr(i) for i in range(0, st[1].end_step, 7)) == pytest.approx(3e-3, rel=1e-3)
+  _, sc = _plan('scratch')
+  sched_s = optimizer.make_schedule([s.schedule_dict() for s in sc], 'cosine')
+  assert float(sched_s(sc[0].end_step - 1)) == pytest.approx(3e-4, rel=1e-3)
+
+
+def test_after_growth_evaluations_are_kept_apart(tmp_path):
+  rows = _growth_run() + [{'step': 6, 'stage': 1, 'after_growth': 1.0, 'flops': 6e9,
+                           'val_loss_en': 1.0, 'val_loss_zh': 2.0}]
+  wd = _write(tmp_path / 'r', rows)
+  recs = curves.run_records(wd)
+  assert curves.growth_points(recs) == [(1, 6, 6e9)]
+  assert curves.val_curve(recs)[2] == (6e9, pytest.approx(4.4))
+  assert curves.mean_val(curves.after_growth_records(wd)[6]) == 1.5
 
 
 def test_final_size_gets_several_tokens_per_parameter():
@@ -180,7 +205,7 @@ def test_every_operator_is_a_valid_plan(width, depth):
   cfg, st = _plan(f'growth,width={width},depth={depth},seed=2,lr=1e-2')
   assert experiment.validate(cfg, num_devices=None)
   assert (st[1].growth.width, st[1].growth.depth) == (width, depth)
-  assert cfg.train.seed == 2 and cfg.data.seed == 2 and st[1].lr == 1e-2
+  assert cfg.train.seed == 2 and cfg.data.seed == 2 and st[0].lr == 1e-2 and st[1].lr < 1e-2
 
 
 def test_bad_arguments_name_the_problem():
