@@ -144,20 +144,21 @@ def ramp_cost(wd: str, ramp_steps: int, budget: float) -> dict:
 
 
 def fmt(x: Optional[float], p: int = 4) -> str:
-  return '-' if x is None or (isinstance(x, float) and math.isnan(x)) else (
-      'inf' if math.isinf(x) else f'{x:.{p}f}')
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return '-'
+  return ('inf' if x > 0 else '-inf') if math.isinf(x) else f'{x:.{p}f}'
 
 
 def fmt_ms(xs: list[float]) -> str:
   from flmjax import curves
   m, s = curves.mean_std(xs)
-  return f'{fmt(m)} ± {fmt(s)}'
+  return f'{fmt(m)} ± {fmt(s)}' if len(xs) > 1 else f'{fmt(m)} (1 seed)'
 
 
 def fmt_ci(xs: list[float]) -> str:
   from flmjax import curves
   m, lo, hi = curves.mean_interval(xs)
-  return f'{fmt(m, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]'
+  return f'{fmt(m, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]' if len(xs) > 1 else f'{fmt(m, 3)} (1 seed)'
 
 
 def flm_figure(growth_wds: list[str], scratch_wds: list[str], target: float, ratio_ci: tuple,
@@ -291,8 +292,15 @@ def main(argv=None) -> int:
                            f'{seeds}')
   gap = curves.mean_std(finals['small'])[0] - target
   spread = max(curves.mean_std(finals['scratch'])[1], curves.mean_std(finals['small'])[1])
-  print(f"size matters? (3) − (2) final loss = {gap:+.4f}; largest seed std {spread:.4f}: "
-        f"{'yes, the gap exceeds the spread' if gap > spread else 'NO: the gap is within the seed spread; growth is not tested here'}")
+  if gap > spread:
+    verdict = 'yes: the final size beats the first-stage size by more than the seed spread'
+  elif gap < -spread:
+    verdict = ('NO: the first-stage size alone beats the final size (the small-model regime); '
+               'growth is not tested here')
+  else:
+    verdict = 'NO: the gap is within the seed spread; growth is not tested here'
+  print(f'size matters? (3) − (2) final loss = {gap:+.4f}; largest seed std {spread:.4f}: '
+        f'{verdict}')
 
   op_rows = []
   for (w, d), v in op_wds.items():
