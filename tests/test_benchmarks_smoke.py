@@ -93,6 +93,12 @@ def test_loss_prediction_smoke():
 
 
 @pytest.mark.slow
+def test_packing_vs_seqio_smoke():
+  out = _run('packing_vs_seqio.py')
+  assert 'flmjax numpy packer' in out and 'seqio DecoderFeatureConverter' in out
+
+
+@pytest.mark.slow
 def test_growth_evidence_smoke(tmp_path):
   out = _run('growth_evidence.py', '--workdir', str(tmp_path))
   assert 'three arms, one budget' in out and 'every operator in the same harness' in out

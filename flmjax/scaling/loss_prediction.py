@@ -17,7 +17,6 @@ seed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
