@@ -221,6 +221,8 @@ def main(argv=None) -> int:
   ap.add_argument('--operator_seeds', default='0',
                   help='seeds of the operator rows (one by default: the hour on one core does not '
                        'hold three; compare their differences with the arms\' seed spread)')
+  ap.add_argument('--small_seeds', default='',
+                  help='seeds of arm (3) when fewer than --seeds fit the time (default: --seeds)')
   ap.add_argument('--lrs', default='1e-3,3e-3,1e-2', help='peak LRs swept on the scratch arm')
   ap.add_argument('--operators', default=','.join(f'{w}+{d}' for w, d in OPERATORS[1:]),
                   help='growth operators beside msg+msg, as width+depth')
@@ -230,11 +232,12 @@ def main(argv=None) -> int:
     args.seeds = '0,1' if args.seeds == ap.get_default('seeds') else args.seeds
     args.lrs = '1e-2' if args.lrs == ap.get_default('lrs') else args.lrs
   seeds = [int(s) for s in args.seeds.split(',') if s]
+  small_seeds = [int(s) for s in args.small_seeds.split(',') if s] or seeds
   op_seeds = [int(s) for s in args.operator_seeds.split(',') if s]
   if not set(op_seeds) <= set(seeds):
     ap.error('--operator_seeds must be among --seeds (the msg+msg row reuses the arm runs)')
   lrs = [float(x) for x in args.lrs.split(',') if x]
-  ops = [tuple(o.split('+')) for o in args.operators.split(',') if o]
+  ops = [tuple(o.split('+')) for o in args.operators.split(',') if o and o != 'none']
   for w, d in ops:
     if (w, d) not in OPERATORS:
       ap.error(f'unknown operator {w}+{d}; known: {[f"{a}+{b}" for a, b in OPERATORS]}')
@@ -261,7 +264,8 @@ def main(argv=None) -> int:
   wds: dict[str, list[str]] = {'growth': [], 'scratch': [], 'small': []}
   for s in seeds:
     for arm in ('growth', 'scratch', 'small'):
-      wds[arm].append(train_arm(root, arm, s, lr, preset))
+      if arm != 'small' or s in small_seeds:
+        wds[arm].append(train_arm(root, arm, s, lr, preset))
   # 3. the other operators
   op_wds: dict[tuple[str, str], list[str]] = {('msg', 'msg'): [
       w for w, s in zip(wds['growth'], seeds) if s in op_seeds]}
