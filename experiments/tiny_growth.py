@@ -4,7 +4,9 @@ Proportions kept from the paper (see experiments/flm101b.py):
   * widths 4096 : 7168 : 10240 with heads 32 : 56 : 80 of 128  →  here 64 : 112 : 160 with
     heads 4 : 7 : 10 of 16 (÷64 and ÷8); d_ff = 4·d_model; depth constant (4 layers);
   * token budgets 245.37B : 39.64B : 26.54B (78.8% : 12.7% : 8.5% of the run);
-  * learning rates 4e-4 : 3.4e-4 : 2e-4 (the same ratios, scaled up for a tiny model);
+  * learning rates 4e-4 : 3.4e-4 : 2e-4 (the same ratios, scaled up for a tiny model) as one
+    schedule (`optim.stage_schedule='continue'`): each stage decays to the next stage's LR, where
+    that stage starts, only the first warms up and only the last anneals (to 2e-4 here);
   * AdamW β (0.9, 0.95), weight decay 0.1, clip 1.0, cosine decay; xPos; tied embeddings;
   * data: the `flm_bilingual` mixture (53.5 : 46.5 en : zh, plus instruction and FreeLM
     teacher-signal data), the embedded corpus.
@@ -34,7 +36,7 @@ def base_config():
   c.data.source = 'bilingual'
   c.data.vocab.size = VOCAB
   c.optim.update(lr=LRS[0], warmup_steps=40, schedule='cosine', end_lr=2e-4, b1=0.9, b2=0.95,
-                 weight_decay=0.1, clip=1.0)
+                 weight_decay=0.1, clip=1.0, stage_schedule='continue')
   c.train.update(seq_len=SEQ, global_batch_size=BATCH, log_every=10, eval_every=50,
                  eval_batches=4, ckpt_every=200, keep=2)
   c.mesh.update(data=1, fsdp=-1, tensor=1)
@@ -53,8 +55,8 @@ def get_config():
       dict(name='small', model=stage_model(0), tokens=int(TOTAL_TOKENS * SHARES[0]), lr=LRS[0],
            warmup_steps=40),
       dict(name='mid', model=stage_model(1), tokens=int(TOTAL_TOKENS * SHARES[1]), lr=LRS[1],
-           warmup_steps=10, growth=growth),
+           growth=growth),
       dict(name='large', model=stage_model(2), tokens=int(TOTAL_TOKENS * SHARES[2]), lr=LRS[2],
-           warmup_steps=10, growth=growth),
+           growth=growth),
   ]
   return c

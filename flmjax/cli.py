@@ -58,6 +58,9 @@ COMMANDS: dict[str, Command] = {
     'sample': Command('generate text from a checkpoint (greedy or top-p, KV cache)',
                       'flmjax.commands.sample:sample_main',
                       'flmjax.commands.sample:add_sample_arguments'),
+    'compile': Command('AOT-compile every stage and growth for a TPU slice on this host: fits HBM?',
+                       'flmjax.commands.compile:run', 'flmjax.commands.compile:add_args',
+                       config_overrides=True),
     'plot': Command('plot validation loss vs FLOPs and tokens, growth marked, runs compared',
                     'flmjax.commands.plot:plot_main', 'flmjax.commands.plot:add_plot_arguments'),
 }

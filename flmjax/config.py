@@ -12,6 +12,10 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 VOCAB_MULTIPLE = 128
+# The first input of every document, in training, evaluation and sampling alike: seqio's id 0
+# (pad), which seqio / T5X decoders already use as the start token and every checkpoint so far
+# was trained with.  The SentencePiece vocabulary has no BOS piece of its own (bos_id = -1).
+BOS_ID = 0
 
 # Logical parameter axis -> the config field that sets its size (named in sharding and growth
 # errors).  `ModelConfig.axis_sizes` gives the sizes themselves.

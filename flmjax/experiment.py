@@ -20,6 +20,7 @@ import ml_collections
 from flmjax import sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig, check_section
 from flmjax.data import config as data_config
+from flmjax.optimizer import MUP_WEIGHT_DECAY
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
 
@@ -38,8 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(ModelConfig().to_dict())
   c.data = default_data_config()
   c.optim = ml_collections.ConfigDict(dict(
-      lr=3e-4, warmup_steps=0, schedule='cosine', end_lr=0.0, b1=0.9, b2=0.95, eps=1e-8,
-      weight_decay=0.1, clip=1.0, grad_accum=1, z_loss=0.0))
+      lr=3e-4, warmup_steps=0, schedule='cosine', end_lr=0.0, stage_schedule='continue',
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mup_weight_decay='width_invariant', clip=1.0,
+      grad_accum=1, z_loss=0.0, teacher_loss=0.1))
   c.train = ml_collections.ConfigDict(dict(
       steps=0, tokens=0, seq_len=128, global_batch_size=8, log_every=10, eval_every=0,
       eval_batches=2, ckpt_every=0, keep=2, seed=0, allow_overwrite=False))
@@ -232,9 +234,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
   for f in ('b1', 'b2'):
     if not 0 <= o[f] < 1:
       raise ConfigError(f'optim.{f} must be in [0, 1), got {o[f]!r}')
-  for f in ('warmup_steps', 'end_lr', 'weight_decay', 'clip', 'z_loss'):
-    if o[f] < 0:
+  for f in ('warmup_steps', 'end_lr', 'weight_decay', 'clip', 'z_loss', 'teacher_loss'):
+    if o.get(f, 0) < 0:
       raise ConfigError(f'optim.{f} must be >= 0, got {o[f]!r}')
+  if o.get('mup_weight_decay', MUP_WEIGHT_DECAY[0]) not in MUP_WEIGHT_DECAY:
+    raise ConfigError(f'optim.mup_weight_decay must be one of {MUP_WEIGHT_DECAY}, got '
+                      f'{o.mup_weight_decay!r}')
   if o.eps <= 0:
     raise ConfigError(f'optim.eps must be > 0, got {o.eps!r}')
   if o.grad_accum < 1:
@@ -257,6 +262,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
     if cfg.data.source == 'synthetic':
       vs, field = cfg.data.synthetic.vocab_size, 'data.synthetic.vocab_size'
+    elif cfg.data.vocab.get('kind') == 'tiktoken':
+      vs, field = vocab_file_size, "the size of the data.vocab.kind='tiktoken' vocabulary"
     elif not cfg.data.vocab.get('model_file'):
       vs, field = cfg.data.vocab.size, 'data.vocab.size'
     else:
@@ -290,8 +297,15 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
 
 
 def _vocab_file_size(data: Any) -> int:
-  """Pieces in `data.vocab.model_file` (0 when none is given or it cannot be read: the data
-  layer then reports the file itself)."""
+  """Pieces in `data.vocab.model_file`, or ids of the tiktoken vocabulary (0 when none is given
+  or it cannot be read: the data layer then reports the file itself)."""
+  if data.get('source') != 'synthetic' and data.get('vocab', {}).get('kind') == 'tiktoken':
+    from flmjax.data.corpus import DataError
+    from flmjax.data.vocab import vocab_size
+    try:
+      return vocab_size(data)
+    except DataError:
+      return 0
   path = data.get('vocab', {}).get('model_file') if data.get('source') != 'synthetic' else None
   if not path or not os.path.isfile(path):
     return 0

@@ -5,7 +5,11 @@ A growth is described per *logical axis* (the names every parameter already carr
 optimizer moment — from its axis names alone.  Width methods: `msg` keeps old entries in the
 leading block and takes new ones from a fresh init (masks gate them); `tile` concatenates r copies
 and divides fan-in weights by r.  Depth methods map every target layer to a source layer (copies)
-or to -1 (a new layer).  Everything here is static (numpy / Python) except `grow_leaf`.
+or to -1 (a new layer).  A new layer (msg / identity) starts from a fresh init
+(`new_layers='fresh'`, the default) or as a copy of the old layer below it (`new_layers='copy'`,
+MSG's own choice); its Adam moments start at zero either way, and under msg its layer mask is 0,
+so the grown model computes the old function with both.  Everything here is static (numpy /
+Python) except `grow_leaf`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ Array = jax.Array
 
 WIDTH_METHODS = ('msg', 'tile')
 DEPTH_METHODS = ('msg', 'identity', 'stack', 'interleave')
+NEW_LAYER_INITS = ('fresh', 'copy')
 WIDTH_AXES = ('embed', 'heads', 'mlp')
 # Mask key (the model's `masks` entries) of each width unit -> the logical axis it gates.
 WIDTH_MASK_AXES = (('hidden', 'embed'), ('heads', 'heads'), ('mlp', 'mlp'))
@@ -51,6 +56,7 @@ class GrowthSpec:
   noise_std: float = 1e-3     # tile: std of the paired, cancelling symmetry-breaking noise
   new_init_std: Optional[float] = None  # None: the target model's own init for new weights
   rewarmup_steps: int = 0     # >0: updates of new entries ramp from 1/n to 1 over n steps
+  new_layers: str = 'fresh'   # msg / identity depth: 'fresh' init or 'copy' of the layer below
 
   @classmethod
   def from_dict(cls, d: Optional[Mapping[str, Any]]) -> 'GrowthSpec':
@@ -70,6 +76,9 @@ class GrowthSpec:
       raise GrowthError(f'growth.width must be one of {WIDTH_METHODS}, got {self.width!r}')
     if self.depth not in DEPTH_METHODS:
       raise GrowthError(f'growth.depth must be one of {DEPTH_METHODS}, got {self.depth!r}')
+    if self.new_layers not in NEW_LAYER_INITS:
+      raise GrowthError(f'growth.new_layers must be one of {NEW_LAYER_INITS}, got '
+                        f'{self.new_layers!r}')
     for name in ('ramp_steps', 'rewarmup_steps'):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -131,6 +140,18 @@ class Plan:
     return np.asarray(self.layer_src) < 0
 
   @property
+  def copies_new_layers(self) -> bool:
+    return self.spec.new_layers == 'copy' and bool(self.new_layers.any())
+
+  @property
+  def take_layers(self) -> np.ndarray:
+    """Source layer gathered for every target layer: a new layer gathers the old layer below it
+    (used under new_layers='copy'; overwritten otherwise)."""
+    src = np.asarray(self.layer_src)
+    below = np.maximum.accumulate(np.where(src >= 0, src, 0))
+    return np.where(src >= 0, src, below)
+
+  @property
   def final_ln_factor(self) -> float:
     """Scale on the final LayerNorm that keeps logits unchanged.
 
@@ -164,7 +185,7 @@ class Plan:
   def needs_fresh(self) -> bool:
     """Whether any entry is new (taken from a fresh init) rather than copied."""
     width_new = self.spec.width == 'msg' and any(self.grows(a) for a in WIDTH_AXES)
-    return width_new or bool(self.new_layers.any())
+    return width_new or (bool(self.new_layers.any()) and self.spec.new_layers == 'fresh')
 
 
 def make_plan(src: ModelConfig, dst: ModelConfig, spec: Any) -> Plan:
@@ -275,7 +296,7 @@ def grow_leaf(x: Array, fresh: Optional[Array], *, name: str, axes: tuple[str, .
   if has_layers and axes.index('layers') != 0:
     raise ValueError(f'{name}: the layers axis must come first, got axes {axes}')
   if has_layers and not np.array_equal(layer_src, np.arange(plan.src.n_layers)):
-    x = jnp.take(x, jnp.asarray(np.maximum(layer_src, 0)), axis=0)
+    x = jnp.take(x, jnp.asarray(plan.take_layers), axis=0)
   if plan.spec.width == 'tile':
     for ax, a in enumerate(axes):
       r = plan.factor(a)
@@ -296,7 +317,8 @@ def grow_leaf(x: Array, fresh: Optional[Array], *, name: str, axes: tuple[str, .
     x = x + _zero_mean_noise(key, dst_shape, axes.index(fan_in), plan.factor(fan_in),
                              plan.spec.noise_std, dtype)
   if has_layers and plan.new_layers.any():
-    repl = base()
+    copy = kind == 'param' and plan.copies_new_layers
+    repl = x if copy else base()  # Adam moments of a copied layer still start at zero
     if plan.spec.depth == 'identity' and name in RESIDUAL_OUT:
       repl = jnp.zeros(dst_shape, dtype)
     new = jnp.asarray(plan.new_layers).reshape((-1,) + (1,) * (len(axes) - 1))

@@ -3,8 +3,15 @@ per-parameter learning-rate multipliers (µP).
 
 The schedule is a function of the *global* step so it continues across growth stages: each stage
 warms up linearly from the previous stage's final LR (0 for the first) to its own LR, then decays
-(cosine) to `end_lr` at the stage's last step.  Gradient accumulation lives in the train step (a
-scan over micro-batches), so the optimizer's step count is the number of updates.
+(cosine) to `end_lr` at the stage's last step.  Under `optim.stage_schedule='continue'` (the
+default, `flmjax.plan`) a grown stage has no warm-up and the previous stage ended at this stage's
+LR, so the LR runs on without a jump.  Gradient accumulation lives in the train step (a scan over
+micro-batches), so the optimizer's step count is the number of updates.
+
+Weight decay under µP (`optim.mup_weight_decay`): 'width_invariant' (default) decays every
+matrix by lr·wd per step whatever its LR multiplier, as mup's MuAdam (decoupled_wd=False) and
+cofe-ai/Mu-scaling do, so a swept wd transfers across widths; 'lr_scaled' decays by
+lr·multiplier·wd (1/width_mult weaker for hidden matrices).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from flmjax.params import NO_DECAY, leaf_name
 Schedule = Callable[[Any], Any]
 LrScales = Union[None, Any, Callable[[Any], Any]]
 
+MUP_WEIGHT_DECAY = ('width_invariant', 'lr_scaled')
+
 
 def decay_mask(params: Any) -> Any:
   """True for parameters that get weight decay: matrices and embeddings, not LN or biases."""
@@ -36,8 +45,9 @@ def stage_schedule(*, lr: float, warmup_steps: int, steps: int, end_lr: float, k
   if kind == 'constant':
     main = optax.constant_schedule(lr)
   elif kind == 'cosine':
-    decay = max(steps - warmup_steps - 1, 1)  # the stage's last step trains at exactly end_lr
-    main = optax.cosine_decay_schedule(lr, decay, alpha=end_lr / lr if lr else 0.0)
+    decay = steps - warmup_steps - 1  # the stage's last step trains at exactly end_lr
+    main = (optax.cosine_decay_schedule(lr, decay, alpha=end_lr / lr if lr else 0.0)
+            if decay >= 1 else optax.constant_schedule(end_lr))
   else:
     raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {kind!r}")
   if warmup_steps <= 0:
@@ -75,6 +85,25 @@ def scale_by_lr_multipliers(lr_scales: LrScales) -> optax.GradientTransformation
   return optax.GradientTransformation(init, update)
 
 
+def add_decayed_weights(weight_decay: float, lr_scales: LrScales = None
+                        ) -> optax.GradientTransformation:
+  """Masked `u + wd·p`, with wd divided by each parameter's LR multiplier when `lr_scales` is
+  given, so that after the multiplier the decay per step is lr·wd for every matrix.  Same state
+  as optax's (checkpoints and growth see no difference)."""
+  if lr_scales is None:
+    return optax.add_decayed_weights(weight_decay, mask=decay_mask)
+
+  reference = optax.add_decayed_weights(weight_decay, mask=decay_mask)
+
+  def update(updates, state, params=None):
+    scales = lr_scales(updates) if callable(lr_scales) else lr_scales
+    decayed = lambda u, p, s, m: u + (weight_decay / s) * p.astype(u.dtype) if m else u
+    updates = jax.tree.map(decayed, updates, params, scales, decay_mask(params))
+    return updates, state
+
+  return optax.GradientTransformation(reference.init, update)
+
+
 def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,
                    lr_scales: LrScales = None) -> optax.GradientTransformation:
   """AdamW: clip → Adam → decoupled weight decay (masked) → −lr(step) → per-param multipliers.
@@ -87,7 +116,9 @@ def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,
     parts.append(optax.clip_by_global_norm(optim_cfg['clip']))
   parts.append(optax.scale_by_adam(b1=optim_cfg['b1'], b2=optim_cfg['b2'], eps=optim_cfg['eps']))
   if optim_cfg['weight_decay']:
-    parts.append(optax.add_decayed_weights(optim_cfg['weight_decay'], mask=decay_mask))
+    invariant = (optim_cfg.get('mup_weight_decay', MUP_WEIGHT_DECAY[0]) == 'width_invariant')
+    parts.append(add_decayed_weights(optim_cfg['weight_decay'],
+                                     lr_scales if invariant else None))
   parts.append(optax.scale_by_learning_rate(schedule))
   if lr_scales is not None:
     parts.append(scale_by_lr_multipliers(lr_scales))

@@ -19,6 +19,13 @@ from flmjax.growth_ops import GrowthSpec
 
 STAGE_FIELDS = ('name', 'model', 'steps', 'tokens', 'lr', 'warmup_steps', 'end_lr',
                 'global_batch_size', 'growth')
+# How the LR goes on across a growth (`optim.stage_schedule`):
+#   continue  one schedule over the run, as FLM-101B: a stage decays from its `lr` to the next
+#             stage's `lr` (where the next stage starts), only the last stage anneals to `end_lr`,
+#             and only the first stage warms up;
+#   rewarm    each stage warms up from the previous stage's final LR to its `lr`, then decays to
+#             its own `end_lr`.
+STAGE_SCHEDULES = ('continue', 'rewarm')
 
 
 # ---- stages ----------------------------------------------------------------------------
@@ -86,6 +93,9 @@ def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
     steps = _steps_from('train', t.steps, t.tokens, t.global_batch_size * t.seq_len)
     return [Stage(0, 'main', model, steps, 0, float(o.lr), int(o.warmup_steps), float(o.end_lr),
                   int(t.global_batch_size), int(t.seq_len), None)]
+  mode = o.get('stage_schedule', 'continue')
+  if mode not in STAGE_SCHEDULES:
+    raise ConfigError(f'optim.stage_schedule must be one of {STAGE_SCHEDULES}, got {mode!r}')
   out, start, names = [], 0, set()
   for k, s in enumerate(stages_cfg):
     where = f'stages[{k}]'
@@ -110,11 +120,33 @@ def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
     if k:
       _check_growable(out[-1].model, model, where)
     get = lambda f, d: d if s.get(f) is None else s.get(f)
-    out.append(Stage(k, name, model, steps, start, float(get('lr', o.lr)),
-                     int(get('warmup_steps', o.warmup_steps)), float(get('end_lr', o.end_lr)),
+    warmup, end_lr = int(get('warmup_steps', o.warmup_steps)), float(get('end_lr', o.end_lr))
+    if mode == 'continue':
+      warmup, end_lr = _continued(where, k, len(stages_cfg), s, warmup, end_lr)
+    out.append(Stage(k, name, model, steps, start, float(get('lr', o.lr)), warmup, end_lr,
                      int(batch), int(t.seq_len), _growth_spec(growth, where)))
     start += steps
+  if mode == 'continue':  # a stage ends where the next one starts
+    out = [dataclasses.replace(s, end_lr=nxt.lr) for s, nxt in zip(out, out[1:])] + out[-1:]
   return out
+
+
+def _continued(where: str, k: int, n: int, s: Mapping[str, Any], warmup: int,
+               end_lr: float) -> tuple[int, float]:
+  """(warmup_steps, end_lr) of stage k under stage_schedule='continue' (end_lr of all but the
+  last stage is then set to the next stage's lr).  Settings that would break the one schedule
+  are errors rather than silently ignored."""
+  if k and s.get('warmup_steps'):
+    raise ConfigError(
+        f"{where}.warmup_steps={s['warmup_steps']!r}: with optim.stage_schedule='continue' a "
+        f"grown stage starts at the LR the previous one ended with (no warm-up); ramp new units "
+        f"with growth.rewarmup_steps, or set optim.stage_schedule='rewarm'")
+  if k < n - 1 and s.get('end_lr') is not None:
+    raise ConfigError(
+        f"{where}.end_lr={s['end_lr']!r}: with optim.stage_schedule='continue' a stage ends at "
+        f"the next stage's lr; set end_lr on the last stage only, or set "
+        f"optim.stage_schedule='rewarm'")
+  return (warmup if k == 0 else 0), end_lr
 
 
 def _growth_spec(growth: Any, where: str) -> Optional[GrowthSpec]:

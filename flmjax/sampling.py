@@ -2,7 +2,8 @@
 
 Prompts are left-padded (segment 0) to a bucketed length so that different prompts reuse one
 compiled program; positions restart at 0 at each prompt's first real token, so padding changes
-nothing in the computed logits.
+nothing in the computed logits.  `generate` starts every prompt with BOS (`flmjax.config.BOS_ID`),
+the first input of every training document.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flmjax.config import ModelConfig
+from flmjax.config import BOS_ID, ModelConfig
 from flmjax.model import Transformer, init_cache
 
 BUCKET = 16
@@ -108,10 +109,18 @@ def stop_table(cfg: ModelConfig, stop_ids) -> np.ndarray:
   return stop_V
 
 
+def with_bos(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+  """Each prompt as a document starts in training: BOS first."""
+  return [[BOS_ID, *p] for p in prompts]
+
+
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-             eos_id: Optional[int] = None) -> list[list[int]]:
-  """New tokens for each prompt (cut after the first `eos_id`, if given)."""
+             eos_id: Optional[int] = None, add_bos: bool = True) -> list[list[int]]:
+  """New tokens for each prompt (cut after the first `eos_id`, if given).  `add_bos=False` for
+  prompts that already start with BOS or continue a document mid-way."""
+  if add_bos:
+    prompts = with_bos(prompts)
   length = _bucket(max(len(p) for p in prompts))
   tokens, positions, segments = left_pad(prompts, length)
   stop_V = stop_table(cfg, [] if eos_id is None else [eos_id])
@@ -125,3 +134,25 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new
       row = row[:row.index(eos_id)]
     results.append(row)
   return results
+
+
+def sequence_logprob(params, cfg: ModelConfig, prompt: Sequence[int],
+                     continuation: Sequence[int], add_bos: bool = True) -> float:
+  """log p(continuation | prompt) as the sampler computes it: BOS + left-padded prompt prefilled
+  into the KV cache, then one cached step per continuation token (teacher-forced).  Checks that
+  decoding sees the same distribution as training and evaluation."""
+  prompt = with_bos([prompt])[0] if add_bos else list(prompt)
+  length = _bucket(len(prompt))
+  tokens, positions, segments = left_pad([prompt], length)
+  model = Transformer(cfg)
+  cache = init_cache(cfg, 1, length + len(continuation))
+  logits, cache = model.apply({'params': params}, tokens, positions=positions,
+                              segment_ids=segments, cache=cache)
+  total, pos = 0.0, len(prompt)
+  for token in continuation:
+    total += float(jax.nn.log_softmax(logits[0, -1])[token])
+    logits, cache = model.apply({'params': params}, jnp.array([[token]], jnp.int32),
+                                positions=jnp.array([[pos]], jnp.int32),
+                                segment_ids=jnp.ones((1, 1), jnp.int32), cache=cache)
+    pos += 1
+  return total

@@ -73,11 +73,20 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Optional[Sequence[Any]] = No
   shape = mesh_shape(mesh_cfg, len(devices))
   # Auto axes: parameters and activations are placed by the logical rules' annotations.
   auto = (AxisType.Auto,) * len(MESH_AXES)
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices > 1:  # multi-slice: only `data` crosses the slow links between slices (DCN)
+    if shape[0] % slices:
+      raise ConfigError(f'mesh.data={shape[0]} must be a multiple of the {slices} slices: only '
+                        f'the data axis spans slices')
+    from jax.experimental import mesh_utils
+    arr = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]),
+                                               (slices, 1, 1), devices)
+    return Mesh(arr, MESH_AXES, axis_types=auto)
   try:  # device order that follows the physical topology (TPU torus)
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
   except (NotImplementedError, ValueError):
-    # A TPU topology this shape cannot map onto without splitting physical axes, or several
-    # slices: plain row-major order (process-major on multi-host).
+    # A TPU topology this shape cannot map onto without splitting physical axes: plain
+    # row-major order (process-major on multi-host).
     return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 

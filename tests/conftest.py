@@ -18,6 +18,10 @@ import pytest
 # sizes; numerics (and so every exactness/resume comparison) are unaffected.
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE).strip()
+# With the `tpu` extra installed, jax would look for a TPU first and libtpu print pages of
+# warnings on a machine without one; the tests run on CPU (set JAX_PLATFORMS to override).
+# `flmjax compile` still reaches libtpu: topologies are compiled for without a TPU backend.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +51,7 @@ def tiny_stages(steps=(4, 4), ramp_steps: int = 2) -> list[dict]:
   return [
       dict(name='small', steps=steps[0]),
       dict(name='big', model=dict(d_model=64, n_heads=4, d_ff=128), steps=steps[1], lr=5e-3,
-           warmup_steps=1, growth=dict(width='msg', depth='msg', ramp_steps=ramp_steps)),
+           growth=dict(width='msg', depth='msg', ramp_steps=ramp_steps)),
   ]
 
 

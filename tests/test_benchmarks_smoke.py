@@ -99,6 +99,13 @@ def test_packing_vs_seqio_smoke():
 
 
 @pytest.mark.slow
+def test_pod_plan_smoke():  # needs the tpu extra (libtpu), which .ci/run installs
+  out = _run('pod_plan.py')
+  assert 'pod plan for v5e:2x2 (4 chips)' in out and 'growth' in out
+  assert 'target <= 0.90: met' in out
+
+
+@pytest.mark.slow
 def test_growth_evidence_smoke(tmp_path):
   out = _run('growth_evidence.py', '--workdir', str(tmp_path))
   assert 'three arms, one budget' in out and 'every operator in the same harness' in out

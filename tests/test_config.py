@@ -22,14 +22,14 @@ def test_flm101b_stages_param_counts_and_model_card():
   assert [s.name for s in stages] == ['16B', '51B', '101B']
   final = stages[-1].model
   assert (final.n_layers, final.n_heads, final.d_model, final.vocab_size, final.head_dim) == (
-      80, 80, 10240, 100256, 128)
+      80, 80, 10240, 100282, 128)
   assert final.padded_vocab == 100352
   for s, billions in zip(stages, (16, 51, 101)):
     shapes = nn.meta.unbox(abstract_params(s.model))  # eval_shape: no memory
     n = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
     assert n == s.model.param_count()
     assert abs(n / 1e9 - billions) / billions < 0.05, (s.name, n)
-  assert [s.global_batch_size for s in stages] == [2304, 2304, 2160]
+  assert [s.global_batch_size for s in stages] == [2304, 2304, 2176]
   assert [s.lr for s in stages] == [4e-4, 3.4e-4, 2e-4]
   assert sum(s.tokens for s in stages) == pytest.approx(311.55e9, rel=1e-3)
   # FLM-101B: 72% saved against the 101B model from scratch on the same tokens

@@ -16,7 +16,7 @@ import pytest
 import sentencepiece as spm
 
 import flmjax.data as D
-from flmjax.config import ConfigError
+from flmjax.config import BOS_ID, ConfigError
 from flmjax.data import corpus, instruct, pipeline, vocab
 
 EN_WORDS = ('river stone light garden winter market teacher window paper silver morning city '
@@ -247,10 +247,12 @@ def test_batch_contract(setup):
   it = D.make_train_iterator(cfg, seq_len=64, global_batch_size=6)
   for _ in range(5):
     b = next(it)
-    assert set(b) == {'inputs', 'targets', 'loss_weights', 'segment_ids', 'positions'}
+    assert set(b) == {'inputs', 'targets', 'loss_weights', 'segment_ids', 'positions',
+                      'teacher_weights'}
     for k, x in b.items():
       assert x.shape == (6, 64)
-      assert x.dtype == (np.float32 if k == 'loss_weights' else np.int32)
+      assert x.dtype == (np.float32 if k.endswith('_weights') else np.int32)
+    assert not np.any((b['loss_weights'] > 0) & (b['teacher_weights'] > 0))
     seg, pos = b['segment_ids'], b['positions']
     assert np.all(b['loss_weights'][seg == 0] == 0) and np.all(b['targets'][seg == 0] == 0)
     for r in range(6):
@@ -383,8 +385,9 @@ def test_mixture_shares_and_no_document_lost_or_repeated(setup, sp):
   # gap between two samples (longest sample / rate, plus one row of delay for an unsplit one).
   assert max(np.diff(stores['teacher'].offsets)) / 0.1 + 512 < 4096
   true_false = {sp.piece_to_id('<|true|>'), sp.piece_to_id('<|false|>')}
-  for b in batches:
-    assert np.isin(b['targets'][b['loss_weights'] > 0], list(true_false)).any()
+  for b in batches:  # the labels carry the teacher loss, not the LM loss
+    assert np.isin(b['targets'][b['teacher_weights'] > 0], list(true_false)).all()
+    assert not np.isin(b['targets'][b['loss_weights'] > 0], list(true_false)).any()
 
 
 def test_processes_split_the_global_batch(setup):
@@ -417,7 +420,7 @@ def test_instruction_loss_and_prompt_loss_switch(setup, sp):
         if tgt[0] != inst:
           continue
         k = list(tgt).index(resp)                # target '<|resp|>' ends the prompt
-        assert b['inputs'][r, idx[0]] == 0
+        assert b['inputs'][r, idx[0]] == BOS_ID
         assert np.all(w[k + 1:] == 1) and np.all(w[:k + 1] == (1.0 if prompt_loss else 0.0))
         assert tgt[-1] == vocab.EOS_ID
         checked += 1
@@ -434,9 +437,10 @@ def test_teacher_signal_has_loss_only_on_the_label(setup, sp):
   for r in range(4):
     for s in range(1, b['segment_ids'][r].max() + 1):
       idx = np.nonzero(b['segment_ids'][r] == s)[0]
-      w, t = b['loss_weights'][r, idx], b['targets'][r, idx]
+      w, t = b['teacher_weights'][r, idx], b['targets'][r, idx]
       if t[-1] in labels:
         assert w.sum() == 1 and w[-1] == 1 and sp.piece_to_id('<|sep|>') in t
+        assert b['loss_weights'][r, idx].sum() == 0
         seen[int(t[-1])] += 1
   assert set(seen) == labels                     # both labels occur
 

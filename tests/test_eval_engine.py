@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flmjax.config import ModelConfig
+from flmjax.config import BOS_ID, ModelConfig
 from flmjax.evaluation import engine
 from flmjax.model import Transformer
 
@@ -56,7 +56,7 @@ def test_loglikelihood_equals_direct_forward_pass(params):
           ('', 'empty context'), ('The cat sat on the', ' hat'), ('héllo wörld', ' ünïcode')]
   scores = eng.loglikelihood(reqs)
   for (ctx, cont), s in zip(reqs, scores):
-    c_ids = vocab.encode(ctx) or [vocab.eos_id]
+    c_ids = [BOS_ID] + vocab.encode(ctx)  # every context starts with BOS, as in training
     want, greedy = _direct_logprob(params, c_ids, vocab.encode(cont))
     assert s.logprob == pytest.approx(want, abs=1e-4)
     assert s.greedy == greedy
@@ -71,7 +71,7 @@ def test_long_context_is_left_truncated_to_max_len(params):
   ctx = 'abcdefghij' * 20
   (s,) = eng.loglikelihood([(ctx, ' end')])
   cont = vocab.encode(' end')
-  kept = vocab.encode(ctx)[-(CFG.max_len + 1 - len(cont)):]
+  kept = ([BOS_ID] + vocab.encode(ctx))[-(CFG.max_len + 1 - len(cont)):]
   assert s.logprob == pytest.approx(_direct_logprob(params, kept, cont)[0], abs=1e-4)
   with pytest.raises(ValueError, match='does not fit'):
     eng.loglikelihood([('a', 'z' * 200)])

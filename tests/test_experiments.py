@@ -20,11 +20,17 @@ def test_flm101b_stages_are_the_papers_table():
   assert [s.model.n_heads for s in stages] == [32, 56, 80]
   assert {s.model.n_layers for s in stages} == {80} and {s.model.head_dim for s in stages} == {128}
   assert [s.lr for s in stages] == [4e-4, 3.4e-4, 2e-4]
-  assert [s.global_batch_size for s in stages] == [2304, 2304, 2160]
+  # the paper's 2304 / 2304 / 2160; 2160 divides no TPU slice's batch shards (see the file)
+  assert [s.global_batch_size for s in stages] == [2304, 2304, 2176]
   tokens = [s.tokens / 1e9 for s in stages]
   assert tokens == pytest.approx([245.37, 39.64, 26.54], rel=1e-3)
   final = stages[-1].model
-  assert (final.n_layers, final.n_heads, final.d_model, final.vocab_size) == (80, 80, 10240, 100256)
+  # cl100k_base with its special tokens and ours, in the released 100352-row embedding
+  assert (final.n_layers, final.n_heads, final.d_model, final.vocab_size) == (80, 80, 10240, 100282)
+  assert final.padded_vocab == 100352
+  assert (final.use_mup, final.mup_base_width, final.output_mult, final.input_mult) == (
+      True, 256, 2.0, 1.0)
+  assert final.width_mult == 40
   assert [s.growth.width for s in stages[1:]] == ['msg', 'msg']
 
 

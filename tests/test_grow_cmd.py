@@ -31,7 +31,7 @@ def get_config():
   c.stages = [
       dict(name='small', steps=2),
       dict(name='big', model=dict(d_model=64, n_heads=4, d_ff=128), steps=2, lr=5e-3,
-           warmup_steps=1, growth=dict(width='msg', depth='msg', ramp_steps=2)),
+           growth=dict(width='msg', depth='msg', ramp_steps=2)),
       dict(name='deep', model=dict(d_model=64, n_heads=4, d_ff=128, n_layers=3), steps=2,
            growth=dict(width='tile', depth='stack')),
   ]

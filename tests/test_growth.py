@@ -314,3 +314,34 @@ def test_spec_defaults_and_logical_axes():
   spec = GrowthSpec.from_dict({})
   assert (spec.width, spec.depth) == ('msg', 'msg')
   assert logical_axes(BASE)['layers']['wo'] == ('layers', 'heads', 'kv', 'embed')
+
+
+@pytest.mark.parametrize('depth', ['msg', 'identity'])
+def test_new_layers_copy_the_layer_below_and_stay_exact(depth):
+  """new_layers='copy' (MSG's choice): new layers are copies of the top old layer, their Adam
+  moments start at zero, and the grown model is still the old function (mask 0 / zero output)."""
+  src = BASE
+  dst = src.replace(d_model=24, n_heads=3, d_ff=30, n_layers=4)
+  spec = {'width': 'msg', 'depth': depth, 'new_layers': 'copy'}
+  params = random_params(src)
+  opt = optax.adam(1e-3)
+  state = opt.init(params)
+  state = (state[0]._replace(mu=random_params(src, 1), nu=random_params(src, 2)),) + state[1:]
+  new, new_state, base = grow_state(params, state, src, dst, spec, jax.random.PRNGKey(0),
+                                    optimizer=opt)
+  top = params['layers']['wi'][-1]
+  for layer in (2, 3):  # both new layers copy the old top layer (old block of the grown width)
+    np.testing.assert_array_equal(new['layers']['wi'][layer][:16, :24], top)
+    assert float(jnp.abs(new_state[0].mu['layers']['wi'][layer]).max()) == 0.0
+  if depth == 'identity':  # identity zeroes the residual outputs of a new layer
+    assert float(jnp.abs(new['layers']['wo'][2:]).max()) == 0.0
+  else:
+    np.testing.assert_array_equal(new['layers']['wq'][3][:16, :2], params['layers']['wq'][-1])
+  fresh, _, _ = grow_state(params, None, src, dst, dict(spec, new_layers='fresh'),
+                           jax.random.PRNGKey(0))
+  assert not np.array_equal(fresh['layers']['wi'][2][:16, :24], top)
+  tok = tokens_for(src)
+  out = logits(dst, new, tok, ramp_masks(base, 0.0))
+  assert float(jnp.abs(out - logits(src, params, tok)).max()) <= TOL
+  with pytest.raises(GrowthError, match='growth.new_layers'):
+    GrowthSpec.from_dict({'new_layers': 'clone'})

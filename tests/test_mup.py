@@ -66,6 +66,52 @@ def test_mup_optimizer_scales_hidden_updates(tie):
   assert set(mup.HIDDEN) <= seen and ('unembed' in seen) == (not tie)
 
 
+@pytest.mark.parametrize('mode', ['width_invariant', 'lr_scaled'])
+def test_mup_weight_decay_per_step_across_widths(mode):
+  """Zero gradients: each step shrinks a weight by lr·wd under 'width_invariant' (the default,
+  mup's MuAdam and Mu-scaling) at every width; 'lr_scaled' shrinks hidden matrices by
+  lr·wd/width_mult.  LayerNorm and biases never decay."""
+  lr, wd = 1e-2, 0.5
+  optim = dict(clip=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd, mup_weight_decay=mode)
+  for width in (32, 128):
+    cfg = mup.at_width(_cfg(**MUP), width)
+    params = _init(cfg)
+    tx = optimizer.model_optimizer(optim, lambda step: lr, cfg)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    for name, rate in (('wq', mup.lr_multiplier(cfg, 'wq')), ('embed', 1.0)):
+      p = params['layers'][name] if name == 'wq' else params[name]
+      u = updates['layers'][name] if name == 'wq' else updates[name]
+      want = lr * wd * (rate if mode == 'lr_scaled' else 1.0)
+      np.testing.assert_allclose(np.asarray(-u / p), want, rtol=1e-4, err_msg=f'{name}@{width}')
+    assert float(jnp.abs(updates['layers']['ln1_scale']).max()) == 0.0
+
+
+def test_weight_decay_effect_transfers_across_widths():
+  """30 AdamW steps at widths 32 and 128 (width_mult 1 and 4), with a strong and no decay: the
+  hidden matrices' norm lost to decay is the same at both widths under 'width_invariant', so a
+  weight decay tuned on a proxy transfers; under 'lr_scaled' the wide model loses ~4x less."""
+  def decay_loss(mode, width):
+    cfg = mup.at_width(_cfg(**MUP), width)
+    norms = {}
+    for wd in (0.0, 3.0):
+      optim = dict(clip=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=wd, mup_weight_decay=mode)
+      tx = optimizer.model_optimizer(optim, lambda step: 1e-2, cfg)
+      params = _init(cfg)
+      grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
+      update = jax.jit(tx.update)
+      state = tx.init(params)
+      for _ in range(30):
+        updates, state = update(grads, state, params)
+        params = jax.tree.map(jnp.add, params, updates)
+      norms[wd] = float(jnp.linalg.norm(params['layers']['wi']))
+    return 1.0 - norms[3.0] / norms[0.0]
+  assert decay_loss('width_invariant', 128) == pytest.approx(decay_loss('width_invariant', 32),
+                                                             rel=0.02)
+  ratio = decay_loss('lr_scaled', 128) / decay_loss('lr_scaled', 32)
+  assert 0.2 < ratio < 0.35
+
+
 def test_init_std_rules():
   cfg = mup.at_width(_cfg(n_layers=2, init_std=0.04, **MUP), 256)  # width_mult 8
   p = _init(cfg)
@@ -216,7 +262,8 @@ def test_sweep_points_grid_and_random():
 def test_trainer_applies_mup_lr_scales():
   """The trainer's optimizer must carry the µP multipliers: one Adam step on unit gradients
   moves a hidden matrix 1/width_mult as far as the embedding."""
-  c = tiny_config(2, model=dict(use_mup=True, mup_base_width=16, attn_scale='1/d_head'))
+  c = tiny_config(2, model=dict(use_mup=True, mup_base_width=16, attn_scale='1/d_head'),
+                  optim=dict(weight_decay=0.0))  # decay is width-invariant, not LR-scaled
   stages = plan.stage_plan(c)
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], c.optim.schedule)
   stage = stages[0]

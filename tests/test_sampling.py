@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flmjax.config import ModelConfig
+from flmjax.config import BOS_ID, ModelConfig
 from flmjax.model import Transformer
 from flmjax.sampling import generate, sample_logits
 
@@ -33,7 +33,8 @@ def test_cached_greedy_equals_uncached_and_padding_is_invisible():
   prompts = [[5, 17, 42], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]]
   out = generate(params, CFG, prompts, 8)
   for p, o in zip(prompts, out):
-    assert o == _greedy_uncached(params, p, 8)
+    assert o == _greedy_uncached(params, [BOS_ID] + p, 8)  # generate starts from BOS
+  assert generate(params, CFG, [[BOS_ID] + prompts[0]], 8, add_bos=False)[0] == out[0]
   alone = generate(params, CFG, prompts[:1], 8)
   assert alone[0] == out[0]
 

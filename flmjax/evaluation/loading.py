@@ -16,7 +16,6 @@ import ml_collections
 
 from flmjax import checkpoint, sharding
 from flmjax.config import ConfigError, ModelConfig
-from flmjax.model import abstract_params
 
 
 def _mesh_config(config: Any) -> dict[str, Any]:
@@ -31,7 +30,6 @@ def eval_shardings(cfg: ModelConfig, config: Any, devices: Optional[list] = None
   devices = list(jax.devices() if devices is None else devices)
   if len(devices) == 1:
     return None, {'devices': 1, 'mesh': None}
-  boxed = abstract_params(cfg)
   mesh_cfg = _mesh_config(config)
   fallback = {'data': 1, 'fsdp': -1, 'tensor': 1, 'rules': mesh_cfg.get('rules') or {}}
   why = ''
@@ -39,7 +37,7 @@ def eval_shardings(cfg: ModelConfig, config: Any, devices: Optional[list] = None
     try:
       mesh = sharding.make_mesh(cfg_try, devices)
       rules = sharding.logical_rules(cfg_try)
-      shardings = sharding.param_shardings(boxed, mesh, rules)
+      shardings = sharding.param_shardings(cfg, mesh, rules)
     except ConfigError as e:
       why = f'{why}; {attempt} mesh: {e}' if why else f'{attempt} mesh: {e}'
       continue

@@ -16,6 +16,9 @@ from flmjax import data, synthetic_data
 Array = jax.Array
 Batch = dict[str, np.ndarray]
 BATCH_KEYS = ('inputs', 'targets', 'loss_weights', 'segment_ids', 'positions')
+# Present when the data has FreeLM teacher-signal samples: 1.0 on their label tokens (a loss term
+# of its own, `flmjax.training.step`); synthetic and held-out batches have none.
+OPTIONAL_KEYS = ('teacher_weights',)
 
 
 def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
@@ -46,6 +49,7 @@ def check_batch(batch: Mapping[str, np.ndarray], rows: int, seq_len: int) -> Non
   for k in BATCH_KEYS:
     if k not in batch:
       raise ValueError(f'data: batch has no {k!r} (keys: {sorted(batch)})')
+  for k in BATCH_KEYS + tuple(k for k in OPTIONAL_KEYS if k in batch):
     if tuple(batch[k].shape) != (rows, seq_len):
       raise ValueError(f'data: batch[{k!r}] has shape {tuple(batch[k].shape)}, expected '
                        f'{(rows, seq_len)} (per-process batch × train.seq_len)')
@@ -54,5 +58,5 @@ def check_batch(batch: Mapping[str, np.ndarray], rows: int, seq_len: int) -> Non
 def to_global(batch: Mapping[str, np.ndarray], sharding_: NamedSharding) -> dict[str, Array]:
   """Per-process numpy rows → one global jax.Array per field (multi-host safe)."""
   return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(batch[k]))
-          for k in BATCH_KEYS}
+          for k in BATCH_KEYS + OPTIONAL_KEYS if k in batch}
 

@@ -126,6 +126,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
           log0(f'grew stage {stages[k - 1].name!r} -> {stage.name!r} at step {stage.start_step} '
                f'({stage.model.param_count() / 1e6:.2f}M params)')
           save(state, stage.start_step, None)
+        grew_now = k > 0 and not resuming
         step = int(jax.device_get(state.step))
         if step < stage.end_step:
           it = batches.make_train_iterator(config.data, seq_len=stage.seq_len,
@@ -141,6 +142,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
               config.data, seq_len=stage.seq_len,
               batch_size=stage.global_batch_size // config.optim.grad_accum,
               num_batches=t.eval_batches)
+          if grew_now and eval_sets:  # the grown model, before its first step: equals the last
+            val = evaluate(runtime, state, eval_sets)  # eval of the previous stage (exact growth)
+            tokens, flops = plan.cumulative(stages, step)
+            writer.write(step, {'stage': k, 'tokens': tokens, 'flops': flops, 'after_growth': 1.0,
+                                **val})
           loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg)
           while True:
             try:

@@ -2,6 +2,12 @@
 
 Gradient accumulation is a scan over micro-batches inside the step.  While a growth's masks ramp
 in, alpha is computed inside the step from the step counter, so the ramp never recompiles.
+
+The objective is the mean CE over `loss_weights` tokens (+ z-loss), plus, when the batch has
+`teacher_weights` (FreeLM teacher-signal label tokens, `flmjax.data`), `optim.teacher_loss` × the
+mean CE over those tokens: the teacher signal is its own term, reported as `loss_teacher`, not a
+token share of the LM loss (where its one label token per sample would all but vanish).
+The logits arrive with the padded vocabulary already masked (`flmjax.model.mask_padded_vocab`).
 """
 
 from __future__ import annotations
@@ -24,11 +30,19 @@ Array = jax.Array
 def token_losses(logits_BxLxV: Array, targets_BxL: Array, weights_BxL: Array
                  ) -> tuple[Array, Array]:
   """(Σ w·CE, Σ w·logZ²) in float32 over the batch: sums, so micro-batches add up exactly."""
-  logits = logits_BxLxV.astype(jnp.float32)
-  logz_BxL = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-  w = weights_BxL.astype(jnp.float32)
-  return ((logz_BxL - target_logit) * w).sum(), (jnp.square(logz_BxL) * w).sum()
+  logits32_BxLxV = logits_BxLxV.astype(jnp.float32)
+  logz_BxL = jax.nn.logsumexp(logits32_BxLxV, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits32_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  weights32_BxL = weights_BxL.astype(jnp.float32)
+  return (((logz_BxL - target_logit_BxL) * weights32_BxL).sum(),
+          (jnp.square(logz_BxL) * weights32_BxL).sum())
+
+
+def teacher_ce(logits_BxLxV: Array, batch: dict[str, Array]) -> Array:
+  """Σ CE over the teacher-signal label tokens (0 when the batch has none)."""
+  if 'teacher_weights' not in batch:
+    return jnp.zeros((), jnp.float32)
+  return token_losses(logits_BxLxV, batch['targets'], batch['teacher_weights'])[0]
 
 
 def current_masks(state: TrainState) -> Optional[dict[str, Array]]:
@@ -49,6 +63,7 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
   state (the step counter still advances) and reports `update_skipped` = 1."""
   model = Transformer(model_cfg)
   accum, z_loss = int(optim_cfg.grad_accum), float(optim_cfg.z_loss)
+  teacher_weight = float(optim_cfg.get('teacher_loss', 0.1))  # experiment.py's default
 
   def forward(params, batch, masks):
     return model.apply({'params': params}, batch['inputs'], positions=batch['positions'],
@@ -56,34 +71,46 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: dict[str, Array]):
     masks = current_masks(state)
-    denom = jnp.maximum(batch['loss_weights'].astype(jnp.float32).sum(), 1.0)
+    lm_tokens = jnp.maximum(batch['loss_weights'].astype(jnp.float32).sum(), 1.0)
+    has_teacher = 'teacher_weights' in batch
+    teacher_tokens = (jnp.maximum(batch['teacher_weights'].astype(jnp.float32).sum(), 1.0)
+                      if has_teacher else jnp.ones(()))
 
-    def micro_loss(params, mb):
-      ce, zl = token_losses(forward(params, mb, masks), mb['targets'], mb['loss_weights'])
-      return (ce + z_loss * zl) / denom, (ce, zl)
+    def micro_loss(params, micro_batch):
+      logits_BxLxV = forward(params, micro_batch, masks)
+      ce, z_sum = token_losses(logits_BxLxV, micro_batch['targets'],
+                               micro_batch['loss_weights'])
+      teacher = teacher_ce(logits_BxLxV, micro_batch)
+      objective = (ce + z_loss * z_sum) / lm_tokens + teacher_weight * teacher / teacher_tokens
+      return objective, (ce, z_sum, teacher)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     if accum == 1:
-      (_, (ce, zl)), grads = grad_fn(state.params, batch)
+      (_, (ce, z_sum, teacher)), grads = grad_fn(state.params, batch)
     else:  # micro-batch i = rows i, i+accum, …: each keeps its share of every batch shard
-      mbs = jax.tree.map(
+      micro_batches = jax.tree.map(
           lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
-      def body(carry, mb):
-        g_acc, ce_acc, zl_acc = carry
-        (_, (ce, zl)), g = grad_fn(state.params, mb)
-        return (jax.tree.map(jnp.add, g_acc, g), ce_acc + ce, zl_acc + zl), None
+      def body(carry, micro_batch):
+        grads_acc, sums_acc = carry
+        (_, sums), micro_grads = grad_fn(state.params, micro_batch)
+        return (jax.tree.map(jnp.add, grads_acc, micro_grads),
+                jax.tree.map(jnp.add, sums_acc, sums)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, ce, zl), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), mbs)
+      zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+      zero_sums = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+      (grads, (ce, z_sum, teacher)), _ = jax.lax.scan(body, (zero_grads, zero_sums),
+                                                      micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     if rewarmup is not None:
       updates = rewarmup(updates, state.step - state.grow_step)
     params = optax.apply_updates(state.params, updates)
-    out = {'loss': ce / denom, 'grad_norm': optax.tree.norm(grads),
+    out = {'loss': ce / lm_tokens, 'grad_norm': optax.tree.norm(grads),
            'learning_rate': schedule(state.step)}
     if z_loss:
-      out['z_loss'] = zl / denom
+      out['z_loss'] = z_sum / lm_tokens
+    if has_teacher:
+      out['loss_teacher'] = teacher / teacher_tokens
     if skip_nonfinite:
       finite = jnp.isfinite(out['loss']) & jnp.isfinite(out['grad_norm'])
       params = faults.select_if_finite(finite, params, state.params)
