@@ -33,8 +33,10 @@ What changed to fit TPU v5p, and why (`flmjax compile --config experiments/flm10
   * optim.grad_accum 2: the activations of half the batch at a time;
   * model.remat 'full' and sequence parallelism (`mesh.rules.act_length = ('tensor',)`): the
     residual stream saved between layers (float32) is split over the 8 tensor shards, as the
-    paper's Megatron run did; without it the 101B stage needs ~3x the HBM of a v5p chip.
-Checked slices (all stages and both growths under 90% of HBM): v5p-512 (v5p:4x8x8, 256 chips).
+    paper's Megatron run did; without it the 101B stage would need an estimated 2-3x a v5p
+    chip's HBM (BUILD.md).
+Checked slices (all stages and both growths under 90% of HBM): v5p-512 (v5p:4x8x8, 256 chips;
+largest: the 101B train step at 72.4% of HBM).
 """
 
 from flmjax import experiment

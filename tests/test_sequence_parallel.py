@@ -11,7 +11,10 @@ from conftest import run_py
 CODE = """
 import jax, flax.linen as nn
 from conftest import tiny_config, tiny_stages
-from flmjax import experiment, optimizer, sharding, train
+from flmjax import experiment, optimizer, sharding
+from flmjax.training import loop
+from flmjax.training.batches import BATCH_KEYS
+from flmjax.training.runtime import StageRuntime
 import jax.numpy as jnp
 
 res = {}
@@ -21,7 +24,7 @@ for sp in (False, True):
     c.mesh.rules.act_length = ('tensor',)
   import tempfile
   w = tempfile.mkdtemp()
-  train.train(c, w)
+  loop.train(c, w)
   from conftest import read_losses
   res[str(sp)] = read_losses(w)
 
@@ -31,10 +34,10 @@ c.mesh.rules.act_length = ('tensor',)
 stages = experiment.validate(c, 4)
 mesh, rules = sharding.make_mesh(c.mesh), sharding.logical_rules(c.mesh)
 sched = optimizer.make_schedule([s.schedule_dict() for s in stages], 'cosine')
-rt = train.StageRuntime(c, stages, 0, mesh, rules, sched)
+rt = StageRuntime(c, stages, 0, mesh, rules, sched)
 state = rt.abstract_state()
 batch = {k: jax.ShapeDtypeStruct((8, 16), jnp.float32 if k == 'loss_weights' else jnp.int32,
-                                 sharding=rt.batch_sh) for k in train.BATCH_KEYS}
+                                 sharding=rt.batch_sh) for k in BATCH_KEYS}
 with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
   hlo = rt._jit('train', False, None).lower(state, batch).as_text()
 import re
