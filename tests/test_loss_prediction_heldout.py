@@ -157,3 +157,23 @@ def test_summary_and_calibration():
   assert heldout.calibrate_model_error(rows) == pytest.approx(0.01)
   scores = {'a': {'max_error': 0.02}, 'b': {'max_error': 0.01}, 'c': {'max_error': 0.01}}
   assert heldout.choose(scores, ['a', 'b', 'c']) == 'b'
+
+
+def test_a_candidate_that_cannot_fit_loses_without_crashing(monkeypatch):
+  rng = np.random.default_rng(3)
+  dev_p = [_record(w, rng) for w in (4, 8, 12, 16)]
+  dev_t = [_record(w, rng) for w in (32,)]
+  held_t = [_record(w, rng) for w in (64,)]
+  broken = heldout.Candidate('broken', x='no such field')
+  with pytest.raises(KeyError):
+    heldout.make_predictor(broken, dev_p, dev_t)
+
+  def failing(*args, **kw):
+    raise RuntimeError('no convergence')
+  real = heldout.make_predictor
+  monkeypatch.setattr(heldout, 'make_predictor', lambda c, p, t: failing if c.name == 'bad'
+                      else real(c, p, t))
+  out = heldout.run_protocol(dev_p, dev_t, dev_p, held_t,
+                             [heldout.Candidate('bad'), heldout.CANDIDATES[0]], samples=20)
+  assert out['chosen'] == heldout.CANDIDATES[0].name and 'bad' in out['failed']
+  assert out['dev']['bad']['max_error'] == float('inf')

@@ -171,14 +171,31 @@ def run_protocol(dev_proxies: Sequence[Record], dev_targets: Sequence[Record],
   choose one, calibrate each candidate's model error on its own development rows, then predict
   the held-out split.  Nothing about the held-out targets feeds back into any choice."""
   names = [c.name for c in candidates]
-  dev, held, model_errors = {}, {}, {}
+  dev, held, model_errors, failed = {}, {}, {}, {}
   for c in candidates:
-    rows = evaluate(c, dev_proxies, dev_targets, 0.0, samples, seed)
+    try:
+      rows = evaluate(c, dev_proxies, dev_targets, 0.0, samples, seed)
+    except (RuntimeError, ValueError) as e:  # a law the data cannot fit loses, it does not crash
+      failed[c.name] = f'development: {e}'
+      dev[c.name] = {'rows': [], **_FAILED}
+      continue
     model_errors[c.name] = calibrate_model_error(rows)
     dev[c.name] = {'rows': rows, **summary(rows)}
   chosen = choose(dev, names)
   for c in candidates:
-    rows = evaluate(c, held_proxies, held_targets, model_errors[c.name], samples, seed + 1)
+    if c.name in failed:
+      held[c.name] = {'rows': [], **_FAILED}
+      model_errors[c.name] = float('nan')
+      continue
+    try:
+      rows = evaluate(c, held_proxies, held_targets, model_errors[c.name], samples, seed + 1)
+    except (RuntimeError, ValueError) as e:
+      failed[c.name] = f'held-out: {e}'
+      held[c.name] = {'rows': [], **_FAILED}
+      continue
     held[c.name] = {'rows': rows, **summary(rows)}
   return {'chosen': chosen, 'candidates': names, 'model_error': model_errors, 'dev': dev,
-          'held_out': held}
+          'held_out': held, 'failed': failed}
+
+
+_FAILED = {'max_error': float('inf'), 'mean_error': float('inf'), 'coverage': 0.0}
