@@ -6,13 +6,17 @@ experiment config, JSON), `meta` (stage, model config, mask shapes, wall time; J
 (the data iterator's state, JSON).  Saves are async; orbax writes to a temporary directory and
 renames it when complete, so a crash never leaves a checkpoint that looks complete.
 
-Once a save has finalised, `flmjax_manifest.json` (size and CRC32 of every file) is written into
-the step directory (atomically).  `verify_step` checks a checkpoint against it, so flipped bytes
-or a removed file are found before restoring; `quarantine` moves a damaged checkpoint to
+`flmjax_manifest.json` (size and CRC32 of every file) is part of committing a step: orbax calls
+back once the data is final but before it renames the temporary directory, and the manifest is
+written into that directory then, so the rename commits data and manifest together and the
+newest checkpoint after a `kill -9` is protected like any other.  (orbax's own bookkeeping files,
+rewritten during the rename, are not listed.)  `verify_step` checks a checkpoint against it, so
+flipped bytes or a removed file are found before restoring — by the trainer and by every reader
+(`load_params`, `restore_step`: sample, eval, grow); `quarantine` moves a damaged checkpoint to
 `W/stage_K/corrupt-<step>/` (never deleting it) and the trainer falls back to the previous one.
-A checkpoint without a manifest (killed between orbax's finalise and the manifest write) is
-complete by orbax's atomic rename and is checked structurally only.  orbax deletes old
-checkpoints (`keep`) only after a new one finalised, so a failed save never costs the last good one.
+A checkpoint without a manifest (written before manifests were committed with the step) is
+checked structurally only.  orbax deletes old checkpoints (`keep`) only after a new one
+finalised, so a failed save never costs the last good one.
 
 A workdir that holds checkpoints of a *different* model is refused; with
 `train.allow_overwrite=True` the old run is moved to `W/overwritten-<time>/`, never deleted.
@@ -41,6 +45,9 @@ from flmjax.model import abstract_params
 ITEMS = ('state', 'config', 'meta', 'data')
 JSON_ITEMS = ('config', 'meta', 'data')
 MANIFEST = 'flmjax_manifest.json'
+# orbax rewrites these while committing (after our manifest is written): not data, not listed.
+_ORBAX_COMMIT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt')
+TMP_MARKER = '.orbax-checkpoint-tmp'
 _STAGE_RE = re.compile(r'^stage_(\d+)$')
 
 
@@ -77,24 +84,40 @@ def steps_in(directory: str) -> list[int]:
 class StageCheckpointer:
   """Async orbax manager for one stage directory; keeps the last `keep` checkpoints.
 
-  Manifests are written (by process 0) for each save once it has finalised: at the start of the
-  next save, in `wait` and in `close`.  A failed save raises `CheckpointError`; orbax removes old
-  checkpoints only after a save finalised, so the previous ones stay."""
+  The manifest of each save is written (by process 0) from orbax's commit callback into the
+  temporary directory, before the rename that commits the step.  Where orbax commits without a
+  temporary directory, it is written after the save finalised instead (next save, `wait`,
+  `close`).  A failed save raises `CheckpointError`; orbax removes old checkpoints only after a
+  save finalised, so the previous ones stay.  `async_save=False` waits for each save."""
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self._async = async_save
+    self._in_flight: Optional[int] = None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
-        read_only=read_only)
+        max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
+        read_only=read_only,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit))
     self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
     self._unmanifested: list[int] = []
     self._manifester: Optional[threading.Thread] = None
     self._primary = jax.process_index() == 0
 
+  def _manifest_before_commit(self) -> None:
+    """orbax's callback: the step's data is final, its temporary directory not yet renamed."""
+    step = self._in_flight
+    if step is None or not self._primary:
+      return
+    tmp = [os.path.join(self.directory, n) for n in os.listdir(self.directory)
+           if n.startswith(f'{step}{TMP_MARKER}')]
+    if len(tmp) == 1:
+      write_manifest(tmp[0])
+
   def save(self, step: int, state: Mapping[str, Any], *, config: Mapping[str, Any],
            meta: Mapping[str, Any], data_state: Optional[Mapping[str, Any]]) -> None:
     self.wait()  # orbax would wait for the previous save anyway; now we can manifest it
+    self._in_flight = step
     try:
       self.mngr.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(dict(state)),
@@ -104,13 +127,20 @@ class StageCheckpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e) from e
     self._unmanifested.append(step)
+    if not self._async:
+      self.wait(manifests='now')
 
   def _save_error(self, step: int, e: BaseException) -> CheckpointError:
     kept = steps_in(self.directory)
+    partial = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) \
+        if os.path.isdir(self.directory) else []
+    left = (f'; the unfinished {", ".join(partial)} in it is removed when the run restarts'
+            if partial else '')
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
     return CheckpointError(
-        f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: {e}. '
-        f'Earlier checkpoints are kept (complete steps here: {kept or "none"}); check disk '
-        'space and permissions, then restart to resume from the newest complete one.')
+        f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: '
+        f'{reason}. Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; '
+        'check disk space and permissions, then restart to resume from the newest complete one.')
 
   def latest_step(self) -> Optional[int]:
     return self.mngr.latest_step()
@@ -127,7 +157,7 @@ class StageCheckpointer:
     except Exception as e:  # pylint: disable=broad-except  (tensorstore raises its own types)
       raise CheckpointError(
           f'cannot restore checkpoint step {step}: '
-          f'{os.path.join(self.directory, str(step), "state")}: {type(e).__name__}: {e}') from e
+          f'{os.path.join(self.directory, str(step), "state")}: {_short_reason(e)}') from e
     return out['state']
 
   def wait(self, *, manifests: str = 'background') -> None:
@@ -143,9 +173,13 @@ class StageCheckpointer:
       self._unmanifested = []
       raise self._save_error(pending, e) from e
     steps, self._unmanifested = self._unmanifested, []
+    self._in_flight = None
     if not (self._primary and steps):
       return
-    dirs = [os.path.join(self.directory, str(s)) for s in steps]
+    dirs = [os.path.join(self.directory, str(s)) for s in steps
+            if not os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
+    if not dirs:
+      return
     if manifests == 'now':
       _write_manifests(dirs)
     else:
@@ -166,6 +200,17 @@ def _write_manifests(step_dirs: list[str]) -> None:
       write_manifest(d)
     except FileNotFoundError:
       pass  # already removed by `keep` while we hashed it
+
+
+def _short_reason(e: BaseException) -> str:
+  """One line for a failed restore: tensorstore's errors carry a multi-KB JSON spec."""
+  text = str(e)
+  if 'Error opening' in text or 'Error reading' in text or 'OUT_OF_RANGE' in text or \
+     'DATA_LOSS' in text or 'truncated' in text.lower():
+    return ('the array data is unreadable (truncated or damaged file); it has no manifest to '
+            'name the file')
+  line = text.strip().splitlines()[0] if text.strip() else ''
+  return f'{type(e).__name__}: {line[:300]}'
 
 
 def _jsonable(x: Any) -> Any:
@@ -202,13 +247,13 @@ def _files(step_dir: str) -> list[str]:
   for root, _, names in os.walk(step_dir):
     for n in names:
       rel = os.path.relpath(os.path.join(root, n), step_dir)
-      if rel != MANIFEST and not rel.endswith('.tmp'):
+      if rel != MANIFEST and rel not in _ORBAX_COMMIT_FILES and not rel.endswith('.tmp'):
         out.append(rel)
   return sorted(out)
 
 
 def write_manifest(step_dir: str) -> None:
-  """Record size and CRC32 of every file of a finalised checkpoint (tmp file + rename)."""
+  """Record size and CRC32 of every data file of a final checkpoint (tmp file + rename)."""
   files = {rel: {'size': os.path.getsize(os.path.join(step_dir, rel)),
                  'crc32': _crc32(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
   path = os.path.join(step_dir, MANIFEST)
@@ -250,9 +295,10 @@ def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
       raise bad(rel, 'file missing')
     size = os.path.getsize(full)
     if size != want['size']:
-      raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated?)')
+      raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated or changed)')
     if checksums and _crc32(full) != want['crc32']:
-      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (bytes changed)')
+      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (checksum '
+                     'mismatch: bytes changed)')
   return True
 
 
@@ -317,6 +363,20 @@ def resolve_step_dir(path: str) -> str:
   raise CheckpointError(f'no complete checkpoint found under {path}')
 
 
+def remove_leftover_temporaries(workdir: str) -> list[tuple[str, int]]:
+  """Delete orbax's temporary step directories left by a save that never finished (a crash, a
+  full disk); only call it while holding the workdir lock.  Returns [(path, bytes)]."""
+  removed = []
+  for d in stage_dirs(workdir).values():
+    for name in sorted(os.listdir(d)):
+      path = os.path.join(d, name)
+      if TMP_MARKER in name and os.path.isdir(path):
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        shutil.rmtree(path)
+        removed.append((path, size))
+  return removed
+
+
 # ---- workdir ownership -----------------------------------------------------------------
 
 def check_workdir(workdir: str, stage_models: list[ModelConfig], *, allow_overwrite: bool,
@@ -376,6 +436,7 @@ def load_params(path: str, shardings: Any = None
   """(ModelConfig, params, experiment config) of the checkpoint at `path` (step, stage or
   workdir).  Params land on the first device unless `shardings` (a tree like params) is given."""
   step_dir = resolve_step_dir(path)
+  verify_step(step_dir)
   meta = read_json(step_dir, 'meta')
   model_cfg = _model_from_meta(meta, step_dir)
   config = ml_collections.ConfigDict(read_json(step_dir, 'config'))
@@ -393,7 +454,9 @@ def load_params(path: str, shardings: Any = None
 
 
 def restore_step(step_dir: str, abstract_state: Any) -> Any:
-  """Restore the whole state of one step directory into `abstract_state` (read-only)."""
+  """Restore the whole state of one step directory into `abstract_state` (read-only), after
+  verifying it against its manifest."""
+  verify_step(step_dir)
   mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
   try:
     return mngr.restore_state(int(os.path.basename(step_dir)), abstract_state)

@@ -7,13 +7,20 @@ command's module is imported, and it imports jax only when it runs (so `flmjax -
                   'flmjax.commands.grow:add_args', config_overrides=False),
 `add_args(parser)` declares its flags; `run(args) -> int` is the exit status.  Commands with
 `config_overrides=True` receive `--config.a.b=value` overrides as `args.config_overrides`.
+
+An error ends in one line on stderr naming what is wrong (file, field) and what to do, and a
+non-zero exit status (2: config or usage, 1: anything else, 130: Ctrl-C); `--debug` (anywhere on
+the line) or `FLMJAX_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
+import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -84,6 +91,8 @@ def split_overrides(rest: Sequence[str]) -> tuple[list[str], list[str]]:
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
   """The parser; only `command`'s flags are declared (importing only its module)."""
   parser = argparse.ArgumentParser(prog='flmjax', description=__doc__.splitlines()[0])
+  parser.add_argument('--debug', action='store_true',
+                      help=f'show the traceback of an error (or set {DEBUG_ENV}=1)')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
   for name, cmd in COMMANDS.items():
     p = sub.add_parser(name, help=cmd.help, description=cmd.help)
@@ -100,8 +109,46 @@ def _command_name(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
+DEBUG_ENV = 'FLMJAX_DEBUG'
+# flmjax's own errors: their message already names the file / field and what to do.
+_OWN_ERRORS = ('CheckpointError', 'DataError', 'PreflightError', 'DivergedError',
+               'WorkdirLockedError', 'ConfigError')
+
+
+def _one_line(text: str, limit: int = 800) -> str:
+  text = ' '.join(text.split())
+  return text if len(text) <= limit else text[:limit] + ' ...'
+
+
+def describe_error(e: BaseException) -> str:
+  """One line for an error that ends a command."""
+  names = {c.__name__ for c in type(e).__mro__}
+  if 'ConfigError' in names:
+    return f'config error: {_one_line(str(e))}'
+  if names & set(_OWN_ERRORS):
+    return _one_line(str(e))
+  if isinstance(e, OSError):
+    where = '' if e.filename is None else str(e.filename)
+    where += f' -> {e.filename2}' if e.filename2 else ''
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      todo = 'free space there or choose another path'
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+      todo = 'it is not writable: fix its permissions or choose another path'
+    else:
+      todo = ('check that the path exists, is a directory where one is expected, and is '
+              'writable (or choose another path)')
+    return _one_line(f'cannot use {where}: {what}; {todo}' if where else
+                     f'{type(e).__name__}: {what}; {todo}')
+  first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  return _one_line(f'{type(e).__name__}: {first} (unexpected: run with --debug for the '
+                   'traceback)')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  debug = '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
+  argv = [a for a in argv if a != '--debug']
   overrides, others = split_overrides(argv)
   parser = build_parser(_command_name(others))
   args = parser.parse_args(others)
@@ -109,18 +156,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if overrides and not cmd.config_overrides:
     parser.error(f'{args.command} takes no --config.* overrides (got --config.{overrides[0]})')
   args.config_overrides = overrides
-  from flmjax.config import ConfigError  # after parsing: `--help` must not import jax
+  quiet = None if debug else _LogWithoutTracebacks()
+  if quiet:  # libraries (orbax) log a failing background save with its traceback, via absl
+    logging.getLogger('absl').addFilter(quiet)
   try:
     return int(_resolve(cmd.run)(args) or 0)
-  except ConfigError as e:
-    print(f'flmjax {args.command}: config error: {e}', file=sys.stderr)
-    return 2
-  except Exception as e:  # checkpoint / data errors: one clear line, no traceback wall
-    from flmjax.checkpoint import CheckpointError
-    if isinstance(e, CheckpointError):
-      print(f'flmjax {args.command}: {e}', file=sys.stderr)
-      return 1
-    raise
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f'flmjax {args.command}: interrupted', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except  (one clear line, no traceback wall)
+    if debug:
+      raise
+    print(f'flmjax {args.command}: {describe_error(e)}', file=sys.stderr)
+    return 2 if 'ConfigError' in {c.__name__ for c in type(e).__mro__} else 1
+  finally:
+    if quiet:
+      logging.getLogger('absl').removeFilter(quiet)
+
+
+class _LogWithoutTracebacks(logging.Filter):
+  """Keep library log lines but drop their tracebacks: the error that ends the command is
+  reported once, in one line, by `main` (`--debug` keeps them)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ An experiment file defines `get_config()` returning a ConfigDict with sections `
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import importlib.util
 import math
@@ -62,14 +63,36 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   spec = importlib.util.spec_from_file_location(
       'flmjax_experiment_' + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'--config {path}: the file defines no get_config()')
-  cfg = module.get_config() if arg is None else module.get_config(arg)
-  if not isinstance(cfg, ml_collections.ConfigDict):
-    cfg = ml_collections.ConfigDict(cfg)
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'--config {path}: the file defines no get_config()')
+    cfg = module.get_config() if arg is None else module.get_config(arg)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+      cfg = ml_collections.ConfigDict(cfg)
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (the user's code: any error)
+    raise ConfigError(_user_code_error(path, e)) from e
   apply_overrides(cfg, overrides)
   return cfg
+
+
+def _user_code_error(path: str, e: BaseException) -> str:
+  """'FILE:LINE: Type: message' at the innermost line of the experiment file itself (not ours)."""
+  where = path
+  if isinstance(e, SyntaxError) and e.filename and os.path.samefile(e.filename, path):
+    where = f'{path}:{e.lineno}'
+  tb = e.__traceback__
+  while tb is not None:
+    try:
+      if os.path.samefile(tb.tb_frame.f_code.co_filename, path):
+        where = f'{path}:{tb.tb_lineno}'
+    except OSError:
+      pass
+    tb = tb.tb_next
+  msg = e.msg if isinstance(e, SyntaxError) else str(e)
+  return f'error in the experiment file {where}: {type(e).__name__}: {msg}'
 
 
 def load_tool_config(path: str, overrides: Sequence[str], section: str,
@@ -147,12 +170,21 @@ def _child(node: Any, key: str, path: str) -> Any:
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Apply `a.b.c=value` strings (list elements by index: `stages.1.lr=1e-4`), type-checked
-  against the existing field; an unknown field is an error naming it."""
+  against the existing field; an unknown field is an error naming it.  Each stage gets its own
+  copy of what experiment files share between stages (one `growth` dict), so an override of one
+  stage changes that stage only."""
+  if overrides and isinstance(cfg.get('stages'), (list, tuple)):
+    with cfg.ignore_type():
+      cfg.stages = [copy.deepcopy(s) for s in cfg.stages]
   for item in overrides:
     if '=' not in item:
       raise ConfigError(f'--config override {item!r} must look like --config.field=value')
     key, text = item.split('=', 1)
     key = key[len('--config.'):] if key.startswith('--config.') else key
+    if key in ('train.steps', 'train.tokens') and cfg.get('stages'):
+      raise ConfigError(f'--config.{key}={text} would have no effect: this experiment has '
+                        f'{len(cfg.stages)} stages, each with its own length; use '
+                        f'--config.stages.K.{key.split(".")[1]}=... (K = 0..{len(cfg.stages) - 1})')
     parts = key.split('.')
     node = cfg
     for i, p in enumerate(parts[:-1]):
@@ -217,6 +249,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
   validate_data_config(cfg.data)
 
   o, t = cfg.optim, cfg.train
+  for name in ('optim', 'train'):
+    for f, v in cfg[name].items():
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f'{name}.{f} must be a finite number, got {v!r}')
   if o.lr <= 0:
     raise ConfigError(f'optim.lr must be > 0, got {o.lr!r}')
   if o.schedule not in ('cosine', 'constant'):
@@ -239,8 +275,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'train.{f} must be >= 0, got {t[f]!r}')
 
   stages = stage_plan(cfg)
+  vocab_file_size = _vocab_file_size(cfg.data)
   for s in stages:
     where = 'model' if s.name == 'main' and not cfg.get('stages') else f'stages[{s.index}]'
+    if not (math.isfinite(s.lr) and s.lr > 0):
+      raise ConfigError(f'{"optim" if where == "model" else where}.lr must be a finite number '
+                        f'> 0, got {s.lr!r}')
     if s.seq_len > s.model.max_len:
       raise ConfigError(f'train.seq_len={s.seq_len} exceeds {where}.max_len={s.model.max_len}')
     if cfg.data.source == 'synthetic':
@@ -248,9 +288,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     elif not cfg.data.vocab.get('model_file'):
       vs, field = cfg.data.vocab.size, 'data.vocab.size'
     else:
-      vs, field = 0, ''  # a given model file is checked when the data layer loads it
+      vs, field = vocab_file_size, f'the size of data.vocab.model_file {cfg.data.vocab.model_file}'
     if vs > s.model.vocab_size:
-      raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}')
+      raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}: ids past '
+                        f'it would index padding rows; raise {where}.vocab_size to at least {vs}')
     _check_batch(s, o.grad_accum, process_count, where)
 
   if num_devices is not None:
@@ -272,6 +313,21 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
             f'(mesh {shape})')
     _check_param_divisibility(stages, mesh_sizes, rules)
   return stages
+
+
+def _vocab_file_size(data: Any) -> int:
+  """Pieces in `data.vocab.model_file` (0 when none is given or it cannot be read: the data
+  layer then reports the file itself)."""
+  path = data.get('vocab', {}).get('model_file') if data.get('source') != 'synthetic' else None
+  if not path or not os.path.isfile(path):
+    return 0
+  import sentencepiece as spm
+  sp = spm.SentencePieceProcessor()
+  try:
+    sp.Load(path)
+  except (OSError, RuntimeError):
+    return 0
+  return int(sp.GetPieceSize())
 
 
 def _check_faults(f: Any, defaults: Any) -> None:

@@ -1,7 +1,10 @@
 """Metrics sinks: `W/metrics.jsonl` (one JSON object per line) and TensorBoard events in `W/tb/`.
 
-Only process 0 writes.  On resume, records after the restored step are dropped (they belong to
-steps that will be re-run), so plots never show a trajectory twice.
+Only process 0 writes, and only by appending: the file is never replaced, so nothing another
+writer or an earlier run logged is ever lost.  On resume, records after the restored step belong
+to steps that will be re-run; instead of deleting them, a marker `{"resumed_at_step": N}` is
+appended, and `read_metrics` drops the records before a marker whose step is after N, so readers
+never see a trajectory twice.
 """
 
 from __future__ import annotations
@@ -12,8 +15,24 @@ import os
 from typing import Any, Mapping, Optional
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """All records of a metrics.jsonl file (skips a torn last line from a crash)."""
+RESUME_KEY = 'resumed_at_step'
+
+
+def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The records of the trajectory that stands: each resume marker drops the records before it
+  whose step is after the resumed step (they were re-run)."""
+  out: list[dict[str, Any]] = []
+  for r in records:
+    if RESUME_KEY in r and 'step' not in r:
+      out = [o for o in out if o.get('step', 0) <= r[RESUME_KEY]]
+    else:
+      out.append(r)
+  return out
+
+
+def read_metrics(path: str, *, raw: bool = False) -> list[dict[str, Any]]:
+  """The current records of a metrics.jsonl file (all lines with `raw`, markers included);
+  skips a torn line from a crash."""
   out = []
   if not os.path.exists(path):
     return out
@@ -26,7 +45,13 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
         out.append(json.loads(line))
       except json.JSONDecodeError:
         continue
-  return out
+  return out if raw else current_records(out)
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
 
 
 def _jsonable(v: Any) -> Any:
@@ -38,7 +63,7 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsWriter:
-  """Appends metrics to jsonl and TensorBoard; `resume_step` truncates records after it."""
+  """Appends metrics to jsonl and TensorBoard; `resume_step` supersedes records after it."""
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: Optional[int] = None,
                tensorboard: bool = True):
@@ -48,16 +73,15 @@ class MetricsWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(self.path):
-      records = read_metrics(self.path)
-      keep = [r for r in records if resume_step is not None and r.get('step', 0) <= resume_step]
-      if len(keep) != len(records):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-          for r in keep:
-            f.write(json.dumps(r) + '\n')
-        os.replace(tmp, self.path)
+    after = [r for r in read_metrics(self.path) if r.get('step', 0) > (resume_step or 0)]
+    torn = os.path.exists(self.path) and os.path.getsize(self.path) and not _ends_with_newline(
+        self.path)
     self._file = open(self.path, 'a')
+    if torn:  # a crash cut the last line: end it, so the next record is a line of its own
+      self._file.write('\n')
+    if after:
+      self._file.write(json.dumps({RESUME_KEY: int(resume_step or 0)}) + '\n')
+      self._file.flush()
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'))

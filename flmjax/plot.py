@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from flmjax.metrics import current_records  # noqa: E402
+
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of `W/metrics.jsonl`; a malformed line is an error naming file and line."""
@@ -29,7 +31,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         rows.append(json.loads(line))
       except json.JSONDecodeError as e:
         raise ValueError(f'{path}:{lineno}: not valid JSON ({e.msg})') from None
-  return rows
+  return current_records(rows)
 
 
 def _dedupe_by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

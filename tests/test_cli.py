@@ -22,19 +22,19 @@ def test_overrides_are_type_checked_against_existing_fields():
   c = tiny_config(stages=[dict(name='a', steps=2), dict(name='b', steps=3, lr=0.1,
                                                          model=dict(n_layers=3),
                                                          growth=dict(ramp_steps=1))])
-  experiment.apply_overrides(c, ['train.steps=7', 'optim.lr=1', 'train.allow_overwrite=true',
+  experiment.apply_overrides(c, ['train.log_every=7', 'optim.lr=1', 'train.allow_overwrite=true',
                                  'mesh.rules.embed=()', 'mesh.rules.mlp=fsdp,tensor',
                                  'model.compute_dtype=bfloat16', 'stages.1.lr=0.5',
                                  'stages.1.growth.ramp_steps=4'])
-  assert c.train.steps == 7 and c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+  assert c.train.log_every == 7 and c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
   assert c.train.allow_overwrite is True
   assert tuple(c.mesh.rules.embed) == () and tuple(c.mesh.rules.mlp) == ('fsdp', 'tensor')
   assert c.model.compute_dtype == 'bfloat16'
   assert c.stages[1]['lr'] == 0.5 and c.stages[1]['growth']['ramp_steps'] == 4
   with pytest.raises(ConfigError, match=r"--config.train.stpes: unknown field 'stpes'"):
     experiment.apply_overrides(c, ['train.stpes=3'])
-  with pytest.raises(ConfigError, match=r"--config.train.steps: expected an int, got 'many'"):
-    experiment.apply_overrides(c, ['train.steps=many'])
+  with pytest.raises(ConfigError, match=r"--config.train.log_every: expected an int, got 'many'"):
+    experiment.apply_overrides(c, ['train.log_every=many'])
   with pytest.raises(ConfigError, match=r"--config.train.allow_overwrite: expected a bool"):
     experiment.apply_overrides(c, ['train.allow_overwrite=maybe'])
   with pytest.raises(ConfigError, match=r"--config.stages.5: no element"):

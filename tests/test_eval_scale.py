@@ -110,20 +110,26 @@ def test_hf_dtype_and_device_map_reach_from_pretrained(tmp_path, monkeypatch):
     hf_backend.load_kwargs(transformers, torch, 'int4')
 
 
-def test_hf_device_map_without_accelerate_is_a_clear_error(tmp_path, capsys):
+def test_hf_device_map_auto_loads_and_evaluates(tmp_path, capsys):
+  """`--device_map auto` (the `hf` extra installs accelerate) loads the way transformers users
+  load a 100B-class checkpoint, and evaluates; without accelerate it is a clear error."""
   pytest.importorskip('transformers')
-  try:
-    import accelerate  # noqa: F401
-    pytest.skip('accelerate is installed: device maps load')
-  except ImportError:
-    pass
   from test_eval_hf import save_tiny_gpt2
   parser = argparse.ArgumentParser()
   run.add_eval_arguments(parser)
+  out = tmp_path / 'r.json'
   args = parser.parse_args(['--hf_model', save_tiny_gpt2(tmp_path / 'g'), '--suite', 'iq',
-                            '--tasks', 'counting', '--n_items', '1', '--device_map', 'auto'])
-  assert run.eval_main(args) == 2
-  assert '--device_map auto needs the accelerate package' in capsys.readouterr().err
+                            '--tasks', 'counting', '--n_items', '2', '--device_map', 'auto',
+                            '--dtype', 'float32', '--output', str(out)])
+  try:
+    import accelerate  # noqa: F401
+  except ImportError:
+    assert run.eval_main(args) == 2
+    assert '--device_map auto needs the accelerate package' in capsys.readouterr().err
+    return
+  assert run.eval_main(args) == 0
+  model = json.load(open(out))['model']
+  assert model['device_map'] == 'auto' and model['dtype'] == 'float32'
 
 
 # ---- first use: the README command ----------------------------------------------------------------

@@ -80,10 +80,12 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 
 
 def _newest_is_complete(wd: str) -> tuple[int, int]:
-  """The checkpoint a restart would pick is complete: it verifies (manifest when present)."""
+  """The checkpoint a restart would pick is complete and protected: it carries its manifest
+  (committed with the step, so also after a kill -9) and verifies against it."""
   found = checkpoint.latest(wd)
   assert found is not None
-  checkpoint.verify_step(os.path.join(checkpoint.stage_dir(wd, found[0]), str(found[1])))
+  assert checkpoint.verify_step(
+      os.path.join(checkpoint.stage_dir(wd, found[0]), str(found[1]))) is True, 'no manifest'
   return found
 
 
@@ -175,6 +177,36 @@ def test_kill_9_mid_save_and_after_growth_resumes_exactly(grown_baseline, workdi
   # redone) or from the grown state itself; later kills resume inside stage 1
   assert kills[1] in ((0, 3), (1, 3)) and kills[2] >= (1, 3), kills
   loop.train(cfg, workdir)
+  assert read_losses(workdir) == want
+
+
+# ---- a second writer -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_train_on_a_running_workdir_is_refused_then_a_killed_run_is_resumed(baseline,
+                                                                                  workdir):
+  """The reported case: a second `train` on a workdir a run is writing.  It is refused, naming
+  the running process, before it reads or writes anything; the running run's metrics keep
+  every step; after that run is killed (-9), its stale lock is taken over and the resume is
+  exact."""
+  from flmjax.workdir_lock import WorkdirLockedError
+  _, want, _ = baseline
+  proc = _spawn('''
+    loop.train(tiny_config(6, train=dict(ckpt_every=1)), sys.argv[1])
+  ''', workdir)
+  try:
+    batches = []
+    _wait_for(proc, lambda l: l == 'BATCH' and (batches.append(l) or len(batches) == 2))
+    with pytest.raises(WorkdirLockedError, match=rf'is in use by pid {proc.pid} on host '):
+      loop.train(tiny_config(6), workdir)
+    _wait_for(proc, lambda l: l == 'SAVE stage_0 3')
+  finally:
+    proc.kill()
+    proc.wait()
+  logged = sorted(r['step'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+                  if 'loss' in r)
+  assert logged[:3] == [1, 2, 3], logged  # the refused run removed nothing
+  loop.train(tiny_config(6), workdir)
   assert read_losses(workdir) == want
 
 

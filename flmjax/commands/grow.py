@@ -50,20 +50,35 @@ def find_stage(stages: list, name: str, where: str):
 
 
 def grow_main(args: argparse.Namespace) -> int:
-  import jax
-  import jax.numpy as jnp
-
-  from flmjax import checkpoint, experiment, growth, optimizer, plan, sharding
-  from flmjax.config import ConfigError, ModelConfig
-  from flmjax.growth import EXACT_TOL, max_abs_logit_diff
-  from flmjax.params import flatten_paths
-  from flmjax.training.runtime import load_state, stage_optimizer
+  from flmjax import checkpoint, experiment, plan
+  from flmjax.workdir_lock import WorkdirLock
 
   path, stage_name = parse_target(args.to)
   config = experiment.load_config(path)
   stages = plan.stage_plan(config)
   stage = find_stage(stages, stage_name, path)
   out_dir = checkpoint.stage_dir(args.out, stage.index)
+  created = not os.path.exists(args.out)
+  try:
+    with WorkdirLock(args.out, 'flmjax grow'):  # one writer per workdir, as for train
+      return _grow(args, config, stages, stage, out_dir, path)
+  except BaseException:
+    if created and os.path.isdir(args.out) and not os.listdir(args.out):
+      os.rmdir(args.out)  # a failed grow (e.g. a damaged source) leaves nothing behind
+    raise
+
+
+def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_dir: str,
+          path: str) -> int:
+  """Load (verified), grow, save; the caller holds the lock on `--out`."""
+  import jax
+  import jax.numpy as jnp
+
+  from flmjax import checkpoint, growth, optimizer, sharding
+  from flmjax.config import ConfigError, ModelConfig
+  from flmjax.growth import EXACT_TOL, max_abs_logit_diff
+  from flmjax.params import flatten_paths
+  from flmjax.training.runtime import load_state, stage_optimizer
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     raise checkpoint.CheckpointError(f'refusing to write into {out_dir}: it already holds '
                                      f'checkpoints; choose another --out')

@@ -28,13 +28,27 @@ def sample_main(args: argparse.Namespace) -> int:
   if not 0.0 < args.top_p <= 1.0:
     print(f'flmjax sample: --top_p must be in (0, 1], got {args.top_p}', file=sys.stderr)
     return 2
-  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  if args.max_new_tokens < 1:
+    print(f'flmjax sample: --max_new_tokens must be >= 1, got {args.max_new_tokens}',
+          file=sys.stderr)
+    return 2
+  if not args.temperature >= 0.0 or args.temperature == float('inf'):
+    print(f'flmjax sample: --temperature must be a finite number >= 0 (0 = greedy), got '
+          f'{args.temperature}', file=sys.stderr)
+    return 2
   if args.prompt_ids:
     try:
       ids = [int(t) for t in args.prompt_ids.split(',')]
     except ValueError:
       print(f'flmjax sample: --prompt_ids must be comma-separated integers, got '
             f'{args.prompt_ids!r}', file=sys.stderr)
+      return 2
+  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  if args.prompt_ids:
+    bad = [i for i in ids if not 0 <= i < cfg.vocab_size]
+    if bad:
+      print(f'flmjax sample: --prompt_ids {bad[0]} is outside the vocabulary of '
+            f'{args.checkpoint} (ids 0..{cfg.vocab_size - 1})', file=sys.stderr)
       return 2
     out = generate(params, cfg, [ids], args.max_new_tokens, temperature=args.temperature,
                    top_p=args.top_p, seed=args.seed)

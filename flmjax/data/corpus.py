@@ -274,9 +274,11 @@ def tfds_documents(spec: Any, split: str, stats: ReadStats, what: str) -> Iterat
     builder = tfds.builder(spec.tfds_name, data_dir=spec.tfds_data_dir or None)
     ds = builder.as_dataset(split=split, shuffle_files=False)
   except Exception as e:  # noqa: BLE001 - TFDS raises many types; report them all clearly.
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''  # not its name list
     raise DataError(f'{what}.tfds_name: cannot read prepared TFDS dataset {spec.tfds_name!r} '
-                    f'split {split!r} (data_dir {spec.tfds_data_dir or "default"}); prepare it '
-                    f'first with `tfds build`: {type(e).__name__}: {e}') from None
+                    f'split {split!r} (data_dir {spec.tfds_data_dir or "default"}); check the '
+                    f'name, and prepare it first with `tfds build`: {type(e).__name__}: '
+                    f'{first}') from None
   key = spec.tfds_text_key
   for i, ex in enumerate(ds.as_numpy_iterator()):
     where = f'tfds:{spec.tfds_name}/{split}#{i}'

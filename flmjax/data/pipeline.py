@@ -22,7 +22,7 @@ import io
 import json
 import os
 import time
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -340,6 +340,21 @@ class DataIterator:
 
 # ---- public entry points -------------------------------------------------------------------
 
+def _source_note(cfg: Any, source: str, meta: Mapping[str, Any]) -> str:
+  """Where an empty split's documents should have come from, and what was skipped there."""
+  spec = cfg.get(source)
+  files = list(spec.get('files') or []) if spec is not None else []
+  note = ''
+  if files and (source not in LM_SOURCES or spec.get('kind') == 'files'):
+    note = f' from {", ".join(str(f) for f in files)}'
+  if meta.get('skipped_lines'):
+    note += (f'; {meta["skipped_lines"]} unreadable line(s) skipped, first: '
+             f'{(meta.get("skipped_reasons") or ["?"])[0]} — is it a text or JSONL file?')
+  elif files:
+    note += ' (none of its lines gave a document of this split: too few lines, or not text?)'
+  return note
+
+
 def mixture_rates(cfg: Any) -> dict[str, float]:
   """Token shares: instruct_rate and teacher_rate of all tokens, the rest en:zh by rates."""
   lm = 1.0 - cfg.instruct_rate - cfg.teacher_rate
@@ -360,6 +375,9 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
   rates = mixture_rates(cfg)
   sources = [s for s in SOURCES if rates[s] > 0]
   stores, meta = load_stores(cfg, 'train', sources)
+  for s in sources:
+    if stores[s].num_docs == 0:
+      raise DataError(f'data.{s}: the train split has no documents{_source_note(cfg, s, meta)}')
   return DataIterator(stores, rates, seq_len=seq_len, global_batch_size=global_batch_size,
                       seed=cfg.seed, prompt_loss=cfg.prompt_loss, process_index=process_index,
                       process_count=process_count, fingerprint=meta['key'], stats=meta)
@@ -377,12 +395,13 @@ def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,
   cfg = validate_data_config(data_cfg)
   if split not in ('train', 'validation'):
     raise DataError(f"split must be 'train' or 'validation', got {split!r}")
-  stores, _ = load_stores(cfg, split, LM_SOURCES)
+  stores, meta = load_stores(cfg, split, LM_SOURCES)
   out = {}
   for lang in LM_SOURCES:
     if stores[lang].num_docs == 0:
-      raise DataError(f'data.{lang}: the {split} split has no documents (raise '
-                      f'data.validation_fraction or use a larger corpus)')
+      raise DataError(f'data.{lang}: the {split} split has no documents'
+                      f'{_source_note(cfg, lang, meta)} (raise data.validation_fraction or use a '
+                      f'larger corpus)')
     it = DataIterator({lang: stores[lang]}, {lang: 1.0}, seq_len=seq_len,
                       global_batch_size=batch_size, seed=cfg.seed, shuffle=False, finite=True)
     out[lang] = [b for _, b in zip(range(cfg.eval_batches), it)]

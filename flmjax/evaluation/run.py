@@ -201,8 +201,31 @@ def _warn_over_length(result: report.TaskResult, max_len: int) -> None:
           f'(--shots {result.name.split(".")[0]}=k) / distractors.', file=sys.stderr)
 
 
+def output_problem(path: Optional[str]) -> Optional[str]:
+  """Why `--output` cannot be written (checked before the run, not after it), or None."""
+  if not path:
+    return None
+  if os.path.isdir(path):
+    return f'--output {path} is a directory; give a file path such as {path}/report.json'
+  existed = os.path.exists(path)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a', encoding='utf-8'):
+      pass
+    if not existed:
+      os.remove(path)
+  except OSError as e:
+    return (f'--output {path} cannot be written ({e.strerror or e}: {e.filename or path}); '
+            'choose a writable path')
+  return None
+
+
 def eval_main(args: argparse.Namespace) -> int:
   """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
+  problem = output_problem(args.output)
+  if problem:
+    print(f'flmjax eval: error: {problem}', file=sys.stderr)
+    return 2
   try:
     validate_args(args)
     tasks, skipped = build_tasks(args)

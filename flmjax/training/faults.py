@@ -36,7 +36,7 @@ def default_faults_config() -> ml_collections.ConfigDict:
       rollback_lr_factor=1.0,   # multiply the LR by this at each rollback (1: keep it)
       max_rollbacks=3,          # then stop with an error: the run is diverging
       verify_checksums=True,    # check per-file CRC32s on restore (sizes are always checked)
-      min_free_bytes=-1,        # pre-flight: -1 = estimate two checkpoints' size, 0 = no check
+      min_free_bytes=-1,        # pre-flight: -1 = estimate (train.keep + 1) checkpoints, 0 = no check
       hang_timeout_s=0.0,       # exit with an error if no step completes for this long (0: off)
       inject_nan_batches=(),    # test hook: stream batch indices (1-based) to make NaN
       inject_spike_batches=(),  # test hook: batch indices whose targets become a rare token
@@ -142,10 +142,12 @@ def checkpoint_bytes(stages: Sequence[Any]) -> int:
   return max(3 * 4 * s.model.param_count() for s in stages)
 
 
-def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any]) -> Optional[str]:
+def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any],
+              keep: int = 2) -> Optional[str]:
   """Create the workdir and prove it takes a write (file + fsync + rename + delete) and has
-  room for checkpoints.  Returns an error message, or None when fine (the trainer agrees on
-  the answer across processes before raising)."""
+  room for checkpoints: `keep` + 1 of the largest stage, since a new one is written before the
+  oldest is deleted.  Returns an error message, or None when fine (the trainer agrees on the
+  answer across processes before raising)."""
   probe = os.path.join(workdir, f'.write_probe.{jax.process_index()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -160,12 +162,13 @@ def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any]) -> O
             'fix its permissions or choose another --workdir')
   need = int(fcfg['min_free_bytes'])
   if need < 0:
-    need = 2 * checkpoint_bytes(stages)
+    need = (keep + 1) * checkpoint_bytes(stages)
   free = shutil.disk_usage(workdir).free
   if need and free < need:
     return (f'workdir {workdir} has {free / 2**20:.1f} MiB free but checkpoints need about '
             f'{need / 2**20:.1f} MiB (faults.min_free_bytes={fcfg["min_free_bytes"]}; -1 = '
-            'two checkpoints of the largest stage); free space or choose another --workdir')
+            f'train.keep + 1 = {keep + 1} checkpoints of the largest stage, as a new one is '
+            'written before the oldest is deleted); free space or choose another --workdir')
   return None
 
 

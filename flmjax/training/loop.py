@@ -61,16 +61,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   same call later resumes.  Returns {'stopped_at': step} then.  SIGTERM/SIGINT do the same
   after the current step and return {'stopped_at': step, 'preempted': 'SIGTERM'}.
   Faults (damaged checkpoints, NaN/Inf steps, loss spikes, hangs) follow the `faults` config
-  section; see `flmjax.training.faults`.
+  section; see `flmjax.training.faults`.  The workdir is locked for the run: a second writer is
+  refused with the holder's pid and host.
   """
   stages = experiment.validate(config, jax.device_count(), jax.process_count())
+  with recovery.workdir_lock(workdir, jax.process_index() == 0):
+    return _train(config, workdir, stages, stop_at_step)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
+           stop_at_step: Optional[int]) -> dict[str, Any]:
   fault_cfg = faults.settings(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   t = config.train
   primary = jax.process_index() == 0
   recovery.prepare_workdir(workdir, stages, fault_cfg, allow_overwrite=bool(t.allow_overwrite),
-                           primary=primary)
+                           primary=primary, keep=int(t.keep))
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   make_runtime = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
                                              scaled_schedule(schedule, lr_scale))
@@ -132,6 +139,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                            process_count=jax.process_count())
           if data_state:
             it.set_state(data_state)
+          if getattr(it, 'skipped_reasons', None):
+            log0(f'data: {int(it.stats()["skipped_lines"])} bad line(s) skipped, first: '
+                 f'{it.skipped_reasons[0]}')
           eval_sets = batches.make_eval_batches(
               config.data, seq_len=stage.seq_len,
               batch_size=stage.global_batch_size // config.optim.grad_accum,
@@ -245,6 +255,8 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
         t_log, tokens_since = now, 0
         record.update({k: float(v) for k, v in out.items()})
         record['tokens_per_sec'] = tok_s
+        if hasattr(it, 'stats'):  # text data: bad lines skipped while reading (cached too)
+          record['skipped_lines'] = float(it.stats().get('skipped_lines', 0))
         bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f'{tok_s:,.0f}')
       if eval_sets and ((t.eval_every and step % t.eval_every == 0) or last):
         val = evaluate(runtime, state, eval_sets)

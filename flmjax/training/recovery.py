@@ -9,20 +9,50 @@ multi-host run never splits into processes that resumed from different steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from flmjax import checkpoint
 from flmjax.distributed import all_processes, log0, sync
 from flmjax.training import faults
+from flmjax.workdir_lock import WorkdirLock, WorkdirLockedError
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, primary: bool, what: str = 'flmjax train') -> Iterator[None]:
+  """Hold the workdir's one-writer lock for the run (process 0 takes it: only it writes; the
+  others learn the outcome, so every process fails alike).  A workdir that cannot even be
+  created is left to the pre-flight check, which says why."""
+  lock, error = None, None
+  if primary:
+    try:
+      lock = WorkdirLock(workdir, what).acquire(log=log0)
+    except WorkdirLockedError as e:
+      error = e
+    except OSError:
+      lock = None
+  if not all_processes(error is None):
+    raise error or WorkdirLockedError(f'workdir {workdir} is in use by another run (see process '
+                                      '0\'s log)')
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def prepare_workdir(workdir: str, stages: Sequence[Any], fault_cfg: Any, *, allow_overwrite: bool,
-                    primary: bool) -> None:
-  """Pre-flight (disk space, writable), then integrity first — a damaged newest checkpoint must
-  neither block the run nor be resumed — then the guard against training into another run."""
-  problem = faults.preflight(workdir, stages, fault_cfg)
+                    primary: bool, keep: int = 2) -> None:
+  """Leftover temporaries of an interrupted save go (we hold the workdir lock: nobody else is
+  writing them), then the pre-flight (disk space, writable), then integrity — a damaged newest
+  checkpoint must neither block the run nor be resumed — then the guard against training into
+  another run."""
+  if primary:
+    for path, size in checkpoint.remove_leftover_temporaries(workdir):
+      log0(f'removed {path} ({size / 2**20:.1f} MiB), left by a save that did not finish')
+  problem = faults.preflight(workdir, stages, fault_cfg, keep=keep)
   if not all_processes(problem is None):
     raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
                                 'check (see its log)')
