@@ -102,7 +102,7 @@ def _shape_bytes(text: str) -> int:
 def child_sharded(shape: str) -> dict:
   import jax
   import numpy as np
-  from flmjax import growth
+  from flmjax import growth, sharding
   rt0, rt1 = _setup(shape, dict(data=1, fsdp=4, tensor=2))
   state = rt0.init_state(0)
   args = (state.params, state.opt_state, jax.random.PRNGKey(1))
@@ -113,7 +113,7 @@ def child_sharded(shape: str) -> dict:
   gathers = [(_shape_bytes(m.group(1)), m.group(1).split('{')[0]) for m in _AG.finditer(hlo)]
   mem = compiled.memory_analysis()
   params, opt_state, _ = jax.block_until_ready(fn(*args))
-  want = growth.param_shardings(rt1.cfg, rt1.mesh, rt1.rules)
+  want = sharding.param_shardings(rt1.cfg, rt1.mesh, rt1.rules)
   leaves = jax.tree.leaves(params)
   dst_leaf_bytes = sorted(x.nbytes for x in leaves)
   n_dev = len(jax.devices())

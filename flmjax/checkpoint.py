@@ -427,7 +427,7 @@ def _abstract_params(model_cfg: ModelConfig, sharding_fn=None) -> Any:
   if sharding_fn is None:
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     sharding_fn = lambda _: dev
-  return jax.tree_util.tree_map(
+  return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_fn(x)), tree)
 
 
@@ -442,7 +442,7 @@ def load_params(path: str, shardings: Any = None
   config = ml_collections.ConfigDict(read_json(step_dir, 'config'))
   abstract = _abstract_params(model_cfg)
   if shardings is not None:
-    abstract = jax.tree_util.tree_map(
+    abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
   try:

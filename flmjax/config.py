@@ -13,9 +13,38 @@ import jax.numpy as jnp
 
 VOCAB_MULTIPLE = 128
 
+# Logical parameter axis -> the config field that sets its size (named in sharding and growth
+# errors).  `ModelConfig.axis_sizes` gives the sizes themselves.
+AXIS_FIELDS = {'vocab': 'model.vocab_size (padded)', 'embed': 'model.d_model',
+               'heads': 'model.n_heads', 'mlp': 'model.d_ff', 'kv': 'model.head_dim',
+               'layers': 'model.n_layers'}
+
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field and the value."""
+
+
+def check_section(cfg: Any, defaults: Any, section: str) -> None:
+  """A config section against its defaults: unknown fields are rejected and each field must have
+  its default's type.  Every module that owns a section validates it with this."""
+  d_keys, keys = set(defaults.keys()), set(cfg.keys())
+  unknown = sorted(keys - d_keys)
+  if unknown:
+    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
+  for k in sorted(keys):
+    v, dv = cfg[k], defaults[k]
+    if isinstance(dv, bool):
+      ok = isinstance(v, bool)
+    elif isinstance(dv, int):
+      ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(dv, float):
+      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    elif isinstance(dv, str):
+      ok = isinstance(v, str)
+    else:
+      ok = True
+    if not ok:
+      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +135,11 @@ class ModelConfig:
         raise ConfigError(f'model.{name} must be a positive number, got {v!r}')
 
   # ---- derived quantities -------------------------------------------------------------
+  def axis_sizes(self) -> dict[str, int]:
+    """Size of every logical parameter axis (the names in `flmjax.model`'s declarations)."""
+    return {'vocab': self.padded_vocab, 'embed': self.d_model, 'heads': self.n_heads,
+            'mlp': self.d_ff, 'kv': self.head_dim, 'layers': self.n_layers}
+
   @property
   def width_mult(self) -> float:
     """d_model / mup_base_width: the µP width multiplier (1.0 under standard parametrisation)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import dataclasses
 import importlib.util
 import math
 import os
@@ -19,7 +18,8 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 
 from flmjax import sharding, synthetic_data
-from flmjax.config import ConfigError, ModelConfig
+from flmjax.config import ConfigError, ModelConfig, check_section
+from flmjax.data import config as data_config
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
 
@@ -28,8 +28,7 @@ SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
 
 def default_data_config() -> ml_collections.ConfigDict:
   """`flmjax.data`'s defaults plus the `synthetic` subsection (flmjax.synthetic_data's)."""
-  from flmjax.data.config import default_data_config as data_defaults
-  cfg = data_defaults()
+  cfg = data_config.default_data_config()
   cfg.synthetic = synthetic_data.synthetic_config()
   return cfg
 
@@ -202,31 +201,6 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 # ---- validation ------------------------------------------------------------------------
 
-_TYPES = {'int': (int,), 'float': (int, float), 'str': (str,), 'bool': (bool,)}
-
-
-def _check_section(cfg: Any, defaults: Any, section: str) -> None:
-  """Unknown fields rejected; each field must have its default's type."""
-  d_keys, keys = set(defaults.keys()), set(cfg.keys())
-  unknown = sorted(keys - d_keys)
-  if unknown:
-    raise ConfigError(f'{section}: unknown field(s) {unknown}; known fields: {sorted(d_keys)}')
-  for k in sorted(keys):
-    v, dv = cfg[k], defaults[k]
-    if isinstance(dv, bool):
-      ok = isinstance(v, bool)
-    elif isinstance(dv, int):
-      ok = isinstance(v, int) and not isinstance(v, bool)
-    elif isinstance(dv, float):
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    elif isinstance(dv, str):
-      ok = isinstance(v, str)
-    else:
-      ok = True
-    if not ok:
-      raise ConfigError(f'{section}.{k} must be a {type(dv).__name__}, got {v!r}')
-
-
 def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
              process_count: int = 1) -> list[Stage]:
   """Check the whole experiment config; returns the stage plan.  Device checks need
@@ -235,18 +209,16 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:
     raise ConfigError(f'config: unknown section(s) {unknown}; known sections: {list(SECTIONS)}')
-  for name in ('model', 'data', 'optim', 'train', 'mesh'):
+  for name in ('model', 'data', 'optim', 'train', 'mesh', 'faults'):
     if name not in cfg:
       raise ConfigError(f'config: missing section {name!r}')
+  # Each section's owner checks it; optim and train are checked here, then the stage plan
+  # (which validates the model of every stage) and the checks that span sections.
   for name in ('optim', 'train'):
-    _check_section(cfg[name], defaults[name], name)
-  if 'faults' in cfg:  # optional: configs written before it existed get the defaults
-    _check_faults(cfg.faults, defaults.faults)
-  mesh_defaults = {k: v for k, v in defaults.mesh.items() if k != 'rules'}
-  _check_section({k: v for k, v in cfg.mesh.items() if k != 'rules'}, mesh_defaults, 'mesh')
-  rules = sharding.logical_rules(cfg.mesh)
-  from flmjax.data.config import validate_data_config
-  validate_data_config(cfg.data)
+    check_section(cfg[name], defaults[name], name)
+  faults.validate_faults_config(cfg.faults)
+  rules = sharding.validate_mesh_config(cfg.mesh)
+  data_config.validate_data_config(cfg.data)
 
   o, t = cfg.optim, cfg.train
   for name in ('optim', 'train'):
@@ -300,7 +272,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     batch_axes = sharding.batch_axes(rules)
     names = () if batch_axes is None else (
         (batch_axes,) if isinstance(batch_axes, str) else batch_axes)
-    shards = math.prod(mesh_sizes[n] for n in names)
+    shards = sharding.batch_shards(mesh_sizes, rules)
     for s in stages:
       micro = s.global_batch_size // o.grad_accum
       field = ('train.global_batch_size' if not cfg.get('stages') or
@@ -311,7 +283,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
             f'{field}={s.global_batch_size} / optim.grad_accum={o.grad_accum} = {micro} is not '
             f'divisible by the batch shards {"×".join(names) or "1"} = {shards} '
             f'(mesh {shape})')
-    _check_param_divisibility(stages, mesh_sizes, rules)
+    for s in stages:
+      sharding.check_divisible(s.model, mesh_sizes, rules,
+                               stage=s.name if len(stages) > 1 else None)
   return stages
 
 
@@ -330,24 +304,6 @@ def _vocab_file_size(data: Any) -> int:
   return int(sp.GetPieceSize())
 
 
-def _check_faults(f: Any, defaults: Any) -> None:
-  _check_section(f, defaults, 'faults')
-  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
-    if f[k] < 0:
-      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
-  if f.spike_factor != 0 and f.spike_factor <= 1:
-    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
-  if not 0 < f.rollback_lr_factor <= 1:
-    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
-                      f'{f.rollback_lr_factor!r}')
-  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
-    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
-                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
-  for k in ('inject_nan_batches', 'inject_spike_batches'):
-    if not all(isinstance(i, int) and i > 0 for i in f[k]):
-      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
-
-
 def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:
   b = s.global_batch_size
   if b % grad_accum:
@@ -356,24 +312,3 @@ def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> N
   if b % process_count:
     raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by the process count '
                       f'{process_count}')
-
-
-def _check_param_divisibility(stages: Sequence[Stage], mesh_sizes: Mapping[str, int],
-                              rules) -> None:
-  """Sharded dims (from each stage's logical param shapes) must divide by their mesh axes."""
-  import flax.linen as nn
-  sizes = lambda m: {'vocab': m.padded_vocab, 'embed': m.d_model, 'heads': m.n_heads,
-                     'mlp': m.d_ff, 'kv': m.head_dim, 'layers': m.n_layers}
-  for s in stages:
-    for logical, dim in sizes(s.model).items():
-      entry = nn.logical_to_mesh_axes((logical,), rules)[0]
-      if entry is None:
-        continue
-      names = (entry,) if isinstance(entry, str) else entry
-      n = math.prod(mesh_sizes[a] for a in names)
-      if dim % n:
-        field = sharding.AXIS_FIELD[logical]
-        where = f' (stage {s.name!r})' if len(stages) > 1 else ''
-        raise ConfigError(
-            f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {n}; change '
-            f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')

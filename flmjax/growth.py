@@ -22,21 +22,22 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flmjax import sharding
 from flmjax.config import ModelConfig
-from flmjax.growth_ops import (INIT_WEIGHTS, GrowthError, GrowthSpec, Plan, grow_leaf, make_plan,
-                               mask_keys, unit_map)
+from flmjax.growth_ops import (WIDTH_MASK_AXES, GrowthError, GrowthSpec, Plan,
+                               grow_leaf, make_plan, mask_keys, unit_map)
 from flmjax.model import Transformer, abstract_params
-from flmjax.params import leaf_name, path_name
+from flmjax.params import WEIGHTS, leaf_name, path_name
 
 Array = jax.Array
 PyTree = Any
 Rules = Sequence[tuple[str, Any]]
 # optax state fields holding second moments: grown with the squared scale of the parameter map.
 SQUARED_FIELDS = ('nu', 'nu_max', 'sum_of_squares')
-_UNIT_OF_AXIS = {'embed': 'hidden', 'heads': 'heads', 'mlp': 'mlp', 'layers': 'layers'}
+_UNIT_OF_AXIS = {**{axis: key for key, axis in WIDTH_MASK_AXES}, 'layers': 'layers'}
 
 __all__ = ['GrowthError', 'GrowthSpec', 'grow_state', 'make_grow_fn', 'ramp_masks', 'ramp_alpha',
-           'growth_units', 'rewarmup_updates', 'is_exact', 'logical_axes', 'param_shardings']
+           'growth_units', 'rewarmup_updates', 'is_exact', 'logical_axes']
 
 
 @functools.lru_cache(maxsize=32)
@@ -50,13 +51,6 @@ def _abstract(cfg: ModelConfig):
 def logical_axes(cfg: ModelConfig) -> PyTree:
   """Params-shaped tree of logical axis-name tuples, e.g. ('layers', 'embed', 'heads', 'kv')."""
   return _abstract(cfg)[1]
-
-
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules) -> PyTree:
-  """NamedShardings of `cfg`'s parameters on `mesh` under logical->mesh `rules`."""
-  specs = jax.tree.map(lambda a: PartitionSpec(*a), logical_axes(cfg),
-                       is_leaf=lambda x: isinstance(x, tuple))
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
 def is_exact(src: ModelConfig, dst: ModelConfig, spec: Any) -> bool:
@@ -74,11 +68,11 @@ def growth_units(src: ModelConfig, dst: ModelConfig, spec: Any) -> dict[str, Arr
 def _check_params(params: PyTree, cfg: ModelConfig, what: str) -> None:
   want, _ = _abstract(cfg)
   if jax.tree.structure(params) != jax.tree.structure(want):
-    got = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
-    exp = sorted(path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0])
+    got = sorted(path_name(p) for p, _ in jax.tree.flatten_with_path(params)[0])
+    exp = sorted(path_name(p) for p, _ in jax.tree.flatten_with_path(want)[0])
     raise GrowthError(f'{what}: parameter tree does not match the source config; missing '
                       f'{sorted(set(exp) - set(got))}, unexpected {sorted(set(got) - set(exp))}')
-  for (path, x), w in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
+  for (path, x), w in zip(jax.tree.flatten_with_path(params)[0], jax.tree.leaves(want)):
     if tuple(x.shape) != tuple(w.shape):
       raise GrowthError(f'{what}: {path_name(path)} has shape {tuple(x.shape)} but the source '
                         f'config gives {tuple(w.shape)}')
@@ -91,10 +85,10 @@ def _fresh_params(dst: ModelConfig, rng: Array, new_init_std: Optional[float]) -
   fresh = nn.unbox(Transformer(plain).init(rng, tokens)['params'])
   if new_init_std is None:
     return fresh
-  flat, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+  flat, treedef = jax.tree.flatten_with_path(fresh)
   out = []
   for i, (path, x) in enumerate(flat):
-    if leaf_name(path) in INIT_WEIGHTS:
+    if leaf_name(path) in WEIGHTS:
       x = new_init_std * jax.random.normal(jax.random.fold_in(rng, 1000 + i), x.shape, x.dtype)
     out.append(x)
   return jax.tree.unflatten(treedef, out)
@@ -105,7 +99,7 @@ def _grow_tree(tree: PyTree, plan: Plan, kind: str, fresh: Optional[PyTree] = No
   """Grow a params-shaped tree (leaves may be optax.MaskedNode, kept as they are)."""
   _, axes = _abstract(plan.src)
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_masked)
+  flat, treedef = jax.tree.flatten_with_path(tree, is_leaf=is_masked)
   axes_flat = treedef.flatten_up_to(axes)
   fresh_flat = treedef.flatten_up_to(fresh) if fresh is not None else [None] * len(flat)
   out = []
@@ -181,30 +175,12 @@ def make_grow_fn(src: ModelConfig, dst: ModelConfig, spec: Any, opt_state: Any =
 _GROW_FNS: dict[Any, Callable] = {}
 
 
-def _check_divisible(cfg: ModelConfig, shardings: PyTree) -> None:
-  """Every target dimension must split evenly over the mesh axes its logical axis maps to."""
-  shapes, axes = _abstract(cfg)
-  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  for (path, a), ax, sh in zip(flat, jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple)),
-                               jax.tree.leaves(shardings)):
-    for n, name, parts in zip(a.shape, ax, sh.spec):
-      mesh_axes = () if parts is None else (parts if isinstance(parts, tuple) else (parts,))
-      k = 1
-      for m in mesh_axes:
-        k *= sh.mesh.shape[m]
-      if n % k:
-        raise GrowthError(f'grow: target {path_name(path)} axis {name!r} has size {n}, not '
-                          f'divisible by mesh axes {mesh_axes} of size {k}; choose sizes or rules '
-                          f'that divide evenly')
-
-
 def _build_grow_fn(plan: Plan, opt_state: Any, mesh: Optional[Mesh],
                    rules: Optional[Rules]) -> Callable:
   dst = plan.dst
   psh = None
   if mesh is not None:
-    psh = param_shardings(dst, mesh, rules)
-    _check_divisible(dst, psh)
+    psh = sharding.param_shardings(dst, mesh, rules)
 
   def grow(params, opt_state, rng):
     k_init, k_noise = jax.random.split(rng)
@@ -262,11 +238,14 @@ def grow_state(params: PyTree, opt_state: Any, src: ModelConfig, dst: ModelConfi
 
 # ---- after the growth: mask ramp and re-warm-up ----------------------------------------------
 
-def ramp_alpha(steps_since_growth: Any, ramp_steps: int) -> Array:
-  """Linear ramp 0 -> 1 over `ramp_steps` (0 at the growth step itself; 1 when ramp_steps=0)."""
-  if ramp_steps <= 0:
-    return jnp.ones((), jnp.float32)
-  return jnp.clip(jnp.asarray(steps_since_growth, jnp.float32) / ramp_steps, 0.0, 1.0)
+def ramp_alpha(steps_since_growth: Any, ramp_steps: Any) -> Array:
+  """Linear ramp 0 -> 1 over `ramp_steps` (0 at the growth step itself; 1 when ramp_steps=0).
+
+  Both arguments may be traced (the train step reads them from the state), so the ramp never
+  recompiles."""
+  ramp = jnp.asarray(ramp_steps, jnp.float32)
+  since = jnp.asarray(steps_since_growth, jnp.float32)
+  return jnp.where(ramp > 0, jnp.clip(since / jnp.maximum(ramp, 1.0), 0.0, 1.0), 1.0)
 
 
 def ramp_masks(mask_base: Optional[dict[str, Array]], alpha: Any) -> Optional[dict[str, Array]]:

@@ -19,20 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from flmjax.config import ConfigError, ModelConfig
+from flmjax.params import FINAL_LN, RESIDUAL_OUT
 
 Array = jax.Array
 
 WIDTH_METHODS = ('msg', 'tile')
 DEPTH_METHODS = ('msg', 'identity', 'stack', 'interleave')
 WIDTH_AXES = ('embed', 'heads', 'mlp')
+# Mask key (the model's `masks` entries) of each width unit -> the logical axis it gates.
+WIDTH_MASK_AXES = (('hidden', 'embed'), ('heads', 'heads'), ('mlp', 'mlp'))
 # Weight -> the axis its inputs come in on: tiling replicates that input r times, so the weight
 # is divided by r there (fan-in rescaling).  `embed` (VxD) is an input table: no fan-in.
 FAN_IN = {'wq': 'embed', 'wk': 'embed', 'wv': 'embed', 'wo': 'heads', 'wi': 'embed',
           'wo_mlp': 'mlp', 'unembed': 'embed'}
-# Leaves that write into the residual stream: zero in an `identity` layer, so it adds nothing.
-RESIDUAL_OUT = ('wo', 'bo', 'wo_mlp', 'bo_mlp')
-FINAL_LN = ('final_ln_scale', 'final_ln_bias')
-INIT_WEIGHTS = ('embed', 'unembed', 'wq', 'wk', 'wv', 'wo', 'wi', 'wo_mlp')
 # Config fields that change the function itself (not only shapes or new-weight init): must match.
 MUST_MATCH = ('vocab_size', 'head_dim', 'tie_embeddings', 'ln_eps', 'rope_theta',
               'xpos_scale_base', 'use_xpos', 'attn_scale', 'input_mult')
@@ -83,11 +82,6 @@ class GrowthSpec:
         raise GrowthError(f'growth.{name} must be a finite number >= 0, got {v!r}')
 
 
-def _sizes(cfg: ModelConfig) -> dict[str, int]:
-  return {'layers': cfg.n_layers, 'embed': cfg.d_model, 'heads': cfg.n_heads,
-          'kv': cfg.head_dim, 'mlp': cfg.d_ff, 'vocab': cfg.padded_vocab}
-
-
 def layer_sources(n_src: int, n_dst: int, method: str) -> tuple[int, ...]:
   """For every target layer, the source layer it copies, or -1 for a new layer.
 
@@ -113,11 +107,11 @@ class Plan:
 
   @property
   def src_size(self) -> dict[str, int]:
-    return _sizes(self.src)
+    return self.src.axis_sizes()
 
   @property
   def dst_size(self) -> dict[str, int]:
-    return _sizes(self.dst)
+    return self.dst.axis_sizes()
 
   def factor(self, axis: str) -> int:
     """Tile factor of a width axis (1 for any other axis or when it does not grow)."""
@@ -209,7 +203,7 @@ def unit_map(plan: Plan) -> dict[str, Array]:
   msg = plan.spec.width == 'msg'
   old_layer = jnp.asarray(~plan.new_layers)
   units = {}
-  for key, axis in (('hidden', 'embed'), ('heads', 'heads'), ('mlp', 'mlp')):
+  for key, axis in WIDTH_MASK_AXES:
     n_old = s[axis] if msg else d[axis]
     units[key] = (jnp.arange(d[axis]) < n_old).astype(jnp.float32)
   for key in ('heads', 'mlp'):
@@ -222,8 +216,7 @@ def mask_keys(plan: Plan) -> tuple[str, ...]:
   """The mask entries the grown model needs so that it starts as the old function."""
   keys = []
   if plan.spec.width == 'msg':
-    keys += [k for k, a in (('hidden', 'embed'), ('heads', 'heads'), ('mlp', 'mlp'))
-             if plan.grows(a)]
+    keys += [k for k, a in WIDTH_MASK_AXES if plan.grows(a)]
   if plan.spec.depth == 'msg' and plan.grows('layers'):
     keys.append('layers')
   return tuple(keys)

@@ -24,13 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 
 from flmjax.config import ModelConfig
-from flmjax.params import leaf_name
-
-HIDDEN = ('wq', 'wk', 'wv', 'wo', 'wi', 'wo_mlp')
-RESIDUAL_OUT = ('wo', 'wo_mlp')  # write into the residual stream: GPT-2 1/√(2·n_layers) on top
-EMBEDDING = ('embed',)
-OUTPUT = ('unembed',)
-GROUPS = ('embedding', 'hidden', 'output', 'vector')
+from flmjax.params import EMBEDDING, HIDDEN, OUTPUT, RESIDUAL_OUT, leaf_name
 
 
 def param_group(name: str) -> str:
@@ -71,8 +65,7 @@ def lr_scales(cfg: ModelConfig) -> Optional[Callable[[Any], Any]]:
     return None
 
   def scales(updates: Any) -> Any:
-    return jax.tree_util.tree_map_with_path(lambda p, _: lr_multiplier(cfg, leaf_name(p)),
-                                            updates)
+    return jax.tree.map_with_path(lambda p, _: lr_multiplier(cfg, leaf_name(p)), updates)
   return scales
 
 

@@ -9,7 +9,7 @@ scan over micro-batches), so the optimizer's step count is the number of updates
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -17,21 +17,15 @@ import optax
 
 from flmjax import mup
 from flmjax.config import ModelConfig
-from flmjax.params import leaf_name
+from flmjax.params import NO_DECAY, leaf_name
 
 Schedule = Callable[[Any], Any]
 LrScales = Union[None, Any, Callable[[Any], Any]]
 
-# Parameters without weight decay: LayerNorm scales/biases and all biases.
-_NO_DECAY_PREFIXES = ('ln', 'final_ln', 'b')
-
 
 def decay_mask(params: Any) -> Any:
   """True for parameters that get weight decay: matrices and embeddings, not LN or biases."""
-  def decays(path, _):
-    name = leaf_name(path)
-    return not name.startswith(_NO_DECAY_PREFIXES)
-  return jax.tree_util.tree_map_with_path(decays, params)
+  return jax.tree.map_with_path(lambda path, _: leaf_name(path) not in NO_DECAY, params)
 
 
 def stage_schedule(*, lr: float, warmup_steps: int, steps: int, end_lr: float, kind: str,
@@ -76,7 +70,7 @@ def scale_by_lr_multipliers(lr_scales: LrScales) -> optax.GradientTransformation
   def update(updates, state, params=None):
     del params
     scales = lr_scales(updates) if callable(lr_scales) else lr_scales
-    return jax.tree_util.tree_map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
   return optax.GradientTransformation(init, update)
 

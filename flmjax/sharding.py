@@ -8,15 +8,17 @@ of a run is a config change, not a code change.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from flmjax.config import ConfigError
+from flmjax.config import AXIS_FIELDS, ConfigError, ModelConfig, check_section
+from flmjax.model import abstract_params
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -34,11 +36,6 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     'kv': (),
     'layers': (),
 }
-
-# Which config field sets the size of a logical axis: named in divisibility errors.
-AXIS_FIELD = {'vocab': 'model.vocab_size (padded)', 'embed': 'model.d_model',
-              'heads': 'model.n_heads', 'mlp': 'model.d_ff', 'kv': 'model.head_dim',
-              'layers': 'model.n_layers'}
 
 LogicalRules = tuple[tuple[str, Any], ...]
 
@@ -74,12 +71,22 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Optional[Sequence[Any]] = No
   """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
-  try:
-    from jax.experimental import mesh_utils
-    arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-  except Exception:  # CPU / odd topologies: plain row-major order (process-major on multi-host)
-    arr = np.array(devices).reshape(shape)
-  return Mesh(arr, MESH_AXES)
+  # Auto axes: parameters and activations are placed by the logical rules' annotations.
+  auto = (AxisType.Auto,) * len(MESH_AXES)
+  try:  # device order that follows the physical topology (TPU torus)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+  except (NotImplementedError, ValueError):
+    # A TPU topology this shape cannot map onto without splitting physical axes, or several
+    # slices: plain row-major order (process-major on multi-host).
+    return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def validate_mesh_config(mesh_cfg: Mapping[str, Any]) -> LogicalRules:
+  """Checks the `mesh` section (data/fsdp/tensor are integers; `rules` name mesh axes) and
+  returns its logical rules.  The sizes are resolved against the devices by `mesh_shape`."""
+  check_section({k: v for k, v in mesh_cfg.items() if k != 'rules'},
+                {name: 1 for name in MESH_AXES}, 'mesh')
+  return logical_rules(mesh_cfg)
 
 
 def logical_rules(mesh_cfg: Optional[Mapping[str, Any]] = None) -> LogicalRules:
@@ -104,11 +111,11 @@ def logical_rules(mesh_cfg: Optional[Mapping[str, Any]] = None) -> LogicalRules:
   return tuple(out)
 
 
-def _axis_size(mesh: Mesh, spec_entry: Any) -> int:
+def _axis_size(mesh_shape: Mapping[str, int], spec_entry: Any) -> int:
   if spec_entry is None:
     return 1
   names = (spec_entry,) if isinstance(spec_entry, str) else spec_entry
-  return math.prod(mesh.shape[n] for n in names)
+  return math.prod(mesh_shape[n] for n in names)
 
 
 def logical_specs(abstract_boxed_params: Any) -> Any:
@@ -116,29 +123,35 @@ def logical_specs(abstract_boxed_params: Any) -> Any:
   return nn.get_partition_spec(abstract_boxed_params)
 
 
-def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: LogicalRules) -> Any:
-  """NamedShardings for the (unboxed) params, checking every sharded dimension divides."""
-  validate_divisibility(abstract_boxed_params, mesh, rules)
-  return nn.logical_to_mesh_sharding(logical_specs(abstract_boxed_params), mesh, rules)
+@functools.lru_cache(maxsize=32)
+def _specs_of(cfg: ModelConfig) -> Any:
+  return logical_specs(abstract_params(cfg))
 
 
-def validate_divisibility(abstract_boxed_params: Any, mesh: Mesh, rules: LogicalRules) -> None:
-  """Every sharded parameter dimension must divide by its mesh axes; the error names the field."""
-  names_tree = logical_specs(abstract_boxed_params)
-  shapes = nn.meta.unbox(abstract_boxed_params)
-  flat_names = jax.tree_util.tree_flatten_with_path(
-      names_tree, is_leaf=lambda x: isinstance(x, P))[0]
-  flat_shapes = jax.tree_util.tree_leaves(shapes)
-  for (path, names), leaf in zip(flat_names, flat_shapes):
-    mesh_axes = nn.logical_to_mesh_axes(tuple(names), rules)
-    for dim, logical, entry in zip(leaf.shape, names, mesh_axes):
-      size = _axis_size(mesh, entry)
-      if dim % size:
-        field = AXIS_FIELD.get(logical, f'axis {logical!r}')
-        raise ConfigError(
-            f'{field}={dim} is not divisible by mesh axis {entry!r} of size {size} '
-            f'(parameter {jax.tree_util.keystr(path)}, logical axis {logical!r}); change the mesh '
-            f'(mesh.data/fsdp/tensor), the rule mesh.rules.{logical}, or {field}')
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings of `cfg`'s (unboxed) parameters on `mesh`, after `check_divisible`.  The
+  trainer and the sharded growth both place parameters with this."""
+  check_divisible(cfg, mesh.shape, rules)
+  return nn.logical_to_mesh_sharding(_specs_of(cfg), mesh, rules)
+
+
+def check_divisible(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules: LogicalRules,
+                    stage: Optional[str] = None) -> None:
+  """Every logical axis the rules shard must divide by the size of its mesh axes.
+
+  The one divisibility check: config validation runs it per stage before anything compiles, and
+  `param_shardings` runs it again for the trainer and growth.  The error names the config field
+  (`config.AXIS_FIELDS`), the stage and the mesh axis.
+  """
+  for logical, dim in cfg.axis_sizes().items():
+    entry = nn.logical_to_mesh_axes((logical,), rules)[0]
+    size = _axis_size(mesh_shape, entry)
+    if dim % size:
+      field = AXIS_FIELDS[logical]
+      where = f' (stage {stage!r})' if stage else ''
+      raise ConfigError(
+          f'{field}={dim}{where} is not divisible by mesh axis {entry!r} of size {size}; change '
+          f'mesh.data/fsdp/tensor, mesh.rules.{logical} or {field}')
 
 
 def batch_axes(rules: LogicalRules) -> Any:
@@ -150,9 +163,9 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules) -> NamedSharding:
   return NamedSharding(mesh, nn.logical_to_mesh_axes(('batch', 'length'), rules))
 
 
-def batch_shards(mesh: Mesh, rules: LogicalRules) -> int:
+def batch_shards(mesh_shape: Mapping[str, int], rules: LogicalRules) -> int:
   """How many ways the batch dimension is split: global batches must be divisible by it."""
-  return _axis_size(mesh, batch_axes(rules))
+  return _axis_size(mesh_shape, batch_axes(rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -167,7 +180,7 @@ def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any, mesh: Me
   need nothing new here.
   """
   by_path = {}
-  for path, sh in jax.tree_util.tree_flatten_with_path(params_shardings)[0]:
+  for path, sh in jax.tree.flatten_with_path(params_shardings)[0]:
     by_path[tuple(path)] = sh
 
   def pick(path, leaf):
@@ -178,9 +191,4 @@ def opt_state_shardings(abstract_opt_state: Any, params_shardings: Any, mesh: Me
         return sh
     return replicated(mesh)
 
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
-
-
-def tree_shardings_like(tree: Any, mesh: Mesh) -> Any:
-  """Replicated shardings for a small pytree (masks, scalars)."""
-  return jax.tree_util.tree_map(lambda _: replicated(mesh), tree)
+  return jax.tree.map_with_path(pick, abstract_opt_state)

@@ -91,3 +91,9 @@ def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
   assert 'held-out targets' in out and 'every candidate' in out and '± seeds' in out
   assert 'coverage' in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_packing_vs_seqio_smoke():
+  out = _run('packing_vs_seqio.py')
+  assert 'flmjax numpy packer' in out and 'seqio DecoderFeatureConverter' in out

@@ -69,3 +69,23 @@ def test_validation_errors_name_field_and_value(mutate, message):
     mutate(c)
   with pytest.raises(ConfigError, match=message):
     experiment.validate(c, num_devices=4)
+
+
+def test_each_section_is_checked_by_the_module_that_owns_it():
+  from flmjax import sharding
+  from flmjax.training import faults
+  mesh = {'data': 1, 'fsdp': -1, 'tensor': 1}
+  assert dict(sharding.validate_mesh_config(mesh))['heads'] == 'tensor'
+  with pytest.raises(ConfigError, match=r"mesh: unknown field\(s\) \['model'\]"):
+    sharding.validate_mesh_config({**mesh, 'model': 2})
+  with pytest.raises(ConfigError, match=r"mesh.tensor must be a int, got '2'"):
+    sharding.validate_mesh_config({**mesh, 'tensor': '2'})
+  f = faults.default_faults_config()
+  assert faults.validate_faults_config(f) is f
+  f.max_rollbacks = -1
+  with pytest.raises(ConfigError, match=r'faults.max_rollbacks must be >= 0, got -1'):
+    faults.validate_faults_config(f)
+  c = tiny_config(4)
+  del c['faults']  # required: every saved config has it
+  with pytest.raises(ConfigError, match=r"config: missing section 'faults'"):
+    experiment.validate(c, num_devices=1)

@@ -139,8 +139,9 @@ def test_partial_config_takes_defaults():
 
 # ---- seqio registration -------------------------------------------------------------------
 
-def test_import_registers_tasks_and_mixture():
+def test_register_tasks_registers_tasks_and_mixture():
   import seqio
+  D.register_tasks()
   mix = seqio.get_mixture_or_task('flm_bilingual')
   names = {t.name for t in mix.tasks}
   assert {'flm_en', 'flm_zh', 'flm_instruct', 'flm_teacher'} == names
@@ -590,3 +591,56 @@ def test_experiment_data_section_with_synthetic_subsection_validates():
   cfg.bogus = 1
   with pytest.raises(ConfigError, match=r'data\.bogus'):
     D.validate_data_config(cfg)
+
+
+# ---- no TensorFlow unless seqio is used ----------------------------------------------------
+
+_NO_TF_SCRIPT = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import ml_collections
+import flmjax.data as D
+from conftest import tiny_config
+from flmjax import sampling
+from flmjax.training import loop
+cfg = ml_collections.ConfigDict(json.loads(sys.argv[2]))
+batch = next(D.make_train_iterator(cfg, seq_len=64, global_batch_size=2))
+tok = D.get_tokenizer(cfg)
+assert tok.decode(batch['targets'][0].tolist())
+summary = loop.train(tiny_config(2), sys.argv[3])
+assert summary, summary
+from flmjax.config import ModelConfig
+from flmjax.model import Transformer
+import jax, jax.numpy as jnp
+m = ModelConfig(vocab_size=128, d_model=32, n_heads=2, head_dim=16, d_ff=64, n_layers=2, max_len=32)
+p = Transformer(m).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+sampling.generate(p, m, [[3, 4]], 2)
+print('before', 'tensorflow' in sys.modules)
+D.register_tasks(cfg)
+print('after', 'tensorflow' in sys.modules)
+'''
+
+
+def test_pipeline_training_and_sampling_do_not_import_tensorflow(setup, tmp_path):
+  """seqio (and with it TensorFlow, seconds and log lines) loads only when Tasks are registered."""
+  import subprocess
+  import sys
+  _, _, cfg = setup
+  vocab.vocabulary_path(cfg)  # trained here, so the child only loads it
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  r = subprocess.run([sys.executable, '-c', _NO_TF_SCRIPT, tests_dir, cfg.to_json(),
+                      str(tmp_path / 'w')], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert 'before False' in r.stdout and 'after True' in r.stdout, r.stdout
+
+
+def test_tokenizer_matches_seqio_vocabulary(setup):
+  _, _, cfg = setup
+  tok, voc = D.get_tokenizer(cfg), D.get_vocabulary(cfg)
+  assert tok.vocab_size == voc.vocab_size and tok.eos_id == voc.eos_id
+  for text in ('river stone 2024', '我们的人民', 'zebra 🦓 龘', ''):
+    assert tok.encode(text) == list(voc.encode(text))
+  ids = tok.encode('music forest bridge') + [tok.eos_id] + tok.encode('letter')
+  for case in (ids, ids[:3], [5, tok.vocab_size + 7, 6]):  # past-the-vocab id, eos cut
+    assert tok.decode(case) == voc.decode(case)
+  assert 'letter' not in tok.decode(ids)

@@ -61,7 +61,8 @@ def case_property() -> None:
   from hypothesis import strategies as st
 
   from flmjax.config import ModelConfig
-  from flmjax.growth import grow_state, param_shardings, ramp_masks
+  from flmjax.growth import grow_state, ramp_masks
+  from flmjax.sharding import param_shardings
   from test_growth import logits, random_params, tokens_for
 
   assert jax.device_count() == 8
@@ -121,7 +122,8 @@ def case_flm101b() -> None:
   from jax.sharding import NamedSharding, PartitionSpec
 
   from flmjax.config import ModelConfig
-  from flmjax.growth import GrowthError, make_grow_fn, param_shardings
+  from flmjax.growth import GrowthError, make_grow_fn
+  from flmjax.sharding import param_shardings
   from flmjax.growth import _abstract
 
   mesh = _mesh((1, 4, 2))

@@ -35,7 +35,9 @@ def _modules() -> dict[str, str]:
 def _imports(path: str, modules: dict[str, str]) -> set[str]:
   """flmjax modules imported anywhere in the file (`from flmjax import x` counts as flmjax.x)."""
   found = set()
-  for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+  with open(path, encoding='utf-8') as f:
+    tree = ast.parse(f.read())
+  for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -47,7 +47,7 @@ def test_param_and_opt_state_shardings_on_a_mesh():
   mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
   rules = sharding.logical_rules({})
   boxed = abstract_params(CFG)
-  psh = sharding.param_shardings(boxed, mesh, rules)
+  psh = sharding.param_shardings(CFG, mesh, rules)
   tx = optax.adamw(1e-3)
   opt = jax.eval_shape(tx.init, nn.meta.unbox(boxed))
   osh = sharding.opt_state_shardings(opt, psh, mesh)
@@ -62,4 +62,9 @@ def test_divisibility_error_names_the_config_field():
   rules = sharding.logical_rules({})
   with pytest.raises(ConfigError, match=r"model.n_heads=2 is not divisible by mesh axis 'tensor' "
                                         r"of size 4"):
-    sharding.validate_divisibility(abstract_params(CFG), mesh, rules)
+    sharding.check_divisible(CFG, mesh.shape, rules)
+  with pytest.raises(ConfigError, match=r"model.n_heads=2 \(stage 'big'\) is not divisible by "
+                                        r"mesh axis 'tensor' of size 4; change .* mesh.rules.heads"):
+    sharding.check_divisible(CFG, mesh.shape, rules, stage='big')
+  with pytest.raises(ConfigError, match=r"model.n_heads=2 is not divisible by mesh axis 'tensor'"):
+    sharding.param_shardings(CFG, mesh, rules)

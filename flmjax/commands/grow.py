@@ -70,15 +70,15 @@ def grow_main(args: argparse.Namespace) -> int:
 
 def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_dir: str,
           path: str) -> int:
-  """Load (verified), grow, save; the caller holds the lock on `--out`."""
+  """Load (verified), grow with the trainer's own builder, save; the caller holds the lock on
+  `--out`."""
   import jax
-  import jax.numpy as jnp
 
   from flmjax import checkpoint, growth, optimizer, sharding
   from flmjax.config import ConfigError, ModelConfig
   from flmjax.growth import EXACT_TOL, max_abs_logit_diff
-  from flmjax.params import flatten_paths
-  from flmjax.training.runtime import load_state, stage_optimizer
+  from flmjax.training.runtime import StageRuntime, load_state, stage_meta
+  from flmjax.training.state import TrainState
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     raise checkpoint.CheckpointError(f'refusing to write into {out_dir}: it already holds '
                                      f'checkpoints; choose another --out')
@@ -98,23 +98,12 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
                         f'({since} of {ramp} steps since the last growth); grow after the ramp')
 
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
-  tx = stage_optimizer(config, stage, schedule)
-  rng, grow_rng = jax.random.split(state['rng'])  # as the trainer does at a stage boundary
-  params, opt_state, mask_base = growth.grow_state(
-      state['params'], state['opt_state'], src, dst, spec, grow_rng, mesh=mesh, rules=rules,
-      optimizer=tx)
-  ramp = spec.ramp_steps if mask_base is not None else 0
-  new_state = {'step': state['step'], 'params': params, 'opt_state': opt_state, 'rng': rng,
-               'grow_step': jnp.asarray(step, jnp.int32),
-               'ramp_steps': jnp.asarray(ramp, jnp.int32)}
-  if mask_base is not None:
-    new_state['mask_base'] = mask_base
-  new_meta = {'stage': stage.index, 'stage_name': stage.name, 'model': dst.to_dict(), 'step': step,
-              'mask_shapes': None if mask_base is None else
-              {k: list(v.shape) for k, v in flatten_paths(mask_base).items()},
-              'grown_from': os.path.abspath(args.checkpoint), 'growth': dataclasses.asdict(spec)}
-  saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), new_state, meta=new_meta,
-                                data_state=data_state)
+  runtime = StageRuntime(config, stages, stage.index, mesh, rules, schedule)
+  grown = runtime.grow(src, TrainState.from_dict(state))
+  new_meta = {**stage_meta(stage, grown, step), 'grown_from': os.path.abspath(args.checkpoint),
+              'growth': dataclasses.asdict(spec)}
+  saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), grown.to_dict(),
+                                meta=new_meta, data_state=data_state)
   exact = growth.is_exact(src, dst, spec)
   print(f'grew {src.param_count() / 1e6:.2f}M -> {dst.param_count() / 1e6:.2f}M params '
         f'(width={spec.width}, depth={spec.depth}, exact={exact}) at step {step}: {saved}')
@@ -123,7 +112,7 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
           f'checkpoint is at step {step}')
   if not args.verify:
     return 0
-  diff = max_abs_logit_diff(src, state['params'], dst, params, mask_base,
+  diff = max_abs_logit_diff(src, state['params'], dst, grown.params, grown.mask_base,
                             batch=args.verify_batch, length=args.verify_len)
   status = 0
   if exact and not diff <= EXACT_TOL:

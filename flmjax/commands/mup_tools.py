@@ -45,11 +45,18 @@ def mup_check_main(args: argparse.Namespace) -> int:
   return 0
 
 
+def _add_tool_file_and_workdir(p: argparse.ArgumentParser, file_help: str,
+                               workdir_help: str) -> None:
+  """--config (a tool file: sections experiment + the tool's own) and --workdir."""
+  p.add_argument('--config', required=True, help=file_help)
+  p.add_argument('--workdir', required=True, help=workdir_help)
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='sweep file, e.g. experiments/mup_sweep.py (sections experiment, sweep); '
-                      'override with --config.sweep.mode=random, --config.experiment.train.steps=…')
-  p.add_argument('--workdir', required=True, help='one sub-directory per run, results JSON')
+  _add_tool_file_and_workdir(
+      p, 'sweep file, e.g. experiments/mup_sweep.py (sections experiment, sweep); override with '
+         '--config.sweep.mode=random, --config.experiment.train.steps=…',
+      'one sub-directory per run, results JSON')
   p.add_argument('--shard', default='', help='K/N: run only points K, K+N, … (parallel sweeps)')
   p.add_argument('--merge_only', action='store_true',
                  help='train nothing; merge the shards already in --workdir')
@@ -93,10 +100,10 @@ def sweep_main(args: argparse.Namespace) -> int:
 
 
 def add_predict_loss_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True,
-                 help='prediction file, e.g. experiments/mup_proxy.py (sections experiment, '
-                      'predict); override with --config.predict.target_width=…')
-  p.add_argument('--workdir', required=True, help='one sub-directory per width, prediction JSON')
+  _add_tool_file_and_workdir(
+      p, 'prediction file, e.g. experiments/mup_proxy.py (sections experiment, predict); '
+         'override with --config.predict.target_width=…',
+      'one sub-directory per width, prediction JSON')
   p.add_argument('--train_target', action='store_true',
                  help='also train the target and report predicted vs measured')
   p.add_argument('--plot', default='', help='PNG path (default WORKDIR/loss_prediction.png)')

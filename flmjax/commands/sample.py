@@ -20,7 +20,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def sample_main(args: argparse.Namespace) -> int:
   from flmjax import checkpoint
-  from flmjax.data import get_vocabulary
+  from flmjax.data import get_tokenizer
   from flmjax.sampling import generate
   if bool(args.prompt) == bool(args.prompt_ids):
     print('flmjax sample: give exactly one of --prompt (text) or --prompt_ids', file=sys.stderr)
@@ -58,7 +58,7 @@ def sample_main(args: argparse.Namespace) -> int:
     print(f'flmjax sample: {args.checkpoint} was trained on synthetic token data (no text '
           f'tokenizer); use --prompt_ids', file=sys.stderr)
     return 2
-  vocab = get_vocabulary(config.data)
+  vocab = get_tokenizer(config.data)
   prompts = [list(vocab.encode(p)) for p in args.prompt]
   outs = generate(params, cfg, prompts, args.max_new_tokens, temperature=args.temperature,
                   top_p=args.top_p, seed=args.seed, eos_id=vocab.eos_id)

@@ -6,6 +6,8 @@ sees the same data. Every Task has the features 'inputs' (no loss: empty for pla
 prompt for instructions, `text <|sep|> proposition` for the teacher signal) and 'targets'. Seqio
 mixes by example counts with these rates; flmjax's own iterator uses them as token shares.
 Registration is cheap: the vocabulary is trained and the corpus read only when a dataset is built.
+It is explicit (`register_tasks()`), not an import side effect, because seqio imports TensorFlow:
+the numpy pipeline, vocabulary training, sampling and synthetic runs never load it.
 """
 
 from __future__ import annotations
@@ -38,10 +40,29 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *, 
   return tf.data.Dataset.from_generator(gen, output_signature=spec)
 
 
+class LazyVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePieceVocabulary whose model is built on first use, so registering Tasks costs
+  nothing; afterwards it behaves exactly like the eager one."""
+
+  def __init__(self, cfg: Any):
+    self._cfg = cfg
+    super().__init__('')
+
+  def _model_context(self):
+    if not self._sentencepiece_model_file:
+      self._sentencepiece_model_file = vocab.vocabulary_path(self._cfg)
+    return super()._model_context()
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    self._model_context()
+    return self._sentencepiece_model_file
+
+
 def register_tasks(data_cfg: Any = None) -> None:
   """(Re-)registers the Tasks and the Mixture for a data config (default: the package default)."""
   cfg = validate_data_config(data_cfg if data_cfg is not None else default_data_config())
-  voc = vocab.LazyVocabulary(cfg)
+  voc = LazyVocabulary(cfg)
   rates = pipeline.mixture_rates(cfg)
   for source, name in TASKS.items():
     seqio.TaskRegistry.remove(name)

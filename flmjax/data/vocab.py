@@ -18,9 +18,9 @@ import tempfile
 from typing import Any
 
 import sentencepiece as spm
-import seqio
 
 from flmjax.data import corpus
+from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -127,7 +127,6 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
 
   Called by `flmjax vocab --config ... --out DIR`.
   """
-  from flmjax.data.config import validate_data_config
   cfg = validate_data_config(cfg)
   path = os.path.join(out_dir, 'spm.model')
   atomic_write(path, train_model_bytes(cfg))
@@ -149,31 +148,40 @@ def vocabulary_path(cfg: Any) -> str:
   return path
 
 
-def get_vocabulary(cfg: Any) -> seqio.SentencePieceVocabulary:
-  """The seqio vocabulary of a data config (trains and caches it on first use)."""
-  from flmjax.data.config import validate_data_config
+def get_vocabulary(cfg: Any) -> Any:
+  """The seqio vocabulary (`seqio.SentencePieceVocabulary`) of a data config, for seqio consumers
+  (Tasks, feature converters).  seqio is imported here, not at module level, because it imports
+  TensorFlow (seconds and log lines): sampling and evaluation use `get_tokenizer` instead."""
+  import seqio  # pylint: disable=g-import-not-at-top
   return seqio.SentencePieceVocabulary(vocabulary_path(validate_data_config(cfg)))
+
+
+class Tokenizer:
+  """A data config's SentencePiece model with seqio's id conventions and `decode` (ids past the
+  vocabulary read as unk; the text ends at the first eos), without importing seqio."""
+
+  pad_id, eos_id, unk_id = PAD_ID, EOS_ID, UNK_ID
+
+  def __init__(self, model_file: str):
+    self.model_file = model_file
+    self.sp = check_special_tokens(model_file)
+    self.vocab_size = self.sp.GetPieceSize()
+
+  def encode(self, text: str) -> list[int]:
+    return self.sp.EncodeAsIds(text)
+
+  def decode(self, ids: Any) -> str:
+    clean = [self.unk_id if int(i) >= self.vocab_size else int(i) for i in ids]
+    if self.eos_id in clean:
+      clean = clean[:clean.index(self.eos_id) + 1]
+    return self.sp.DecodeIds(clean)
+
+
+def get_tokenizer(cfg: Any) -> Tokenizer:
+  """The text tokenizer of a data config (trains and caches the vocabulary on first use)."""
+  return Tokenizer(vocabulary_path(validate_data_config(cfg)))
 
 
 def vocab_size(cfg: Any) -> int:
   """Number of ids of cfg's vocabulary; set model.vocab_size from it."""
-  return get_vocabulary(cfg).vocab_size
-
-
-class LazyVocabulary(seqio.SentencePieceVocabulary):
-  """A SentencePieceVocabulary whose model is built on first use, so registering Tasks at import
-  costs nothing; afterwards it behaves exactly like the eager one."""
-
-  def __init__(self, cfg: Any):
-    self._cfg = cfg
-    super().__init__('')
-
-  def _model_context(self):
-    if not self._sentencepiece_model_file:
-      self._sentencepiece_model_file = vocabulary_path(self._cfg)
-    return super()._model_context()
-
-  @property
-  def sentencepiece_model_file(self) -> str:
-    self._model_context()
-    return self._sentencepiece_model_file
+  return get_tokenizer(cfg).vocab_size

@@ -163,8 +163,8 @@ def _vocabulary(config: Any, where: str):
   if data_cfg.get('source') == 'synthetic':
     raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
                         f'tokenizer; the evaluation suites need a model trained on text')
-  from flmjax.data import get_vocabulary  # pylint: disable=g-import-not-at-top
-  return get_vocabulary(data_cfg)
+  from flmjax.data import get_tokenizer  # pylint: disable=g-import-not-at-top
+  return get_tokenizer(data_cfg)
 
 
 def load_backend(args: argparse.Namespace):

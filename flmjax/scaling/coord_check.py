@@ -12,7 +12,6 @@ statistics come from a forward pass with `mutable=['intermediates']` (the model 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 

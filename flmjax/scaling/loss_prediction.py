@@ -23,7 +23,6 @@ seed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from flmjax import synthetic_data
+from flmjax import data, synthetic_data
 
 Array = jax.Array
 Batch = dict[str, np.ndarray]
@@ -25,7 +25,6 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
             process_count=process_count)
   if data_cfg.source == 'synthetic':
     return synthetic_data.make_synthetic_iterator(data_cfg, **kw)
-  from flmjax import data  # imports seqio/TensorFlow: only for real text
   return data.make_train_iterator(data_cfg, **kw)
 
 
@@ -39,7 +38,6 @@ def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,
                                                      batch_size=batch_size,
                                                      num_batches=num_batches)
   else:
-    from flmjax import data  # imports seqio/TensorFlow: only for real text
     out = data.make_eval_batches(data_cfg, seq_len=seq_len, batch_size=batch_size)
   return {name: list(batches)[:num_batches] for name, batches in out.items()}
 

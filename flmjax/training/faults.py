@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flmjax.config import ConfigError, check_section
+
 
 def default_faults_config() -> ml_collections.ConfigDict:
   """The `faults` section.  Spike detection is off by default (early losses fall fast)."""
@@ -43,14 +45,29 @@ def default_faults_config() -> ml_collections.ConfigDict:
   ))
 
 
-def settings(config: Any) -> ml_collections.ConfigDict:
-  """The run's `faults` section over the defaults (configs saved before it existed work)."""
-  out = default_faults_config()
-  given = config.get('faults') if hasattr(config, 'get') else None
-  if given:
-    with out.ignore_type():
-      out.update(dict(given))
-  return out
+def validate_faults_config(f: Any) -> Any:
+  """Checks the `faults` section (fields, types, ranges); returns it.  Errors name the field."""
+  check_section(f, default_faults_config(), 'faults')
+  for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
+    if f[k] < 0:
+      raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
+  if f.spike_factor != 0 and f.spike_factor <= 1:
+    raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
+  if not 0 < f.rollback_lr_factor <= 1:
+    raise ConfigError(f'faults.rollback_lr_factor must be in (0, 1], got '
+                      f'{f.rollback_lr_factor!r}')
+  if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
+    raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
+                      f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
+  for k in ('inject_nan_batches', 'inject_spike_batches'):
+    if not all(isinstance(i, int) and i > 0 for i in f[k]):
+      raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
+  return f
+
+
+def settings(config: Any) -> Any:
+  """The run's validated `faults` section."""
+  return validate_faults_config(config.faults)
 
 
 # ---- in the jitted step ------------------------------------------------------------------
@@ -58,7 +75,7 @@ def settings(config: Any) -> ml_collections.ConfigDict:
 def select_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
   """`new` where `finite` else `old`, leaf by leaf: a skipped update changes nothing (like
   optax.apply_if_finite, but without adding state, so checkpoints and growth are unaffected)."""
-  return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 # ---- preemption --------------------------------------------------------------------------

@@ -24,10 +24,8 @@ from tqdm import tqdm
 
 from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, plan, sharding
 from flmjax.distributed import log0
-from flmjax.params import flatten_paths
-from flmjax.plan import Stage
 from flmjax.training import batches, faults, recovery
-from flmjax.training.runtime import StageRuntime, scaled_schedule
+from flmjax.training.runtime import StageRuntime, scaled_schedule, stage_meta
 from flmjax.training.state import TrainState
 from flmjax.training.summary import format_summary, run_summary
 
@@ -108,10 +106,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
 
         def save(state: TrainState, step: int, it) -> None:
           nonlocal last_saved
-          meta = {'stage': k, 'stage_name': stage.name, 'model': stage.model.to_dict(), 'step': step,
-                  'mask_shapes': None if state.mask_base is None else
-                  {p: list(v.shape) for p, v in flatten_paths(state.mask_base).items()},
-                  'run': run_info, 'faults': guard.state_dict()}
+          meta = {**stage_meta(stage, state, step), 'run': run_info, 'faults': guard.state_dict()}
           ckptr.save(step, state.to_dict(), config=config_json, meta=meta,
                      data_state=it.get_state() if it is not None else data_state)
           last_saved = step

@@ -17,8 +17,10 @@ import optax
 from jax.sharding import Mesh
 
 from flmjax import checkpoint, growth, optimizer, plan, sharding
+from flmjax.config import ModelConfig
+from flmjax.growth_ops import GrowthSpec
 from flmjax.model import Transformer, abstract_params
-from flmjax.params import unflatten_paths
+from flmjax.params import flatten_paths, unflatten_paths
 from flmjax.plan import Stage
 from flmjax.training import faults
 from flmjax.training.state import TrainState
@@ -45,7 +47,7 @@ class StageRuntime:
     self.tx = stage_optimizer(config, self.stage, schedule)
     self.model = Transformer(self.cfg)
     boxed = abstract_params(self.cfg)
-    self.param_sh = sharding.param_shardings(boxed, mesh, rules)
+    self.param_sh = sharding.param_shardings(self.cfg, mesh, rules)
     self.abstract_params = nn.meta.unbox(boxed)
     abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
     self.opt_sh = sharding.opt_state_shardings(abstract_opt, self.param_sh, mesh)
@@ -67,7 +69,7 @@ class StageRuntime:
     return TrainState(step=r, params=self.param_sh, opt_state=self.opt_sh, rng=r, grow_step=r,
                       ramp_steps=r,
                       mask_base=None if mask_base is None else
-                      jax.tree_util.tree_map(lambda _: r, mask_base))
+                      jax.tree.map(lambda _: r, mask_base))
 
   def abstract_state(self, mask_shapes: Optional[Mapping[str, list[int]]] = None) -> TrainState:
     """ShapeDtypeStructs with target shardings: the restore target on this mesh."""
@@ -79,7 +81,7 @@ class StageRuntime:
                         opt_state=jax.eval_shape(self.tx.init, self.abstract_params),
                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32), grow_step=i32(),
                         ramp_steps=i32(), mask_base=mask_base)
-    return jax.tree_util.tree_map(
+    return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, sh)
 
   def _jit(self, kind: str, has_masks: bool, mask_base: Any) -> Callable:
@@ -122,18 +124,26 @@ class StageRuntime:
                        ramp_steps=jnp.zeros((), jnp.int32))
     return jax.device_put(state, self.state_shardings())
 
-  def grow_from(self, prev: 'StageRuntime', state: TrainState) -> TrainState:
-    """Grow the previous stage's final state into this stage (params, Adam state, masks)."""
+  def grow(self, src: ModelConfig, state: TrainState) -> TrainState:
+    """`state` of a `src` model grown into this stage at its current step: params and Adam state
+    by the stage's `growth` (rng split off the state's), masks ramping in from this step.
+
+    The one grown-state builder: the trainer at a stage boundary (`grow_from`) and `flmjax grow`
+    both call it, so an offline growth resumes exactly like the trainer's own."""
     rng, grow_rng = jax.random.split(state.rng)
-    spec = self.stage.growth
+    spec = self.stage.growth or GrowthSpec()
     params, opt_state, mask_base = growth.grow_state(
-        state.params, state.opt_state, prev.cfg, self.cfg, spec, grow_rng,
+        state.params, state.opt_state, src, self.cfg, spec, grow_rng,
         mesh=self.mesh, rules=self.rules, optimizer=self.tx)
     ramp = spec.ramp_steps if mask_base is not None else 0
     new = TrainState(step=state.step, params=params, opt_state=opt_state, rng=rng,
-                     grow_step=jnp.asarray(self.stage.start_step, jnp.int32),
+                     grow_step=jnp.asarray(int(jax.device_get(state.step)), jnp.int32),
                      ramp_steps=jnp.asarray(ramp, jnp.int32), mask_base=mask_base)
     return jax.device_put(new, self.state_shardings(mask_base))
+
+  def grow_from(self, prev: 'StageRuntime', state: TrainState) -> TrainState:
+    """Grow the previous stage's final state into this stage (params, Adam state, masks)."""
+    return self.grow(prev.cfg, state)
 
   def restore(self, ckptr: checkpoint.StageCheckpointer, step: int
               ) -> tuple[TrainState, dict, dict]:
@@ -141,6 +151,14 @@ class StageRuntime:
     target = self.abstract_state(meta.get('mask_shapes'))
     state = TrainState.from_dict(ckptr.restore_state(step, target.to_dict()))
     return state, meta, ckptr.read_json(step, 'data')
+
+
+def stage_meta(stage: Stage, state: TrainState, step: int) -> dict[str, Any]:
+  """The checkpoint meta of a state of `stage`: which stage and model, the step, and the shapes
+  of the growth masks (the restore target needs them).  Callers add their own keys."""
+  return {'stage': stage.index, 'stage_name': stage.name, 'model': stage.model.to_dict(),
+          'step': step, 'mask_shapes': None if state.mask_base is None else
+          {p: list(v.shape) for p, v in flatten_paths(state.mask_base).items()}}
 
 
 def abstract_state_for(config: Any, meta: Mapping[str, Any], *, mesh: Optional[Mesh] = None,

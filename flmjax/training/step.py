@@ -35,10 +35,7 @@ def current_masks(state: TrainState) -> Optional[dict[str, Array]]:
   """Growth masks for this step: alpha = clip((step − grow_step) / ramp_steps, 0, 1)."""
   if state.mask_base is None:
     return None
-
-  ramp = state.ramp_steps.astype(jnp.float32)
-  since = (state.step - state.grow_step).astype(jnp.float32)
-  alpha = jnp.where(ramp > 0, jnp.clip(since / jnp.maximum(ramp, 1.0), 0.0, 1.0), 1.0)
+  alpha = growth.ramp_alpha(state.step - state.grow_step, state.ramp_steps)
   return growth.ramp_masks(state.mask_base, alpha)
 
 
@@ -69,21 +66,21 @@ def make_step_fns(model_cfg: ModelConfig, tx: optax.GradientTransformation,
     if accum == 1:
       (_, (ce, zl)), grads = grad_fn(state.params, batch)
     else:  # micro-batch i = rows i, i+accum, …: each keeps its share of every batch shard
-      mbs = jax.tree_util.tree_map(
+      mbs = jax.tree.map(
           lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
       def body(carry, mb):
         g_acc, ce_acc, zl_acc = carry
         (_, (ce, zl)), g = grad_fn(state.params, mb)
-        return (jax.tree_util.tree_map(jnp.add, g_acc, g), ce_acc + ce, zl_acc + zl), None
+        return (jax.tree.map(jnp.add, g_acc, g), ce_acc + ce, zl_acc + zl), None
 
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, ce, zl), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), mbs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     if rewarmup is not None:
       updates = rewarmup(updates, state.step - state.grow_step)
     params = optax.apply_updates(state.params, updates)
-    out = {'loss': ce / denom, 'grad_norm': optax.global_norm(grads),
+    out = {'loss': ce / denom, 'grad_norm': optax.tree.norm(grads),
            'learning_rate': schedule(state.step)}
     if z_loss:
       out['z_loss'] = zl / denom
