@@ -114,7 +114,8 @@ def run_split(cfg: ml_collections.ConfigDict, name: str, data_seed: int, seeds: 
 
 
 def _proxy_table(name: str, proxies: list[dict]) -> str:
-  lines = [f'{name} proxies:', f"{'width':>6} {'N (non-emb)':>12} {'loss':>8} {'± seeds':>8}  seeds"]
+  lines = [f'{name} proxies:',
+           f"{'width':>6} {'N (non-emb)':>12} {'loss':>8} {'± seeds':>8}  seeds"]
   for r in proxies:
     lines.append(f"{r['width']:>6} {r['non_embedding_params']:>12,} {r['loss']:>8.4f} "
                  f"{r['loss_std']:>8.4f}  {' '.join(f'{x:.4f}' for x in r['seed_losses'])}")
@@ -139,7 +140,8 @@ def _candidate_table(result: dict) -> str:
   for n in result['candidates']:
     d, h = result['dev'][n], result['held_out'][n]
     mark = '*' if n == result['chosen'] else ' '
-    lines.append(f"{mark}{n:<26} {100 * d['max_error']:>7.2f}% {100 * result['model_error'][n]:>12.2f}% "
+    lines.append(f"{mark}{n:<26} {100 * d['max_error']:>7.2f}% "
+                 f"{100 * result['model_error'][n]:>12.2f}% "
                  f"{100 * h['max_error']:>7.2f}% {100 * h['mean_error']:>8.2f}% "
                  f"{100 * h['coverage']:>7.0f}%")
   return '\n'.join(lines)
@@ -179,10 +181,10 @@ def main(argv=None) -> int:
                       f'{100 * result["model_error"][chosen]:.2f}% per unit ln N)',
                       result['held_out'][chosen]['rows'], widest))
   print(_candidate_table(result))
-  print(f"data {e.data.source}, {e.train.steps} steps × {e.train.global_batch_size * e.train.seq_len}"
-        f" tokens per run, vocabulary {e.model.vocab_size}; training wall "
-        f"{train_wall / 60:.1f} min, total {(time.time() - t0) / 60:.1f} min; "
-        f"JSON {os.path.join(workdir, 'heldout.json')}")
+  tokens = e.train.global_batch_size * e.train.seq_len
+  print(f"data {e.data.source}, {e.train.steps} steps × {tokens} tokens per run, vocabulary "
+        f"{e.model.vocab_size}; training wall {train_wall / 60:.1f} min, total "
+        f"{(time.time() - t0) / 60:.1f} min; JSON {os.path.join(workdir, 'heldout.json')}")
   h = result['held_out'][chosen]
   rows = h['rows']
   inside = sum(r['inside'] for r in rows)

@@ -55,8 +55,9 @@ def interpolate_at(flops: Sequence[float], losses: Sequence[float], at: Sequence
                    ) -> np.ndarray:
   """A training curve's loss at the FLOPs `at`, linear in log FLOPs; NaN outside the curve."""
   fl = np.log(np.asarray(flops, np.float64))
-  out = np.interp(np.log(np.asarray(at, np.float64)), fl, np.asarray(losses, np.float64))
-  outside = (np.asarray(at) < np.min(flops) * (1 - 1e-9)) | (np.asarray(at) > np.max(flops) * (1 + 1e-9))
+  at_log = np.log(np.asarray(at, np.float64))
+  out = np.interp(at_log, fl, np.asarray(losses, np.float64))
+  outside = (at_log < fl.min() - 1e-9) | (at_log > fl.max() + 1e-9)
   return np.where(outside, np.nan, out)
 
 

@@ -99,7 +99,7 @@ def _curve_fit_inner(xs: np.ndarray, ys: np.ndarray, fix_c: Optional[float]):
 
 def fit_power_law(x: Sequence[float], y: Sequence[float], fix_c: Optional[float] = None,
                   leave_one_out: bool = True) -> PowerLawFit:
-  """Least-squares fit of L = a·x^b + c (a ≥ 0, b ≤ 0, 0 ≤ c ≤ min L) with scipy's curve_fit;
+  """Least-squares fit of L = a·x^b + c (a ≥ 0, b ≤ 0, 0 ≤ c ≤ min L), scipy's curve_fit;
   `fix_c` pins the asymptote (0: a pure power law, two parameters)."""
   xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
   order = np.argsort(xs)
