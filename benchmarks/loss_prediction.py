@@ -87,7 +87,7 @@ def bench_config(smoke: bool, steps: int = 0) -> ml_collections.ConfigDict:
       # no room to retrain them on the held-out data order); the targets still differ in width,
       # init seeds and data order from everything the choices saw.
       retrain_proxies=smoke,
-      samples=100 if smoke else 500, seed=0))
+      samples=100 if smoke else 300, seed=0))
   return out
 
 
@@ -158,8 +158,11 @@ def main(argv=None) -> int:
   p.add_argument('--smoke', action='store_true', help='synthetic data, tiny widths (CI)')
   p.add_argument('--steps', type=int, default=0, help='training steps per run (0: default)')
   p.add_argument('--workdir', default='', help='keep the runs here (default: a temp dir)')
+  p.add_argument('--held_out', default='', help='held-out widths, e.g. 64,128 (default: all)')
   args = p.parse_args(argv)
   cfg = bench_config(args.smoke, args.steps)
+  if args.held_out:
+    cfg.protocol.held_out_widths = [int(w) for w in args.held_out.split(',')]
   pc = cfg.protocol
   workdir = args.workdir or tempfile.mkdtemp(prefix='flmjax_losspred_')
   t0 = time.time()
