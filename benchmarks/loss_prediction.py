@@ -19,7 +19,7 @@ the target's seed noise plus the calibrated model error), the measured mean ± s
 relative error and whether the mean is inside; then every candidate's development and held-out
 error, so the alternatives are documented from the same run.
 
-  python benchmarks/loss_prediction.py            # CPU: one core, about 45 minutes
+  python benchmarks/loss_prediction.py            # CPU: over an hour on one shared core
   python benchmarks/loss_prediction.py --smoke    # synthetic data, tiny widths, minutes (CI)
 
 Every run is `flmjax.training.loop.train` (one training loop; finished runs in --workdir are read
