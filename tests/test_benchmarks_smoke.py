@@ -89,7 +89,8 @@ def test_growth_vs_scratch_smoke_on_tiny():
 @pytest.mark.slow
 def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
-  assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out
+  assert 'held-out targets' in out and 'every candidate' in out and '± seeds' in out
+  assert 'coverage' in out.splitlines()[-1]
 
 
 @pytest.mark.slow
