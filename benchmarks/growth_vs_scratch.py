@@ -12,6 +12,11 @@ at eval steps; the mean over languages is the validation loss), and prints the t
 equal FLOPs (linear interpolation between eval points).  The last line is the headline: the
 FLOPs the growth run needs to reach the baseline's final validation loss ÷ the baseline's FLOPs
 (target ≤ 0.60; MSG reports 1/1.4 ≈ 0.71 on GPT-2).
+
+One seed, two runs, whatever regime the two files set: a quick comparison of two experiments, not
+evidence.  The tiny_growth / tiny_scratch pair sits where any smaller model wins (the baseline sees
+0.4 tokens per parameter); benchmarks/growth_evidence.py is the controlled comparison (three arms,
+seeds, LR sweep, every operator).
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ def get_config(preset: str = 'flm'):
   c.experiment = experiment.load_config(f'{sweep_file}:{preset}').experiment
   if preset == 'tiny':
     c.predict = ml_collections.ConfigDict(dict(
-        proxy_widths=[16, 32, 48], target_width=64, train_target=False, samples=2000, seed=0,
+        proxy_widths=[16, 32, 48], target_width=64, train_target=False, samples=300, seed=0,
         proxy_seeds=[]))
   else:  # FLM-101B's proxy width 256 and 4× / 2× narrower ones; the target is 8× the widest
     c.predict = ml_collections.ConfigDict(dict(
-        proxy_widths=[64, 128, 192, 256], target_width=2048, train_target=False, samples=4000,
+        proxy_widths=[64, 128, 192, 256], target_width=2048, train_target=False, samples=1000,
         seed=0, proxy_seeds=[0, 1]))  # each proxy's loss is the mean over two init seeds
   return c

@@ -100,3 +100,49 @@ def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = No
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | None = None,
+                title: str = 'validation loss vs training FLOPs (mean over seeds, band: min-max)'
+                ) -> str:
+  """One line per group of runs (the seeds of one arm): the mean validation loss (mean over
+  languages) against FLOPs, with the seeds' min-max band; growth points of the first run dotted.
+  `target`: a horizontal line (e.g. the from-scratch arm's final mean loss).  Returns the path."""
+  from flmjax import curves
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  for label, workdirs in groups.items():
+    if not workdirs:
+      raise ValueError(f'group {label!r} has no runs')
+    records = [curves.run_records(w) for w in workdirs]
+    runs = [curves.val_curve(r) for r in records]
+    for w, c in zip(workdirs, runs):
+      if not c:
+        raise ValueError(f'{w}: metrics.jsonl has no val_loss* records to plot')
+    grid, mean, _ = curves.mean_curve(runs)
+    lo = [min(curves.at_flops(c, f) for c in runs) for f in grid]
+    hi = [max(curves.at_flops(c, f) for c in runs) for f in grid]
+    line, = ax.plot(grid, mean, marker='.', markersize=3, label=f'{label} (n={len(runs)})')
+    ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    for _, _, flops in curves.growth_points(records[0]):
+      ax.axvline(flops, color=line.get_color(), linestyle=':', linewidth=1)
+  if target is not None:
+    ax.axhline(target, color='black', linestyle='--', linewidth=1, label=f'target {target:.4f}')
+  ax.set_xscale('log')
+  ax.set_xlabel('training FLOPs')
+  ax.set_ylabel('validation loss (nats/token, mean over languages)')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def parse_group(spec: str) -> tuple[str, list[str]]:
+  """'LABEL=W1,W2,W3' -> ('LABEL', ['W1', 'W2', 'W3'])."""
+  label, sep, dirs = spec.partition('=')
+  runs = [d for d in dirs.split(',') if d]
+  if not sep or not label or not runs:
+    raise ValueError(f'--group {spec!r}: expected LABEL=WORKDIR[,WORKDIR...]')
+  return label, runs

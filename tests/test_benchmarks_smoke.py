@@ -89,7 +89,8 @@ def test_growth_vs_scratch_smoke_on_tiny():
 @pytest.mark.slow
 def test_loss_prediction_smoke():
   out = _run('loss_prediction.py')
-  assert 'L(N) predicts' in out and '± seeds' in out and 'measured' in out
+  assert 'held-out targets' in out and 'every candidate' in out and '± seeds' in out
+  assert 'coverage' in out.splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -103,3 +104,14 @@ def test_pod_plan_smoke():  # needs the tpu extra (libtpu), which .ci/run instal
   out = _run('pod_plan.py')
   assert 'pod plan for v5e:2x2 (4 chips)' in out and 'growth' in out
   assert 'target <= 0.90: met' in out
+
+
+@pytest.mark.slow
+def test_growth_evidence_smoke(tmp_path):
+  out = _run('growth_evidence.py', '--workdir', str(tmp_path))
+  assert 'three arms, one budget' in out and 'every operator in the same harness' in out
+  for op in ('width msg + depth msg', 'width tile + depth msg', 'width msg + depth identity',
+             'width msg + depth stack', 'width msg + depth interleave', 'width tile + depth stack'):
+    assert op in out, op
+  for png in ('arms.png', 'operators.png', 'flm_vs_equal_loss.png'):
+    assert os.path.getsize(tmp_path / 'plots' / png) > 1000

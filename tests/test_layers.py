@@ -15,7 +15,7 @@ LAYERS = [
     ('flmjax.mup', 'flmjax.model', 'flmjax.sharding', 'flmjax.optimizer', 'flmjax.metrics',
      'flmjax.distributed', 'flmjax.synthetic_data'),
     ('flmjax.growth_ops', 'flmjax.growth', 'flmjax.checkpoint', 'flmjax.workdir_lock',
-     'flmjax.data', 'flmjax.plan', 'flmjax.sampling', 'flmjax.plot'),
+     'flmjax.data', 'flmjax.plan', 'flmjax.sampling', 'flmjax.plot', 'flmjax.curves'),
     ('flmjax.experiment', 'flmjax.training', 'flmjax.evaluation'),
     ('flmjax.scaling',),
     ('flmjax.commands', 'flmjax.cli'),

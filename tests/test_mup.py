@@ -316,5 +316,9 @@ def test_predict_loss_cli_tiny(tmp_path, capsys):
   assert out['relative_error_N'] == pytest.approx(
       abs(out['predicted_N']['loss'] - t['measured']) / t['measured'])
   assert os.path.getsize(os.path.join(wd, 'loss_prediction.png')) > 10_000
+  # two seeds per proxy: the interval is the seed bootstrap, and it says whether it held
+  assert out['seed_sd'] > 0 and out['interval'].startswith('bootstrap')
+  pn = out['predicted_N']
+  assert out['inside_N'] == (pn['low'] <= t['measured'] <= pn['high'])
   text = capsys.readouterr().out
-  assert 'relative error' in text and 'L(N) predicts' in text
+  assert 'relative error' in text and 'L(N) predicts' in text and '95% interval: bootstrap' in text

@@ -4,10 +4,16 @@
 With µP the transferred hyperparameters are (near) optimal at every width, so the loss at a fixed
 token budget is a smooth function of size: fit L(N) = a·N^b + c over the proxies (N = non-embedding
 parameters, b < 0, c the irreducible loss) and evaluate it at the target's N.  The same fit over
-compute, L(C), uses each proxy's training FLOPs.  The interval comes from the fit covariance
-(Monte Carlo over the parameters' Gaussian), widened to cover the fits that leave one proxy out.
-Three proxies determine the three parameters exactly, so they give a prediction with an empty
-interval: use four or more.
+compute, L(C), uses each proxy's training FLOPs.
+
+The interval has to mean what it says on a target the fit never saw.  Its main source of error is
+not the fit's least-squares covariance but the seeds: a narrow proxy's loss moves with its init by
+as much as neighbouring widths differ, and the target's own loss moves with its init too.  So
+with several init seeds per proxy the interval is a parametric bootstrap over that seed noise
+(refit per draw, plus the target's own seed noise, plus an optional model-error term calibrated on
+development targets, see `flmjax.scaling.heldout`).  With one seed per proxy there is no spread to
+measure; the interval then falls back to the fit covariance widened to the leave-one-out fits, and
+the report says it does not include seed noise.
 
 A prediction file defines `get_config()` with sections `experiment` (µP, transferred
 hyperparameters) and `predict` (proxy_widths, proxy_seeds, target_width, train_target, samples,
@@ -20,7 +26,7 @@ import dataclasses
 import math
 import os
 import warnings
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import OptimizeWarning
@@ -33,9 +39,11 @@ from flmjax.scaling import sweep
 
 def default_predict_config() -> dict[str, Any]:
   # proxy_seeds: init seeds averaged per proxy width ([] = the experiment's train.seed only);
-  # the target is trained once, with train.seed (a wide µP model's loss varies little with init).
-  return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=4000,
-              seed=0, proxy_seeds=[])
+  # target_seeds likewise for the measured target.  samples: bootstrap draws of the interval.
+  # model_error: relative sd of the law's own error per unit of ln(N_target / N_widest proxy),
+  # calibrated on development targets (benchmarks/loss_prediction.py measures it); 0 = seeds only.
+  return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=1000,
+              seed=0, proxy_seeds=[], target_seeds=[], model_error=0.0)
 
 
 # ---- the fit -------------------------------------------------------------------------------------
@@ -73,7 +81,9 @@ def _curve_fit_inner(xs: np.ndarray, ys: np.ndarray, fix_c: Optional[float]):
   lo = float(ys.min())
   if fix_c is not None:
     f = lambda x, a, b: power_law(x, a, b, fix_c)
-    p0 = (max(float(ys.max()) - fix_c, 1e-3), -0.5)
+    gap = np.maximum(ys - fix_c, 1e-6)  # start from the log-log line through the two ends
+    b0 = min(math.log(gap[-1] / gap[0]) / math.log(xs[-1] / xs[0]), -1e-3) if len(xs) > 1 else -0.5
+    p0 = (float(gap[0] / xs[0] ** b0), max(b0, -4.9))
     popt, pcov = curve_fit(f, xs, ys, p0=p0, bounds=([0, -5], [np.inf, 0]), maxfev=20000)
     return (*popt, fix_c), pcov
   # Start from a c a bit below the smallest loss, with (a, b) from the log-log line through the
@@ -87,22 +97,27 @@ def _curve_fit_inner(xs: np.ndarray, ys: np.ndarray, fix_c: Optional[float]):
   return tuple(popt), pcov
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
-  """Least-squares fit of L = a·x^b + c (a ≥ 0, b ≤ 0, 0 ≤ c ≤ min L) with scipy's curve_fit."""
+def fit_power_law(x: Sequence[float], y: Sequence[float], fix_c: Optional[float] = None,
+                  leave_one_out: bool = True) -> PowerLawFit:
+  """Least-squares fit of L = a·x^b + c (a ≥ 0, b ≤ 0, 0 ≤ c ≤ min L), scipy's curve_fit;
+  `fix_c` pins the asymptote (0: a pure power law, two parameters)."""
   xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
   order = np.argsort(xs)
   xs, ys = xs[order], ys[order]
-  if len(xs) < 3:
-    raise ValueError(f'fit_power_law needs at least 3 points, got {len(xs)}')
+  n_params = 3 if fix_c is None else 2
+  if len(xs) < n_params:
+    raise ValueError(f'fit_power_law needs at least {n_params} points, got {len(xs)}')
   scale = float(xs[0])
-  (a, b, c), pcov = _curve_fit(xs / scale, ys)
-  cov = pcov if np.all(np.isfinite(pcov)) and len(xs) > 3 else None
+  (a, b, c), pcov = _curve_fit(xs / scale, ys, fix_c)
+  cov = None
+  if fix_c is None and len(xs) > 3 and np.all(np.isfinite(pcov)):
+    cov = pcov
   loo = []
-  if len(xs) > 3:  # leave one out (three points are fitted exactly: no spread to measure)
+  if leave_one_out and len(xs) > n_params:  # an exact fit has no spread to measure
     for i in range(len(xs)):
       keep = np.arange(len(xs)) != i
       try:
-        p, _ = _curve_fit(xs[keep] / scale, ys[keep])
+        p, _ = _curve_fit(xs[keep] / scale, ys[keep], fix_c)
         loo.append(tuple(float(v) for v in p))
       except (RuntimeError, ValueError):
         continue
@@ -125,6 +140,67 @@ def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
       bounds += list(np.percentile(vals, [2.5, 97.5]))
   bounds += [float(power_law(x / fit.x_scale, *p)) for p in fit.loo]
   return mean, max(0.0, float(min(bounds))), float(max(bounds))  # a loss is never negative
+
+
+def seed_spread(seed_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, float]:
+  """(standard error of each width's mean loss, pooled single-run seed sd).
+
+  Two seeds estimate one width's sd badly, so each width gets at least the pooled sd (the root
+  mean square over widths with two or more seeds); one seed everywhere gives zeros."""
+  sds = [float(np.std(l, ddof=1)) for l in seed_losses if len(l) > 1]
+  pooled = float(np.sqrt(np.mean(np.square(sds)))) if sds else 0.0
+  se = [max(float(np.std(l, ddof=1)) if len(l) > 1 else 0.0, pooled) / math.sqrt(max(len(l), 1))
+        for l in seed_losses]
+  return np.asarray(se, np.float64), pooled
+
+
+def bootstrap_interval(predict_fn: Callable[[np.ndarray], np.ndarray], shift_sd: np.ndarray,
+                       target_sd: Any = 0.0, rel_model_sd: Any = 0.0, samples: int = 1000,
+                       seed: int = 0, level: float = 0.95
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prediction, low, high) per target from a parametric bootstrap over seed noise.
+
+  `predict_fn(shifts)` refits with each proxy width's mean loss moved by `shifts` and returns the
+  predicted target losses; the shifts are drawn from N(0, shift_sd) (the proxies' seed noise).
+  Each draw then gets the target's own seed noise N(0, target_sd) and a model error
+  N(0, rel_model_sd · prediction) — both per target."""
+  shift_sd = np.asarray(shift_sd, np.float64)
+  center = np.atleast_1d(np.asarray(predict_fn(np.zeros_like(shift_sd)), np.float64))
+  rng = np.random.default_rng(seed)
+  draws = []
+  for _ in range(samples):
+    try:
+      draws.append(np.atleast_1d(predict_fn(rng.normal(0.0, 1.0, shift_sd.shape) * shift_sd)))
+    except (RuntimeError, ValueError):  # a draw the fit cannot follow: leave it out
+      continue
+  if not draws:
+    return center, center.copy(), center.copy()
+  d = np.asarray(draws, np.float64)
+  d = d + rng.normal(0.0, 1.0, d.shape) * np.asarray(target_sd, np.float64)
+  d = d + rng.normal(0.0, 1.0, d.shape) * np.asarray(rel_model_sd, np.float64) * center
+  tail = 100 * (1 - level) / 2
+  low, high = np.nanpercentile(d, [tail, 100 - tail], axis=0)
+  return center, np.maximum(low, 0.0), high  # a loss is never negative
+
+
+def prediction_warnings(pred: float, low: float, high: float, asymptote: float,
+                        seed_sd: Optional[float]) -> list[str]:
+  """Why an interval should not be trusted, in words (empty when it looks sound).
+
+  `seed_sd` is the proxies' pooled single-run seed sd (None: one seed per proxy, unknown)."""
+  out = []
+  if asymptote > 0 and (low < asymptote or (seed_sd and pred - asymptote < seed_sd)):
+    out.append(f'the prediction {pred:.4f} [{low:.4f}, {high:.4f}] lies at or below its own fitted '
+               f'asymptote c = {asymptote:.4f}: the fit has flattened onto c, and a target whose '
+               f'loss is below c (the law\'s form, not noise) cannot be predicted; try wider '
+               f'proxies or a fit with c fixed')
+  if seed_sd is None:
+    out.append('one init seed per proxy: the interval covers the fit only, not the seed-to-seed '
+               'spread of the proxies and the target; set predict.proxy_seeds to two or more seeds')
+  elif (high - low) / 2 < seed_sd:
+    out.append(f'the interval [{low:.4f}, {high:.4f}] is narrower than the proxies\' seed spread '
+               f'(sd {seed_sd:.4f} per run): it cannot cover a single run of the target')
+  return out
 
 
 def fit_warnings(xs: Sequence[float], ys: Sequence[float], fit: PowerLawFit) -> list[str]:
@@ -173,7 +249,7 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> 
   losses = [r['loss'] for r in runs]
   return {'width': width, **runs[0], 'loss': float(np.mean(losses)),
           'loss_std': float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
-          'seed_losses': losses, 'seeds': seeds}
+          'seed_losses': losses, 'seeds': seeds, 'workdirs': [r['workdir'] for r in runs]}
 
 
 def curve(workdir: str) -> tuple[list[float], list[float]]:
@@ -192,21 +268,44 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
   target = {'width': int(p.target_width),
             'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
             'flops': plan.flops_summary(stages)['growth_flops']}
-  ys = [r['loss'] for r in proxies]
-  fit_n = fit_power_law([r['non_embedding_params'] for r in proxies], ys)
-  fit_c = fit_power_law([r['flops'] for r in proxies], ys)
-  n_pred = predict(fit_n, target['non_embedding_params'], int(p.samples), int(p.seed))
-  c_pred = predict(fit_c, target['flops'], int(p.samples), int(p.seed))
-  out = {'proxies': proxies, 'target': target, 'fit_N': fit_n.to_dict(), 'fit_C': fit_c.to_dict(),
-         'predicted_N': dict(zip(('loss', 'low', 'high'), n_pred)),
-         'predicted_C': dict(zip(('loss', 'low', 'high'), c_pred)),
-         'warnings': fit_warnings([r['non_embedding_params'] for r in proxies], ys, fit_n)}
+  ys = np.asarray([r['loss'] for r in proxies], np.float64)
+  seed_losses = [r['seed_losses'] for r in proxies]
+  shift_sd, seed_sd = seed_spread(seed_losses)
+  with_seeds = all(len(l) > 1 for l in seed_losses)
+  target_seeds = [int(s) for s in p.get('target_seeds', ())]
+  ns = [r['non_embedding_params'] for r in proxies]
+  distance = math.log(target['non_embedding_params'] / max(ns))  # extrapolation, in ln N
+  out = {'proxies': proxies, 'target': target, 'seed_sd': seed_sd if with_seeds else None,
+         'interval': ('bootstrap over init seeds (proxies and target)' if with_seeds else
+                      'fit covariance and leave-one-out fits (one seed: no seed noise)')}
+  fits = {}
+  for key, xs, xt in (('N', ns, target['non_embedding_params']),
+                      ('C', [r['flops'] for r in proxies], target['flops'])):
+    fit = fits[key] = fit_power_law(xs, ys)
+    if with_seeds:
+      pred = bootstrap_interval(
+          lambda d, xs=xs, xt=xt: fit_power_law(xs, ys + d, leave_one_out=False)(xt), shift_sd,
+          seed_sd / math.sqrt(max(len(target_seeds), 1)),
+          float(p.get('model_error', 0.0)) * distance, int(p.samples), int(p.seed))
+      pred = tuple(float(v[0]) for v in pred)
+    else:
+      pred = predict(fit, xt, int(p.samples), int(p.seed))
+    out[f'fit_{key}'] = fit.to_dict()
+    out[f'predicted_{key}'] = dict(zip(('loss', 'low', 'high'), pred))
+  n_pred, c_pred = out['predicted_N'], out['predicted_C']
+  out['warnings'] = (fit_warnings(ns, ys, fits['N'])
+                     + prediction_warnings(n_pred['loss'], n_pred['low'], n_pred['high'],
+                                           out['fit_N']['c'], out['seed_sd']))
   if p.train_target if train_target is None else train_target:
-    res = run_width(cfg, int(p.target_width), workdir)
-    target['measured'] = res['loss']
-    target['workdir'] = res['workdir']
-    out['relative_error_N'] = abs(n_pred[0] - res['loss']) / res['loss']
-    out['relative_error_C'] = abs(c_pred[0] - res['loss']) / res['loss']
+    res = run_width(cfg, int(p.target_width), workdir, target_seeds)
+    target.update(measured=res['loss'], measured_std=res['loss_std'],
+                  seed_losses=res['seed_losses'], workdir=res['workdir'])
+    for key, pr in (('N', n_pred), ('C', c_pred)):
+      out[f'relative_error_{key}'] = abs(pr['loss'] - res['loss']) / res['loss']
+      out[f'inside_{key}'] = bool(pr['low'] <= res['loss'] <= pr['high'])
+    if res['loss'] < out['fit_N']['c']:
+      out['warnings'].append(f"the measured loss {res['loss']:.4f} is below the fitted asymptote "
+                             f"c = {out['fit_N']['c']:.4f}: the law's form is wrong at this scale")
   return out
 
 
@@ -226,10 +325,15 @@ def format_report(out: Mapping[str, Any]) -> str:
     pr = out[f'predicted_{key}']
     lines.append(f"target width {t['width']} ({t['non_embedding_params']:,} non-emb params): "
                  f"L({key}) predicts {pr['loss']:.4f} [{pr['low']:.4f}, {pr['high']:.4f}]")
-  lines += [f'warning: {w}' for w in out.get('warnings', ())]
+  if out.get('interval'):
+    lines.append(f"95% interval: {out['interval']}")
   if 'measured' in t:
-    lines.append(f"measured {t['measured']:.4f}: relative error L(N) "
-                 f"{100 * out['relative_error_N']:.2f}%, L(C) {100 * out['relative_error_C']:.2f}%")
+    spread = f" ± {t['measured_std']:.4f} (seeds)" if len(t.get('seed_losses', ())) > 1 else ''
+    inside = lambda k: 'inside' if out.get(f'inside_{k}') else 'OUTSIDE'
+    lines.append(f"measured {t['measured']:.4f}{spread}: relative error L(N) "
+                 f"{100 * out['relative_error_N']:.2f}% ({inside('N')} its interval), L(C) "
+                 f"{100 * out['relative_error_C']:.2f}% ({inside('C')})")
+  lines += [f'warning: {w}' for w in out.get('warnings', ())]
   return '\n'.join(lines)
 
 

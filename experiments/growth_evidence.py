@@ -1,0 +1,143 @@
+"""The growth benchmark's three arms on one FLOPs budget (benchmarks/growth_evidence.py).
+
+  growth   the first-stage model (d_model 16, 2 layers) for a third of the budget, then grown
+           to the final size (d_model 32, 4 layers) for the rest;
+  scratch  the final size trained from scratch for the whole budget;
+  small    the first-stage size trained alone for the whole budget.
+
+The argument is comma-separated: the arm, then key=value options, e.g.
+  flmjax train --config 'experiments/growth_evidence.py:growth,width=tile,depth=stack,seed=1'
+Options: width (msg | tile), depth (msg | identity | stack | interleave), seed (init and data
+order), lr (peak learning rate, the same for every arm and stage), preset (full | smoke).
+
+Why this setting (issue 17): a 2048-piece vocabulary (as in benchmarks/loss_prediction.py, where
+each doubling of width lowered the loss clearly) so the two sizes differ in their transformer
+blocks, not their embedding; µP with base width = the first stage's width, so the learning rate
+swept on the final size transfers to the first stage and one LR serves every arm and stage; and
+a budget of several tokens per parameter of the final model so that the small model has run out
+of capacity before the budget ends (the regime where size matters; the old tiny_growth setting
+gave the final size 0.4 tokens per parameter, where any smaller model wins).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from flmjax import experiment
+from flmjax.config import ModelConfig
+
+ARMS = ('growth', 'scratch', 'small')
+PRESETS = {
+    # first stage (d_model, layers), final (d_model, layers), seq, batch, final-size tokens,
+    # evals per run, eval batches
+    'full': dict(first=(16, 2), final=(32, 4), seq=128, batch=32, final_tokens=1_300_000,
+                 evals=16, eval_batches=4),
+    'smoke': dict(first=(16, 1), final=(32, 2), seq=16, batch=8, final_tokens=2_048,
+                  evals=4, eval_batches=1),
+}
+HEAD_DIM = 8
+FIRST_STAGE_FLOPS_SHARE = 1 / 3  # fixed before any run; FLM-101B spent ~45% in its first stage
+RAMP_SHARE = 0.1                 # MSG masks ramp over this share of the final stage's steps
+LR = 3e-3                        # the default; the benchmark sweeps it on the scratch arm
+
+
+def parse_arg(arg: str) -> dict:
+  """'growth,width=tile,seed=1' -> {'arm': 'growth', 'width': 'tile', 'seed': '1', ...}."""
+  parts = [p.strip() for p in (arg or 'growth').split(',') if p.strip()]
+  out = {'arm': parts[0], 'width': 'msg', 'depth': 'msg', 'seed': '0', 'lr': str(LR),
+         'preset': 'full'}
+  if out['arm'] not in ARMS:
+    raise ValueError(f'arm must be one of {ARMS}, got {out["arm"]!r}')
+  for p in parts[1:]:
+    k, sep, v = p.partition('=')
+    if not sep or k not in out or k == 'arm':
+      raise ValueError(f'option {p!r}: expected key=value with key in width, depth, seed, lr, '
+                       'preset')
+    out[k] = v
+  if out['preset'] not in PRESETS:
+    raise ValueError(f'preset must be one of {sorted(PRESETS)}, got {out["preset"]!r}')
+  return out
+
+
+def model_shape(d_model: int, n_layers: int) -> dict:
+  return dict(d_model=d_model, n_heads=d_model // HEAD_DIM, d_ff=4 * d_model, n_layers=n_layers)
+
+
+def base_config(preset: str, seed: int, lr: float) -> ml_collections.ConfigDict:
+  """Everything the arms share: data, µP model family, optimizer family, batch, logging."""
+  p = PRESETS[preset]
+  c = experiment.default_config()
+  c.model.update(vocab_size=2048, head_dim=HEAD_DIM, max_len=p['seq'], use_mup=True,
+                 mup_base_width=p['first'][0], attn_scale='1/d_head', output_mult=2.0,
+                 init_std=1.6e-2, **model_shape(*p['final']))
+  if preset == 'smoke':
+    c.data.source = 'synthetic'
+    c.data.synthetic.update(vocab_size=64, min_doc_len=4, max_doc_len=12)
+    c.model.vocab_size = 128
+  else:
+    c.data.source = 'bilingual'
+    c.data.vocab.update(size=2048, character_coverage=0.98)
+  c.data.seed = seed
+  c.data.eval_batches = p['eval_batches']
+  c.optim.update(lr=lr, warmup_steps=0, schedule='cosine', end_lr=lr / 10, weight_decay=0.0,
+                 clip=1.0)
+  c.train.update(seq_len=p['seq'], global_batch_size=p['batch'], seed=seed, log_every=10,
+                 eval_every=0, eval_batches=p['eval_batches'], ckpt_every=0, keep=1)
+  c.mesh.update(data=1, fsdp=-1, tensor=1)
+  return c
+
+
+def flops_per_token(c: ml_collections.ConfigDict, shape: tuple[int, int]) -> float:
+  return ModelConfig.from_dict({**c.model.to_dict(), **model_shape(*shape)}).flops_per_token(
+      int(c.train.seq_len))
+
+
+def budget(preset: str) -> float:
+  """The FLOPs budget every arm spends: the final size on `final_tokens` tokens."""
+  c = base_config(preset, 0, LR)
+  p = PRESETS[preset]
+  return flops_per_token(c, p['final']) * p['final_tokens']
+
+
+def get_config(arg: str = 'growth') -> ml_collections.ConfigDict:
+  o = parse_arg(arg)
+  preset, p = o['preset'], PRESETS[o['preset']]
+  c = base_config(preset, int(o['seed']), float(o['lr']))
+  tokens_per_step = p['seq'] * p['batch']
+  flops = budget(preset)
+  steps_for = lambda f, shape: max(1, round(f / flops_per_token(c, shape) / tokens_per_step))
+  warmup = lambda steps: max(1, steps // 20)
+  if o['arm'] in ('scratch', 'small'):
+    shape = p['final'] if o['arm'] == 'scratch' else p['first']
+    c.model.update(model_shape(*shape))
+    steps = steps_for(flops, shape)
+    c.train.steps = steps
+    c.optim.warmup_steps = warmup(steps)
+    c.train.eval_every = max(1, steps // p['evals'])
+    return c
+  first = steps_for(flops * FIRST_STAGE_FLOPS_SHARE, p['first'])
+  final = steps_for(flops * (1 - FIRST_STAGE_FLOPS_SHARE), p['final'])
+  lr = float(o['lr'])
+  growth = dict(width=o['width'], depth=o['depth'], ramp_steps=max(1, round(RAMP_SHARE * final)))
+  # One schedule over the run, as the other arms': warm-up, then the cosine from lr to lr/10
+  # over all steps; the growth falls where it falls on it, and the grown stage starts at the LR
+  # the first stage ended with (the trainer's optim.stage_schedule='continue').
+  boundary_lr = cosine_lr(lr, first / (first + final))
+  c.stages = [
+      dict(name='first', model=model_shape(*p['first']), steps=first, lr=lr,
+           warmup_steps=warmup(first + final)),
+      dict(name='final', model=model_shape(*p['final']), steps=final, lr=boundary_lr,
+           warmup_steps=0, end_lr=lr / 10, growth=growth),
+  ]
+  if 'stage_schedule' not in c.optim:  # a trainer without the option: spell the same schedule out
+    c.stages[0]['end_lr'] = boundary_lr
+  c.train.eval_every = max(1, (first + final) // p['evals'])
+  c.train.log_every = 1  # the loss right before and after the growth shows function preservation
+  return c
+
+
+def cosine_lr(lr: float, fraction: float) -> float:
+  """The LR of a cosine from lr to lr/10 after `fraction` of its steps."""
+  return lr / 10 + (lr - lr / 10) * 0.5 * (1 + math.cos(math.pi * fraction))

@@ -1,0 +1,215 @@
+"""The growth benchmark's analysis (curves, FLOPs-to-target, seed intervals, the jump at a
+growth, band plots) on hand-made metrics, and its three arms' setting (equal budget, shared
+recipe, every operator a valid plan)."""
+
+import json
+import math
+import os
+import random
+import statistics
+
+import pytest
+
+from flmjax import curves, experiment, plan, plot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, 'experiments', 'growth_evidence.py')
+
+
+def _write(path, rows):
+  path.mkdir(parents=True, exist_ok=True)
+  with open(path / 'metrics.jsonl', 'w') as f:
+    for r in rows:
+      f.write(json.dumps(r) + '\n')
+  return str(path)
+
+
+def _growth_run(jump=0.0, offset=0.0, grow_at=6, steps=12):
+  """Training loss falls 0.1 per step, plus `jump` from the growth on; val every 2 steps."""
+  rows, flops = [], 0.0
+  for step in range(1, steps + 1):
+    stage = 0 if step <= grow_at else 1
+    flops += 1e9 * (1 + 2 * stage)
+    loss = 5.0 - 0.1 * step + (jump if stage else 0.0) + offset
+    rows.append({'step': step, 'stage': stage, 'flops': flops, 'tokens': 100 * step, 'loss': loss})
+    if step % 2 == 0:
+      rows.append({'step': step, 'stage': stage, 'flops': flops, 'tokens': 100 * step,
+                   'val_loss_en': loss - 0.5, 'val_loss_zh': loss + 0.5})
+  return rows
+
+
+def test_val_curve_is_the_mean_over_languages_at_eval_steps(tmp_path):
+  recs = curves.run_records(_write(tmp_path / 'r', _growth_run()))
+  c = curves.val_curve(recs)
+  assert len(c) == 6
+  assert c[0] == (2e9, pytest.approx(4.8))  # step 2: loss 4.8, (4.3 + 5.3) / 2
+
+
+def test_resumed_steps_count_once(tmp_path):
+  rows = _growth_run() + [{'step': 4, 'val_loss_en': 0.0, 'val_loss_zh': 0.0, 'flops': 4e9}]
+  c = curves.val_curve(curves.run_records(_write(tmp_path / 'r', rows)))
+  assert len(c) == 6 and c[1] == (4e9, 0.0)  # the re-logged step replaces the first record
+
+
+def test_at_flops_interpolates_and_refuses_to_extrapolate():
+  c = [(1.0, 4.0), (3.0, 2.0)]
+  assert curves.at_flops(c, 2.0) == pytest.approx(3.0)
+  assert curves.at_flops(c, 1.0) == 4.0 and curves.at_flops(c, 3.0) == 2.0
+  assert curves.at_flops(c, 0.5) is None and curves.at_flops(c, 3.5) is None
+
+
+def test_flops_to_reach_is_the_first_crossing_interpolated():
+  c = [(1.0, 4.0), (2.0, 3.0), (3.0, 3.5), (4.0, 2.0)]
+  assert curves.flops_to_reach(c, 3.5) == pytest.approx(1.5)
+  assert curves.flops_to_reach(c, 2.5) == pytest.approx(3.0 + 1.0 / 1.5)  # first time below
+  assert curves.flops_to_reach(c, 4.5) == 1.0  # already there at the first point
+  assert curves.flops_to_reach(c, 1.0) is None
+
+
+def test_mean_curve_averages_on_the_common_range():
+  a = [(1.0, 4.0), (2.0, 3.0), (3.0, 2.0)]
+  b = [(1.0, 5.0), (2.0, 4.0)]
+  grid, mean, std = curves.mean_curve([a, b])
+  assert grid == [1.0, 2.0]
+  assert mean == pytest.approx([4.5, 3.5])
+  assert std == pytest.approx([math.sqrt(0.5)] * 2)
+  grid, mean, _ = curves.mean_curve([a, b], points=3)
+  assert grid == pytest.approx([1.0, 1.5, 2.0]) and mean[1] == pytest.approx(4.0)
+  with pytest.raises(ValueError):
+    curves.mean_curve([a, []])
+
+
+def test_mean_interval_uses_student_t():
+  m, lo, hi = curves.mean_interval([1.0, 2.0, 3.0])
+  assert m == 2.0
+  assert hi - m == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+  assert lo == pytest.approx(2 * m - hi)
+  assert curves.mean_interval([0.5]) == (0.5, -math.inf, math.inf)  # one seed claims nothing
+  m, lo, hi = curves.mean_interval([0.4, math.inf, 0.6])  # a seed that never reached
+  assert m == math.inf and hi == math.inf and lo == 0.4
+  assert curves.t_quantile(1) == 12.706 and curves.t_quantile(100) == 1.96
+
+
+def test_mean_interval_covers_the_true_mean_95_percent_of_the_time():
+  rng = random.Random(0)
+  for n in (3, 5):
+    hits = 0
+    trials = 4000
+    for _ in range(trials):
+      _, lo, hi = curves.mean_interval([rng.gauss(0.6, 0.1) for _ in range(n)])
+      hits += lo <= 0.6 <= hi
+    assert 0.93 <= hits / trials <= 0.97, (n, hits / trials)
+
+
+def test_mean_std():
+  assert curves.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+  assert curves.mean_std([1.5]) == (1.5, 0.0)
+
+
+def test_growth_points_and_the_jump_at_a_growth(tmp_path):
+  exact = curves.run_records(_write(tmp_path / 'e', _growth_run(jump=0.0)))
+  copy = curves.run_records(_write(tmp_path / 'c', _growth_run(jump=0.7)))
+  assert curves.growth_points(exact) == [(1, 6, 6e9)]
+  j_exact, noise = curves.jump_at_growth(exact, 6)
+  j_copy, _ = curves.jump_at_growth(copy, 6)
+  assert j_exact == pytest.approx(-0.1) and noise == pytest.approx(0.1)
+  assert j_copy == pytest.approx(0.6)
+  assert curves.jump_at_growth(exact, 40) is None  # not logged
+
+
+def test_plot_groups_draws_bands_and_parses_groups(tmp_path):
+  runs = [_write(tmp_path / f's{i}', _growth_run(offset=0.1 * i)) for i in range(3)]
+  flat = [_write(tmp_path / f'f{i}', _growth_run(jump=1.0, offset=0.1 * i)) for i in range(2)]
+  out = plot.plot_groups({'growth': runs, 'other': flat}, str(tmp_path / 'p' / 'x.png'),
+                         target=4.0)
+  with open(out, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert plot.parse_group('a b=x,y') == ('a b', ['x', 'y'])
+  for bad in ('nolabel', '=x', 'a='):
+    with pytest.raises(ValueError):
+      plot.parse_group(bad)
+  with pytest.raises(ValueError, match='no runs'):
+    plot.plot_groups({'empty': []}, str(tmp_path / 'y.png'))
+
+
+def test_plot_command_groups(tmp_path):
+  from flmjax import cli
+  runs = [_write(tmp_path / f's{i}', _growth_run(offset=0.1 * i)) for i in range(2)]
+  assert cli.main(['plot', '--group', 'g=' + ','.join(runs), '--out', str(tmp_path / 'o'),
+                   '--target', '4.2']) == 0
+  assert os.path.exists(tmp_path / 'o' / 'val_loss_groups.png')
+
+
+# ---- the setting ----------------------------------------------------------------------
+
+def _plan(arg):
+  cfg = experiment.load_config(f'{EXPERIMENT}:{arg}')
+  return cfg, plan.stage_plan(cfg)
+
+
+@pytest.mark.parametrize('preset', ['full', 'smoke'])
+def test_three_arms_share_one_budget_and_recipe(preset):
+  arms = {a: _plan(f'{a},preset={preset}') for a in ('growth', 'scratch', 'small')}
+  flops = {a: sum(s.flops for s in st) for a, (_, st) in arms.items()}
+  one_step = max(s.model.flops_per_token(s.seq_len) * s.tokens_per_step
+                 for _, st in arms.values() for s in st)
+  for a in ('growth', 'small'):
+    assert abs(flops[a] - flops['scratch']) <= one_step, a
+  growth = arms['growth'][1]
+  assert [s.model for s in growth] == [arms['small'][1][0].model, arms['scratch'][1][0].model]
+  assert growth[0].flops / flops['scratch'] == pytest.approx(1 / 3, abs=0.02)
+  cfgs = [c for c, _ in arms.values()]
+  for c in cfgs[1:]:
+    assert c.data.to_dict() == cfgs[0].data.to_dict()
+    assert c.optim.schedule == cfgs[0].optim.schedule
+    assert c.train.global_batch_size == cfgs[0].train.global_batch_size
+  assert {st[0].lr for _, st in arms.values()} == {3e-3}
+  assert growth[1].model.d_model > growth[0].model.d_model
+  assert growth[1].model.n_layers > growth[0].model.n_layers
+
+
+def test_growth_arm_runs_one_schedule_like_the_others():
+  """Warm-up, then one cosine to lr/10 over the whole run; no jump of the LR at the growth."""
+  from flmjax import optimizer
+  _, st = _plan('growth')
+  sched = optimizer.make_schedule([s.schedule_dict() for s in st], 'cosine')
+  g = st[1].start_step
+  lr = lambda step: float(sched(step))
+  assert lr(g - 1) == pytest.approx(lr(g), rel=0.02)
+  assert lr(g) < 3e-3 and lr(st[1].end_step - 1) == pytest.approx(3e-4, rel=1e-3)
+  assert max(lr(i) for i in range(0, st[1].end_step, 7)) == pytest.approx(3e-3, rel=1e-3)
+  _, sc = _plan('scratch')
+  sched_s = optimizer.make_schedule([s.schedule_dict() for s in sc], 'cosine')
+  assert float(sched_s(sc[0].end_step - 1)) == pytest.approx(3e-4, rel=1e-3)
+
+
+def test_after_growth_evaluations_are_kept_apart(tmp_path):
+  rows = _growth_run() + [{'step': 6, 'stage': 1, 'after_growth': 1.0, 'flops': 6e9,
+                           'val_loss_en': 1.0, 'val_loss_zh': 2.0}]
+  wd = _write(tmp_path / 'r', rows)
+  recs = curves.run_records(wd)
+  assert curves.growth_points(recs) == [(1, 6, 6e9)]
+  assert curves.val_curve(recs)[2] == (6e9, pytest.approx(4.4))
+  assert curves.mean_val(curves.after_growth_records(wd)[6]) == 1.5
+
+
+def test_final_size_gets_several_tokens_per_parameter():
+  """The regime where size matters: not the old 0.4 tokens per parameter."""
+  _, st = _plan('scratch')
+  assert st[0].tokens / st[0].model.param_count() >= 10
+
+
+@pytest.mark.parametrize('width', ['msg', 'tile'])
+@pytest.mark.parametrize('depth', ['msg', 'identity', 'stack', 'interleave'])
+def test_every_operator_is_a_valid_plan(width, depth):
+  cfg, st = _plan(f'growth,width={width},depth={depth},seed=2,lr=1e-2')
+  assert experiment.validate(cfg, num_devices=None)
+  assert (st[1].growth.width, st[1].growth.depth) == (width, depth)
+  assert cfg.train.seed == 2 and cfg.data.seed == 2 and st[0].lr == 1e-2 and st[1].lr < 1e-2
+
+
+def test_bad_arguments_name_the_problem():
+  for arg, msg in (('giant', 'arm must be'), ('growth,width', 'key=value'),
+                   ('growth,colour=red', 'key=value'), ('small,preset=huge', 'preset')):
+    with pytest.raises(ValueError, match=msg):
+      experiment.load_config(f'{EXPERIMENT}:{arg}')
