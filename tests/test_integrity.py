@@ -172,15 +172,9 @@ def test_infinite_float_settings_are_refused(bad):
     experiment.validate(c)
 
 
-def test_skipped_lines_reach_metrics_also_on_a_cached_rerun(tmp_path):
-  """BUILD.md: a bad line is skipped and counted as `skipped_lines` in the metrics — also when
-  the tokenized corpus comes from the cache."""
+def _corpus_config(tmp_path, corpus: str):
+  """A tiny bilingual config whose en and zh sources both read `corpus` (400-piece vocab)."""
   from test_bad_inputs import _spm_model
-  corpus = str(tmp_path / 'corpus.txt')
-  with open(corpus, 'wb') as f:
-    for i in range(300):
-      f.write(f'line {i} of a small corpus w{i % 50}x{i % 3} and more words\n'.encode())
-    f.write(b'\xff\xfe broken line\n')
   c = tiny_config(2)
   c.data.source = 'bilingual'
   c.data.vocab.model_file = _spm_model(str(tmp_path), 400)
@@ -188,6 +182,18 @@ def test_skipped_lines_reach_metrics_also_on_a_cached_rerun(tmp_path):
   for lang in ('en', 'zh'):
     c.data[lang].kind = 'files'
     c.data[lang].files = [corpus]
+  return c
+
+
+def test_skipped_lines_reach_metrics_also_on_a_cached_rerun(tmp_path):
+  """BUILD.md: a bad line is skipped and counted as `skipped_lines` in the metrics — also when
+  the tokenized corpus comes from the cache."""
+  corpus = str(tmp_path / 'corpus.txt')
+  with open(corpus, 'wb') as f:
+    for i in range(300):
+      f.write(f'line {i} of a small corpus w{i % 50}x{i % 3} and more words\n'.encode())
+    f.write(b'\xff\xfe broken line\n')
+  c = _corpus_config(tmp_path, corpus)
   c.model.vocab_size = 512
   for run in ('first', 'cached'):
     wd = str(tmp_path / run)
@@ -198,17 +204,10 @@ def test_skipped_lines_reach_metrics_also_on_a_cached_rerun(tmp_path):
 
 def test_empty_validation_split_names_the_corpus_files(tmp_path):
   from flmjax import data
-  from test_bad_inputs import _spm_model
   corpus = str(tmp_path / 'small.txt')
   with open(corpus, 'w') as f:
     f.write('one short line\nanother short line\n')
-  c = tiny_config(2)
-  c.data.source = 'bilingual'
-  c.data.vocab.model_file = _spm_model(str(tmp_path), 400)
-  c.data.cache_dir = str(tmp_path / 'cache')
-  for lang in ('en', 'zh'):
-    c.data[lang].kind = 'files'
-    c.data[lang].files = [corpus]
+  c = _corpus_config(tmp_path, corpus)
   with pytest.raises(data.DataError, match=rf'data.en: the validation split has no documents '
                                            rf'from {corpus} \(none of its lines gave a document'):
     data.make_eval_batches(c.data, seq_len=16, batch_size=8)
