@@ -54,7 +54,7 @@ COMMANDS: dict[str, Command] = {
                      'flmjax.commands.vocab:run_vocab', 'flmjax.commands.vocab:add_vocab_args',
                      config_overrides=True),
     'eval': Command('run the IQ / knowledge suites on a checkpoint or a local HF model',
-                    'flmjax.evaluation.run:eval_main', 'flmjax.evaluation.run:add_eval_arguments'),
+                    'flmjax.commands.eval:eval_main', 'flmjax.commands.eval:add_eval_arguments'),
     'sample': Command('generate text from a checkpoint (greedy or top-p, KV cache)',
                       'flmjax.commands.sample:sample_main',
                       'flmjax.commands.sample:add_sample_arguments'),

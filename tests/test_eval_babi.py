@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from flmjax.evaluation import iq_interference, run
+from flmjax.commands import eval as eval_command
+from flmjax.evaluation import iq_interference
 from flmjax.evaluation.iq_interference import Difficulty
 from flmjax.evaluation.tasks import EvalDataError
 from test_eval_iq import solve_story
@@ -108,15 +109,15 @@ def test_babi_errors_name_file_and_line_or_the_expected_name(tmp_path):
 
 def test_babi_dir_flag_switches_the_source_in_the_report(tmp_path):
   parser = argparse.ArgumentParser()
-  run.add_eval_arguments(parser)
+  eval_command.add_eval_arguments(parser)
   args = parser.parse_args(['--checkpoint', 'W', '--suite', 'iq', '--babi_dir',
                             write_babi(tmp_path), '--tasks',
                             'single_supporting_fact,two_supporting_facts'])
-  tasks, skipped = run.build_tasks(args)
+  tasks, skipped = eval_command.build_tasks(args)
   assert [t.source.split(' release')[0] for t in tasks] == ['bAbI qa1', 'bAbI qa2']
   assert not skipped
   args.babi_dir = None
-  tasks, _ = run.build_tasks(args)
+  tasks, _ = eval_command.build_tasks(args)
   assert all('reconstruction, not bAbI' in t.source for t in tasks)
 
 

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 from flmjax.config import ModelConfig
-from flmjax.evaluation import loading, run
+from flmjax.commands import eval as eval_command
+from flmjax.evaluation import loading
+from flmjax.evaluation.tasks import EvalDataError
 from flmjax.model import Transformer
 from test_eval_engine import ByteVocab
 from test_eval_fixtures import write_all
@@ -20,7 +22,7 @@ CFG = ModelConfig(vocab_size=260, d_model=32, n_heads=2, head_dim=16, d_ff=64, n
 
 def _args(*argv):
   parser = argparse.ArgumentParser()
-  run.add_eval_arguments(parser)
+  eval_command.add_eval_arguments(parser)
   return parser.parse_args(list(argv))
 
 
@@ -40,7 +42,7 @@ def fake_checkpoint(monkeypatch, params):
     return CFG, params, {'data': {'source': 'text'}}, {'devices': 1, 'mesh': None}
 
   monkeypatch.setattr(loading, 'load_checkpoint', load_checkpoint)
-  monkeypatch.setattr(run, '_vocabulary', lambda config, where: ByteVocab())
+  monkeypatch.setattr(eval_command, '_vocabulary', lambda config, where: ByteVocab())
   return seen
 
 
@@ -48,7 +50,7 @@ def fake_checkpoint(monkeypatch, params):
 def test_eval_all_suites_writes_table_and_report(tmp_path, fake_checkpoint, capsys):
   data = write_all(tmp_path / 'data')
   out = tmp_path / 'r' / 'report.json'
-  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'all', '--data_dir', data,
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'all', '--data_dir', data,
                            '--limit', '2', '--n_items', '3', '--batch_size', '4',
                            '--output', str(out)))
   assert rc == 0 and fake_checkpoint == ['W']
@@ -73,12 +75,12 @@ def test_eval_all_suites_writes_table_and_report(tmp_path, fake_checkpoint, caps
 
 
 def test_eval_iq_without_data_fails_naming_tasks_or_skips(tmp_path, fake_checkpoint, capsys):
-  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--data_dir', str(tmp_path)))
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--data_dir', str(tmp_path)))
   err = capsys.readouterr().err
   assert rc == 2 and 'symbolic_mapping/boolq' in err and 'BoolQ/val.jsonl' in err
   assert 'afqmc_public/dev.json' in err and fake_checkpoint == []  # failed before loading
   out = tmp_path / 'r.json'
-  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
                            'boolq,head_slicing', '--n_items', '2',
                            '--skip_missing', '--output', str(out)))
   assert rc == 0
@@ -93,26 +95,26 @@ def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, ca
   bad = tmp_path / 'hellaswag'
   bad.mkdir()
   (bad / 'hellaswag_val.jsonl').write_text('{"ctx_a": "x"}\n')
-  rc = run.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks', 'hellaswag',
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks', 'hellaswag',
                            '--data_dir', str(tmp_path), '--shots', 'hellaswag=0'))
   assert rc == 2 and 'hellaswag_val.jsonl:1' in capsys.readouterr().err
-  assert run.eval_main(_args('--checkpoint', 'W', '--shots', 'counting=x')) == 2
-  assert run.eval_main(_args('--checkpoint', 'W', '--shots', 'countin=2')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--shots', 'counting=x')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--shots', 'countin=2')) == 2
   assert 'unknown task' in capsys.readouterr().err
-  assert run.eval_main(_args('--checkpoint', 'W', '--tasks', 'nothing_like_this')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--tasks', 'nothing_like_this')) == 2
   assert 'unknown task' in capsys.readouterr().err
-  assert run.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
                              'counting')) == 2  # a real task, but not of this suite
   args = _args('--checkpoint', 'W', '--suite', 'iq', '--tasks', 'boolq.symbolic,counting',
                '--data_dir', write_all(tmp_path / 'd'), '--n_items', '2')
-  assert [t.name for t in run.build_tasks(args)[0]] == ['boolq.symbolic', 'counting']
+  assert [t.name for t in eval_command.build_tasks(args)[0]] == ['boolq.symbolic', 'counting']
   with pytest.raises(SystemExit):
     _args('--checkpoint', 'W', '--hf_model', 'P')  # exactly one model source
 
 
 def test_synthetic_checkpoints_have_no_text_vocabulary():
-  with pytest.raises(run.EvalDataError, match='synthetic'):
-    run._vocabulary({'data': {'source': 'synthetic'}}, 'W')
+  with pytest.raises(EvalDataError, match='synthetic'):
+    eval_command._vocabulary({'data': {'source': 'synthetic'}}, 'W')
 
 
 def test_eval_hf_model(tmp_path, capsys):
@@ -121,7 +123,7 @@ def test_eval_hf_model(tmp_path, capsys):
   from test_eval_hf import save_tiny_gpt2
   path = save_tiny_gpt2(tmp_path / 'gpt2')
   out = tmp_path / 'r.json'
-  rc = run.eval_main(_args('--hf_model', path, '--suite', 'iq', '--tasks',
+  rc = eval_command.eval_main(_args('--hf_model', path, '--suite', 'iq', '--tasks',
                            'head_slicing', '--n_items', '3', '--dtype', 'bfloat16',
                            '--output', str(out)))
   assert rc == 0

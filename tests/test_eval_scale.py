@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import run_py
-from flmjax.evaluation import loading, run
+from flmjax.commands import eval as eval_command
+from flmjax.evaluation import loading
 from test_eval_cli import fake_checkpoint, params  # noqa: F401  (fixtures)
 
 SHARDED = r'''
@@ -17,7 +18,8 @@ import flax.linen as nn
 from flmjax import checkpoint, experiment
 from flmjax.config import ModelConfig
 from flmjax.model import Transformer
-from flmjax.evaluation import engine, loading, run
+from flmjax.commands import eval as eval_command
+from flmjax.evaluation import engine, loading
 from test_eval_engine import ByteVocab
 
 cfg = ModelConfig(vocab_size=260, d_model=32, n_heads=2, head_dim=16, d_ff=64, n_layers=2,
@@ -49,9 +51,9 @@ for name, mesh in (('fits', dict(data=1, fsdp=4, tensor=2)), ('too_big', dict(da
   out[name]['gen'] = [e.generate(prompts, 6) for e in (one, many)]
 
 # The whole command on the sharded checkpoint (the byte vocabulary stands in for the text one).
-run._vocabulary = lambda config, where: ByteVocab()
+eval_command._vocabulary = lambda config, where: ByteVocab()
 report = os.path.join(root, 'r.json')
-rc = run.main(['--checkpoint', os.path.join(root, 'fits'), '--suite', 'iq', '--tasks',
+rc = eval_command.main(['--checkpoint', os.path.join(root, 'fits'), '--suite', 'iq', '--tasks',
                'counting', '--n_items', '2', '--output', report])
 out['rc'] = rc
 out['report_model'] = json.load(open(report))['model']
@@ -116,7 +118,7 @@ def test_hf_device_map_auto_loads_and_evaluates(tmp_path, capsys):
   pytest.importorskip('transformers')
   from test_eval_hf import save_tiny_gpt2
   parser = argparse.ArgumentParser()
-  run.add_eval_arguments(parser)
+  eval_command.add_eval_arguments(parser)
   out = tmp_path / 'r.json'
   args = parser.parse_args(['--hf_model', save_tiny_gpt2(tmp_path / 'g'), '--suite', 'iq',
                             '--tasks', 'counting', '--n_items', '2', '--device_map', 'auto',
@@ -124,10 +126,10 @@ def test_hf_device_map_auto_loads_and_evaluates(tmp_path, capsys):
   try:
     import accelerate  # noqa: F401
   except ImportError:
-    assert run.eval_main(args) == 2
+    assert eval_command.eval_main(args) == 2
     assert '--device_map auto needs the accelerate package' in capsys.readouterr().err
     return
-  assert run.eval_main(args) == 0
+  assert eval_command.eval_main(args) == 0
   model = json.load(open(out))['model']
   assert model['device_map'] == 'auto' and model['dtype'] == 'float32'
 
@@ -135,13 +137,13 @@ def test_hf_device_map_auto_loads_and_evaluates(tmp_path, capsys):
 # ---- first use: the README command ----------------------------------------------------------------
 def _args(*argv):
   parser = argparse.ArgumentParser()
-  run.add_eval_arguments(parser)
+  eval_command.add_eval_arguments(parser)
   return parser.parse_args(list(argv))
 
 
 def test_readme_eval_command_runs_without_data(tmp_path, fake_checkpoint, capsys):  # noqa: F811
   out = tmp_path / 'iq.json'
-  rc = run.eval_main(_args('--checkpoint', 'runs/tiny_growth', '--suite', 'iq', '--output',
+  rc = eval_command.eval_main(_args('--checkpoint', 'runs/tiny_growth', '--suite', 'iq', '--output',
                            str(out), '--n_items', '2'))
   captured = capsys.readouterr()
   assert rc == 0, captured.err
@@ -156,19 +158,19 @@ def test_readme_eval_command_runs_without_data(tmp_path, fake_checkpoint, capsys
   assert 'skipped' in captured.out and '--skip_missing' not in captured.err
   assert 'reconstruction, not bAbI' in captured.out  # the report names the data source
   # Asking for a data task by name without data is still an error that says what to pass.
-  assert run.eval_main(_args('--checkpoint', 'W', '--tasks', 'boolq')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--tasks', 'boolq')) == 2
   assert '--data_dir' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('flag,value', [('--limit', '-1'), ('--limit', '0'), ('--n_items', '0'),
                                         ('--batch_size', '0')])
 def test_counts_must_be_positive(flag, value, fake_checkpoint, capsys):  # noqa: F811
-  assert run.eval_main(_args('--checkpoint', 'W', flag, value)) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', flag, value)) == 2
   assert f'{flag} must be >= 1, got {value}' in capsys.readouterr().err
   assert fake_checkpoint == []  # refused before loading anything
 
 
 def test_dtype_is_for_hf_models_only(fake_checkpoint, capsys):  # noqa: F811
-  assert run.eval_main(_args('--checkpoint', 'W', '--dtype', 'bfloat16')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--dtype', 'bfloat16')) == 2
   assert 'apply to --hf_model' in capsys.readouterr().err
-  assert run.eval_main(_args('--checkpoint', 'W', '--trust_remote_code')) == 2
+  assert eval_command.eval_main(_args('--checkpoint', 'W', '--trust_remote_code')) == 2

@@ -13,5 +13,5 @@ Modules, one job each:
   loading          restores an flmjax checkpoint sharded on its experiment's mesh
   runner           runs tasks on a backend, scores them, counts prompts cut to fit the context
   report           table with 95% intervals, paper reference numbers, JSON
-  run              the `flmjax eval` command
+The `flmjax eval` command itself lives with the other commands, in flmjax/commands/eval.py.
 """

@@ -17,11 +17,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from flmjax.evaluation import (iq_interference, iq_patterns, iq_rules, iq_symbolic, knowledge,
-                               report, runner)
-from flmjax.evaluation.tasks import IQ_CATEGORIES, EvalDataError, Task
+if TYPE_CHECKING:
+  from flmjax.evaluation.report import TaskResult
+  from flmjax.evaluation.tasks import Task
 
 SUITES = ('iq', 'knowledge', 'all')
 
@@ -95,6 +95,8 @@ def _parse_shots(spec: str) -> dict[str, int]:
 
 def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[str, str]]]:
   """Tasks of the suite, and {category: {task: reason}} for those skipped (--skip_missing)."""
+  from flmjax.evaluation import iq_interference, iq_patterns, iq_rules, iq_symbolic, knowledge
+  from flmjax.evaluation.tasks import EvalDataError
   keep = set(filter(None, (t.strip() for t in args.tasks.split(','))))
   known = set(iq_symbolic.TASKS + iq_rules.TASKS + iq_patterns.TASKS + iq_interference.TASKS
               + knowledge.TASKS)
@@ -159,18 +161,20 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
 
 def _vocabulary(config: Any, where: str):
   """The text vocabulary of a checkpoint's saved config (its `data` section)."""
+  from flmjax.evaluation.tasks import EvalDataError
   data_cfg = config['data'] if 'data' in config else config
   if data_cfg.get('source') == 'synthetic':
     raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
                         f'tokenizer; the evaluation suites need a model trained on text')
-  from flmjax.data import get_tokenizer  # pylint: disable=g-import-not-at-top
+  from flmjax.data import get_tokenizer
   return get_tokenizer(data_cfg)
 
 
 def load_backend(args: argparse.Namespace):
   """(backend, description) for --checkpoint or --hf_model."""
+  from flmjax.evaluation.tasks import EvalDataError
   if args.hf_model:
-    from flmjax.evaluation.hf_backend import HFBackend  # pylint: disable=g-import-not-at-top
+    from flmjax.evaluation.hf_backend import HFBackend
     if not os.path.isdir(args.hf_model):
       raise EvalDataError(f'--hf_model: {args.hf_model!r} is not a folder with a saved model')
     backend = HFBackend(args.hf_model, batch_size=args.batch_size, max_len=args.max_len,
@@ -178,9 +182,9 @@ def load_backend(args: argparse.Namespace):
                         trust_remote_code=args.trust_remote_code)
     return backend, {'backend': 'hf', 'path': args.hf_model, 'dtype': args.dtype,
                      'device_map': args.device_map}
-  from flmjax import checkpoint  # pylint: disable=g-import-not-at-top
-  from flmjax.evaluation import loading  # pylint: disable=g-import-not-at-top
-  from flmjax.evaluation.engine import FlmEngine  # pylint: disable=g-import-not-at-top
+  from flmjax import checkpoint
+  from flmjax.evaluation import loading
+  from flmjax.evaluation.engine import FlmEngine
   try:
     cfg, params, config, placement = loading.load_checkpoint(args.checkpoint)
   except checkpoint.CheckpointError as e:
@@ -193,7 +197,7 @@ def load_backend(args: argparse.Namespace):
                    'params': cfg.param_count(), 'config': cfg.to_dict(), 'placement': placement}
 
 
-def _warn_over_length(result: report.TaskResult, max_len: int) -> None:
+def _warn_over_length(result: TaskResult, max_len: int) -> None:
   if result.over_length:
     print(f'flmjax eval: warning: {result.name}: {result.over_length} of {result.n} prompts are '
           f'longer than the model context ({max_len} tokens); their beginning (early '
@@ -222,6 +226,8 @@ def output_problem(path: Optional[str]) -> Optional[str]:
 
 def eval_main(args: argparse.Namespace) -> int:
   """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
+  from flmjax.evaluation import report, runner
+  from flmjax.evaluation.tasks import IQ_CATEGORIES, EvalDataError
   problem = output_problem(args.output)
   if problem:
     print(f'flmjax eval: error: {problem}', file=sys.stderr)
