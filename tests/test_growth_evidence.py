@@ -213,3 +213,31 @@ def test_bad_arguments_name_the_problem():
                    ('growth,colour=red', 'key=value'), ('small,preset=huge', 'preset')):
     with pytest.raises(ValueError, match=msg):
       experiment.load_config(f'{EXPERIMENT}:{arg}')
+
+
+def _benchmark_module():
+  import importlib.util
+  import sys
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  spec = importlib.util.spec_from_file_location(
+      'growth_evidence_benchmark', os.path.join(ROOT, 'benchmarks', 'growth_evidence.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_lr_sweep_extends_past_an_edge_optimum_by_a_fixed_rule():
+  sweep_lr = _benchmark_module().sweep_lr
+  seen = []
+
+  def loss_at(lr):  # optimum at 0.05: beyond the grid's upper edge
+    seen.append(lr)
+    return (math.log(lr) - math.log(0.05)) ** 2
+
+  out = sweep_lr(loss_at, [3e-3, 1e-2, 3e-2])
+  assert sorted(out) == [3e-3, 1e-2, 3e-2, 9e-2]  # one step past the edge, then interior: stop
+  assert seen == [3e-3, 1e-2, 3e-2, 9e-2]
+  low = sweep_lr(lambda lr: lr, [3e-3, 1e-2, 3e-2])  # falls forever: at most two extensions
+  assert sorted(low) == [3.33e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+  assert sweep_lr(lambda lr: (lr - 1e-2) ** 2, [3e-3, 1e-2, 3e-2]).keys() == {3e-3, 1e-2, 3e-2}
+  assert list(sweep_lr(lambda lr: lr, [1e-2])) == [1e-2]  # one point (smoke): nothing to extend
