@@ -51,8 +51,8 @@ def test_eval_all_suites_writes_table_and_report(tmp_path, fake_checkpoint, caps
   data = write_all(tmp_path / 'data')
   out = tmp_path / 'r' / 'report.json'
   rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'all', '--data_dir', data,
-                           '--limit', '2', '--n_items', '3', '--batch_size', '4',
-                           '--output', str(out)))
+                                    '--limit', '2', '--n_items', '3', '--batch_size', '4',
+                                    '--output', str(out)))
   assert rc == 0 and fake_checkpoint == ['W']
   table = capsys.readouterr().out
   assert 'boolq.symbolic' in table and 'boolq.original' in table and 'mmlu' in table
@@ -75,14 +75,15 @@ def test_eval_all_suites_writes_table_and_report(tmp_path, fake_checkpoint, caps
 
 
 def test_eval_iq_without_data_fails_naming_tasks_or_skips(tmp_path, fake_checkpoint, capsys):
-  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--data_dir', str(tmp_path)))
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq',
+                                    '--data_dir', str(tmp_path)))
   err = capsys.readouterr().err
   assert rc == 2 and 'symbolic_mapping/boolq' in err and 'BoolQ/val.jsonl' in err
   assert 'afqmc_public/dev.json' in err and fake_checkpoint == []  # failed before loading
   out = tmp_path / 'r.json'
   rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
-                           'boolq,head_slicing', '--n_items', '2',
-                           '--skip_missing', '--output', str(out)))
+                                    'boolq,head_slicing', '--n_items', '2',
+                                    '--skip_missing', '--output', str(out)))
   assert rc == 0
   cats = json.loads(out.read_text())['categories']
   assert set(cats) == {'symbolic_mapping', 'rule_understanding', 'pattern_mining',
@@ -95,8 +96,9 @@ def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, ca
   bad = tmp_path / 'hellaswag'
   bad.mkdir()
   (bad / 'hellaswag_val.jsonl').write_text('{"ctx_a": "x"}\n')
-  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks', 'hellaswag',
-                           '--data_dir', str(tmp_path), '--shots', 'hellaswag=0'))
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                                    'hellaswag', '--data_dir', str(tmp_path), '--shots',
+                                    'hellaswag=0'))
   assert rc == 2 and 'hellaswag_val.jsonl:1' in capsys.readouterr().err
   assert eval_command.eval_main(_args('--checkpoint', 'W', '--shots', 'counting=x')) == 2
   assert eval_command.eval_main(_args('--checkpoint', 'W', '--shots', 'countin=2')) == 2
@@ -104,7 +106,7 @@ def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, ca
   assert eval_command.eval_main(_args('--checkpoint', 'W', '--tasks', 'nothing_like_this')) == 2
   assert 'unknown task' in capsys.readouterr().err
   assert eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
-                             'counting')) == 2  # a real task, but not of this suite
+                                      'counting')) == 2  # a real task, but not of this suite
   args = _args('--checkpoint', 'W', '--suite', 'iq', '--tasks', 'boolq.symbolic,counting',
                '--data_dir', write_all(tmp_path / 'd'), '--n_items', '2')
   assert [t.name for t in eval_command.build_tasks(args)[0]] == ['boolq.symbolic', 'counting']
@@ -124,8 +126,8 @@ def test_eval_hf_model(tmp_path, capsys):
   path = save_tiny_gpt2(tmp_path / 'gpt2')
   out = tmp_path / 'r.json'
   rc = eval_command.eval_main(_args('--hf_model', path, '--suite', 'iq', '--tasks',
-                           'head_slicing', '--n_items', '3', '--dtype', 'bfloat16',
-                           '--output', str(out)))
+                                    'head_slicing', '--n_items', '3', '--dtype', 'bfloat16',
+                                    '--output', str(out)))
   assert rc == 0
   rep = json.loads(out.read_text())
   assert rep['model'] == {'backend': 'hf', 'path': path, 'dtype': 'bfloat16', 'device_map': None}

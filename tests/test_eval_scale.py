@@ -54,7 +54,7 @@ for name, mesh in (('fits', dict(data=1, fsdp=4, tensor=2)), ('too_big', dict(da
 eval_command._vocabulary = lambda config, where: ByteVocab()
 report = os.path.join(root, 'r.json')
 rc = eval_command.main(['--checkpoint', os.path.join(root, 'fits'), '--suite', 'iq', '--tasks',
-               'counting', '--n_items', '2', '--output', report])
+                        'counting', '--n_items', '2', '--output', report])
 out['rc'] = rc
 out['report_model'] = json.load(open(report))['model']
 emit(out)
@@ -144,7 +144,7 @@ def _args(*argv):
 def test_readme_eval_command_runs_without_data(tmp_path, fake_checkpoint, capsys):  # noqa: F811
   out = tmp_path / 'iq.json'
   rc = eval_command.eval_main(_args('--checkpoint', 'runs/tiny_growth', '--suite', 'iq', '--output',
-                           str(out), '--n_items', '2'))
+                                    str(out), '--n_items', '2'))
   captured = capsys.readouterr()
   assert rc == 0, captured.err
   rep = json.loads(out.read_text())

@@ -19,9 +19,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from flmjax.evaluation.tasks import IQ_CATEGORIES, EvalDataError, Task  # standard library only
+
 if TYPE_CHECKING:
   from flmjax.evaluation.report import TaskResult
-  from flmjax.evaluation.tasks import Task
 
 SUITES = ('iq', 'knowledge', 'all')
 
@@ -96,7 +97,6 @@ def _parse_shots(spec: str) -> dict[str, int]:
 def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[str, str]]]:
   """Tasks of the suite, and {category: {task: reason}} for those skipped (--skip_missing)."""
   from flmjax.evaluation import iq_interference, iq_patterns, iq_rules, iq_symbolic, knowledge
-  from flmjax.evaluation.tasks import EvalDataError
   keep = set(filter(None, (t.strip() for t in args.tasks.split(','))))
   known = set(iq_symbolic.TASKS + iq_rules.TASKS + iq_patterns.TASKS + iq_interference.TASKS
               + knowledge.TASKS)
@@ -161,7 +161,6 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
 
 def _vocabulary(config: Any, where: str):
   """The text vocabulary of a checkpoint's saved config (its `data` section)."""
-  from flmjax.evaluation.tasks import EvalDataError
   data_cfg = config['data'] if 'data' in config else config
   if data_cfg.get('source') == 'synthetic':
     raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
@@ -172,7 +171,6 @@ def _vocabulary(config: Any, where: str):
 
 def load_backend(args: argparse.Namespace):
   """(backend, description) for --checkpoint or --hf_model."""
-  from flmjax.evaluation.tasks import EvalDataError
   if args.hf_model:
     from flmjax.evaluation.hf_backend import HFBackend
     if not os.path.isdir(args.hf_model):
@@ -227,7 +225,6 @@ def output_problem(path: Optional[str]) -> Optional[str]:
 def eval_main(args: argparse.Namespace) -> int:
   """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
   from flmjax.evaluation import report, runner
-  from flmjax.evaluation.tasks import IQ_CATEGORIES, EvalDataError
   problem = output_problem(args.output)
   if problem:
     print(f'flmjax eval: error: {problem}', file=sys.stderr)
