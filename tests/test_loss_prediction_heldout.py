@@ -155,8 +155,31 @@ def test_summary_and_calibration():
   s = heldout.summary(rows)
   assert s == {'max_error': 0.03, 'mean_error': pytest.approx(0.02), 'coverage': 0.5}
   assert heldout.calibrate_model_error(rows) == pytest.approx(0.01)
+  # an error that does not grow with the distance: the RMS of the relative errors themselves
+  assert heldout.calibrate_model_error(rows, 'constant') == pytest.approx(np.sqrt(0.0005))
+  with pytest.raises(ValueError, match='model_error_form'):
+    heldout.calibrate_model_error(rows, 'quadratic')
   scores = {'a': {'max_error': 0.02}, 'b': {'max_error': 0.01}, 'c': {'max_error': 0.01}}
   assert heldout.choose(scores, ['a', 'b', 'c']) == 'b'
+  assert heldout.choose(scores, ['a', 'b', 'c'], eligible=['a', 'c']) == 'c'
+  assert heldout.choose(scores, ['a', 'b', 'c'], eligible=[]) == 'b'  # none eligible: best
+
+
+def test_an_exact_interpolation_is_never_chosen():
+  """Three parameters through three proxies leave no residual: however well such a law does on
+  the development targets, the protocol does not choose it (it once won by a hair on near
+  targets and then extrapolated worst)."""
+  dof = {c.name: c.residual_dof(4) for c in heldout.CANDIDATES}
+  assert dof == {'L(N) free c': 1, 'L(N) c=0': 2, 'L(N) free c, no narrowest': 0,
+                 'L(N with embedding)': 1, 'L(C) final': 1, 'L(C) envelope': 1}
+  rng = np.random.default_rng(4)
+  proxies = [_record(w, rng, sd=0.0) for w in (4, 8, 12, 16)]
+  targets = [_record(w, rng, sd=0.0) for w in (32, 48)]
+  exact = heldout.Candidate('exact', drop_narrowest=True)  # the true law through 8, 12, 16
+  worse = heldout.Candidate('worse', fix_c=0.0)            # the wrong form, but with residual
+  out = heldout.run_protocol(proxies, targets, proxies, targets, [exact, worse], samples=20)
+  assert out['dev']['exact']['max_error'] < out['dev']['worse']['max_error']
+  assert out['residual_dof'] == {'exact': 0, 'worse': 2} and out['chosen'] == 'worse'
 
 
 def test_a_candidate_that_cannot_fit_loses_without_crashing(monkeypatch):

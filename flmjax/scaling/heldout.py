@@ -3,9 +3,12 @@
 A prediction protocol is only as good as its error on a target nobody looked at while choosing
 it.  So the choices — which law (L(N) with a free or a fixed asymptote, L(C) over final FLOPs or
 over the envelope of training curves), which proxies — are *candidates*, each scored on
-development targets; the protocol keeps the one with the smallest worst-case development error,
-calibrates its model-error term on the same development targets, and only then looks at the
-held-out targets (wider, other init seeds, another data order).  Every candidate's held-out error
+development targets; the protocol keeps the one with the smallest worst-case development error
+among those whose fit has residual degrees of freedom (a law with as many parameters as proxies
+interpolates them exactly: its fit cannot show that its form is wrong, and such a law was chosen
+once by a hair on near targets and then extrapolated worst), calibrates its model-error term on
+the same development targets, and only then looks at the held-out targets (wider, other init
+seeds, another data order).  Every candidate's held-out error
 is reported too, so a reader sees what the choice cost or bought.
 
 Proxies and targets are plain dicts as `loss_prediction.run_width` returns them: `width`, `loss`
@@ -37,6 +40,11 @@ class Candidate:
   x: str = 'non_embedding_params'
   fix_c: Optional[float] = None
   drop_narrowest: bool = False
+
+  def residual_dof(self, n_proxies: int) -> int:
+    """Fitted points minus fitted parameters; the envelope's grid points are interpolated
+    from the same proxies, so it counts the proxies, not the grid."""
+    return n_proxies - int(self.drop_narrowest) - (2 if self.fix_c is not None else 3)
 
 
 CANDIDATES = (
@@ -123,20 +131,24 @@ def distances(proxies: Sequence[Record], targets: Sequence[Record]) -> np.ndarra
 
 
 def evaluate(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
-             model_error: float = 0.0, samples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-  """Per target: prediction, 95% interval (proxies' and target's seed noise, plus model error
-  `model_error` × extrapolation distance), measured mean ± seed sd, relative error, inside."""
+             model_error: float = 0.0, samples: int = 1000, seed: int = 0,
+             model_error_form: str = 'per_ln_n') -> list[dict[str, Any]]:
+  """Per target: prediction, 95% interval (proxies' and target's seed noise, plus a relative
+  model error: `model_error` × extrapolation distance, or `model_error` itself when
+  `model_error_form` is 'constant'), measured mean ± seed sd, relative error, inside."""
   predict_fn = make_predictor(cand, proxies, targets)
   order = sorted(proxies, key=lambda r: r['width'])
   shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in order])
   runs = np.asarray([max(len(t.get('seed_losses', ())), 1) for t in targets], np.float64)
   dist = distances(proxies, targets)
   pred, low, high = lp.bootstrap_interval(predict_fn, shift_sd, seed_sd / np.sqrt(runs),
-                                          model_error * dist, samples, seed)
+                                          model_error * _error_scale(dist, model_error_form),
+                                          samples, seed)
   rows = []
   for i, t in enumerate(targets):
     measured = float(t['loss'])
-    rows.append({'width': t['width'], 'distance': float(dist[i]), 'predicted': float(pred[i]),
+    rows.append({'width': t['width'], 'data_seed': t.get('data_seed'),
+                 'distance': float(dist[i]), 'predicted': float(pred[i]),
                  'low': float(low[i]), 'high': float(high[i]), 'measured': measured,
                  'measured_std': float(t.get('loss_std', 0.0)),
                  'seed_losses': list(t.get('seed_losses', ())),
@@ -152,26 +164,44 @@ def summary(rows: Sequence[Record]) -> dict[str, float]:
           'coverage': float(np.mean([r['inside'] for r in rows]))}
 
 
-def calibrate_model_error(rows: Sequence[Record]) -> float:
-  """Relative model error per unit of ln N extrapolated, from development rows: the root mean
-  square of relative error / distance (seed noise included, so it errs on the wide side)."""
-  ratios = [r['relative_error'] / r['distance'] for r in rows if r['distance'] > 0]
+MODEL_ERROR_FORMS = ('per_ln_n', 'constant')
+
+
+def _error_scale(distance: np.ndarray, form: str) -> np.ndarray:
+  if form not in MODEL_ERROR_FORMS:
+    raise ValueError(f'model_error_form must be one of {MODEL_ERROR_FORMS}, got {form!r}')
+  return distance if form == 'per_ln_n' else np.ones_like(distance)
+
+
+def calibrate_model_error(rows: Sequence[Record], form: str = 'per_ln_n') -> float:
+  """The law's relative error, from development rows: the root mean square of relative error
+  per unit of ln N extrapolated ('per_ln_n': an error that grows with the distance) or of the
+  relative error itself ('constant': one that does not).  Seed noise is included, so it errs on
+  the wide side."""
+  rows = [r for r in rows if r['distance'] > 0]
+  ratios = [r['relative_error'] / float(_error_scale(np.asarray(r['distance']), form))
+            for r in rows]
   return float(math.sqrt(np.mean(np.square(ratios)))) if ratios else 0.0
 
 
-def choose(dev_scores: Mapping[str, Mapping[str, float]], order: Sequence[str]) -> str:
-  """The candidate with the smallest worst-case development error (the first on ties)."""
-  return min(order, key=lambda n: (dev_scores[n]['max_error'], order.index(n)))
+def choose(dev_scores: Mapping[str, Mapping[str, float]], order: Sequence[str],
+           eligible: Optional[Sequence[str]] = None) -> str:
+  """The eligible candidate (default: all) with the smallest worst-case development error (the
+  first on ties); with none eligible, the best of all."""
+  pool = [n for n in order if eligible is None or n in eligible] or list(order)
+  return min(pool, key=lambda n: (dev_scores[n]['max_error'], order.index(n)))
 
 
 def run_protocol(dev_proxies: Sequence[Record], dev_targets: Sequence[Record],
                  held_proxies: Sequence[Record], held_targets: Sequence[Record],
                  candidates: Sequence[Candidate] = CANDIDATES, samples: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, model_error_form: str = 'per_ln_n') -> dict[str, Any]:
   """Score every candidate on the development split (no model error: that is what it measures),
-  choose one, calibrate each candidate's model error on its own development rows, then predict
-  the held-out split.  Nothing about the held-out targets feeds back into any choice."""
+  choose one among those with residual degrees of freedom, calibrate each candidate's model
+  error on its own development rows, then predict the held-out split.  Nothing about the
+  held-out targets feeds back into any choice."""
   names = [c.name for c in candidates]
+  dof = {c.name: c.residual_dof(len(dev_proxies)) for c in candidates}
   dev, held, model_errors, failed = {}, {}, {}, {}
   for c in candidates:
     try:
@@ -180,23 +210,25 @@ def run_protocol(dev_proxies: Sequence[Record], dev_targets: Sequence[Record],
       failed[c.name] = f'development: {e}'
       dev[c.name] = {'rows': [], **_FAILED}
       continue
-    model_errors[c.name] = calibrate_model_error(rows)
+    model_errors[c.name] = calibrate_model_error(rows, model_error_form)
     dev[c.name] = {'rows': rows, **summary(rows)}
-  chosen = choose(dev, names)
+  chosen = choose(dev, names, [n for n in names if dof[n] >= 1])
   for c in candidates:
     if c.name in failed:
       held[c.name] = {'rows': [], **_FAILED}
       model_errors[c.name] = float('nan')
       continue
     try:
-      rows = evaluate(c, held_proxies, held_targets, model_errors[c.name], samples, seed + 1)
+      rows = evaluate(c, held_proxies, held_targets, model_errors[c.name], samples, seed + 1,
+                      model_error_form)
     except (RuntimeError, ValueError) as e:
       failed[c.name] = f'held-out: {e}'
       held[c.name] = {'rows': [], **_FAILED}
       continue
     held[c.name] = {'rows': rows, **summary(rows)}
-  return {'chosen': chosen, 'candidates': names, 'model_error': model_errors, 'dev': dev,
-          'held_out': held, 'failed': failed}
+  return {'chosen': chosen, 'candidates': names, 'residual_dof': dof,
+          'model_error_form': model_error_form,
+          'model_error': model_errors, 'dev': dev, 'held_out': held, 'failed': failed}
 
 
 _FAILED = {'max_error': float('inf'), 'mean_error': float('inf'), 'coverage': 0.0}
