@@ -240,10 +240,13 @@ def main(argv=None) -> int:
   ap.add_argument('--lrs', default='3e-3,1e-2,3e-2',
                   help='peak LRs swept on the scratch arm; a best value at the grid\'s edge '
                        'extends the grid by ×3 beyond it (at most twice)')
+  ap.add_argument('--preset', default='full',
+                  help="experiments/growth_evidence.py preset: 'full' (the protocol) or "
+                       "'first_run' (the first run's 1.3M-token budget, for like-for-like reruns)")
   ap.add_argument('--operators', default=','.join(f'{w}+{d}' for w, d in OPERATORS[1:]),
                   help='growth operators beside msg+msg, as width+depth')
   args = ap.parse_args(argv)
-  preset = 'smoke' if args.smoke else 'full'
+  preset = 'smoke' if args.smoke else args.preset
   if args.smoke:  # CI: every code path once, in about a minute (nothing is measured)
     args.seeds = '0,1' if args.seeds == ap.get_default('seeds') else args.seeds
     args.lrs = '1e-2' if args.lrs == ap.get_default('lrs') else args.lrs
