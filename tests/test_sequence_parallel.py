@@ -39,7 +39,7 @@ state = rt.abstract_state()
 batch = {k: jax.ShapeDtypeStruct((8, 16), jnp.float32 if k == 'loss_weights' else jnp.int32,
                                  sharding=rt.batch_sh) for k in BATCH_KEYS}
 with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-  hlo = rt._jit('train', False, None).lower(state, batch).as_text()
+  hlo = rt.jitted_step('train', False, None).lower(state, batch).as_text()
 import re
 emit({'losses': res,
       'constraints': sorted(set(re.findall(r'sharding_constraint[^\\n]*?(<@mesh, \\[[^\\n]*?\\]>)',

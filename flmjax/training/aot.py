@@ -3,10 +3,10 @@
 A pod hour costs far more than a CPU compile, and the first OOM or divisibility error of a
 101B run otherwise shows up after the job was scheduled.  libtpu (the `tpu` extra) compiles for a
 *described* topology (`jax.experimental.topologies`) without any TPU attached, so for every stage
-we lower the very jitted train / eval step the trainer runs (`StageRuntime._jit`) on abstract
-state and batch (ShapeDtypeStructs carrying the target NamedShardings), and for every growth the
-jitted `grow_state` with the target shardings; XLA's memory analysis then gives each chip's peak
-HBM.  Nothing is allocated and nothing is downloaded.
+we lower the very jitted train / eval step the trainer runs (`StageRuntime.jitted_step`) on
+abstract state and batch (ShapeDtypeStructs carrying the target NamedShardings), and for every
+growth the jitted `grow_state` with the target shardings; XLA's memory analysis then gives each
+chip's peak HBM.  Nothing is allocated and nothing is downloaded.
 
 Slices are named as Google Cloud names them: `v5p-512` counts TensorCores (2 per v4 / v5p chip,
 so 256 chips, topology 4x8x8), `v5litepod-16` / `v5e-16` / `v6e-16` count chips; or give the
@@ -314,12 +314,11 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
       variants.insert(0, (mask_shapes, 'train (ramp masks)'))
     for shapes, kind in variants:
       state = rt.abstract_state(shapes)
-      # the very function the trainer runs  # pylint: disable-next=protected-access
-      jitted = rt._jit('train', shapes is not None, state.mask_base)
+      jitted = rt.jitted_step('train', shapes is not None, state.mask_base)
       compile_row(Row(kind, st.name, **step), jitted, state, batch)
     if eval_step:
       eval_batch = _abstract_batch(st.global_batch_size // accum, st.seq_len, rt.batch_sh)
-      jitted = rt._jit('eval', False, None)  # pylint: disable=protected-access
+      jitted = rt.jitted_step('eval', False, None)
       compile_row(Row('eval', st.name, **base, param_bytes=step['param_bytes'],
                       opt_bytes=step['opt_bytes']), jitted, abstract, eval_batch)
   return rows

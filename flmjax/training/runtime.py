@@ -84,7 +84,9 @@ class StageRuntime:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, sh)
 
-  def _jit(self, kind: str, has_masks: bool, mask_base: Any) -> Callable:
+  def jitted_step(self, kind: str, has_masks: bool, mask_base: Any) -> Callable:
+    """The jitted 'train' or 'eval' step (cached per kind and mask presence): the object the
+    trainer calls and `flmjax compile` lowers for a TPU slice, so both see one program."""
     key = (kind, has_masks)
     if key not in self._jitted:
       ssh = self.state_shardings(mask_base)
@@ -98,7 +100,7 @@ class StageRuntime:
     return self._jitted[key]
 
   def _call(self, kind: str, state: TrainState, batch: dict[str, Array]):
-    fn = self._jit(kind, state.mask_base is not None, state.mask_base)
+    fn = self.jitted_step(kind, state.mask_base is not None, state.mask_base)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return fn(state, batch)
 
