@@ -10,8 +10,8 @@ hyperparameters and tokens) predict wider models' validation loss.  Three kinds 
                the narrowest proxy, with the embedding counted, L(C) over final FLOPs, the L(C)
                envelope of the training curves) is scored here; among those whose fit has
                residual degrees of freedom the one with the smallest worst-case error is chosen,
-               and each candidate's model error (relative error per unit of ln N extrapolated)
-               is calibrated here.
+               and each candidate's model error (a constant relative sd: development errors do
+               not grow with the distance) is calibrated here.
   held-out     data order 2, init seeds 4/5, widths 5×, 10× and 15× the widest proxy, fixed
                before any of its runs; predicted from the proxies (`protocol.retrain_proxies`
                retrains them on the held-out data order too).  Only reported: nothing here
@@ -148,8 +148,8 @@ def _proxy_table(name: str, proxies: list[dict]) -> str:
 
 
 def _target_table(title: str, rows: list[dict], widest: int) -> str:
-  lines = [title, f"{'width':>6} {'data':>4} {'×widest':>7} {'predicted':>9} {'95% interval':>17} "
-                  f"{'measured':>8} {'± seeds':>8} {'rel err':>8}  inside"]
+  lines = [title, f"{'width':>6} {'data':>4} {'×widest':>7} {'predicted':>9} "
+                  f"{'95% interval':>17} {'measured':>8} {'± seeds':>8} {'rel err':>8}  inside"]
   for r in rows:
     lines.append(f"{r['width']:>6} {r.get('data_seed', ''):>4} {r['width'] / widest:>7.3g} "
                  f"{r['predicted']:>9.4f} "
