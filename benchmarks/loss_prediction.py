@@ -102,8 +102,8 @@ def bench_config(smoke: bool, steps: int = 0) -> ml_collections.ConfigDict:
       retrain_proxies=smoke,
       # How the law's own error enters the interval, fixed on development before the held-out
       # runs: the development targets span 1.5× to 12× and their errors do not grow with the
-      # distance (per unit of ln N the near ones dominate and the intervals reach 10% wide), so
-      # the calibrated error is a constant relative sd (heldout.MODEL_ERROR_FORMS).
+      # distance (per unit of ln N the near ones would set the calibration), so the calibrated
+      # error is a constant relative sd (heldout.MODEL_ERROR_FORMS).
       model_error_form='constant',
       samples=100 if smoke else 300, seed=0))
   return out
