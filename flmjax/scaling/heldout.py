@@ -179,9 +179,9 @@ def calibrate_model_error(rows: Sequence[Record], form: str = 'per_ln_n') -> flo
   relative error itself ('constant': one that does not).  Seed noise is included, so it errs on
   the wide side."""
   rows = [r for r in rows if r['distance'] > 0]
-  ratios = [r['relative_error'] / float(_error_scale(np.asarray(r['distance']), form))
-            for r in rows]
-  return float(math.sqrt(np.mean(np.square(ratios)))) if ratios else 0.0
+  dist = np.asarray([r['distance'] for r in rows], np.float64)
+  ratios = np.asarray([r['relative_error'] for r in rows], np.float64) / _error_scale(dist, form)
+  return float(math.sqrt(np.mean(np.square(ratios)))) if rows else 0.0
 
 
 def choose(dev_scores: Mapping[str, Mapping[str, float]], order: Sequence[str],
