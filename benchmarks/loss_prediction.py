@@ -25,6 +25,10 @@ the alternatives are documented from the same run.
   python benchmarks/loss_prediction.py --workdir W   # CPU: hours on one core (BUILD.md)
   python benchmarks/loss_prediction.py --workdir W --held_out 240   # a subset, e.g. per core
   python benchmarks/loss_prediction.py --smoke       # synthetic data, tiny widths (CI)
+  python benchmarks/loss_prediction.py --workdir W2 --teacher_loss 0   # the objective without
+                                                      # the FreeLM teacher term (issue 14's arm)
+  ... --teacher_loss 0 --predictor_from W/heldout.json   # judged by W's predictor: its law and
+                                                      # model errors, no development runs
 
 Every run is `flmjax.training.loop.train` (one training loop; finished runs in --workdir are read
 back, so an interrupted run resumes and processes can split the widths).  The last line is the
@@ -174,14 +178,36 @@ def _candidate_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
+def _earlier_protocol(path: str, protocol: ml_collections.ConfigDict) -> dict:
+  """The result of an earlier run of this protocol, refused when its proxies, development split
+  or model-error form differ from this one's (then its choices would be about other runs)."""
+  with open(path) as f:
+    earlier = json.load(f)
+  for field in ('proxy_widths', 'proxy_data_seed', 'proxy_seeds', 'development',
+                'model_error_form'):
+    if earlier['protocol'].get(field) != protocol.to_dict()[field]:
+      raise ValueError(f"{path}: protocol.{field} is {earlier['protocol'].get(field)!r}, this "
+                       f'run has {protocol.to_dict()[field]!r}')
+  return earlier['result']
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--smoke', action='store_true', help='synthetic data, tiny widths (CI)')
   p.add_argument('--steps', type=int, default=0, help='training steps per run (0: default)')
   p.add_argument('--workdir', default='', help='keep the runs here (default: a temp dir)')
   p.add_argument('--held_out', default='', help='held-out widths, e.g. 64,128 (default: all)')
+  p.add_argument('--teacher_loss', type=float, default=None,
+                 help='optim.teacher_loss for every run (default: the experiment default); '
+                      'use a workdir of its own: runs are read back by width and seed')
+  p.add_argument('--predictor_from', default='',
+                 help="an earlier run's heldout.json: reuse its chosen law and calibrated model "
+                      'errors (no development runs, nothing re-chosen)')
   args = p.parse_args(argv)
   cfg = bench_config(args.smoke, args.steps)
+  if args.teacher_loss is not None:
+    cfg.experiment.optim.teacher_loss = args.teacher_loss
+  earlier = _earlier_protocol(args.predictor_from, cfg.protocol) if args.predictor_from else None
   pc = cfg.protocol
   if args.held_out:
     pc.held_out.widths = [int(w) for w in args.held_out.split(',')]
@@ -189,7 +215,7 @@ def main(argv=None) -> int:
   t0 = time.time()
   proxies = train_widths(cfg, 'proxies', pc.proxy_data_seed, list(pc.proxy_seeds),
                          list(pc.proxy_widths), workdir)
-  dev_targets = [r for g in pc.development for r in train_widths(
+  dev_targets = [] if earlier else [r for g in pc.development for r in train_widths(
       cfg, 'development', g['data_seed'], list(g['seeds']), list(g['widths']), workdir)]
   ho = pc.held_out
   held_proxies = (train_widths(cfg, 'held-out proxies', ho.data_seed, list(ho.seeds),
@@ -198,19 +224,26 @@ def main(argv=None) -> int:
   held_targets = train_widths(cfg, 'held-out', ho.data_seed, list(ho.seeds), list(ho.widths),
                               workdir)
   train_wall = time.time() - t0
-  result = heldout.run_protocol(proxies, dev_targets, held_proxies, held_targets,
-                                samples=int(pc.samples), seed=int(pc.seed),
-                                model_error_form=pc.model_error_form)
+  if earlier:
+    result = heldout.reuse_protocol(earlier, held_proxies, held_targets,
+                                    samples=int(pc.samples), seed=int(pc.seed))
+  else:
+    result = heldout.run_protocol(proxies, dev_targets, held_proxies, held_targets,
+                                  samples=int(pc.samples), seed=int(pc.seed),
+                                  model_error_form=pc.model_error_form)
   with open(os.path.join(workdir, 'heldout.json'), 'w') as f:
-    json.dump({'protocol': pc.to_dict(), 'result': result,
+    json.dump({'protocol': pc.to_dict(), 'teacher_loss': cfg.experiment.optim.teacher_loss,
+               'predictor_from': args.predictor_from,
+               'result': result,
                'proxies': {'development': proxies, 'held-out': held_proxies}}, f, indent=1)
   chosen = result['chosen']
   widest = max(pc.proxy_widths)
   e = cfg.experiment
   print(_proxy_table(f'proxies (data seed {pc.proxy_data_seed}, init seeds '
                      f'{list(pc.proxy_seeds)})', proxies))
-  print(_target_table(f'development targets, {chosen} (no model error: it is measured here)',
-                      result['dev'][chosen]['rows'], widest))
+  source = f' (from {args.predictor_from}: its own proxies)' if earlier else ''
+  print(_target_table(f'development targets, {chosen} (no model error: it is measured here)'
+                      f'{source}', result['dev'][chosen]['rows'], widest))
   if pc.retrain_proxies:
     print(_proxy_table(f'held-out proxies (data seed {ho.data_seed}, init seeds '
                        f'{list(ho.seeds)})', held_proxies))
@@ -224,7 +257,8 @@ def main(argv=None) -> int:
   print(_candidate_table(result))
   tokens = e.train.global_batch_size * e.train.seq_len
   print(f"data {e.data.source}, {e.train.steps} steps × {tokens} tokens per run, vocabulary "
-        f"{e.model.vocab_size}; training wall {train_wall / 60:.1f} min, total "
+        f"{e.model.vocab_size}, teacher_loss {e.optim.teacher_loss:g}; training wall "
+        f"{train_wall / 60:.1f} min, total "
         f"{(time.time() - t0) / 60:.1f} min; JSON {os.path.join(workdir, 'heldout.json')}")
   h = result['held_out'][chosen]
   rows = h['rows']

@@ -87,10 +87,16 @@ def test_growth_vs_scratch_smoke_on_tiny():
 
 
 @pytest.mark.slow
-def test_loss_prediction_smoke():
-  out = _run('loss_prediction.py')
+def test_loss_prediction_smoke(tmp_path):
+  first = str(tmp_path / 'default')
+  out = _run('loss_prediction.py', '--workdir', first)
   assert 'held-out targets' in out and 'every candidate' in out and '± seeds' in out
   assert 'coverage' in out.splitlines()[-1]
+  # issue 14's arm: another objective, judged by the first run's predictor (no development runs)
+  arm = _run('loss_prediction.py', '--workdir', str(tmp_path / 'arm'), '--teacher_loss', '0',
+             '--predictor_from', os.path.join(first, 'heldout.json'))
+  assert 'teacher_loss 0;' in arm and 'development:' not in arm
+  assert f"from {os.path.join(first, 'heldout.json')}" in arm
 
 
 @pytest.mark.slow

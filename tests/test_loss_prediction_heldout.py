@@ -200,3 +200,31 @@ def test_a_candidate_that_cannot_fit_loses_without_crashing(monkeypatch):
                              [heldout.Candidate('bad'), heldout.CANDIDATES[0]], samples=20)
   assert out['chosen'] == heldout.CANDIDATES[0].name and 'bad' in out['failed']
   assert out['dev']['bad']['max_error'] == float('inf')
+
+
+def test_reuse_protocol_judges_new_runs_by_the_earlier_predictor():
+  """An arm that changes one thing in training (issue 14: the objective) is judged by the law
+  and model errors chosen earlier on development: the same held-out runs give the same rows as
+  the earlier protocol, other runs give other rows, and nothing is re-chosen."""
+  rng = np.random.default_rng(5)
+  dev_p = [_record(w, rng) for w in (4, 8, 12, 16)]
+  dev_t = [_record(w, rng) for w in (32, 48)]
+  held_t = [_record(w, rng) for w in (64, 128)]
+  cands = heldout.CANDIDATES[:2]
+  first = heldout.run_protocol(dev_p, dev_t, dev_p, held_t, cands, samples=40,
+                               model_error_form='constant')
+  again = heldout.reuse_protocol(first, dev_p, held_t, cands, samples=40)
+  assert again['chosen'] == first['chosen'] and again['model_error'] == first['model_error']
+  assert again['held_out'] == first['held_out'] and again['dev'] == first['dev']
+  # other proxies and targets (a law 0.2 nats higher throughout): new rows, same choices
+  up = lambda n: _law(n) + 0.2
+  other_p = [_record(w, rng, law=up) for w in (4, 8, 12, 16)]
+  other_t = [_record(w, rng, law=up) for w in (64, 128)]
+  arm = heldout.reuse_protocol(first, other_p, other_t, cands, samples=40)
+  assert arm['chosen'] == first['chosen'] and arm['model_error_form'] == 'constant'
+  rows = arm['held_out'][arm['chosen']]['rows']
+  assert [r['measured'] for r in rows] == [t['loss'] for t in other_t]
+  assert all(r['predicted'] > f['predicted'] + 0.1
+             for r, f in zip(rows, first['held_out'][first['chosen']]['rows']))
+  with pytest.raises(ValueError, match='no model error'):
+    heldout.reuse_protocol(first, other_p, other_t, heldout.CANDIDATES[:3], samples=10)

@@ -202,7 +202,7 @@ def run_protocol(dev_proxies: Sequence[Record], dev_targets: Sequence[Record],
   held-out targets feeds back into any choice."""
   names = [c.name for c in candidates]
   dof = {c.name: c.residual_dof(len(dev_proxies)) for c in candidates}
-  dev, held, model_errors, failed = {}, {}, {}, {}
+  dev, model_errors, failed = {}, {}, {}
   for c in candidates:
     try:
       rows = evaluate(c, dev_proxies, dev_targets, 0.0, samples, seed)
@@ -213,22 +213,55 @@ def run_protocol(dev_proxies: Sequence[Record], dev_targets: Sequence[Record],
     model_errors[c.name] = calibrate_model_error(rows, model_error_form)
     dev[c.name] = {'rows': rows, **summary(rows)}
   chosen = choose(dev, names, [n for n in names if dof[n] >= 1])
+  held = predict_held_out(candidates, held_proxies, held_targets, model_errors, failed,
+                          samples, seed + 1, model_error_form)
+  return {'chosen': chosen, 'candidates': names, 'residual_dof': dof,
+          'model_error_form': model_error_form,
+          'model_error': model_errors, 'dev': dev, 'held_out': held, 'failed': failed}
+
+
+def predict_held_out(candidates: Sequence[Candidate], proxies: Sequence[Record],
+                     targets: Sequence[Record], model_errors: dict[str, float],
+                     failed: dict[str, str], samples: int, seed: int,
+                     model_error_form: str) -> dict[str, Any]:
+  """Every candidate's held-out rows with its calibrated model error; a candidate already in
+  `failed` (or one that fails here, recorded there) gets no rows."""
+  held = {}
   for c in candidates:
     if c.name in failed:
       held[c.name] = {'rows': [], **_FAILED}
       model_errors[c.name] = float('nan')
       continue
     try:
-      rows = evaluate(c, held_proxies, held_targets, model_errors[c.name], samples, seed + 1,
+      rows = evaluate(c, proxies, targets, model_errors[c.name], samples, seed,
                       model_error_form)
     except (RuntimeError, ValueError) as e:
       failed[c.name] = f'held-out: {e}'
       held[c.name] = {'rows': [], **_FAILED}
       continue
     held[c.name] = {'rows': rows, **summary(rows)}
-  return {'chosen': chosen, 'candidates': names, 'residual_dof': dof,
-          'model_error_form': model_error_form,
-          'model_error': model_errors, 'dev': dev, 'held_out': held, 'failed': failed}
+  return held
+
+
+def reuse_protocol(earlier: Mapping[str, Any], held_proxies: Sequence[Record],
+                   held_targets: Sequence[Record], candidates: Sequence[Candidate] = CANDIDATES,
+                   samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+  """An earlier protocol's choices (chosen law, every candidate's calibrated model error and its
+  form) applied to new proxies and held-out targets, nothing re-chosen: the way to judge a run
+  that changes one thing in training (e.g. the objective) by the same predictor.  `earlier` is
+  `run_protocol`'s result; its development scores are carried over as they were measured."""
+  names = [c.name for c in candidates]
+  missing = [n for n in names if n not in earlier['model_error']]
+  if missing:
+    raise ValueError(f'the earlier protocol has no model error for {missing}')
+  failed = {n: why for n, why in earlier.get('failed', {}).items() if why.startswith('development')}
+  model_errors = {n: float(earlier['model_error'][n]) for n in names}
+  held = predict_held_out(candidates, held_proxies, held_targets, model_errors, failed, samples,
+                          seed + 1, earlier['model_error_form'])
+  return {'chosen': earlier['chosen'], 'candidates': names,
+          'residual_dof': {c.name: c.residual_dof(len(held_proxies)) for c in candidates},
+          'model_error_form': earlier['model_error_form'], 'model_error': model_errors,
+          'dev': earlier['dev'], 'held_out': held, 'failed': failed, 'reused': True}
 
 
 _FAILED = {'max_error': float('inf'), 'mean_error': float('inf'), 'coverage': 0.0}
