@@ -155,7 +155,8 @@ def _target_table(title: str, rows: list[dict], widest: int) -> str:
   lines = [title, f"{'width':>6} {'data':>4} {'×widest':>7} {'predicted':>9} "
                   f"{'95% interval':>17} {'measured':>8} {'± seeds':>8} {'rel err':>8}  inside"]
   for r in rows:
-    lines.append(f"{r['width']:>6} {r.get('data_seed', ''):>4} {r['width'] / widest:>7.3g} "
+    data = '' if r.get('data_seed') is None else r['data_seed']
+    lines.append(f"{r['width']:>6} {data:>4} {r['width'] / widest:>7.3g} "
                  f"{r['predicted']:>9.4f} "
                  f"[{r['low']:.4f}, {r['high']:.4f}] {r['measured']:>8.4f} "
                  f"{r['measured_std']:>8.4f} {100 * r['relative_error']:>7.2f}%  "

@@ -205,6 +205,11 @@ def test_vocabulary_is_reproducible_cached_and_has_special_tokens(setup, tmp_pat
   again = D.train_vocabulary(cfg, str(tmp_path / 'out'))
   assert open(again, 'rb').read() == open(path, 'rb').read()       # same input -> same bytes
   assert vocab.vocabulary_path(cfg) == path and os.stat(path).st_mtime_ns == mtime  # cached
+  # the data order is not in the cache key, so it must not change the trained file either
+  reordered = cfg.copy_and_resolve_references()
+  reordered.seed = cfg.seed + 7
+  assert vocab.vocab_key(reordered) == vocab.vocab_key(cfg)
+  assert vocab.train_model_bytes(reordered) == open(path, 'rb').read()
   v = D.get_vocabulary(cfg)
   assert v.vocab_size == D.vocab_size(cfg) == spm.SentencePieceProcessor(model_file=path).get_piece_size()
   sp = v.tokenizer

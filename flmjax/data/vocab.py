@@ -28,6 +28,10 @@ from flmjax.data.corpus import SPECIAL_TOKENS, DataError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 _VERSION = 2   # bump when training inputs or flags change: old cached models are not reused
+# The trainer's random seed is a constant, not data.seed: the cache key (`vocab_key`) leaves the
+# data order out, so a seed taken from it would let whichever run trained first decide the file.
+# 1 is what data.seed + 1 gave for the default data.seed 0, so default models keep their bytes.
+_SENTENCEPIECE_SEED = 1
 
 
 def cache_root(cfg: Any) -> str:
@@ -79,7 +83,7 @@ def train_model_bytes(cfg: Any) -> bytes:
   """Trains the SentencePiece model on the configured corpus and returns the model file bytes."""
   lines = _training_lines(cfg)
   buf = io.BytesIO()
-  spm.set_random_generator_seed(cfg.seed + 1)
+  spm.set_random_generator_seed(_SENTENCEPIECE_SEED)
   try:
     _train_sentencepiece(cfg, lines, buf)
   except RuntimeError as e:
