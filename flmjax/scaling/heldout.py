@@ -224,8 +224,8 @@ def predict_held_out(candidates: Sequence[Candidate], proxies: Sequence[Record],
                      targets: Sequence[Record], model_errors: dict[str, float],
                      failed: dict[str, str], samples: int, seed: int,
                      model_error_form: str) -> dict[str, Any]:
-  """Every candidate's held-out rows with its calibrated model error; a candidate already in
-  `failed` (or one that fails here, recorded there) gets no rows."""
+  """Every candidate's held-out rows with its calibrated model error.  A candidate already in
+  `failed`, or one that fails here (recorded in `failed`), gets no rows and a NaN model error."""
   held = {}
   for c in candidates:
     if c.name in failed:
