@@ -1,12 +1,15 @@
 """`flmjax` command line: override parsing and type checks, the command registry, and an end-to-end
 `flmjax train` of experiments/tiny.py that visibly lowers the loss."""
 
+import json
 import os
 
+import ml_collections
 import pytest
 
 from conftest import ROOT, read_losses, tiny_config
 from flmjax import cli, experiment
+from flmjax.scaling import sweep
 from flmjax.config import ConfigError
 
 
@@ -66,4 +69,14 @@ def test_flmjax_train_tiny_lowers_the_loss_on_both_languages(tmp_path):
            if 'val_loss_en' in r}
   for lang in ('en', 'zh'):
     assert evals[60][f'val_loss_{lang}'] < evals[20][f'val_loss_{lang}'] - 0.2, (lang, evals)
-  assert os.path.exists(os.path.join(wd, 'summary.json'))
+  # summary.json records the config it ran, so a read-back can tell this run from another one
+  with open(os.path.join(wd, 'summary.json')) as f:
+    ran = json.load(f)['config']
+  assert ran['train']['steps'] == 60 and ran['optim']['warmup_steps'] == 5
+  same = ml_collections.ConfigDict(ran)
+  assert sweep.run_point(same, wd)['loss'] == pytest.approx(
+      (evals[60]['val_loss_en'] + evals[60]['val_loss_zh']) / 2)   # read back, not retrained
+  other = ml_collections.ConfigDict(ran)
+  other.train.seed = ran['train']['seed'] + 1
+  with pytest.raises(ValueError, match=r'not the one asked for \(train.seed: ran 0, asked 1\)'):
+    sweep.run_point(other, wd)

@@ -245,7 +245,11 @@ def test_proxy_losses_are_averaged_over_init_seeds(monkeypatch, tmp_path):
   data_seed = cfg.experiment.data.seed
   assert seen == [(32, 0, data_seed, 'w32_s0'), (32, 2, data_seed, 'w32_s2')]  # same tokens
   one = loss_prediction.run_width(cfg, 32, str(tmp_path))
-  assert one['seed_losses'] == [5.0 + cfg.experiment.train.seed] and seen[-1][-1] == 'w32'
+  seed = cfg.experiment.train.seed
+  assert one['seed_losses'] == [5.0 + seed] and seen[-1][-1] == f'w32_s{seed}'
+  # one seed at a time still names the run by its seed: seed 5 alone never reads seed 4's run
+  loss_prediction.run_width(cfg, 32, str(tmp_path), seeds=[5])
+  assert seen[-1][-1] == 'w32_s5'
 
 
 def test_sweep_points_grid_and_random():
@@ -310,7 +314,8 @@ def test_predict_loss_cli_tiny(tmp_path, capsys):
   out = json.load(open(os.path.join(wd, 'prediction.json')))
   assert [r['width'] for r in out['proxies']] == [16, 32, 48]
   assert all(len(r['seed_losses']) == 2 for r in out['proxies'])
-  assert os.path.isdir(os.path.join(wd, 'w16_s1')) and os.path.isdir(os.path.join(wd, 'w64'))
+  assert os.path.isdir(os.path.join(wd, 'w16_s1'))
+  assert [d for d in os.listdir(wd) if d.startswith('w64')] == ['w64_s0']  # the target, seed 0
   t = out['target']
   assert np.isfinite(t['measured']) and out['predicted_N']['low'] <= out['predicted_N']['loss']
   assert out['relative_error_N'] == pytest.approx(

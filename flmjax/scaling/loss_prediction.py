@@ -244,7 +244,7 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> 
   for seed in seeds:
     c = mup.with_hparams(cfg.experiment, width=width)
     c.train.seed = seed
-    sub = f'w{width}' if len(seeds) == 1 else f'w{width}_s{seed}'
+    sub = f'w{width}_s{seed}'  # the seed is always in the name: a run is read back by it
     runs.append(sweep.run_point(c, os.path.join(workdir, sub)))
   losses = [r['loss'] for r in runs]
   return {'width': width, **runs[0], 'loss': float(np.mean(losses)),

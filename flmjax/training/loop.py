@@ -184,7 +184,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
   summary = run_summary(stages, run_info)
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=1)
+      # the config rides along, so a tool reading a finished run back can check it is the run
+      # it asked for (`flmjax.scaling.sweep.run_point`)
+      json.dump({**summary, 'config': config_json}, f, indent=1)
     print(format_summary(summary), flush=True)
   return summary
 
