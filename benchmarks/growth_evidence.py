@@ -58,14 +58,15 @@ def run_dir(root: str, arm: str, seed: int, lr: float, width: str = 'msg',
 
 def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str = 'msg',
               depth: str = 'msg') -> str:
-  """Train one run unless it already finished (summary.json); returns its workdir."""
+  """Train one run unless it already finished (a finished run of another config, e.g. another
+  preset in the same root, is refused); returns its workdir."""
   from flmjax import experiment
-  from flmjax.training import loop
+  from flmjax.training import loop, summary
   wd = run_dir(root, arm, seed, lr, width, depth)
-  if os.path.exists(os.path.join(wd, 'summary.json')):
-    return wd
   config = experiment.load_config(f'{EXPERIMENT}:{arm_arg(arm, seed, lr, preset, width, depth)}')
   config.train.allow_overwrite = True
+  if summary.read_finished(wd, config) is not None:
+    return wd
   t0 = time.time()
   loop.train(config, wd)
   with open(os.path.join(wd, 'wall.json'), 'w') as f:

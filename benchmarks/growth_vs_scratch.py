@@ -65,13 +65,13 @@ def smoke_overrides(config, steps: int = 4) -> None:
 def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: bool) -> float:
   """Train `path` into `workdir` (skipped with --reuse when it finished); returns wall seconds."""
   from flmjax import experiment
-  from flmjax.training import loop
-  if reuse and os.path.exists(os.path.join(workdir, 'summary.json')):
-    return float('nan')
+  from flmjax.training import loop, summary
   config = experiment.load_config(path, overrides)
   if smoke:
     smoke_overrides(config)
   config.train.allow_overwrite = True
+  if reuse and summary.read_finished(workdir, config) is not None:
+    return float('nan')
   t0 = time.perf_counter()
   loop.train(config, workdir)
   return time.perf_counter() - t0

@@ -31,6 +31,7 @@ from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
 from flmjax.metrics import read_metrics
 from flmjax.training.loop import train
+from flmjax.training.summary import read_finished
 
 HPARAMS = ('lr', 'init_std', 'output_mult')
 
@@ -87,37 +88,16 @@ def final_loss(summary: Mapping[str, Any], workdir: str) -> float:
 
 
 def run_point(config: Any, workdir: str) -> dict[str, Any]:
-  """Train `config` in `workdir` with the trainer, or read a finished run back — only if it
-  ran this config (its summary.json records the config; one written before it did is
-  trusted)."""
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.exists(path):
+  """Train `config` in `workdir` with the trainer, or read a finished run of it back."""
+  summary = read_finished(workdir, config)
+  if summary is None:
     train(config, workdir)
-  with open(path) as f:
-    summary = json.load(f)
-  if 'config' in summary:
-    differ = config_differences(summary['config'], json.loads(config.to_json()))
-    if differ:
-      raise ValueError(f'{path}: this finished run is not the one asked for ({"; ".join(differ)})'
-                       f': use another workdir, or remove this run to train it again')
+    summary = read_finished(workdir, config)
   stages = plan.stage_plan(config)
   return {'loss': final_loss(summary, workdir), 'flops': summary['growth_flops'],
           'tokens': summary['tokens'], 'params': stages[-1].model.param_count(),
           'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
           'workdir': workdir}
-
-
-def config_differences(ran: Mapping[str, Any], asked: Mapping[str, Any],
-                       prefix: str = '') -> list[str]:
-  """'field: ran X, asked Y' for every leaf that differs between two config dicts."""
-  out = []
-  for key in sorted(set(ran) | set(asked)):
-    a, b = ran.get(key), asked.get(key)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-      out.extend(config_differences(a, b, f'{prefix}{key}.'))
-    elif a != b:
-      out.append(f'{prefix}{key}: ran {a!r}, asked {b!r}')
-  return out
 
 
 def load_sweep_config(path: str, overrides: Sequence[str] = ()) -> Any:

@@ -1,8 +1,15 @@
-"""The end-of-run summary: per-stage parameters, tokens, FLOPs, wall time and validation loss."""
+"""The end-of-run summary: per-stage parameters, tokens, FLOPs, wall time and validation loss.
+
+The trainer writes it to `summary.json` with the config it ran, so tools that read a finished run
+back instead of training it again (sweeps, loss prediction, the benchmarks) can check it is the
+run they asked for: `read_finished`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+import os
+from typing import Any, Mapping, Optional
 
 from flmjax import plan
 from flmjax.plan import Stage
@@ -33,3 +40,35 @@ def format_summary(summary: Mapping[str, Any]) -> str:
       f"{summary['tokens']:.4g} tokens {summary['scratch_flops']:.4g}: "
       f"{100 * summary['saved_fraction']:.1f}% saved")
   return '\n'.join(lines)
+
+
+def config_differences(ran: Mapping[str, Any], asked: Mapping[str, Any],
+                       prefix: str = '') -> list[str]:
+  """'field: ran X, asked Y' for every leaf that differs between two config dicts."""
+  out = []
+  for key in sorted(set(ran) | set(asked)):
+    a, b = ran.get(key), asked.get(key)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      out.extend(config_differences(a, b, f'{prefix}{key}.'))
+    elif a != b:
+      out.append(f'{prefix}{key}: ran {a!r}, asked {b!r}')
+  return out
+
+
+def read_finished(workdir: str, config: Any) -> Optional[dict[str, Any]]:
+  """The summary of a finished run of `config` in `workdir`; None when none finished there.
+
+  A finished run of another config is refused (ValueError naming the fields that differ): its
+  losses would silently stand in for the run asked for.  A summary written before summaries
+  recorded their config is trusted."""
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  if 'config' in summary:
+    differ = config_differences(summary['config'], json.loads(config.to_json()))
+    if differ:
+      raise ValueError(f'{path}: this finished run is not the one asked for ({"; ".join(differ)})'
+                       f': use another workdir, or remove this run to train it again')
+  return summary
