@@ -185,7 +185,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       # the config rides along, so a tool reading a finished run back can check it is the run
-      # it asked for (`flmjax.scaling.sweep.run_point`)
+      # it asked for (`flmjax.training.summary.read_finished`)
       json.dump({**summary, 'config': config_json}, f, indent=1)
     print(format_summary(summary), flush=True)
   return summary
