@@ -184,11 +184,12 @@ def _earlier_protocol(path: str, protocol: ml_collections.ConfigDict) -> dict:
   or model-error form differ from this one's (then its choices would be about other runs)."""
   with open(path) as f:
     earlier = json.load(f)
+  here = protocol.to_dict()
   for field in ('proxy_widths', 'proxy_data_seed', 'proxy_seeds', 'development',
                 'model_error_form'):
-    if earlier['protocol'].get(field) != protocol.to_dict()[field]:
+    if earlier['protocol'].get(field) != here[field]:
       raise ValueError(f"{path}: protocol.{field} is {earlier['protocol'].get(field)!r}, this "
-                       f'run has {protocol.to_dict()[field]!r}')
+                       f'run has {here[field]!r}')
   return earlier['result']
 
 
