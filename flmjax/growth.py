@@ -37,7 +37,7 @@ SQUARED_FIELDS = ('nu', 'nu_max', 'sum_of_squares')
 _UNIT_OF_AXIS = {**{axis: key for key, axis in WIDTH_MASK_AXES}, 'layers': 'layers'}
 
 __all__ = ['GrowthError', 'GrowthSpec', 'grow_state', 'make_grow_fn', 'ramp_masks', 'ramp_alpha',
-           'growth_units', 'rewarmup_updates', 'is_exact', 'logical_axes']
+           'growth_units', 'entry_factors', 'rewarmup_updates', 'is_exact', 'logical_axes']
 
 
 @functools.lru_cache(maxsize=32)
@@ -256,18 +256,14 @@ def ramp_masks(mask_base: Optional[dict[str, Array]], alpha: Any) -> Optional[di
   return jax.tree.map(lambda b: b + a * (1.0 - b), mask_base)
 
 
-def rewarmup_updates(updates: PyTree, units: dict[str, Array], cfg: ModelConfig,
-                     steps_since_growth: Any, rewarmup_steps: int) -> PyTree:
-  """Scale optimizer updates of new entries by min(1, (t+1)/rewarmup_steps); old ones by 1.
+def entry_factors(units: dict[str, Array], cfg: ModelConfig, new_value: Any) -> PyTree:
+  """Params-shaped tree: 1 on old entries, `new_value` on new ones (broadcastable arrays).
 
   An entry is new when any of its units (hidden, head, FFN unit, layer) is new in `units`
-  (`growth_units`).  Applied to the updates after the optimizer, so Adam moments are untouched.
-  """
-  if rewarmup_steps <= 0:
-    return updates
-  s = jnp.clip((jnp.asarray(steps_since_growth, jnp.float32) + 1.0) / rewarmup_steps, 0.0, 1.0)
+  (`growth_units`); None for a parameter with no growing axis (all old)."""
+  v = jnp.asarray(new_value, jnp.float32)
 
-  def scale(u, axes):
+  def factor(axes):
     g = None
     for pos, a in enumerate(axes):
       key = _UNIT_OF_AXIS.get(a)
@@ -279,11 +275,26 @@ def rewarmup_updates(updates: PyTree, units: dict[str, Array], cfg: ModelConfig,
         shape[0], shape[pos] = m.shape
       else:
         shape[pos] = m.shape[0]
-      f = (m + s * (1.0 - m)).reshape(shape)
+      f = (m + v * (1.0 - m)).reshape(shape)
       g = f if g is None else jnp.minimum(g, f)
-    return u if g is None else (u * g).astype(u.dtype)
+    return g
 
-  return jax.tree.map(scale, updates, logical_axes(cfg))
+  return jax.tree.map(factor, logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+
+
+def rewarmup_updates(updates: PyTree, units: dict[str, Array], cfg: ModelConfig,
+                     steps_since_growth: Any, rewarmup_steps: int) -> PyTree:
+  """Scale optimizer updates of new entries by min(1, (t+1)/rewarmup_steps); old ones by 1.
+
+  An entry is new when any of its units is new (`entry_factors`).  Applied to the updates after
+  the optimizer, so Adam moments are untouched.
+  """
+  if rewarmup_steps <= 0:
+    return updates
+  s = jnp.clip((jnp.asarray(steps_since_growth, jnp.float32) + 1.0) / rewarmup_steps, 0.0, 1.0)
+  factors = entry_factors(units, cfg, s)
+  return jax.tree.map(lambda u, g: u if g is None else (u * g).astype(u.dtype), updates, factors,
+                      is_leaf=lambda x: x is None)
 
 
 # ---- verification ----------------------------------------------------------------------------
