@@ -42,28 +42,68 @@ TARGET = 0.60
 OPERATORS = (('msg', 'msg'), ('tile', 'msg'), ('msg', 'identity'), ('msg', 'stack'),
              ('msg', 'interleave'), ('tile', 'stack'))
 SWEEP_SEED = 100  # the learning rate is chosen on this seed, which no reported number uses
+# Issue 25's diagnosis of the idle phase: each suspect changed alone in the growth arm (MSG
+# width + depth), each beside the un-grown continuation of the small model on the same batches
+# and LR where the LR is what changes.  Fixed before any of its runs.
+SUSPECTS = (
+    ('today: LR goes on along one cosine over steps', ''),
+    ('control: no growth, the small model goes on (same LR)', 'continuation=1'),
+    ("LR after growth: the scratch arm's LR at the same FLOPs", 'lr_after=flops'),
+    ('LR after growth: back to the peak, faster decay (LEMON)', 'lr_after=peak'),
+    ('control: no growth, LEMON LR', 'continuation=1,lr_after=peak'),
+    ('MSG ramp: none', 'ramp=0'),
+    ('MSG ramp: short (2% of the grown stage)', 'ramp=0.02'),
+    ('new layers copy the layer below (MSG)', 'new_layers=copy'),
+    ("new units' init std x0.25", 'new_init=0.25'),
+    ("new units' init std x4", 'new_init=4'),
+    ('control: no growth, LR at the same FLOPs', 'continuation=1,lr_after=flops'),
+)
+IDLE_MARGIN = 0.01  # the grown model "learns" once it is this far below the continuation
+# Issue 25's sweep: operator × growth point, each cell the growth arm with one recipe on the
+# same FLOPs budget.  Run as two rounds (--sweep_top 2): every cell on seed 0, then the two with
+# the lowest final loss on seeds 1 and 2; the choice is the lowest mean final loss over 0-2.  (width, depth, first-stage shape: '' = the preset's d16×L2); the depth-only
+# stacks keep the final width (G_stack: ×2 from half the layers, ×4 from a quarter).
+SWEEP_OPERATORS = {'msg (width+depth)': ('msg', 'msg', ''),
+                   'stack x2 (depth only)': ('msg', 'stack', '32x2'),
+                   'stack x4 (depth only)': ('msg', 'stack', '32x1'),
+                   'tile+stack (width+depth)': ('tile', 'stack', '')}
+SWEEP_SHARES = ('0.125', '0.25', '0.333', '0.5')  # the first stage's share of the FLOPs budget
+# The grown stage's LR rule for the sweep, set from the diagnosis before the sweep by a rule fixed
+# in advance: the LR suspect (steps | flops | peak) with the lowest mean final loss on the
+# diagnosis seeds 0 and 1.
+LR_RULE = ''
+# The growth arm of the protocol (width, depth, recipe): the sweep's choice on the development
+# seeds, committed before its run on the held-out seeds.
+CHOSEN = ('msg', 'msg', '')
 
 
 def arm_arg(arm: str, seed: int, lr: float, preset: str, width: str = 'msg',
-            depth: str = 'msg') -> str:
+            depth: str = 'msg', recipe: str = '') -> str:
+  """The experiment argument of one run; `recipe` adds growth-arm options ('lr_after=peak,...',
+  experiments/growth_evidence.py)."""
   a = f'{arm},seed={seed},lr={lr:g},preset={preset}'
-  return a + (f',width={width},depth={depth}' if arm == 'growth' else '')
+  if arm != 'growth':
+    return a
+  return a + f',width={width},depth={depth}' + (f',{recipe}' if recipe else '')
 
 
 def run_dir(root: str, arm: str, seed: int, lr: float, width: str = 'msg',
-            depth: str = 'msg') -> str:
+            depth: str = 'msg', recipe: str = '') -> str:
   name = f'{arm}_{width}-{depth}' if arm == 'growth' else arm
+  if recipe and arm == 'growth':
+    name += '+' + recipe.replace(',', '+')
   return os.path.join(root, f'{name}_lr{lr:g}_s{seed}')
 
 
 def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str = 'msg',
-              depth: str = 'msg') -> str:
+              depth: str = 'msg', recipe: str = '') -> str:
   """Train one run unless it already finished (a finished run of another config, e.g. another
   preset in the same root, is refused); returns its workdir."""
   from flmjax import experiment
   from flmjax.training import loop, summary
-  wd = run_dir(root, arm, seed, lr, width, depth)
-  config = experiment.load_config(f'{EXPERIMENT}:{arm_arg(arm, seed, lr, preset, width, depth)}')
+  wd = run_dir(root, arm, seed, lr, width, depth, recipe)
+  config = experiment.load_config(
+      f'{EXPERIMENT}:{arm_arg(arm, seed, lr, preset, width, depth, recipe)}')
   config.train.allow_overwrite = True
   if summary.read_finished(wd, config) is not None:
     return wd
@@ -227,12 +267,281 @@ def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, floa
   return dict(sorted(sweep.items()))
 
 
+def parse_shard(text: str) -> Optional[tuple[int, int]]:
+  """'K/N' -> (K, N); '' -> None."""
+  if not text:
+    return None
+  k, _, n = text.partition('/')
+  if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+    raise SystemExit(f'--shard {text!r}: expected K/N with 0 <= K < N')
+  return int(k), int(n)
+
+
+def run_jobs(root: str, jobs: list[tuple[str, int, str]], lr: float, preset: str,
+             shard: Optional[tuple[int, int]]) -> dict[tuple[str, int, str], str]:
+  """Train (or read back) (arm, seed, recipe) runs with MSG growth; with a shard, only its
+  share (another process trains the rest; a run being trained elsewhere is skipped)."""
+  from flmjax.workdir_lock import WorkdirLockedError
+  out = {}
+  for i, (arm, seed, recipe) in enumerate(jobs):
+    if shard is not None and i % shard[1] != shard[0]:
+      continue
+    try:
+      out[(arm, seed, recipe)] = train_arm(root, arm, seed, lr, preset, recipe=recipe)
+    except WorkdirLockedError:
+      if shard is None:
+        raise
+  return out
+
+
+def control_of(recipe: str) -> str:
+  """The un-grown continuation with the same LR as a growth recipe."""
+  lr_after = dict(kv.split('=') for kv in recipe.split(',') if kv).get('lr_after', '')
+  return 'continuation=1' + (f',lr_after={lr_after}' if lr_after else '')
+
+
+def val_by_step(wd: str) -> dict[int, float]:
+  from flmjax import curves
+  out = {}
+  for r in curves.run_records(wd):
+    v = curves.mean_val(r)
+    if v is not None:
+      out[int(r['step'])] = v
+  return out
+
+
+def gap_to_control(wd: str, control_wd: str) -> tuple[list[tuple[float, float]], float]:
+  """([(share of the grown stage, control − grown val loss)], idle share): the grown model's
+  lead over the un-grown continuation at each evaluation after the growth, and the share of the
+  grown stage before that lead first reaches IDLE_MARGIN (1.0 when it never does)."""
+  from flmjax import curves
+  g0 = curves.growth_points(curves.run_records(wd))[0][1]
+  grown, ctrl = val_by_step(wd), val_by_step(control_wd)
+  end = max(grown)
+  gaps = [((st - g0) / (end - g0), ctrl[st] - grown[st]) for st in sorted(grown)
+          if st > g0 and st in ctrl]
+  idle = next((f for f, gp in gaps if gp >= IDLE_MARGIN), 1.0)
+  return gaps, idle
+
+
+def probe_run(wd: str) -> list[dict]:
+  """The growth probe at every checkpoint of the grown stage (flmjax.training.growth_probe)."""
+  from flmjax import checkpoint
+  from flmjax.training import growth_probe
+  cache = os.path.join(wd, 'probe.json')
+  if os.path.exists(cache):
+    with open(cache) as f:
+      return json.load(f)
+  d = checkpoint.stage_dirs(wd).get(1)
+  out = [growth_probe.probe_checkpoint(os.path.join(d, str(st)))
+         for st in (checkpoint.steps_in(d) if d else [])]
+  with open(cache, 'w') as f:
+    json.dump(out, f)
+  return out
+
+
+def diagnose(root: str, wds: dict[tuple[str, int, str], str], seeds: list[int], lr: float,
+             preset: str, budget: float) -> int:
+  """Issue 25's diagnosis table: each suspect changed alone, beside its un-grown control."""
+  from flmjax import curves
+  from flmjax.plot import plot_groups
+  from flmjax.training.growth_probe import GROUPS
+  suspects = [x for x in SUSPECTS if ('growth', seeds[0], x[1]) in wds]
+  scratch = [wds[('scratch', s, '')] for s in seeds]
+  target = curves.mean_std([final_loss(w) for w in scratch])[0]
+  rows, report = [], {'lr': lr, 'seeds': seeds, 'target': target, 'suspects': {}}
+  for name, recipe in suspects:
+    runs = [wds[('growth', s, recipe)] for s in seeds]
+    finals = [final_loss(w) for w in runs]
+    entry = {'recipe': recipe, 'finals': finals,
+             'ratios': [reach_ratio(w, target, budget) for w in runs]}
+    gap_txt, idle_txt = '-', '-'
+    if 'continuation=1' not in recipe and ('growth', seeds[0], control_of(recipe)) in wds:
+      per_seed = [gap_to_control(w, wds[('growth', s, control_of(recipe))])
+                  for w, s in zip(runs, seeds)]
+      entry['gaps'] = [g for g, _ in per_seed]
+      entry['idle'] = [i for _, i in per_seed]
+      at = lambda q: statistics.fmean(
+          min(g, key=lambda x: abs(x[0] - q))[1] for g, _ in per_seed)
+      gap_txt = ' / '.join(f'{at(q):+.3f}' for q in (0.25, 0.5, 0.75, 1.0))
+      idle_txt = f"{statistics.fmean(entry['idle']):.2f}"
+    report['suspects'][name] = entry
+    rows.append([name, recipe or '(defaults)', fmt_ms(finals),
+                 fmt_ci(entry['ratios']) if 'continuation=1' not in recipe else '-',
+                 gap_txt, idle_txt])
+  common.print_table(['suspect (one change)', 'recipe', 'final val loss', 'FLOPs to reach (2) ÷ (2)',
+                      'lead over control at 25/50/75/100% of grown stage', 'idle share'], rows,
+                     title=f'diagnosis of the idle phase: lr {lr:g}, seeds {seeds}; scratch arm '
+                           f'final {target:.4f}; lead = un-grown continuation − grown val loss '
+                           f'(same batches, same LR); idle share = share of the grown stage '
+                           f'before the lead reaches {IDLE_MARGIN}')
+  probe_rows = []
+  for name, recipe in suspects:
+    if 'continuation=1' in recipe:
+      continue
+    pr = probe_run(wds[('growth', seeds[0], recipe)])
+    report['suspects'][name]['probe'] = pr
+    for p in pr:
+      r = p['rms']
+      rel = lambda kind, g: fmt(r.get(kind, {}).get(g, {}).get('rel_update'), 5)
+      grad = lambda kind, g: fmt(r.get(kind, {}).get(g, {}).get('grad'), 5)
+      probe_rows.append([name if p is pr[0] else '', p['since_growth'],
+                         fmt(p['loss_share_new']),
+                         ' / '.join(grad('mlp', g) for g in GROUPS),
+                         ' / '.join(rel('mlp', g) for g in GROUPS),
+                         ' / '.join(rel('attention', g) for g in GROUPS),
+                         ' / '.join(rel('embedding', g) for g in ('old', 'new_units'))])
+  common.print_table(['suspect', 'steps since growth', 'loss share of new units',
+                      'MLP grad RMS old / new units / new layers',
+                      'MLP update/param old / new units / new layers',
+                      'attention update/param old / new units / new layers',
+                      'embedding update/param old / new'], probe_rows,
+                     title=f'growth probe (seed {seeds[0]}, held-out batch, at each checkpoint of '
+                           'the grown stage): loss share = L(new units off) − L(full)')
+  plots = os.path.join(root, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  groups = {name: [wds[('growth', s, r)] for s in seeds] for name, r in suspects
+            if 'continuation=1' not in r} | {'(2) final size from scratch': scratch}
+  p1 = plot_groups(groups, os.path.join(plots, 'diagnosis.png'), target,
+                   'validation loss vs FLOPs: the idle-phase suspects')
+  with open(os.path.join(root, 'diagnosis.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  best = min((n for n, r in suspects if 'continuation=1' not in r),
+             key=lambda n: statistics.fmean(report['suspects'][n]['finals']))
+  m, lo, hi = curves.mean_interval(report['suspects'][best]['ratios'])
+  print(f'plot: {p1}; JSON {os.path.join(root, "diagnosis.json")}')
+  print(f'headline: diagnosis (development seeds {seeds}): lowest final loss: {best}; growth '
+        f'FLOPs to reach the scratch final / scratch FLOPs = {fmt(m, 3)}'
+        f"{'' if math.isinf(m) else 'x'} (95% CI [{fmt(lo, 3)}, {fmt(hi, 3)}])")
+  return 0
+
+
+def sweep_cell(operator: str, share: str, lr_rule: str, smoke: bool) -> tuple[str, str, str]:
+  """(width, depth, recipe) of one sweep cell."""
+  width, depth, first = SWEEP_OPERATORS[operator]
+  if first and smoke:  # the smoke preset's final size is d32×L2: ×2 / ×1 layers
+    first = {'32x2': '32x1', '32x1': '32x1'}[first]
+  recipe = ','.join(x for x in (f'share={share}', f'first={first}' if first else '', lr_rule) if x)
+  return width, depth, recipe
+
+
+def heatmap(cells: dict[tuple[str, str], tuple[float, float, float]], out_path: str,
+            title: str) -> str:
+  """Operators × growth points, coloured by the mean FLOPs-to-equal-loss ratio (∞ darkest),
+  each cell annotated with its mean and 95% interval."""
+  import numpy as np
+  from flmjax.plot import plt
+  ops = list(dict.fromkeys(o for o, _ in cells))
+  shares = list(dict.fromkeys(s for _, s in cells))
+  grid = np.full((len(ops), len(shares)), np.nan)
+  for (o, s_), (m, _, _) in cells.items():
+    grid[ops.index(o), shares.index(s_)] = min(m, 1.5)
+  fig, ax = plt.subplots(figsize=(2.2 * len(shares) + 3, 0.9 * len(ops) + 1.6))
+  im = ax.imshow(grid, cmap='viridis_r', vmin=0.3, vmax=1.5, aspect='auto')
+  for (o, s_), (m, lo, hi) in cells.items():
+    ax.text(shares.index(s_), ops.index(o), f'{fmt(m, 2)}\n[{fmt(lo, 2)}, {fmt(hi, 2)}]',
+            ha='center', va='center', fontsize=8, color='white' if m > 0.9 else 'black')
+  ax.set_xticks(range(len(shares)), [f'grow at {float(x):.3g}' for x in shares])
+  ax.set_yticks(range(len(ops)), ops)
+  fig.colorbar(im, ax=ax, label='FLOPs to reach scratch final ÷ budget (capped at 1.5)')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def run_sweep(root: str, seeds: list[int], lr: float, preset: str, budget: float,
+              lr_rule: str, operators: list[str], shares: list[str],
+              shard: Optional[tuple[int, int]], top: int = 0) -> int:
+  """Issue 25's operator × timing sweep on development seeds; scratch on the same seeds.
+
+  With `top` = K > 0 the sweep is two rounds, fixed before any run: every cell on seeds[0], then
+  the K cells with the lowest final loss also on the other seeds; the choice is the cell with
+  the lowest mean final loss over all seeds (final loss, not the FLOPs ratio, ranks: the ratio
+  is ∞ for every cell that misses the target and cannot order them)."""
+  from flmjax import curves
+  from flmjax.workdir_lock import WorkdirLockedError
+  cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset == 'smoke')
+  grid = [(o, sh) for o in operators for sh in shares]
+  done: dict = {}
+
+  def train_all(jobs):
+    for i, (arm, s, o, sh) in enumerate(jobs):
+      if shard is not None and i % shard[1] != shard[0]:
+        continue
+      w, d, r = cell_of(o, sh) if arm == 'growth' else ('msg', 'msg', '')
+      try:
+        done[(arm, s, o, sh)] = train_arm(root, arm, s, lr, preset, w, d, r)
+      except WorkdirLockedError:
+        if shard is None:
+          raise
+
+  first_seeds = seeds[:1] if top else seeds
+  train_all([('scratch', s, '', '') for s in seeds] +
+            [('growth', s, o, sh) for s in first_seeds for o, sh in grid])
+  if shard is not None and not all(('growth', s, o, sh) in done
+                                   for s in first_seeds for o, sh in grid):
+    print(f'shard {shard[0]}/{shard[1]} done (first round)')
+    return 0
+  finals = lambda c, ss: [final_loss(done[('growth', s, *c)]) for s in ss]
+  chosen_cells = grid
+  if top:
+    chosen_cells = sorted(grid, key=lambda c: finals(c, first_seeds)[0])[:top]
+    train_all([('growth', s, o, sh) for s in seeds[1:] for o, sh in chosen_cells])
+  if shard is not None:
+    print(f'shard {shard[0]}/{shard[1]} done')
+    return 0
+  target = curves.mean_std([final_loss(done[('scratch', s, '', '')]) for s in seeds])[0]
+  cells, rows = {}, []
+  for c in grid:
+    ss = seeds if c in chosen_cells else first_seeds
+    wds = [done[('growth', s, *c)] for s in ss]
+    ratios = [reach_ratio(x, target, budget) for x in wds]
+    cells[c] = curves.mean_interval(ratios)
+    rows.append([c[0], c[1], cell_of(*c)[2], len(ss), fmt_ms(finals(c, ss)), fmt_ci(ratios)])
+  common.print_table(['operator', 'first-stage share', 'recipe', 'seeds', 'final val loss',
+                      'FLOPs to reach scratch final ÷ budget [95% CI]'], rows,
+                     title=f'operator × growth point sweep: lr {lr:g}, LR after growth '
+                           f"{lr_rule or 'steps'}, seeds {seeds}"
+                           + (f' (every cell on {first_seeds}, the best {top} on all)'
+                              if top else '') + f', scratch final {target:.4f}')
+  plots = os.path.join(root, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  p = heatmap(cells, os.path.join(plots, 'sweep_heatmap.png'),
+              f'growth sweep, seeds {seeds}: FLOPs to reach scratch final ÷ budget')
+  best = min(chosen_cells, key=lambda c: statistics.fmean(finals(c, seeds)))
+  with open(os.path.join(root, 'sweep.json'), 'w') as f:
+    json.dump({'lr': lr, 'lr_rule': lr_rule, 'seeds': seeds, 'target': target, 'top': top,
+               'cells': {f'{o}|{sh}': list(v) for (o, sh), v in cells.items()},
+               'best': list(best), 'best_recipe': list(cell_of(*best))}, f, indent=1)
+  m, lo, hi = cells[best]
+  print(f'heat-map: {p}')
+  print(f'headline: sweep (development seeds {seeds}): best cell {best[0]}, grow at {best[1]}: '
+        f"FLOPs to reach scratch final / scratch FLOPs = {fmt(m, 3)}{'' if math.isinf(m) else 'x'}"
+        f' (95% CI [{fmt(lo, 3)}, {fmt(hi, 3)}])')
+  return 0
+
+
+def recipe_arg(text: str) -> tuple[str, str, str]:
+  """'width+depth[:options]' -> (width, depth, options); '' -> CHOSEN."""
+  if not text:
+    return CHOSEN
+  ops, _, options = text.partition(':')
+  width, sep, depth = ops.partition('+')
+  if not sep:
+    raise SystemExit(f'--recipe {text!r}: expected width+depth[:options]')
+  return width, depth, options
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--smoke', action='store_true', help='synthetic data, a few steps (CI)')
   ap.add_argument('--workdir', default='', help='keep the runs here (default: a temp dir); '
                                                 'finished runs are read back, not re-run')
-  ap.add_argument('--seeds', default='0,1,2', help='reported seeds (init and data order)')
+  ap.add_argument('--seeds', default='0,1,2',
+                  help='reported seeds (init and data order); issue 25: 0-2 develop (diagnosis, '
+                       'sweep), 3-5 are held out for the chosen recipe')
   ap.add_argument('--operator_seeds', default='0',
                   help='seeds of the operator rows (one by default: the hour on one core does not '
                        'hold three; compare their differences with the arms\' seed spread)')
@@ -246,11 +555,47 @@ def main(argv=None) -> int:
                        "'first_run' (the first run's 1.3M-token budget, for like-for-like reruns)")
   ap.add_argument('--operators', default=','.join(f'{w}+{d}' for w, d in OPERATORS[1:]),
                   help='growth operators beside msg+msg, as width+depth')
+  ap.add_argument('--diagnose', action='store_true',
+                  help="issue 25's diagnosis of the idle phase: every suspect in SUSPECTS changed "
+                       'alone in the growth arm, with the un-grown continuation as control, '
+                       'gradient / update RMS of old vs new entries and the new units\' share '
+                       'of the loss (instead of the three-arm protocol)')
+  ap.add_argument('--diagnose_seeds', default='0,1', help='seeds of the diagnosis (development)')
+  ap.add_argument('--suspects', default='',
+                  help='indices into SUSPECTS to run (default all; --smoke: 0,1,3,4)')
+  ap.add_argument('--recipe', default='',
+                  help="the growth arm's recipe as width+depth[:options], e.g. "
+                       "'msg+stack:share=0.25,first=32x2,lr_after=flops' (default: CHOSEN, the "
+                       'recipe fixed from the development sweep before its held-out run)')
+  ap.add_argument('--sweep', action='store_true',
+                  help="issue 25's operator × growth-point sweep (SWEEP_OPERATORS × "
+                       'SWEEP_SHARES) on --seeds, with a heat-map (instead of the protocol)')
+  ap.add_argument('--sweep_operators', default=','.join(SWEEP_OPERATORS),
+                  help='operators of the sweep (names in SWEEP_OPERATORS)')
+  ap.add_argument('--sweep_shares', default=','.join(SWEEP_SHARES),
+                  help="the first stage's shares of the budget in the sweep")
+  ap.add_argument('--sweep_top', type=int, default=0,
+                  help='two rounds: every cell on the first seed, then the best K cells (lowest '
+                       'final loss) on the other seeds (0: every cell on every seed)')
+  ap.add_argument('--lr_rule', default=None,
+                  help="the grown stage's LR in the sweep (a recipe fragment, e.g. "
+                       "'lr_after=flops'; default: the diagnosis' choice, LR_RULE)")
+  ap.add_argument('--lr', type=float, default=0.0,
+                  help='use this peak LR instead of sweeping (the recorded sweep chose 1e-2)')
+  ap.add_argument('--shard', default='',
+                  help='K/N: train only every N-th run from the K-th (0-based) and stop; run '
+                       'without it afterwards to read everything back')
   args = ap.parse_args(argv)
   preset = 'smoke' if args.smoke else args.preset
   if args.smoke:  # CI: every code path once, in about a minute (nothing is measured)
     args.seeds = '0,1' if args.seeds == ap.get_default('seeds') else args.seeds
     args.lrs = '1e-2' if args.lrs == ap.get_default('lrs') else args.lrs
+    if args.diagnose_seeds == ap.get_default('diagnose_seeds'):
+      args.diagnose_seeds = '0'
+    if args.sweep_operators == ap.get_default('sweep_operators'):
+      args.sweep_operators = 'msg (width+depth),stack x2 (depth only)'
+    if args.sweep_shares == ap.get_default('sweep_shares'):
+      args.sweep_shares = '0.5'
   seeds = [int(s) for s in args.seeds.split(',') if s]
   small_seeds = [int(s) for s in args.small_seeds.split(',') if s] or seeds
   op_seeds = [int(s) for s in args.operator_seeds.split(',') if s]
@@ -273,19 +618,49 @@ def main(argv=None) -> int:
   budget = setting.budget(preset)
   t_start = time.time()
 
-  # 1. learning rate: a sweep on the scratch arm with a held-out seed
-  sweep = sweep_lr(lambda x: final_loss(train_arm(root, 'scratch', SWEEP_SEED, x, preset)), lrs)
-  lr = min(sweep, key=sweep.get)
-  common.print_table(['peak lr', f'scratch final val loss (seed {SWEEP_SEED})'],
-                     [[f'{k:g}' + (' *' if k == lr else ''), fmt(v)] for k, v in sweep.items()],
-                     title='learning-rate sweep on arm (2), held-out seed; * = used for all arms')
+  shard = parse_shard(args.shard)
+  if args.diagnose:
+    lr = args.lr or 1e-2
+    seeds_d = [int(s) for s in args.diagnose_seeds.split(',') if s]
+    picked = [int(i) for i in (args.suspects or ('0,1,3,4' if args.smoke else '')).split(',')
+              if i] or list(range(len(SUSPECTS)))
+    jobs = [('scratch', s, '') for s in seeds_d] + [
+        ('growth', s, SUSPECTS[i][1]) for s in seeds_d for i in picked]
+    wds_d = run_jobs(root, jobs, lr, preset, shard)
+    if shard is not None:
+      print(f'shard {args.shard} done')
+      return 0
+    return diagnose(root, wds_d, seeds_d, lr, preset, budget)
+  if args.sweep:
+    ops_s = [o for o in args.sweep_operators.split(',') if o]
+    for o in ops_s:
+      if o not in SWEEP_OPERATORS:
+        ap.error(f'unknown sweep operator {o!r}; known: {list(SWEEP_OPERATORS)}')
+    return run_sweep(root, seeds, args.lr or 1e-2, preset, budget,
+                     LR_RULE if args.lr_rule is None else args.lr_rule, ops_s,
+                     [x for x in args.sweep_shares.split(',') if x], shard, args.sweep_top)
+  # 1. learning rate: a sweep on the scratch arm with a held-out seed (or --lr)
+  if args.lr:
+    sweep, lr = {}, args.lr
+    print(f'peak lr {lr:g} given (--lr): no sweep')
+  else:
+    sweep = sweep_lr(lambda x: final_loss(train_arm(root, 'scratch', SWEEP_SEED, x, preset)),
+                     lrs)
+    lr = min(sweep, key=sweep.get)
+    common.print_table(['peak lr', f'scratch final val loss (seed {SWEEP_SEED})'],
+                       [[f'{k:g}' + (' *' if k == lr else ''), fmt(v)] for k, v in sweep.items()],
+                       title='learning-rate sweep on arm (2), held-out seed; * = used for all '
+                             'arms')
 
-  # 2. the three arms, seed by seed (a partial run still has whole seeds)
+  # 2. the three arms, seed by seed (a partial run still has whole seeds); the growth arm runs
+  # the recipe chosen on the development seeds (CHOSEN, unless --recipe says otherwise)
+  g_width, g_depth, g_recipe = recipe_arg(args.recipe)
   wds: dict[str, list[str]] = {'growth': [], 'scratch': [], 'small': []}
   for s in seeds:
     for arm in ('growth', 'scratch', 'small'):
       if arm != 'small' or s in small_seeds:
-        wds[arm].append(train_arm(root, arm, s, lr, preset))
+        wds[arm].append(train_arm(root, arm, s, lr, preset, g_width, g_depth, g_recipe)
+                        if arm == 'growth' else train_arm(root, arm, s, lr, preset))
   # 3. the other operators
   op_wds: dict[tuple[str, str], list[str]] = {('msg', 'msg'): [
       w for w, s in zip(wds['growth'], seeds) if s in op_seeds]}
@@ -299,10 +674,11 @@ def main(argv=None) -> int:
   ratios = [reach_ratio(w, target, budget) for w in wds['growth']]
   paired = [reach_ratio(g, final_loss(b), budget) for g, b in zip(wds['growth'], wds['scratch'])]
   rows = []
-  names = {'growth': '(1) growth schedule, MSG', 'scratch': '(2) final size from scratch',
-           'small': '(3) first-stage size alone'}
+  names = {'growth': f'(1) growth: {g_width} + {g_depth}' + (f', {g_recipe}' if g_recipe else ''),
+           'scratch': '(2) final size from scratch', 'small': '(3) first-stage size alone'}
   for arm in ('growth', 'scratch', 'small'):
-    cfg = experiment.load_config(f'{EXPERIMENT}:{arm_arg(arm, seeds[0], lr, preset)}')
+    cfg = experiment.load_config(
+        f'{EXPERIMENT}:{arm_arg(arm, seeds[0], lr, preset, g_width, g_depth, g_recipe)}')
     st = plan.stage_plan(cfg)
     desc = ' → '.join(f'd{x.model.d_model}×L{x.model.n_layers} ({x.tokens / 1e6:.2f}M tok)'
                       for x in st)

@@ -9,7 +9,23 @@ The argument is comma-separated: the arm, then key=value options, e.g.
   flmjax train --config 'experiments/growth_evidence.py:growth,width=tile,depth=stack,seed=1'
 Options: width (msg | tile), depth (msg | identity | stack | interleave), seed (init and data
 order), lr (peak learning rate, the same for every arm and stage), preset (full | first_run |
-smoke).
+smoke), and for the growth arm (issue 25's diagnosis and sweep; defaults = the protocol of
+issue 17):
+  lr_after    the LR the grown stage starts at, from which it decays to lr/10 over its steps:
+              steps (default: where one cosine over all *steps* stands at the growth), flops
+              (where one cosine over the *FLOPs budget* stands: the scratch arm's LR at the
+              same FLOPs), peak (LEMON: the first stage holds the peak LR, the grown stage
+              decays from it), or a number (that fraction of the peak);
+  share       the first stage's share of the FLOPs budget (default 1/3);
+  first       the first stage's shape as DxL (default the preset's, 16x2); e.g. 32x1 with
+              depth=stack is G_stack's depth-only ×4 growth;
+  ramp        the MSG mask ramp as a share of the grown stage's steps (default 0.1; 0 = none);
+  new_init    new weights' init std as a multiple of the model's init_std (default: the
+              target model's own init);
+  new_layers  fresh | copy; rewarmup: growth.rewarmup_steps as a share of the grown stage;
+  continuation 1: no growth — the second stage keeps the first stage's shape, so the small
+              model goes on over the same batches with the same LR (the growth arm's control
+              in the diagnosis: does the grown model learn faster than the model it came from?).
 
 Why this setting (issue 17): a 2048-piece vocabulary (as in benchmarks/loss_prediction.py, where
 each doubling of width lowered the loss clearly) so the two sizes differ in their transformer
@@ -24,6 +40,7 @@ first run, at 1.3M tokens, still ended with the small model ahead).
 from __future__ import annotations
 
 import math
+import re
 
 import ml_collections
 
@@ -49,22 +66,56 @@ RAMP_SHARE = 0.1                 # MSG masks ramp over this share of the final s
 LR = 3e-3                        # the default; the benchmark sweeps it on the scratch arm
 
 
+# The growth arm's recipe options and their defaults (the issue-17 protocol).
+GROWTH_OPTIONS = dict(lr_after='steps', share='', first='', ramp=str(RAMP_SHARE), new_init='',
+                      new_layers='fresh', rewarmup='0', continuation='0')
+LR_AFTER = ('steps', 'flops', 'peak')
+
+
 def parse_arg(arg: str) -> dict:
   """'growth,width=tile,seed=1' -> {'arm': 'growth', 'width': 'tile', 'seed': '1', ...}."""
   parts = [p.strip() for p in (arg or 'growth').split(',') if p.strip()]
   out = {'arm': parts[0], 'width': 'msg', 'depth': 'msg', 'seed': '0', 'lr': str(LR),
-         'preset': 'full'}
+         'preset': 'full', **GROWTH_OPTIONS}
   if out['arm'] not in ARMS:
     raise ValueError(f'arm must be one of {ARMS}, got {out["arm"]!r}')
   for p in parts[1:]:
     k, sep, v = p.partition('=')
     if not sep or k not in out or k == 'arm':
-      raise ValueError(f'option {p!r}: expected key=value with key in width, depth, seed, lr, '
-                       'preset')
+      raise ValueError(f'option {p!r}: expected key=value with key in {sorted(set(out) - {"arm"})}')
     out[k] = v
   if out['preset'] not in PRESETS:
     raise ValueError(f'preset must be one of {sorted(PRESETS)}, got {out["preset"]!r}')
+  if out['lr_after'] not in LR_AFTER:
+    _number(out, 'lr_after', 0.0, 1.0)
+  for k, lo, hi in (('share', 0.0, 1.0), ('ramp', 0.0, 1.0), ('new_init', 0.0, math.inf),
+                    ('rewarmup', 0.0, 1.0)):
+    if out[k]:
+      _number(out, k, lo, hi)
+  if out['continuation'] not in ('0', '1'):
+    raise ValueError(f"option continuation={out['continuation']!r}: expected 0 or 1")
+  if out['first'] and not re.fullmatch(r'\d+x\d+', out['first']):
+    raise ValueError(f"option first={out['first']!r}: expected DxL, e.g. 32x1")
   return out
+
+
+def _number(o: dict, key: str, lo: float, hi: float) -> float:
+  try:
+    v = float(o[key])
+  except ValueError:
+    v = math.nan
+  if not lo <= v <= hi:
+    raise ValueError(f'option {key}={o[key]!r}: expected a number in [{lo}, {hi}]'
+                     + (f' or one of {LR_AFTER}' if key == 'lr_after' else ''))
+  return v
+
+
+def first_shape(o: dict) -> tuple[int, int]:
+  """The first stage's (d_model, n_layers)."""
+  if o['first']:
+    d, n = o['first'].split('x')
+    return int(d), int(n)
+  return PRESETS[o['preset']]['first']
 
 
 def model_shape(d_model: int, n_layers: int) -> dict:
@@ -123,24 +174,38 @@ def get_config(arg: str = 'growth') -> ml_collections.ConfigDict:
     c.optim.warmup_steps = warmup(steps)
     c.train.eval_every = max(1, steps // p['evals'])
     return c
-  first = steps_for(flops * FIRST_STAGE_FLOPS_SHARE, p['first'])
-  final = steps_for(flops * (1 - FIRST_STAGE_FLOPS_SHARE), p['final'])
+  share = float(o['share']) if o['share'] else FIRST_STAGE_FLOPS_SHARE
+  shape0 = first_shape(o)
+  first = steps_for(flops * share, shape0)
+  final = steps_for(flops * (1 - share), p['final'])
   lr = float(o['lr'])
-  growth = dict(width=o['width'], depth=o['depth'], ramp_steps=max(1, round(RAMP_SHARE * final)))
-  # One schedule over the run, as the other arms': warm-up, then the cosine from lr to lr/10
-  # over all steps; the growth falls where it falls on it, and the grown stage starts at the LR
-  # the first stage ended with (the trainer's optim.stage_schedule='continue').
-  boundary_lr = cosine_lr(lr, first / (first + final))
+  growth = dict(width=o['width'], depth=o['depth'], new_layers=o['new_layers'],
+                ramp_steps=max(1, round(float(o['ramp']) * final)) if float(o['ramp']) else 0,
+                rewarmup_steps=round(float(o['rewarmup']) * final))
+  if o['new_init']:
+    growth['new_init_std'] = float(o['new_init']) * float(c.model.init_std)
+  # One schedule over the run, as the other arms': warm-up, then a cosine to lr/10; the grown
+  # stage starts at `boundary_lr` (the trainer's optim.stage_schedule='continue': the first
+  # stage decays from lr to it).  By default the growth falls where it falls on a cosine over
+  # all steps.
+  boundary_lr = {'steps': lambda: cosine_lr(lr, first / (first + final)),
+                 'flops': lambda: cosine_lr(lr, share),
+                 'peak': lambda: lr}.get(o['lr_after'], lambda: float(o['lr_after']) * lr)()
   c.stages = [
-      dict(name='first', model=model_shape(*p['first']), steps=first, lr=lr,
+      dict(name='first', model=model_shape(*shape0), steps=first, lr=lr,
            warmup_steps=warmup(first + final)),
       dict(name='final', model=model_shape(*p['final']), steps=final, lr=boundary_lr,
            warmup_steps=0, end_lr=lr / 10, growth=growth),
   ]
+  if o['continuation'] == '1':
+    c.stages[1].update(model=model_shape(*shape0), growth=None)
   if 'stage_schedule' not in c.optim:  # a trainer without the option: spell the same schedule out
     c.stages[0]['end_lr'] = boundary_lr
   c.train.eval_every = max(1, (first + final) // p['evals'])
   c.train.log_every = 1  # the loss right before and after the growth shows function preservation
+  # A checkpoint at every evaluation: the benchmark's --diagnose probe reads the grown stage's
+  # gradients and updates from them (a few MB each at these sizes).
+  c.train.update(ckpt_every=c.train.eval_every, keep=p['evals'] + 4)
   return c
 
 

@@ -7,6 +7,7 @@ The numbers are not asserted (smoke sizes measure nothing); BUILD.md records the
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -121,3 +122,20 @@ def test_growth_evidence_smoke(tmp_path):
     assert op in out, op
   for png in ('arms.png', 'operators.png', 'flm_vs_equal_loss.png'):
     assert os.path.getsize(tmp_path / 'plots' / png) > 1000
+
+
+@pytest.mark.slow
+def test_growth_evidence_diagnosis_and_sweep_smoke(tmp_path):
+  """Issue 25's modes: the idle-phase diagnosis (suspects beside their un-grown controls, the
+  growth probe) and the operator × growth-point sweep with its heat-map."""
+  out = _run('growth_evidence.py', '--workdir', str(tmp_path), '--diagnose')
+  assert 'diagnosis of the idle phase' in out and 'growth probe' in out
+  assert 'LR after growth: back to the peak, faster decay (LEMON)' in out
+  diag = json.load(open(tmp_path / 'diagnosis.json'))
+  today = diag['suspects']['today: LR goes on along one cosine over steps']
+  assert today['probe'][0]['since_growth'] == 0 and today['probe'][0]['loss_share_new'] == 0.0
+  assert len(today['gaps'][0]) >= 1 and 0.0 <= today['idle'][0] <= 1.0
+  out = _run('growth_evidence.py', '--workdir', str(tmp_path), '--sweep')
+  assert 'operator × growth point sweep' in out and 'stack x2 (depth only)' in out
+  assert os.path.getsize(tmp_path / 'plots' / 'sweep_heatmap.png') > 1000
+  assert json.load(open(tmp_path / 'sweep.json'))['best'][1] == '0.5'

@@ -241,3 +241,61 @@ def test_lr_sweep_extends_past_an_edge_optimum_by_a_fixed_rule():
   assert sorted(low) == [3.33e-4, 1e-3, 3e-3, 1e-2, 3e-2]
   assert sweep_lr(lambda lr: (lr - 1e-2) ** 2, [3e-3, 1e-2, 3e-2]).keys() == {3e-3, 1e-2, 3e-2}
   assert list(sweep_lr(lambda lr: lr, [1e-2])) == [1e-2]  # one point (smoke): nothing to extend
+
+
+# ---- issue 25: recipe options, diagnosis controls, sweep cells ---------------------------
+
+def test_lr_after_growth_rules():
+  """steps: where one cosine over steps stands; flops: where it stands at the same FLOPs (the
+  scratch arm's LR there); peak: LEMON's return to the peak; a number: that share of it."""
+  ge = _setting_module()
+  _, st = _plan('growth,lr=1e-2')
+  assert st[1].lr == pytest.approx(ge.cosine_lr(1e-2, st[0].steps / (st[0].steps + st[1].steps)))
+  _, st = _plan('growth,lr=1e-2,lr_after=flops')
+  assert st[1].lr == pytest.approx(ge.cosine_lr(1e-2, 1 / 3))
+  assert st[1].lr > _plan('growth,lr=1e-2')[1][1].lr  # the small stage's cheap steps decay less
+  _, st = _plan('growth,lr=1e-2,lr_after=peak')
+  assert st[1].lr == 1e-2 and st[0].end_lr == 1e-2 and st[1].end_lr == pytest.approx(1e-3)
+  assert _plan('growth,lr=1e-2,lr_after=0.5')[1][1].lr == pytest.approx(5e-3)
+
+
+def test_continuation_is_the_growth_arm_without_the_growth():
+  _, grown = _plan('growth,lr_after=peak')
+  _, cont = _plan('growth,lr_after=peak,continuation=1')
+  assert [s.model for s in cont] == [grown[0].model, grown[0].model]
+  assert cont[1].growth is None
+  assert [(s.steps, s.lr, s.end_lr) for s in cont] == [(s.steps, s.lr, s.end_lr) for s in grown]
+
+
+@pytest.mark.parametrize('operator', ['msg (width+depth)', 'stack x2 (depth only)',
+                                      'stack x4 (depth only)', 'tile+stack (width+depth)'])
+@pytest.mark.parametrize('share', ['0.125', '0.5'])
+def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
+  bench = _benchmark_module()
+  width, depth, recipe = bench.sweep_cell(operator, share, 'lr_after=flops', smoke=False)
+  cfg, st = _plan(f'growth,width={width},depth={depth},{recipe}')
+  assert experiment.validate(cfg, num_devices=None)
+  _, sc = _plan('scratch')
+  one_step = max(s.model.flops_per_token(s.seq_len) * s.tokens_per_step for s in st)
+  assert abs(sum(s.flops for s in st) - sc[0].flops) <= 2 * one_step  # each stage rounds
+  assert st[0].flops / sc[0].flops == pytest.approx(float(share), abs=0.01)
+  assert st[1].model == sc[0].model
+  if 'depth only' in operator:
+    assert st[0].model.d_model == st[1].model.d_model
+    assert st[1].model.n_layers // st[0].model.n_layers == int(operator.split('x')[1][0])
+
+
+def test_bad_recipe_options_name_the_option():
+  for arg, msg in (('growth,lr_after=soon', 'lr_after'), ('growth,share=1.5', 'share'),
+                   ('growth,first=wide', 'first'), ('growth,continuation=2', 'continuation'),
+                   ('growth,ramp=-1', 'ramp')):
+    with pytest.raises(ValueError, match=msg):
+      experiment.load_config(f'{EXPERIMENT}:{arg}')
+
+
+def _setting_module():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('growth_evidence_setting', EXPERIMENT)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
