@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -84,7 +85,7 @@ def test_eval_iq_without_data_fails_naming_tasks_or_skips(tmp_path, fake_checkpo
   rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
                                     'boolq,head_slicing', '--n_items', '2',
                                     '--skip_missing', '--output', str(out)))
-  assert rc == 0
+  assert rc == 1  # boolq was asked for by name and did not run: the exit status says so
   cats = json.loads(out.read_text())['categories']
   assert set(cats) == {'symbolic_mapping', 'rule_understanding', 'pattern_mining',
                        'anti_interference'}
@@ -132,3 +133,65 @@ def test_eval_hf_model(tmp_path, capsys):
   rep = json.loads(out.read_text())
   assert rep['model'] == {'backend': 'hf', 'path': path, 'dtype': 'bfloat16', 'device_map': None}
   assert rep['categories']['pattern_mining']['tasks']['head_slicing']['n'] == 3
+
+
+def _long_choice_hellaswag(data):
+  """HellaSwag whose first item has an ending longer than the 128-token context."""
+  path = os.path.join(data, 'hellaswag', 'hellaswag_val.jsonl')
+  with open(path, encoding='utf-8') as f:
+    recs = [json.loads(l) for l in f]
+  recs[0]['endings'][1] = 'and then he keeps on stirring ' * 8  # 240 byte tokens > 128
+  with open(path, 'w', encoding='utf-8') as f:
+    f.writelines(json.dumps(r) + '\n' for r in recs)
+
+
+def test_an_over_long_choice_is_scored_not_fatal_and_other_results_are_kept(
+    tmp_path, fake_checkpoint, capsys):
+  data = write_all(tmp_path / 'data')
+  _long_choice_hellaswag(data)
+  out = tmp_path / 'r.json'
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                                    'hellaswag,arc_easy', '--data_dir', data, '--shots',
+                                    'hellaswag=0,arc_easy=0', '--output', str(out)))
+  assert rc == 0
+  rep = json.loads(out.read_text())
+  tasks = rep['categories']['knowledge']['tasks']
+  assert set(tasks) == {'hellaswag', 'arc_easy'} and rep['complete'] and not rep['failed']
+  hs = tasks['hellaswag']
+  assert hs['n'] == 3 and hs['cut_choices'] == 1 and not hs['comparable']
+  assert hs['reference'] == {} and 'not comparable' in hs['comparison']
+  assert tasks['arc_easy']['comparable'] and tasks['arc_easy']['n'] == 3
+  captured = capsys.readouterr()
+  assert 'not comparable' in captured.out and 'choice longer than the context' in captured.err
+
+
+def test_a_failing_task_is_reported_and_the_others_are_written_as_they_finish(
+    tmp_path, fake_checkpoint, monkeypatch, capsys):
+  from flmjax.evaluation import runner
+  data = write_all(tmp_path / 'data')
+  out = tmp_path / 'r.json'
+  real = runner.evaluate
+  seen = []
+
+  def evaluate(backend, task):
+    if task.name == 'arc_challenge':  # the report already holds the task that finished before
+      seen.append(json.loads(out.read_text()))
+      raise RuntimeError('device lost')
+    return real(backend, task)
+
+  monkeypatch.setattr(runner, 'evaluate', evaluate)
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                                    'arc_challenge,arc_easy,truthfulqa_mc1', '--data_dir', data,
+                                    '--shots', 'arc_challenge=0,arc_easy=0',
+                                    '--output', str(out)))
+  assert rc == 1
+  (partial,) = seen
+  assert set(partial['categories']['knowledge']['tasks']) == {'arc_easy'}
+  assert partial['pending'] == ['arc_challenge', 'truthfulqa_mc1'] and not partial['complete']
+  rep = json.loads(out.read_text())
+  assert set(rep['categories']['knowledge']['tasks']) == {'arc_easy', 'truthfulqa_mc1'}
+  assert rep['failed'] == {'arc_challenge': 'RuntimeError: device lost'} and not rep['complete']
+  assert rep['categories']['knowledge']['failed'] == rep['failed'] and rep['pending'] == []
+  captured = capsys.readouterr()
+  assert 'FAILED' in captured.out and 'did not run: arc_challenge' in captured.err
+  assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]  # atomic writes leave no temp file

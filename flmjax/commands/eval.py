@@ -13,7 +13,6 @@ over the devices present, on its experiment's mesh.  Prints the table, writes th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -195,14 +194,6 @@ def load_backend(args: argparse.Namespace):
                    'params': cfg.param_count(), 'config': cfg.to_dict(), 'placement': placement}
 
 
-def _warn_over_length(result: TaskResult, max_len: int) -> None:
-  if result.over_length:
-    print(f'flmjax eval: warning: {result.name}: {result.over_length} of {result.n} prompts are '
-          f'longer than the model context ({max_len} tokens); their beginning (early '
-          f'demonstrations) was cut off. Use a model with a longer context, or fewer shots '
-          f'(--shots {result.name.split(".")[0]}=k) / distractors.', file=sys.stderr)
-
-
 def output_problem(path: Optional[str]) -> Optional[str]:
   """Why `--output` cannot be written (checked before the run, not after it), or None."""
   if not path:
@@ -223,7 +214,12 @@ def output_problem(path: Optional[str]) -> Optional[str]:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-  """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
+  """Runs the suite; 0 when every requested task ran, 1 when one failed while running (or a task
+  named in --tasks was skipped), 2 on bad input (message on stderr).
+
+  A task that fails is recorded with its error and the others still run; with --output the JSON
+  report is rewritten (atomically) after every task, so finished results survive a crash.
+  """
   from flmjax.evaluation import report, runner
   problem = output_problem(args.output)
   if problem:
@@ -240,27 +236,49 @@ def eval_main(args: argparse.Namespace) -> int:
   except (EvalDataError, ImportError) as e:
     print(f'flmjax eval: error: {e}', file=sys.stderr)
     return 2
-  results = []
-  start = time.time()
-  for t in tasks:
-    t0 = time.time()
-    results.append(runner.evaluate(backend, t))
-    print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
-          f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
-    _warn_over_length(results[-1], backend.max_len)
   categories = ((IQ_CATEGORIES if args.suite in ('iq', 'all') else ()) +
                 (('knowledge',) if args.suite in ('knowledge', 'all') else ()))
   meta = {'model': model, 'suite': args.suite, 'seed': args.seed, 'limit': args.limit,
           'limit_sampling': (f'seeded random sample, seed {args.seed}' if args.limit else None),
-          'data_dir': args.data_dir, 'babi_dir': args.babi_dir, 'max_len': backend.max_len,
-          'seconds': round(time.time() - start, 2)}
-  print(report.format_table(results, skipped, limit=args.limit, seed=args.seed))
+          'data_dir': args.data_dir, 'babi_dir': args.babi_dir, 'max_len': backend.max_len}
+  results: list[TaskResult] = []
+  failed: dict[str, dict[str, str]] = {}
+  start = time.time()
+
+  def write(pending):
+    if args.output:
+      report.write_json(args.output, report.to_json(
+          results, {**meta, 'seconds': round(time.time() - start, 2)}, skipped, categories,
+          failed=failed, pending=[t.name for t in pending]))
+
+  for i, t in enumerate(tasks):
+    t0 = time.time()
+    try:
+      results.append(runner.evaluate(backend, t))
+    except Exception as e:  # noqa: BLE001  (one task's fault must not lose the others' results)
+      why = f'{type(e).__name__}: {e}'
+      failed.setdefault(t.category, {})[t.name] = why
+      print(f'flmjax eval: error: {t.category}/{t.name} failed, the other tasks go on: {why}',
+            file=sys.stderr)
+    else:
+      print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
+            f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
+      warning = report.cut_warning(results[-1], backend.max_len)
+      if warning:
+        print(f'flmjax eval: warning: {warning}', file=sys.stderr)
+    write(tasks[i + 1:])
+  if not tasks:
+    write([])
+  print(report.format_table(results, skipped, limit=args.limit, seed=args.seed, failed=failed))
   if args.output:
-    out = report.to_json(results, meta, skipped, categories)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, 'w', encoding='utf-8') as f:
-      json.dump(out, f, indent=1, ensure_ascii=False)
     print(f'report written to {args.output}', file=sys.stderr)
+  named = set(filter(None, (x.strip() for x in args.tasks.split(','))))
+  not_run = sorted(n for reasons in skipped.values() for n in reasons if n in named)
+  if failed or not_run:
+    names = sorted(n for reasons in failed.values() for n in reasons) + not_run
+    print(f'flmjax eval: {len(names)} requested task(s) did not run: {", ".join(names)}',
+          file=sys.stderr)
+    return 1
   return 0
 
 

@@ -232,7 +232,7 @@ def babi_task(name: str, babi_dir: str, n_items: int = 300, seed: int = 0,
   items = tuple(Item(prompt=format_shots(rng.sample(train, min(k, len(train)))) + p, answer=a)
                 for p, a in questions)
   return Task(name=name, category=CATEGORY, items=items, k_shot=k,
-              source=f'bAbI {BABI_TASKS[name]} release file {test_path}')
+              source=f'bAbI {BABI_TASKS[name]} release file {test_path}', paper_k=1)
 
 
 def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None = None,
@@ -254,4 +254,4 @@ def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None =
   source = ('generated (flmjax)' if name not in BABI_TASKS else
             f'generated bAbI-style {BABI_TASKS[name]} stories (flmjax reconstruction, not bAbI)')
   return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k,
-              source=f'{source}, seed {seed}')
+              source=f'{source}, seed {seed}', paper_k=1)

@@ -259,5 +259,5 @@ def make_tasks(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | 
       items.append(Item(prompt=prefix + spec.render(rec), answer=choices[y], choices=choices,
                         label=y))
     tasks.append(Task(name=f'{name}.{variant}', category=CATEGORY, items=tuple(items), k_shot=k,
-                      source=origin))
+                      source=origin, paper_k=len(spec.labels), min_k=len(spec.labels)))
   return tasks[0], tasks[1]

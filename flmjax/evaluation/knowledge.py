@@ -252,7 +252,7 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
     notes = (f'C-Eval categories unavailable for {len(uncategorised)} subject(s) ({why}); '
              f'accuracy is broken down by subject only',)
   return Task(name=task, category=CATEGORY, items=tuple(items), k_shot=k, source=root,
-              notes=notes)
+              notes=notes, paper_k=DEFAULT_SHOTS[task])
 
 
 def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
@@ -287,7 +287,7 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     items.append(Item(prompt=prefix + prompt, answer=choices[y], choices=choices, label=y,
                       subject=f'arc/{part.lower()}'))
   return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
-              source=os.path.join(root, f'ARC-{part}'))
+              source=os.path.join(root, f'ARC-{part}'), paper_k=DEFAULT_SHOTS[task])
 
 
 def _hellaswag_text(text: str) -> str:
@@ -326,7 +326,7 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
     items.append(Item(prompt=prefix + ctx, answer=choices[y], choices=choices, label=y,
                       subject=f'hellaswag/{source}'))
   return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
-              source=root)
+              source=root, paper_k=DEFAULT_SHOTS[task])
 
 
 # TruthfulQA's fixed QA primer: the six question/answer pairs the benchmark's authors prepend
@@ -387,7 +387,7 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
                      label=trues[0], true_labels=trues if mc2 else (), subject='truthfulqa/all')
                 for q, c, trues in sample_limit(rows, limit, seed, task))
   return Task(name=task, category=CATEGORY, items=items, k_shot=0, metric='mc2' if mc2 else 'acc',
-              source=path, notes=(f'0-shot with the fixed QA primer ({TRUTHFULQA_PRIMER_SOURCE})',))
+              source=path, paper_k=0, notes=(f'0-shot with the fixed QA primer ({TRUTHFULQA_PRIMER_SOURCE})',))
 
 
 def make_task(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | None = None,

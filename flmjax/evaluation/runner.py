@@ -56,6 +56,11 @@ def count_over_length(backend: Backend, choice: Sequence[Item], gen: Sequence[It
   return over + sum(backend.generation_overflows(it.prompt, budget) for it in gen)
 
 
+def count_cut_continuations(backend: Backend, choice: Sequence[Item]) -> int:
+  """Items with a choice longer than the whole context: only its last tokens are scored."""
+  return sum(any(backend.continuation_overflows(c) for c in it.choices) for it in choice)
+
+
 def evaluate(backend: Backend, task: Task) -> TaskResult:
   """Scores every item of `task`; returns per-item scores and a few example predictions."""
   choice = [it for it in task.items if it.is_choice]
@@ -64,6 +69,7 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
   enc = backend.tokenizer.encode
   budget = min(task.max_new_tokens, max(len(enc(it.answer)) for it in gen) + 4) if gen else 0
   over_length = count_over_length(backend, choice, gen, budget)
+  cut_choices = count_cut_continuations(backend, choice)
   if choice:
     reqs = [(it.prompt, c) for it in choice for c in it.choices]
     flat = backend.loglikelihood(reqs)
@@ -89,4 +95,6 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
   subjects = [it.subject for it in choice] + [it.subject for it in gen]
   return TaskResult(name=task.name, category=task.category, scores=scores, subjects=subjects,
                     k_shot=task.k_shot, metric=task.metric, examples=examples,
-                    over_length=over_length, source=task.source, notes=list(task.notes))
+                    over_length=over_length, cut_choices=cut_choices, source=task.source,
+                    notes=list(task.notes), paper_k=task.paper_k, min_k=task.min_k,
+                    dropped=dict(task.dropped))
