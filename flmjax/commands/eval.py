@@ -38,6 +38,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       'release files (see flmjax.evaluation.knowledge and iq_symbolic)')
   parser.add_argument('--symbolic_source', choices=('files', 'tfds'), default='files',
                       help="SuperGLUE from release files under --data_dir, or prepared TFDS data")
+  parser.add_argument('--clue_split', choices=('dev', 'test_public'), default='dev',
+                      help="CLUE-IQ items: 'dev' (default: the CLUE release's dev.json, or "
+                      "FewCLUE's dev_few_all.json) or 'test_public' (FewCLUE's labelled public "
+                      "test); the report names the file read")
   parser.add_argument('--babi_dir', default=None, help='folder with the bAbI text files '
                       '(qa1_single-supporting-fact_{train,test}.txt, qa2_two-supporting-facts_'
                       '...): the supporting-fact tasks read them instead of generated stories')
@@ -130,7 +134,7 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
       if wanted(name):
         attempt(iq_symbolic.CATEGORY, name, lambda name=name: iq_symbolic.make_tasks(
             name, args.data_dir, seed=args.seed, k_shot=shots.get(name),
-            source=args.symbolic_source, limit=args.limit))
+            source=args.symbolic_source, limit=args.limit, clue_split=args.clue_split))
     difficulty = iq_interference.Difficulty(n_distractors=args.distractors, n_keys=args.n_keys,
                                             n_agents=args.n_agents, n_events=args.n_events)
     for mod, default_n in ((iq_rules, 100), (iq_patterns, 100), (iq_interference, 300)):
@@ -143,8 +147,11 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
         try:
           tasks.append(mod.make_task(name, n_items=n, seed=args.seed, k_shot=shots.get(name),
                                      **kw))
-        except EvalDataError as e:
-          errors.append(str(e))  # a --babi_dir without the files: the user asked for them
+        except EvalDataError as e:  # a --babi_dir without the files
+          if args.skip_missing:
+            skipped.setdefault(mod.CATEGORY, {})[name] = str(e)
+          else:
+            errors.append(str(e))
   if args.suite in ('knowledge', 'all'):
     for name in knowledge.TASKS:
       if wanted(name):
