@@ -129,7 +129,7 @@ def test_ceval_without_mapping_reads_in_chinese_and_says_categories_are_unavaila
          [[i, f'问题{i}', '甲', '乙', '丙', '丁', 'ABCD'[i % 4]] for i in range(n)],
          header=['id', 'question', 'A', 'B', 'C', 'D', 'answer'])
   t = knowledge.make_task('ceval', str(tmp_path))
-  assert t.items[0].prompt.startswith('以下是中国关于高中物理考试的单项选择题，请选出其中的正确答案。\n\n')
+  assert t.items[0].prompt.startswith('以下是中国关于高中物理的单项选择题，请选出其中的正确答案。\n\n')
   assert 'high_school_physics' not in t.items[0].prompt
   assert {it.subject for it in t.items} == {'uncategorised/high_school_physics'}
   assert any('categories unavailable' in n and 'subject_mapping.json' in n for n in t.notes)

@@ -61,6 +61,8 @@ class TaskResult:
   paper_k: Optional[int] = None   # the published protocol's shot count (None: no protocol)
   min_k: int = 0                  # fewest shots the task accepts
   dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> items left out
+  score_name: str = ''   # what `accuracy` is, e.g. 'acc_norm' (ARC, HellaSwag); '' = `metric`
+  also: dict[str, float] = dataclasses.field(default_factory=dict)  # other metrics, e.g. 'acc'
 
   @property
   def comparable(self) -> bool:
@@ -198,7 +200,7 @@ def to_json(results: Sequence[TaskResult], meta: dict[str, Any],
   for r in results:
     lo, hi = r.interval
     entry = {'n': r.n, 'k_shot': r.k_shot, 'paper_k_shot': r.paper_k, 'metric': r.metric,
-             'accuracy': r.accuracy, 'ci95': [lo, hi], 'comparable': r.comparable,
+             'score': r.score_name or r.metric, 'accuracy': r.accuracy, 'also': r.also, 'ci95': [lo, hi], 'comparable': r.comparable,
              'comparison': r.comparison(), 'reference': shown_reference(r, ref),
              'reference_source': task_reference(r.name, ref)[0],
              'over_length': r.over_length, 'cut_choices': r.cut_choices,
@@ -263,6 +265,9 @@ def format_table(results: Sequence[TaskResult], skipped: Optional[dict[str, dict
     rows.append([r.category, r.name, str(r.n), str(r.k_shot), str(r.over_length),
                  _pct(r.accuracy), f'[{_pct(lo)}, {_pct(hi)}]', mark]
                 + [_fmt_ref(refs.get(m)) if refs else '' for m in models])
+    for name, value in r.also.items():  # e.g. ARC's acc beside its acc_norm score
+      rows.append(['', f'  {r.name}:{name}', str(r.n), '', '', _pct(value), '', '']
+                  + [''] * len(models))
     groups = r.breakdown()['groups'] if any(r.subjects) else {}
     if len(groups) > 1:  # e.g. MMLU's STEM / humanities / social sciences / other
       for g, v in groups.items():
@@ -306,6 +311,8 @@ def _footer(results: Sequence[TaskResult], ref: dict[str, Any], limit: Optional[
   lines += [f'not comparable: {r.name}: {r.cut_summary()}' for r in results if not r.comparable]
   lines += [f'{r.name}: no reference numbers: {r.comparison()}' for r in results
             if r.comparable and r.comparison() and task_reference(r.name, ref)[1]]
+  lines += [f'{r.name}: acc% is {r.score_name}; ' + ', '.join(r.also) + ' on the row below'
+            for r in results if r.also]
   lines += [f'{r.name}: left out: {n} item(s) {why}' for r in results
             for why, n in r.dropped.items() if n]
   if limit is not None:
