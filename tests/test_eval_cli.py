@@ -195,3 +195,14 @@ def test_a_failing_task_is_reported_and_the_others_are_written_as_they_finish(
   captured = capsys.readouterr()
   assert 'FAILED' in captured.out and 'did not run: arc_challenge' in captured.err
   assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]  # atomic writes leave no temp file
+
+
+def test_hf_is_a_declared_alias_and_eval_flags_are_never_abbreviated(capsys):
+  from flmjax import cli
+  parser = cli.build_parser('eval')
+  assert parser.parse_args(['eval', '--hf', 'P']).hf_model == 'P'
+  assert parser.parse_args(['eval', '--hf_model', 'P']).hf_model == 'P'
+  for prefix in (['--hf_mod', 'P'], ['--check', 'W'], ['--checkpoint', 'W', '--sui', 'iq']):
+    with pytest.raises(SystemExit):
+      parser.parse_args(['eval'] + prefix)
+  assert 'unrecognized arguments' in capsys.readouterr().err

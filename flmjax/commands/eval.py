@@ -30,7 +30,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of the `eval` sub-command."""
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
-  src.add_argument('--hf_model', metavar='PATH', help='local Hugging Face causal LM folder')
+  src.add_argument('--hf_model', '--hf', dest='hf_model', metavar='PATH',
+                   help='local Hugging Face causal LM folder (--hf is an alias)')
   parser.add_argument('--suite', choices=SUITES, default='all')
   parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
                       'of the suite), e.g. counting,boolq,mmlu')
@@ -290,7 +291,8 @@ def eval_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='flmjax eval', description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='flmjax eval', description=__doc__.splitlines()[0],
+                                   allow_abbrev=False)
   add_eval_arguments(parser)
   return eval_main(parser.parse_args(argv))
 
