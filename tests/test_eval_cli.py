@@ -43,7 +43,7 @@ def fake_checkpoint(monkeypatch, params):
     return CFG, params, {'data': {'source': 'text'}}, {'devices': 1, 'mesh': None}
 
   monkeypatch.setattr(loading, 'load_checkpoint', load_checkpoint)
-  monkeypatch.setattr(eval_command, '_vocabulary', lambda config, where: ByteVocab())
+  monkeypatch.setattr(loading, 'vocabulary', lambda config, where: ByteVocab())
   return seen
 
 
@@ -117,7 +117,7 @@ def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, ca
 
 def test_synthetic_checkpoints_have_no_text_vocabulary():
   with pytest.raises(EvalDataError, match='synthetic'):
-    eval_command._vocabulary({'data': {'source': 'synthetic'}}, 'W')
+    loading.vocabulary({'data': {'source': 'synthetic'}}, 'W')
 
 
 def test_eval_hf_model(tmp_path, capsys):

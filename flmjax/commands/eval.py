@@ -166,16 +166,6 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
   return tasks, skipped  # readers and generators already applied --limit
 
 
-def _vocabulary(config: Any, where: str):
-  """The text vocabulary of a checkpoint's saved config (its `data` section)."""
-  data_cfg = config['data'] if 'data' in config else config
-  if data_cfg.get('source') == 'synthetic':
-    raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
-                        f'tokenizer; the evaluation suites need a model trained on text')
-  from flmjax.data import get_tokenizer
-  return get_tokenizer(data_cfg)
-
-
 def load_backend(args: argparse.Namespace):
   """(backend, description) for --checkpoint or --hf_model."""
   if args.hf_model:
@@ -187,19 +177,12 @@ def load_backend(args: argparse.Namespace):
                         trust_remote_code=args.trust_remote_code)
     return backend, {'backend': 'hf', 'path': args.hf_model, 'dtype': args.dtype,
                      'device_map': args.device_map}
-  from flmjax import checkpoint
   from flmjax.evaluation import loading
-  from flmjax.evaluation.engine import FlmEngine
-  try:
-    cfg, params, config, placement = loading.load_checkpoint(args.checkpoint)
-  except checkpoint.CheckpointError as e:
-    raise EvalDataError(f'--checkpoint {args.checkpoint}: {e}') from None
-  if placement.get('mesh_note'):
-    print(f'flmjax eval: warning: {placement["mesh_note"]}', file=sys.stderr)
-  backend = FlmEngine(params, cfg, _vocabulary(config, args.checkpoint), batch_size=args.batch_size,
-                      max_len=args.max_len)
-  return backend, {'backend': 'flmjax', 'checkpoint': args.checkpoint,
-                   'params': cfg.param_count(), 'config': cfg.to_dict(), 'placement': placement}
+  backend, model = loading.load_engine(args.checkpoint, batch_size=args.batch_size,
+                                       max_len=args.max_len)
+  if model['placement'].get('mesh_note'):
+    print(f'flmjax eval: warning: {model["placement"]["mesh_note"]}', file=sys.stderr)
+  return backend, model
 
 
 def output_problem(path: Optional[str]) -> Optional[str]:

@@ -160,6 +160,25 @@ class Backend(abc.ABC):
       out.append(Score(logprob, n_tok, n_byte, greedy, n_char, cut))
     return out
 
+  def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+    """log p(text) of each whole text (perplexity), in disjoint windows of max_len tokens.
+
+    The first window is predicted from the start token (BOS for flmjax, as `_context('')`), each
+    later one from the single token before it: lm-evaluation-harness's rolling windows with
+    context_len=1, so word-perplexity tasks give the harness's numbers.
+    """
+    requests, owner = [], []
+    for n, text in enumerate(texts):
+      ids = list(self.tokenizer.encode(text))
+      for i in range(0, len(ids), self.max_len):
+        requests.append((tuple(self._context('')[-1:] if i == 0 else ids[i - 1:i]),
+                         tuple(ids[i:i + self.max_len])))
+        owner.append(n)
+    totals = [0.0] * len(texts)
+    for n, (logprob, _) in zip(owner, self.score_tokens(requests) if requests else []):
+      totals[n] += logprob
+    return totals
+
   def continuation_overflows(self, continuation: str) -> bool:
     """Whether a continuation alone is too long to be scored whole (see `loglikelihood`)."""
     return len(self.tokenizer.encode(continuation)) > self.max_len
