@@ -49,7 +49,8 @@ def _tail(text: str, n: int = 160) -> str:
 def count_over_length(backend: Backend, choice: Sequence[Item], gen: Sequence[Item],
                       budget: int) -> int:
   """Items whose prompt does not fit in the model's context with its answer: the backend keeps
-  their last tokens (so early demonstrations are lost), which the report must say."""
+  their last tokens (losing the earliest demonstrations, or the start of a 0-shot prompt), which
+  the report must say."""
   enc = backend.tokenizer.encode
   over = sum(backend.scoring_overflows(it.prompt, max(len(enc(c)) for c in it.choices))
              for it in choice)
