@@ -31,6 +31,7 @@ class Command:
   run: str                      # 'module:function', function(args) -> int
   add_args: Optional[str] = None  # 'module:function', function(parser) -> None
   config_overrides: bool = False
+  allow_abbrev: bool = True       # False: only the declared flags (no argparse prefixes)
 
 
 COMMANDS: dict[str, Command] = {
@@ -54,7 +55,8 @@ COMMANDS: dict[str, Command] = {
                      'flmjax.commands.vocab:run_vocab', 'flmjax.commands.vocab:add_vocab_args',
                      config_overrides=True),
     'eval': Command('run the IQ / knowledge suites on a checkpoint or a local HF model',
-                    'flmjax.commands.eval:eval_main', 'flmjax.commands.eval:add_eval_arguments'),
+                    'flmjax.commands.eval:eval_main', 'flmjax.commands.eval:add_eval_arguments',
+                    allow_abbrev=False),
     'sample': Command('generate text from a checkpoint (greedy or top-p, KV cache)',
                       'flmjax.commands.sample:sample_main',
                       'flmjax.commands.sample:add_sample_arguments'),
@@ -98,7 +100,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                       help=f'show the traceback of an error (or set {DEBUG_ENV}=1)')
   sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
   for name, cmd in COMMANDS.items():
-    p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+    p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=cmd.allow_abbrev)
     if cmd.add_args and name == command:
       _resolve(cmd.add_args)(p)
   return parser

@@ -103,7 +103,8 @@ def test_babi_errors_name_file_and_line_or_the_expected_name(tmp_path):
   with pytest.raises(EvalDataError, match=r'_test\.txt:1: .*expected a line number'):
     iq_interference.parse_babi(str(bad))
   bad.write_text('1 Nora went to the cellar.\n2 Where is Nora?\tcellar\t1\n')
-  with pytest.raises(EvalDataError, match=r'needs the train file|no bAbI qa1 train file'):
+  with pytest.raises(EvalDataError, match=r'1-shot needs a bAbI train file or a test file with '
+                                          r'several stories'):
     iq_interference.make_task('single_supporting_fact', babi_dir=str(tmp_path))
 
 
@@ -138,3 +139,35 @@ def test_generated_stories_look_like_babi():
   assert min(lengths['two_supporting_facts']) >= 4 and max(lengths['two_supporting_facts']) <= 20
   assert re.search(r'\w+ (?:got|grabbed|picked up|took) the \w+ there\.', ''.join(
       it.prompt for it in task.items))
+
+
+def test_babi_runs_from_the_test_files_alone(tmp_path):
+  root = str(tmp_path)
+  path = os.path.join(root, 'en', 'qa1_single-supporting-fact_test.txt')
+  os.makedirs(os.path.dirname(path))
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(QA1_TEST)
+  zero = iq_interference.make_task('single_supporting_fact', babi_dir=root, k_shot=0)
+  assert len(zero.items) == 3 and zero.items[0].prompt.startswith('Nora went to the cellar.')
+  one = iq_interference.make_task('single_supporting_fact', babi_dir=root)  # the default 1-shot
+  assert one.k_shot == 1 and 'other stories of the test file' in one.notes[0]
+  for it in one.items:
+    shot, question = it.prompt.rsplit('\n\n', 1)
+    # The demonstration never comes from the question's own story.
+    own_first = question.split(' ')[0]  # 'Nora' (story 1) or 'Omar' (story 2)
+    assert not shot.startswith(own_first), it.prompt
+
+
+def test_missing_babi_message_lists_every_path_searched_and_skip_missing_skips(tmp_path):
+  with pytest.raises(EvalDataError) as e:
+    iq_interference.make_task('two_supporting_facts', babi_dir=str(tmp_path))
+  for sub in ('', 'en', os.path.join('tasks_1-20_v1-2', 'en'), 'en-10k',
+              os.path.join('tasks_1-20_v1-2', 'en-10k')):
+    assert os.path.join(str(tmp_path), sub, 'qa2_*_test.txt') in str(e.value)
+  parser = argparse.ArgumentParser()
+  eval_command.add_eval_arguments(parser)
+  args = parser.parse_args(['--checkpoint', 'W', '--suite', 'iq', '--babi_dir', str(tmp_path),
+                            '--tasks', 'two_supporting_facts,counting', '--skip_missing'])
+  tasks, skipped = eval_command.build_tasks(args)
+  assert [t.name for t in tasks] == ['counting']
+  assert 'qa2_*_test.txt' in skipped['anti_interference']['two_supporting_facts']

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -42,7 +43,7 @@ def fake_checkpoint(monkeypatch, params):
     return CFG, params, {'data': {'source': 'text'}}, {'devices': 1, 'mesh': None}
 
   monkeypatch.setattr(loading, 'load_checkpoint', load_checkpoint)
-  monkeypatch.setattr(eval_command, '_vocabulary', lambda config, where: ByteVocab())
+  monkeypatch.setattr(loading, 'vocabulary', lambda config, where: ByteVocab())
   return seen
 
 
@@ -84,7 +85,7 @@ def test_eval_iq_without_data_fails_naming_tasks_or_skips(tmp_path, fake_checkpo
   rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'iq', '--tasks',
                                     'boolq,head_slicing', '--n_items', '2',
                                     '--skip_missing', '--output', str(out)))
-  assert rc == 0
+  assert rc == 1  # boolq was asked for by name and did not run: the exit status says so
   cats = json.loads(out.read_text())['categories']
   assert set(cats) == {'symbolic_mapping', 'rule_understanding', 'pattern_mining',
                        'anti_interference'}
@@ -116,7 +117,7 @@ def test_bad_flags_and_malformed_data_are_reported(tmp_path, fake_checkpoint, ca
 
 def test_synthetic_checkpoints_have_no_text_vocabulary():
   with pytest.raises(EvalDataError, match='synthetic'):
-    eval_command._vocabulary({'data': {'source': 'synthetic'}}, 'W')
+    loading.vocabulary({'data': {'source': 'synthetic'}}, 'W')
 
 
 def test_eval_hf_model(tmp_path, capsys):
@@ -132,3 +133,76 @@ def test_eval_hf_model(tmp_path, capsys):
   rep = json.loads(out.read_text())
   assert rep['model'] == {'backend': 'hf', 'path': path, 'dtype': 'bfloat16', 'device_map': None}
   assert rep['categories']['pattern_mining']['tasks']['head_slicing']['n'] == 3
+
+
+def _long_choice_hellaswag(data):
+  """HellaSwag whose first item has an ending longer than the 128-token context."""
+  path = os.path.join(data, 'hellaswag', 'hellaswag_val.jsonl')
+  with open(path, encoding='utf-8') as f:
+    recs = [json.loads(l) for l in f]
+  recs[0]['endings'][1] = 'and then he keeps on stirring ' * 8  # 240 byte tokens > 128
+  with open(path, 'w', encoding='utf-8') as f:
+    f.writelines(json.dumps(r) + '\n' for r in recs)
+
+
+def test_an_over_long_choice_is_scored_not_fatal_and_other_results_are_kept(
+    tmp_path, fake_checkpoint, capsys):
+  data = write_all(tmp_path / 'data')
+  _long_choice_hellaswag(data)
+  out = tmp_path / 'r.json'
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                                    'hellaswag,arc_easy', '--data_dir', data, '--shots',
+                                    'hellaswag=0,arc_easy=0', '--output', str(out)))
+  assert rc == 0
+  rep = json.loads(out.read_text())
+  tasks = rep['categories']['knowledge']['tasks']
+  assert set(tasks) == {'hellaswag', 'arc_easy'} and rep['complete'] and not rep['failed']
+  hs = tasks['hellaswag']
+  assert hs['n'] == 3 and hs['cut_choices'] == 1 and not hs['comparable']
+  assert hs['reference'] == {} and 'not comparable' in hs['comparison']
+  assert tasks['arc_easy']['comparable'] and tasks['arc_easy']['n'] == 3
+  captured = capsys.readouterr()
+  assert 'not comparable' in captured.out and 'choice longer than the context' in captured.err
+
+
+def test_a_failing_task_is_reported_and_the_others_are_written_as_they_finish(
+    tmp_path, fake_checkpoint, monkeypatch, capsys):
+  from flmjax.evaluation import runner
+  data = write_all(tmp_path / 'data')
+  out = tmp_path / 'r.json'
+  real = runner.evaluate
+  seen = []
+
+  def evaluate(backend, task):
+    if task.name == 'arc_challenge':  # the report already holds the task that finished before
+      seen.append(json.loads(out.read_text()))
+      raise RuntimeError('device lost')
+    return real(backend, task)
+
+  monkeypatch.setattr(runner, 'evaluate', evaluate)
+  rc = eval_command.eval_main(_args('--checkpoint', 'W', '--suite', 'knowledge', '--tasks',
+                                    'arc_challenge,arc_easy,truthfulqa_mc1', '--data_dir', data,
+                                    '--shots', 'arc_challenge=0,arc_easy=0',
+                                    '--output', str(out)))
+  assert rc == 1
+  (partial,) = seen
+  assert set(partial['categories']['knowledge']['tasks']) == {'arc_easy'}
+  assert partial['pending'] == ['arc_challenge', 'truthfulqa_mc1'] and not partial['complete']
+  rep = json.loads(out.read_text())
+  assert set(rep['categories']['knowledge']['tasks']) == {'arc_easy', 'truthfulqa_mc1'}
+  assert rep['failed'] == {'arc_challenge': 'RuntimeError: device lost'} and not rep['complete']
+  assert rep['categories']['knowledge']['failed'] == rep['failed'] and rep['pending'] == []
+  captured = capsys.readouterr()
+  assert 'FAILED' in captured.out and 'did not run: arc_challenge' in captured.err
+  assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]  # atomic writes leave no temp file
+
+
+def test_hf_is_a_declared_alias_and_eval_flags_are_never_abbreviated(capsys):
+  from flmjax import cli
+  parser = cli.build_parser('eval')
+  assert parser.parse_args(['eval', '--hf', 'P']).hf_model == 'P'
+  assert parser.parse_args(['eval', '--hf_model', 'P']).hf_model == 'P'
+  for prefix in (['--hf_mod', 'P'], ['--check', 'W'], ['--checkpoint', 'W', '--sui', 'iq']):
+    with pytest.raises(SystemExit):
+      parser.parse_args(['eval'] + prefix)
+  assert 'unrecognized arguments' in capsys.readouterr().err

@@ -86,8 +86,10 @@ def test_mmlu_five_shot_prompt_and_subject_breakdown(data_dir):
 
 def test_ceval_arc_hellaswag_truthfulqa(data_dir):
   c = knowledge.make_task('ceval', data_dir)
-  assert c.items[0].prompt.startswith('以下是中国关于计算机网络考试的单项选择题')
-  assert c.items[0].choices == ('A', 'B', 'C', 'D')
+  # lm-evaluation-harness's ceval-valid: no 考试 in the header, ' ' between 答案： and the letter.
+  assert c.items[0].prompt.startswith('以下是中国关于计算机网络的单项选择题，请选出其中的正确答案。\n\n')
+  assert '答案： A\n\n' in c.items[0].prompt and c.items[0].prompt.endswith('\n答案：')
+  assert c.items[0].choices == (' A', ' B', ' C', ' D')
   assert c.items[0].subject == 'STEM/computer_network'
   for name in ('arc_easy', 'arc_challenge'):
     a = knowledge.make_task(name, data_dir, k_shot=2)
@@ -110,7 +112,7 @@ def test_ceval_arc_hellaswag_truthfulqa(data_dir):
 
 
 def test_knowledge_missing_and_malformed_data(tmp_path, data_dir):
-  with pytest.raises(EvalDataError, match=r'knowledge/mmlu.*mmlu/test/<subject>_test\.csv'):
+  with pytest.raises(EvalDataError, match=r'knowledge/mmlu.*mmlu/test/\*_test\.csv'):
     knowledge.make_task('mmlu', str(tmp_path))
   with pytest.raises(EvalDataError, match=r'knowledge/hellaswag.*hellaswag_val\.jsonl'):
     knowledge.make_task('hellaswag', str(tmp_path))

@@ -73,8 +73,14 @@ def test_long_context_is_left_truncated_to_max_len(params):
   cont = vocab.encode(' end')
   kept = ([BOS_ID] + vocab.encode(ctx))[-(CFG.max_len + 1 - len(cont)):]
   assert s.logprob == pytest.approx(_direct_logprob(params, kept, cont)[0], abs=1e-4)
-  with pytest.raises(ValueError, match='does not fit'):
-    eng.loglikelihood([('a', 'z' * 200)])
+  # A choice longer than the whole context no longer aborts the run (it used to raise): like
+  # lm-evaluation-harness, the last max_len + 1 tokens are read and only the end is scored.
+  long_cont = ' ' + 'z' * 200
+  (s,) = eng.loglikelihood([('a', long_cont)])
+  window = ([BOS_ID] + vocab.encode('a') + vocab.encode(long_cont))[-(CFG.max_len + 1):]
+  assert s.cut and s.n_tokens == CFG.max_len and eng.continuation_overflows(long_cont)
+  assert s.logprob == pytest.approx(_direct_logprob(params, window[:1], window[1:])[0], abs=1e-4)
+  assert not eng.continuation_overflows(' end')
 
 
 def test_scoring_does_not_recompile_per_example(params):

@@ -129,7 +129,7 @@ def test_ceval_without_mapping_reads_in_chinese_and_says_categories_are_unavaila
          [[i, f'问题{i}', '甲', '乙', '丙', '丁', 'ABCD'[i % 4]] for i in range(n)],
          header=['id', 'question', 'A', 'B', 'C', 'D', 'answer'])
   t = knowledge.make_task('ceval', str(tmp_path))
-  assert t.items[0].prompt.startswith('以下是中国关于高中物理考试的单项选择题，请选出其中的正确答案。\n\n')
+  assert t.items[0].prompt.startswith('以下是中国关于高中物理的单项选择题，请选出其中的正确答案。\n\n')
   assert 'high_school_physics' not in t.items[0].prompt
   assert {it.subject for it in t.items} == {'uncategorised/high_school_physics'}
   assert any('categories unavailable' in n and 'subject_mapping.json' in n for n in t.notes)
@@ -182,3 +182,27 @@ def test_mmlu_csv_with_header_and_numeric_answers(tmp_path):
   with pytest.raises(EvalDataError, match=r"anatomy_test\.csv:2: .*answer '7' is not one of A, B, "
                                           r"C, D \(or 0-3\)"):
     knowledge.make_task('mmlu', str(tmp_path), k_shot=0)
+
+
+def test_clue_split_is_a_choice_and_dropped_items_are_counted(tmp_path, data_dir):
+  root = str(tmp_path)
+  rec = lambda i, y: {'target': {'span1_text': '小明', 'span2_text': '他'}, 'label': y,
+                      'text': f'小明说他第{i}个到。'}
+  _jsonl(os.path.join(root, 'cluewsc', 'train_few_all.json'),
+         [rec(i, 'true' if i % 2 else 'false') for i in range(4)])
+  _jsonl(os.path.join(root, 'cluewsc', 'dev_few_all.json'), [rec(i, 'true') for i in range(3)])
+  _jsonl(os.path.join(root, 'cluewsc', 'test_public.json'), [rec(i, 'false') for i in range(5)])
+  dev, _ = iq_symbolic.make_tasks('cluewsc2020', root)
+  assert len(dev.items) == 3 and 'dev_few_all.json' in dev.source
+  test, _ = iq_symbolic.make_tasks('cluewsc2020', root, clue_split='test_public')
+  assert len(test.items) == 5 and 'test_public.json' in test.source
+  with pytest.raises(EvalDataError, match=r'--clue_split test_public'):
+    iq_symbolic.make_tasks('csl', data_dir, clue_split='test_public')
+  # OCNLI's dev file has one item labelled '-' (no gold label): left out, and counted.
+  sym, orig = iq_symbolic.make_tasks('ocnli', data_dir)
+  assert len(sym.items) == 4 and sym.dropped == orig.dropped == {
+      "of dev.json labelled '-' (no gold label)": 1}
+  r = runner.evaluate(CostBackend(), sym)
+  assert report.to_json([r], {})['categories']['symbolic_mapping']['tasks'][
+      'ocnli.symbolic']['dropped'] == sym.dropped
+  assert "ocnli.symbolic: left out: 1 item(s) of dev.json labelled '-'" in report.format_table([r])

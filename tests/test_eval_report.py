@@ -110,3 +110,49 @@ def test_answers_end_at_newline_or_at_the_next_field_label():
   assert cut_at(' 3, 2, 1 Rule: count up.', stops).strip() == '3, 2, 1'
   assert cut_at(' 3, 2\n1', stops) == ' 3, 2' and cut_at(' 3', stops) == ' 3'
   assert runner.stop_strings('问题：他是谁？\n答案：') == ('\n', ' 问题：', ' 答案：')
+
+
+def _row(name, category, k, paper_k, over=0, min_k=0):
+  return report.TaskResult(name, category, [1, 0, 1, 1], k_shot=k, over_length=over,
+                           paper_k=paper_k, min_k=min_k)
+
+
+def test_rows_with_cut_prompts_are_not_compared_or_averaged():
+  ok = [_row(t, 'pattern_mining', 5, 5) for t in ('head_tail', 'full_repeating')]
+  cut = _row('head_slicing', 'pattern_mining', 5, 5, over=2, min_k=1)
+  table = report.format_table(ok + [cut])
+  line = next(l for l in table.splitlines() if ' head_slicing ' in l)
+  assert 'not comparable' in line and '63.0' not in line  # the paper's 63.0 is not beside it
+  assert '52.0' in next(l for l in table.splitlines() if ' head_tail ' in l)
+  avg = next(l for l in table.splitlines() if 'avg pattern_mining' in l)
+  assert 'not averaged' in avg and '75.0' not in avg
+  rep = report.to_json(ok + [cut], {}, categories=('pattern_mining',))
+  cat = rep['categories']['pattern_mining']
+  assert cat['tasks']['head_slicing']['comparable'] is False
+  assert cat['tasks']['head_slicing']['reference'] == {}
+  assert cat['groups']['pattern_mining']['accuracy'] is None
+  assert 'head_slicing' in cat['groups']['pattern_mining']['not_averaged']
+  assert rep['not_comparable'] == {'head_slicing': cut.cut_summary()}
+  fine = report.to_json(ok + [_row('head_slicing', 'pattern_mining', 5, 5)], {},
+                        categories=('pattern_mining',))
+  assert fine['categories']['pattern_mining']['groups']['pattern_mining']['accuracy'] == 0.75
+
+
+def test_reference_numbers_only_beside_the_papers_shot_count():
+  five = _row('mmlu', 'knowledge', 5, 5)
+  zero = _row('mmlu', 'knowledge', 0, 5)
+  assert report.to_json([five], {})['categories']['knowledge']['tasks']['mmlu']['reference']
+  entry = report.to_json([zero], {})['categories']['knowledge']['tasks']['mmlu']
+  assert entry['reference'] == {} and entry['comparison'] == '0-shot, the paper used 5-shot'
+  line = next(l for l in report.format_table([zero]).splitlines() if ' mmlu ' in l)
+  assert '28.3' not in line and 'k=0, paper 5' in line
+
+
+def test_cut_warnings_say_what_was_cut_and_suggest_only_accepted_shots():
+  tqa = report.cut_warning(_row('truthfulqa_mc2', 'knowledge', 0, 0, over=3), 128)
+  assert 'demonstration' not in tqa and '0-shot' in tqa and '--shots' not in tqa
+  sym = report.cut_warning(_row('ocnli.symbolic', 'symbolic_mapping', 3, 3, over=1, min_k=3), 128)
+  assert 'earliest demonstrations' in sym and '--shots' not in sym  # 3 labels need 3 shots
+  sym5 = report.cut_warning(_row('ocnli.symbolic', 'symbolic_mapping', 5, 3, over=1, min_k=3), 128)
+  assert '--shots ocnli=k with k in 3..4' in sym5
+  assert report.cut_warning(_row('counting', 'rule_understanding', 3, 3), 128) is None

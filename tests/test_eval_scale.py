@@ -51,7 +51,7 @@ for name, mesh in (('fits', dict(data=1, fsdp=4, tensor=2)), ('too_big', dict(da
   out[name]['gen'] = [e.generate(prompts, 6) for e in (one, many)]
 
 # The whole command on the sharded checkpoint (the byte vocabulary stands in for the text one).
-eval_command._vocabulary = lambda config, where: ByteVocab()
+loading.vocabulary = lambda config, where: ByteVocab()
 report = os.path.join(root, 'r.json')
 rc = eval_command.main(['--checkpoint', os.path.join(root, 'fits'), '--suite', 'iq', '--tasks',
                         'counting', '--n_items', '2', '--output', report])

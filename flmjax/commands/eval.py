@@ -13,7 +13,6 @@ over the devices present, on its experiment's mesh.  Prints the table, writes th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,7 +30,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of the `eval` sub-command."""
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
-  src.add_argument('--hf_model', metavar='PATH', help='local Hugging Face causal LM folder')
+  src.add_argument('--hf_model', '--hf', dest='hf_model', metavar='PATH',
+                   help='local Hugging Face causal LM folder (--hf is an alias)')
   parser.add_argument('--suite', choices=SUITES, default='all')
   parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
                       'of the suite), e.g. counting,boolq,mmlu')
@@ -39,6 +39,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                       'release files (see flmjax.evaluation.knowledge and iq_symbolic)')
   parser.add_argument('--symbolic_source', choices=('files', 'tfds'), default='files',
                       help="SuperGLUE from release files under --data_dir, or prepared TFDS data")
+  parser.add_argument('--clue_split', choices=('dev', 'test_public'), default='dev',
+                      help="CLUE-IQ items: 'dev' (default: the CLUE release's dev.json, or "
+                      "FewCLUE's dev_few_all.json) or 'test_public' (FewCLUE's labelled public "
+                      "test); the report names the file read")
   parser.add_argument('--babi_dir', default=None, help='folder with the bAbI text files '
                       '(qa1_single-supporting-fact_{train,test}.txt, qa2_two-supporting-facts_'
                       '...): the supporting-fact tasks read them instead of generated stories')
@@ -131,7 +135,7 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
       if wanted(name):
         attempt(iq_symbolic.CATEGORY, name, lambda name=name: iq_symbolic.make_tasks(
             name, args.data_dir, seed=args.seed, k_shot=shots.get(name),
-            source=args.symbolic_source, limit=args.limit))
+            source=args.symbolic_source, limit=args.limit, clue_split=args.clue_split))
     difficulty = iq_interference.Difficulty(n_distractors=args.distractors, n_keys=args.n_keys,
                                             n_agents=args.n_agents, n_events=args.n_events)
     for mod, default_n in ((iq_rules, 100), (iq_patterns, 100), (iq_interference, 300)):
@@ -144,8 +148,11 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
         try:
           tasks.append(mod.make_task(name, n_items=n, seed=args.seed, k_shot=shots.get(name),
                                      **kw))
-        except EvalDataError as e:
-          errors.append(str(e))  # a --babi_dir without the files: the user asked for them
+        except EvalDataError as e:  # a --babi_dir without the files
+          if args.skip_missing:
+            skipped.setdefault(mod.CATEGORY, {})[name] = str(e)
+          else:
+            errors.append(str(e))
   if args.suite in ('knowledge', 'all'):
     for name in knowledge.TASKS:
       if wanted(name):
@@ -159,16 +166,6 @@ def build_tasks(args: argparse.Namespace) -> tuple[list[Task], dict[str, dict[st
   return tasks, skipped  # readers and generators already applied --limit
 
 
-def _vocabulary(config: Any, where: str):
-  """The text vocabulary of a checkpoint's saved config (its `data` section)."""
-  data_cfg = config['data'] if 'data' in config else config
-  if data_cfg.get('source') == 'synthetic':
-    raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
-                        f'tokenizer; the evaluation suites need a model trained on text')
-  from flmjax.data import get_tokenizer
-  return get_tokenizer(data_cfg)
-
-
 def load_backend(args: argparse.Namespace):
   """(backend, description) for --checkpoint or --hf_model."""
   if args.hf_model:
@@ -180,27 +177,12 @@ def load_backend(args: argparse.Namespace):
                         trust_remote_code=args.trust_remote_code)
     return backend, {'backend': 'hf', 'path': args.hf_model, 'dtype': args.dtype,
                      'device_map': args.device_map}
-  from flmjax import checkpoint
   from flmjax.evaluation import loading
-  from flmjax.evaluation.engine import FlmEngine
-  try:
-    cfg, params, config, placement = loading.load_checkpoint(args.checkpoint)
-  except checkpoint.CheckpointError as e:
-    raise EvalDataError(f'--checkpoint {args.checkpoint}: {e}') from None
-  if placement.get('mesh_note'):
-    print(f'flmjax eval: warning: {placement["mesh_note"]}', file=sys.stderr)
-  backend = FlmEngine(params, cfg, _vocabulary(config, args.checkpoint), batch_size=args.batch_size,
-                      max_len=args.max_len)
-  return backend, {'backend': 'flmjax', 'checkpoint': args.checkpoint,
-                   'params': cfg.param_count(), 'config': cfg.to_dict(), 'placement': placement}
-
-
-def _warn_over_length(result: TaskResult, max_len: int) -> None:
-  if result.over_length:
-    print(f'flmjax eval: warning: {result.name}: {result.over_length} of {result.n} prompts are '
-          f'longer than the model context ({max_len} tokens); their beginning (early '
-          f'demonstrations) was cut off. Use a model with a longer context, or fewer shots '
-          f'(--shots {result.name.split(".")[0]}=k) / distractors.', file=sys.stderr)
+  backend, model = loading.load_engine(args.checkpoint, batch_size=args.batch_size,
+                                       max_len=args.max_len)
+  if model['placement'].get('mesh_note'):
+    print(f'flmjax eval: warning: {model["placement"]["mesh_note"]}', file=sys.stderr)
+  return backend, model
 
 
 def output_problem(path: Optional[str]) -> Optional[str]:
@@ -223,7 +205,12 @@ def output_problem(path: Optional[str]) -> Optional[str]:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-  """Runs the suite; 0 on success, 2 on bad input (message on stderr)."""
+  """Runs the suite; 0 when every requested task ran, 1 when one failed while running (or a task
+  named in --tasks was skipped), 2 on bad input (message on stderr).
+
+  A task that fails is recorded with its error and the others still run; with --output the JSON
+  report is rewritten (atomically) after every task, so finished results survive a crash.
+  """
   from flmjax.evaluation import report, runner
   problem = output_problem(args.output)
   if problem:
@@ -240,32 +227,55 @@ def eval_main(args: argparse.Namespace) -> int:
   except (EvalDataError, ImportError) as e:
     print(f'flmjax eval: error: {e}', file=sys.stderr)
     return 2
-  results = []
-  start = time.time()
-  for t in tasks:
-    t0 = time.time()
-    results.append(runner.evaluate(backend, t))
-    print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
-          f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
-    _warn_over_length(results[-1], backend.max_len)
   categories = ((IQ_CATEGORIES if args.suite in ('iq', 'all') else ()) +
                 (('knowledge',) if args.suite in ('knowledge', 'all') else ()))
   meta = {'model': model, 'suite': args.suite, 'seed': args.seed, 'limit': args.limit,
           'limit_sampling': (f'seeded random sample, seed {args.seed}' if args.limit else None),
-          'data_dir': args.data_dir, 'babi_dir': args.babi_dir, 'max_len': backend.max_len,
-          'seconds': round(time.time() - start, 2)}
-  print(report.format_table(results, skipped, limit=args.limit, seed=args.seed))
+          'data_dir': args.data_dir, 'babi_dir': args.babi_dir, 'max_len': backend.max_len}
+  results: list[TaskResult] = []
+  failed: dict[str, dict[str, str]] = {}
+  start = time.time()
+
+  def write(pending):
+    if args.output:
+      report.write_json(args.output, report.to_json(
+          results, {**meta, 'seconds': round(time.time() - start, 2)}, skipped, categories,
+          failed=failed, pending=[t.name for t in pending]))
+
+  for i, t in enumerate(tasks):
+    t0 = time.time()
+    try:
+      results.append(runner.evaluate(backend, t))
+    except Exception as e:  # noqa: BLE001  (one task's fault must not lose the others' results)
+      why = f'{type(e).__name__}: {e}'
+      failed.setdefault(t.category, {})[t.name] = why
+      print(f'flmjax eval: error: {t.category}/{t.name} failed, the other tasks go on: {why}',
+            file=sys.stderr)
+    else:
+      print(f'[eval] {t.category}/{t.name}: {len(t.items)} items, '
+            f'acc {100 * results[-1].accuracy:.1f}% ({time.time() - t0:.1f}s)', file=sys.stderr)
+      warning = report.cut_warning(results[-1], backend.max_len)
+      if warning:
+        print(f'flmjax eval: warning: {warning}', file=sys.stderr)
+    write(tasks[i + 1:])
+  if not tasks:
+    write([])
+  print(report.format_table(results, skipped, limit=args.limit, seed=args.seed, failed=failed))
   if args.output:
-    out = report.to_json(results, meta, skipped, categories)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, 'w', encoding='utf-8') as f:
-      json.dump(out, f, indent=1, ensure_ascii=False)
     print(f'report written to {args.output}', file=sys.stderr)
+  named = set(filter(None, (x.strip() for x in args.tasks.split(','))))
+  not_run = sorted(n for reasons in skipped.values() for n in reasons if n in named)
+  if failed or not_run:
+    names = sorted(n for reasons in failed.values() for n in reasons) + not_run
+    print(f'flmjax eval: {len(names)} requested task(s) did not run: {", ".join(names)}',
+          file=sys.stderr)
+    return 1
   return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='flmjax eval', description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='flmjax eval', description=__doc__.splitlines()[0],
+                                   allow_abbrev=False)
   add_eval_arguments(parser)
   return eval_main(parser.parse_args(argv))
 

@@ -10,7 +10,8 @@ Modules, one job each:
   iq_interference  multiple key retrieval, single/two supporting facts (generated, or bAbI files)
   words            the small word lists the generators draw from
   knowledge        MMLU, C-Eval, ARC, HellaSwag, TruthfulQA readers
-  loading          restores an flmjax checkpoint sharded on its experiment's mesh
+  loading          restores an flmjax checkpoint sharded on its experiment's mesh, as an engine
+  lm_eval_model    the lm-evaluation-harness model 'flmjax' (needs the lm_eval extra)
   runner           runs tasks on a backend, scores them, counts prompts cut to fit the context
   report           table with 95% intervals, paper reference numbers, JSON
 The `flmjax eval` command itself lives with the other commands, in flmjax/commands/eval.py.

@@ -51,6 +51,7 @@ class Score(NamedTuple):
   n_bytes: int        # UTF-8 bytes of the continuation text
   greedy: bool        # every continuation token is the argmax
   n_chars: int = 0    # characters of the continuation without its leading ' ' delimiter
+  cut: bool = False   # the continuation was longer than the window: only its end was scored
 
   def normalized(self, norm: str) -> float:
     """'sum', or per 'token' / 'byte' / 'char' (length-fair comparison of unequal options).
@@ -72,6 +73,22 @@ class Score(NamedTuple):
 def choice_chars(continuation: str) -> int:
   """Length of a choice as the harness counts it: characters, without the leading delimiter."""
   return len(continuation[1:] if continuation.startswith(' ') else continuation)
+
+
+def fit_window(context: Sequence[int], continuation: Sequence[int], max_len: int
+               ) -> tuple[list[int], list[int], bool]:
+  """(context, continuation, continuation cut) inside a window of max_len + 1 tokens.
+
+  The context loses its first tokens (lm-evaluation-harness keeps the last max_len + 1 tokens of
+  context + continuation the same way).  A continuation of max_len tokens or more leaves no room
+  for context: the last max_len + 1 tokens of the continuation are kept, the first of them acting
+  as the context and the other max_len scored.
+  """
+  context, continuation = list(context), list(continuation)
+  if len(continuation) <= max_len:
+    return context[-(max_len + 1 - len(continuation)):], continuation, False
+  window = (context + continuation)[-(max_len + 1):]
+  return window[:1], window[1:], True
 
 
 def length_buckets(max_len: int, smallest: int = 32) -> tuple[int, ...]:
@@ -119,26 +136,52 @@ class Backend(abc.ABC):
     return ids or [self.tokenizer.eos_id]  # an empty context still needs a first input token
 
   def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[Score]:
-    """Scores continuation given context for each (context, continuation); left-truncates."""
+    """Scores continuation given context for each (context, continuation).
+
+    Like lm-evaluation-harness, the model reads the last max_len + 1 tokens of context +
+    continuation: a long context loses its first tokens.  A continuation longer than the
+    window (more than max_len tokens) has only its last max_len tokens scored (`fit_window`),
+    never an error; `Score.cut` says so and the runner counts it.
+    """
     token_reqs, meta = [], []
     for ctx, cont in requests:
       c_ids = list(self.tokenizer.encode(cont))
       if not c_ids:
         raise ValueError(f'continuation {cont!r} encodes to no tokens')
-      if len(c_ids) >= self.max_len:
-        raise ValueError(f'continuation of {len(c_ids)} tokens does not fit in max_len '
-                         f'{self.max_len}: {cont[:60]!r}')
-      x_ids = self._context(ctx)[-(self.max_len + 1 - len(c_ids)):]
+      x_ids, c_ids, cut = fit_window(self._context(ctx), c_ids, self.max_len)
       token_reqs.append((x_ids, c_ids))
-      meta.append((len(c_ids), len(cont.encode('utf-8')), choice_chars(cont)))
+      meta.append((len(c_ids), len(cont.encode('utf-8')), choice_chars(cont), cut))
     # Identical requests (shared demonstrations, repeated options) are scored once.
     unique = list(dict.fromkeys((tuple(x), tuple(c)) for x, c in token_reqs))
     scored = dict(zip(unique, self.score_tokens(unique)))
     out = []
-    for (x, c), (n_tok, n_byte, n_char) in zip(token_reqs, meta):
+    for (x, c), (n_tok, n_byte, n_char, cut) in zip(token_reqs, meta):
       logprob, greedy = scored[(tuple(x), tuple(c))]
-      out.append(Score(logprob, n_tok, n_byte, greedy, n_char))
+      out.append(Score(logprob, n_tok, n_byte, greedy, n_char, cut))
     return out
+
+  def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+    """log p(text) of each whole text (perplexity), in disjoint windows of max_len tokens.
+
+    The first window is predicted from the start token (BOS for flmjax, as `_context('')`), each
+    later one from the single token before it: lm-evaluation-harness's rolling windows with
+    context_len=1, so word-perplexity tasks give the harness's numbers.
+    """
+    requests, owner = [], []
+    for n, text in enumerate(texts):
+      ids = list(self.tokenizer.encode(text))
+      for i in range(0, len(ids), self.max_len):
+        requests.append((tuple(self._context('')[-1:] if i == 0 else ids[i - 1:i]),
+                         tuple(ids[i:i + self.max_len])))
+        owner.append(n)
+    totals = [0.0] * len(texts)
+    for n, (logprob, _) in zip(owner, self.score_tokens(requests) if requests else []):
+      totals[n] += logprob
+    return totals
+
+  def continuation_overflows(self, continuation: str) -> bool:
+    """Whether a continuation alone is too long to be scored whole (see `loglikelihood`)."""
+    return len(self.tokenizer.encode(continuation)) > self.max_len
 
   def scoring_overflows(self, prompt: str, continuation_tokens: int) -> bool:
     """Whether scoring a continuation of that many tokens cuts the prompt's first tokens off

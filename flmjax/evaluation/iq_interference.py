@@ -161,15 +161,20 @@ _MAKERS = {'multiple_key_retrieval': _retrieval, 'single_supporting_fact': _sing
 
 # ---- bAbI release files ------------------------------------------------------------------------
 def parse_babi(path: str) -> list[tuple[str, str]]:
-  """(prompt, answer) per question of a bAbI text file; the context is the story so far.
+  """(prompt, answer) per question of a bAbI text file; the context is the story so far."""
+  return [(p, a) for _, p, a in parse_babi_stories(path)]
+
+
+def parse_babi_stories(path: str) -> list[tuple[int, str, str]]:
+  """(story number, prompt, answer) per question of a bAbI text file (see `parse_babi`).
 
   Format: numbered lines, numbering restarting at 1 for each story; a question line holds
   'question<TAB>answer<TAB>supporting ids' ('|' is accepted instead of the tab).  Questions asked
   earlier in the story are not part of a later question's context.
   """
-  out: list[tuple[str, str]] = []
+  out: list[tuple[int, str, str]] = []
   story: list[str] = []
-  last = 0
+  last, n_story = 0, -1
   with open(path, encoding='utf-8') as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
@@ -179,7 +184,7 @@ def parse_babi(path: str) -> list[tuple[str, str]]:
       if not num.isdigit():
         raise EvalDataError(f'{where}: expected a line number, got {line.strip()[:40]!r}')
       if int(num) == 1:
-        story = []
+        story, n_story = [], n_story + 1
       elif int(num) != last + 1:
         raise EvalDataError(f'{where}: line number {num} does not follow {last}')
       last = int(num)
@@ -191,18 +196,25 @@ def parse_babi(path: str) -> list[tuple[str, str]]:
       if len(fields) < 2 or not fields[0] or not fields[1]:
         raise EvalDataError(f'{where}: a question line needs "question{sep!r}answer"')
       question, answer = fields[0], fields[1]
-      out.append((f"{' '.join(story)}\nQuestion: {question}\nAnswer:", ' ' + answer))
+      out.append((n_story, f"{' '.join(story)}\nQuestion: {question}\nAnswer:", ' ' + answer))
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY} (bAbI): no question in the file')
   return out
 
 
+_BABI_SUBDIRS = ('', 'en', os.path.join('tasks_1-20_v1-2', 'en'), 'en-10k',
+                 os.path.join('tasks_1-20_v1-2', 'en-10k'))
+
+
+def babi_search_paths(babi_dir: str, qa: str, split: str) -> list[str]:
+  """Every pattern searched for a split's qaN file, in order (the error lists them all)."""
+  return [os.path.join(babi_dir, sub, f'{qa}_*_{split}.txt') for sub in _BABI_SUBDIRS]
+
+
 def find_babi_file(babi_dir: str, qa: str, split: str) -> Optional[str]:
   """The qaN file of a split under babi_dir, its en/ folder, or the release's folder layout."""
-  pattern = f'{qa}_*_{split}.txt'
-  for sub in ('', 'en', os.path.join('tasks_1-20_v1-2', 'en'), 'en-10k',
-              os.path.join('tasks_1-20_v1-2', 'en-10k')):
-    found = sorted(glob.glob(os.path.join(babi_dir, sub, pattern)))
+  for pattern in babi_search_paths(babi_dir, qa, split):
+    found = sorted(glob.glob(pattern))
     if found:
       return found[0]
   return None
@@ -212,27 +224,50 @@ def _babi_path(name: str, babi_dir: str, split: str) -> str:
   qa = BABI_TASKS[name]
   path = find_babi_file(babi_dir, qa, split)
   if path is None:
-    expected = os.path.join(babi_dir, BABI_FILES[qa].format(split=split))
-    raise EvalDataError(f'{CATEGORY}/{name}: no bAbI {qa} {split} file under {babi_dir!r}; '
-                        f'expected {expected} (also looked in en/ and tasks_1-20_v1-2/en/)')
+    searched = ', '.join(babi_search_paths(babi_dir, qa, split))
+    raise EvalDataError(f'{CATEGORY}/{name}: no bAbI {qa} {split} file under {babi_dir!r} (as '
+                        f'released: {BABI_FILES[qa].format(split=split)}); searched {searched}')
   return path
 
 
 def babi_task(name: str, babi_dir: str, n_items: int = 300, seed: int = 0,
               k_shot: int | None = None) -> Task:
   """`n_items` questions sampled (with `seed`) from bAbI's test file, each after k_shot (default
-  1) solved stories drawn from the train file, never from the test questions."""
+  1) solved stories drawn from the train file, never from the test questions.
+
+  With only the test file present, demonstrations come from *other stories* of the test file
+  (never the question's own story, whose facts would give the answer away); the task's notes
+  say so.  0-shot needs the test file alone.
+  """
   if name not in BABI_TASKS:
     raise ValueError(f'{CATEGORY}: {name!r} has no bAbI source; bAbI tasks: {list(BABI_TASKS)}')
   k = 1 if k_shot is None else k_shot
   test_path = _babi_path(name, babi_dir, 'test')
-  questions = sample_limit(parse_babi(test_path), n_items, seed, f'babi:{name}')
-  train = parse_babi(_babi_path(name, babi_dir, 'train')) if k else []
+  test = parse_babi_stories(test_path)
+  questions = sample_limit(test, n_items, seed, f'babi:{name}')
+  notes: tuple[str, ...] = ()
+  train_path = find_babi_file(babi_dir, BABI_TASKS[name], 'train') if k else None
   rng = random.Random(f'babi-shots:{name}:{seed}')
-  items = tuple(Item(prompt=format_shots(rng.sample(train, min(k, len(train)))) + p, answer=a)
-                for p, a in questions)
+  if not k:
+    pick = lambda story: []
+  elif train_path:
+    train = parse_babi(train_path)
+    pick = lambda story: rng.sample(train, min(k, len(train)))
+  else:
+    if len({s for s, _, _ in test}) < 2:
+      raise EvalDataError(f'{CATEGORY}/{name}: {k}-shot needs a bAbI train file or a test '
+                          f'file with several stories; {test_path} has one (use --shots '
+                          f'{name}=0, or add {BABI_FILES[BABI_TASKS[name]].format(split="train")})')
+    notes = (f'no bAbI {BABI_TASKS[name]} train file under {babi_dir}: the {k} demonstration(s) '
+             f'of each question are drawn from other stories of the test file',)
+
+    def pick(story):
+      pool = [(p, a) for s, p, a in test if s != story]
+      return rng.sample(pool, min(k, len(pool)))
+  items = tuple(Item(prompt=format_shots(pick(story)) + p, answer=a) for story, p, a in questions)
   return Task(name=name, category=CATEGORY, items=items, k_shot=k,
-              source=f'bAbI {BABI_TASKS[name]} release file {test_path}')
+              source=f'bAbI {BABI_TASKS[name]} release file {test_path}', paper_k=1,
+              notes=notes)
 
 
 def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None = None,
@@ -254,4 +289,4 @@ def make_task(name: str, n_items: int = 300, seed: int = 0, k_shot: int | None =
   source = ('generated (flmjax)' if name not in BABI_TASKS else
             f'generated bAbI-style {BABI_TASKS[name]} stories (flmjax reconstruction, not bAbI)')
   return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k,
-              source=f'{source}, seed {seed}')
+              source=f'{source}, seed {seed}', paper_k=1)

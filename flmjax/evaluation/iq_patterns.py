@@ -73,4 +73,4 @@ def make_task(name: str, n_items: int = 100, seed: int = 0, k_shot: int | None =
                      f'examples), got {k}')
   rng = random.Random(f'{name}:{seed}')
   items = tuple(_make_item(name, rng, k) for _ in range(n_items))
-  return Task(name=name, category=CATEGORY, items=items, k_shot=k)
+  return Task(name=name, category=CATEGORY, items=items, k_shot=k, paper_k=5, min_k=1)

@@ -94,4 +94,4 @@ def make_task(name: str, n_items: int = 100, seed: int = 0, k_shot: int | None =
     shots = [make(rng) for _ in range(k)]
     prompt, answer = make(rng)
     items.append(Item(prompt=format_shots(shots) + prompt, answer=answer))
-  return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k)
+  return Task(name=name, category=CATEGORY, items=tuple(items), k_shot=k, paper_k=default_k)

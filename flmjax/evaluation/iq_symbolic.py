@@ -10,7 +10,7 @@ Data: the public release files, SuperGLUE `<Task>/{train,val}.jsonl` and CLUE
 SuperGLUE) a prepared TFDS `super_glue/<task>` dataset.  The names of the common re-releases are
 accepted too: FewCLUE (`cluewsc/`, `train_few_all.json`, `dev_few_all.json`, its labelled
 `test_public.json`), OCNLI's own `train.50k.json` / `train.3k.json`.  Evaluation uses val/dev
-(test labels are hidden; FewCLUE's public test is the exception);
+(test labels are hidden; FewCLUE's labelled public test is chosen with clue_split='test_public');
 demonstrations come from train, balanced over labels so every label's symbol is shown.  A task
 whose train file lacks a label (FewGLUE's WSC has only True examples) is refused: the model
 could not learn that label's symbol from the context, so its score would measure something else.
@@ -29,7 +29,11 @@ from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, 
 CATEGORY = 'symbolic_mapping'
 _SYMBOL_CHARS = string.ascii_letters + string.digits + '%#&*+=?@!$'
 _CLUE_TRAIN = ('train.json', 'train_few_all.json')
-_CLUE_EVAL = ('dev.json', 'dev_few_all.json', 'test_public.json')  # FewCLUE's labelled test
+_CLUE_EVAL = ('dev.json', 'dev_few_all.json')   # CLUE's dev, or FewCLUE's
+# `--clue_split`: which labelled CLUE file the items come from.  'dev' (the default) is the CLUE
+# release's dev.json, or FewCLUE's dev_few_all.json in a FewCLUE folder; 'test_public' is
+# FewCLUE's labelled public test.  The report names the file read.
+CLUE_SPLITS = {'dev': _CLUE_EVAL, 'test_public': ('test_public.json',)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,28 +125,46 @@ def _find_file(spec: Spec, data_dir: str, names: tuple[str, ...]) -> Optional[st
   return None
 
 
-def _missing(spec: Spec, data_dir: str, train: Optional[str], dev: Optional[str]
-             ) -> EvalDataError:
+def eval_files(spec: Spec, clue_split: str = 'dev') -> tuple[str, ...]:
+  """Accepted names of the file the items come from (CLUE: per `clue_split`)."""
+  if spec.benchmark != 'clue':
+    return spec.eval_files
+  if clue_split not in CLUE_SPLITS:
+    raise ValueError(f'clue_split must be one of {list(CLUE_SPLITS)}, got {clue_split!r}')
+  return CLUE_SPLITS[clue_split]
+
+
+def _missing(spec: Spec, data_dir: str, train: Optional[str], dev: Optional[str],
+             clue_split: str = 'dev') -> EvalDataError:
   """Names exactly which file is missing and the names it may have."""
   layout = 'SuperGLUE' if spec.benchmark == 'superglue' else 'CLUE'
   lacking = [(what, names) for what, names, found in
-             (('train', spec.train_files, train), ('evaluation', spec.eval_files, dev)) if not found]
+             (('train', spec.train_files, train),
+              ('evaluation', eval_files(spec, clue_split), dev)) if not found]
   parts = [f'{what} file {os.path.join(data_dir, spec.dirs[0], names[0])} (also accepted as '
            f'{" or ".join(names[1:]) or "no other name"})' for what, names in lacking]
   return EvalDataError(
       f'{CATEGORY}/{spec.name}: data not found under {data_dir!r}; missing the {layout} release '
       f'{"; ".join(parts)}. Folder names accepted: {list(spec.dirs)}, directly under the data '
-      f'dir or under {spec.benchmark}/')
+      f'dir or under {spec.benchmark}/'
+      + (f' (--clue_split {clue_split}; choices {list(CLUE_SPLITS)})' if layout == 'CLUE' else ''))
 
 
-def _read_records(spec: Spec, path: str) -> list[tuple[dict, int]]:
-  """(record, label index) of each line; a malformed line is an error naming file:line."""
+def _read_records(spec: Spec, path: str, dropped: Optional[dict[str, int]] = None
+                  ) -> list[tuple[dict, int]]:
+  """(record, label index) of each line; a malformed line is an error naming file:line.
+
+  Lines whose label means 'no gold' (OCNLI's '-') are left out and counted in `dropped`.
+  """
   out = []
   for where, rec in read_json_lines(path, f'{CATEGORY}/{spec.name}', spec.fields):
     raw = rec['label']
     if isinstance(spec.labels[0], str) and isinstance(raw, (bool, int)):
       raw = str(raw).lower()  # some copies store CLUE labels as numbers or booleans
     if raw in spec.skip_labels:
+      if dropped is not None:
+        key = f'of {os.path.basename(path)} labelled {raw!r} (no gold label)'
+        dropped[key] = dropped.get(key, 0) + 1
       continue
     if raw not in spec.labels or isinstance(raw, bool) != isinstance(spec.labels[0], bool):
       raise EvalDataError(f'{where}: label {raw!r} is not one of {list(spec.labels)}')
@@ -181,25 +203,29 @@ def _tfds_records(spec: Spec, split: str, data_dir: Optional[str]) -> list[tuple
   return out
 
 
-def load_records(spec: Spec, data_dir: Optional[str], source: str = 'files'):
-  """(train, eval) records of one task from release files under data_dir, or from TFDS."""
+def load_records(spec: Spec, data_dir: Optional[str], source: str = 'files',
+                 clue_split: str = 'dev', dropped: Optional[dict[str, int]] = None):
+  """(train, eval) records of one task from release files under data_dir, or from TFDS;
+  eval items left out for lack of a gold label are counted in `dropped`."""
   if source == 'tfds':
     return (_tfds_records(spec, 'train', data_dir), _tfds_records(spec, 'validation', data_dir))
   if source != 'files':
     raise ValueError(f"{CATEGORY}: source must be 'files' or 'tfds', got {source!r}")
   if not data_dir:
     raise EvalDataError(f'{CATEGORY}/{spec.name}: no data directory given (pass --data_dir D '
-                        f'with D/{spec.dirs[0]}/{spec.eval_files[0]}); nothing is downloaded')
-  train, dev = _find_file(spec, data_dir, spec.train_files), _find_file(spec, data_dir,
-                                                                        spec.eval_files)
+                        f'with D/{spec.dirs[0]}/{eval_files(spec, clue_split)[0]}); nothing is '
+                        f'downloaded')
+  train, dev = find_files(spec, data_dir, clue_split)
   if train is None or dev is None:
-    raise _missing(spec, data_dir, train, dev)
-  return _read_records(spec, train), _read_records(spec, dev)
+    raise _missing(spec, data_dir, train, dev, clue_split)
+  return _read_records(spec, train), _read_records(spec, dev, dropped)
 
 
-def find_files(spec: Spec, data_dir: str) -> tuple[Optional[str], Optional[str]]:
+def find_files(spec: Spec, data_dir: str, clue_split: str = 'dev'
+               ) -> tuple[Optional[str], Optional[str]]:
   """(train path, eval path) of a task's release files under data_dir (None when absent)."""
-  return _find_file(spec, data_dir, spec.train_files), _find_file(spec, data_dir, spec.eval_files)
+  return (_find_file(spec, data_dir, spec.train_files),
+          _find_file(spec, data_dir, eval_files(spec, clue_split)))
 
 
 def check_label_coverage(spec: Spec, train: list[tuple[dict, int]], k: int, where: str) -> None:
@@ -230,17 +256,20 @@ def _balanced_shots(rng: random.Random, train: list[tuple[dict, int]], k: int, n
 
 
 def make_tasks(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | None = None,
-               source: str = 'files', limit: int | None = None) -> tuple[Task, Task]:
+               source: str = 'files', limit: int | None = None,
+               clue_split: str = 'dev') -> tuple[Task, Task]:
   """(symbolic, original) tasks for `name`: same items and demonstrations, different labels.
 
-  k_shot defaults to one demonstration per label; `limit` samples eval items with `seed`.
+  k_shot defaults to one demonstration per label; `limit` samples eval items with `seed`;
+  `clue_split` picks the CLUE evaluation file (see CLUE_SPLITS).
   """
   if name not in SPECS:
     raise ValueError(f'{CATEGORY}: unknown task {name!r}; known: {list(SPECS)}')
   spec = SPECS[name]
-  train, dev = load_records(spec, data_dir, source)
+  dropped: dict[str, int] = {}
+  train, dev = load_records(spec, data_dir, source, clue_split, dropped)
   if source == 'files':
-    train_path, dev_path = find_files(spec, data_dir)
+    train_path, dev_path = find_files(spec, data_dir, clue_split)
     origin = f'{train_path} (demonstrations), {dev_path} (items)'
   else:
     train_path, origin = f'TFDS super_glue/{name} train', f'TFDS super_glue/{name}'
@@ -259,5 +288,6 @@ def make_tasks(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | 
       items.append(Item(prompt=prefix + spec.render(rec), answer=choices[y], choices=choices,
                         label=y))
     tasks.append(Task(name=f'{name}.{variant}', category=CATEGORY, items=tuple(items), k_shot=k,
-                      source=origin))
+                      source=origin, paper_k=len(spec.labels), min_k=len(spec.labels),
+                      dropped=dropped))
   return tasks[0], tasks[1]

@@ -4,19 +4,29 @@ FLM-101B reports these beside the IQ suite (Open LLM Leaderboard settings: ARC 2
 10-shot, MMLU 5-shot, TruthfulQA 0-shot; C-Eval 5-shot).  All are multiple choice, scored by the
 log-likelihood of each option.  Expected layout under --data_dir (the releases, unmodified):
 
-  mmlu/{dev,test}/<subject>_{dev,test}.csv        question,A,B,C,D,answer; a header row and
+  mmlu/{dev,test}/<subject>_{dev,test}.csv        question,A,B,C,D,answer (no header, as in
+                                                  Hendrycks' data.tar); a header row
+                                                  (question,choice0..choice3,answer or A-D) and
                                                   numeric answers 0-3 are also accepted
-  ceval/{dev,val}/<subject>_{dev,val}.csv         header id,question,A,B,C,D,answer[,explanation]
+  ceval/{dev,val}/<subject>_{dev,val}.csv         header id,question,A,B,C,D,answer[,explanation];
+                                                  the release zip's ceval-exam/ folder works too
   ceval/subject_mapping.json                      optional: subject -> [en, zh, category]
-  arc/ARC-{Challenge,Easy}/ARC-*-{Train,Test}.jsonl
-  hellaswag/hellaswag_{train,val}.jsonl
-  truthfulqa/mc_task.json                         a JSON list with mc1_targets / mc2_targets
+  arc/ARC-{Challenge,Easy}/ARC-*-{Train,Test}.jsonl  AI2's jsonl (question.stem, question.choices
+                                                  [{text,label}], answerKey); also under
+                                                  ARC-V1-Feb2018-2/ as the zip unpacks
+  hellaswag/hellaswag_{train,val}.jsonl           the authors' jsonl (ctx_a, ctx_b, endings, label,
+                                                  activity_label); hellaswag/data/ works too
+  truthfulqa/mc_task.json                         a JSON list with mc1_targets / mc2_targets; the
+                                                  repository's TruthfulQA/data/ layout works too
 
-Prompts and scores follow lm-evaluation-harness, so numbers are comparable with the Open LLM
-Leaderboard: 'Question: ...\nAnswer:' for ARC, the cleaned WikiHow context for HellaSwag, MMLU's
-'The following are multiple choice questions (with answers) about ...' header, and TruthfulQA's
-fixed six-question primer at 0-shot.  ARC and HellaSwag are also scored as acc_norm (log-likelihood
-per character of the choice without its leading space).  `--limit` draws a seeded sample.
+Prompts and scores follow lm-evaluation-harness (0.4, the tasks arc_easy, arc_challenge,
+hellaswag, mmlu, ceval-valid, truthfulqa_mc1/mc2), so numbers are comparable with the Open LLM
+Leaderboard: 'Question: ...\nAnswer:' for ARC (text kept exactly, whitespace included), the
+cleaned WikiHow context for HellaSwag, MMLU's 'The following are multiple choice questions (with
+answers) about ...' header, C-Eval's '以下是中国关于...的单项选择题' header with '答案：' and the
+letter after the harness's ' ' delimiter, and TruthfulQA's fixed six-question primer at 0-shot.
+ARC and HellaSwag report acc_norm (log-likelihood per character of the choice without its
+leading space) as their score and acc beside it.  `--limit` draws a seeded sample.
 
 Every item carries a subject key `category/subject` so accuracy is broken down both ways.
 """
@@ -96,19 +106,25 @@ def _err(task: str, msg: str) -> EvalDataError:
   return EvalDataError(f'{CATEGORY}/{task}: {msg}')
 
 
-def _root(task: str, data_dir: Optional[str], names: Sequence[str], expected: str) -> str:
+def _root(task: str, data_dir: Optional[str], names: Sequence[str], probe: str) -> str:
+  """The first of data_dir/<name> holding `probe` (a path or glob); the error lists every path
+  searched, so a release unpacked one folder too deep or too shallow is easy to place."""
   if not data_dir:
-    raise _err(task, f'no data directory given (pass --data_dir D with D/{expected}); nothing '
-                     f'is downloaded')
-  for n in names:
-    path = os.path.join(data_dir, n)
-    if os.path.isdir(path):
-      return path
-  raise _err(task, f'data not found under {data_dir!r}; expected '
-                   f'{os.path.join(data_dir, expected)}')
+    raise _err(task, f'no data directory given (pass --data_dir D with D/{names[0]}/{probe}); '
+                     f'nothing is downloaded')
+  tried = [os.path.join(data_dir, n, probe) for n in names]
+  for n, path in zip(names, tried):
+    if glob.glob(path):
+      return os.path.join(data_dir, n)
+  raise _err(task, f'data not found under {data_dir!r}; looked for {", ".join(tried)}')
 
 
+# Column names of the MC CSV files: the releases have none (MMLU) or A-D (C-Eval); copies exported
+# from the Hugging Face datasets name the options choice0..choice3 (or 0-3) and answer 0-3.
 _MC_COLUMNS = ('question', 'A', 'B', 'C', 'D', 'answer')
+_COLUMN_ALIASES = {**{f'{p}{i}': LETTERS[i] for p in ('choice', 'choices', 'option', '')
+                      for i in range(4)},
+                   **{c.lower(): c for c in _MC_COLUMNS}}
 
 
 def _is_header(row: Sequence[str]) -> bool:
@@ -130,7 +146,8 @@ def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, s
   """('file:line', row) with question, A-D and a valid answer letter; bad rows are errors.
 
   `header` says whether the release has a header row; a header is also recognised when the
-  first row names 'question' and 'answer' columns (re-exported copies add one).
+  first row names 'question' and 'answer' columns (re-exported copies add one, with the options
+  as A-D or choice0..choice3; other columns, such as an index or the subject, are ignored).
   """
   out = []
   with open(path, encoding='utf-8-sig', newline='') as f:
@@ -141,12 +158,11 @@ def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, s
       if not row or not any(c.strip() for c in row):
         continue
       if cols is None and not out and (header or _is_header(row)):
-        canonical = {c.lower(): c for c in _MC_COLUMNS}
-        cols = [canonical.get(c.strip().lower(), c.strip()) for c in row]
+        cols = [_COLUMN_ALIASES.get(c.strip().lower(), c.strip()) for c in row]
         missing = [c for c in _MC_COLUMNS if c not in cols]
         if missing:
           raise EvalDataError(f'{where}: header lacks column(s) {missing} (has {row}); expected '
-                              f'{",".join(_MC_COLUMNS)}')
+                              f'{",".join(_MC_COLUMNS)} or question,choice0..choice3,answer')
         continue
       if cols is not None:
         if len(row) != len(cols):
@@ -208,16 +224,17 @@ def _ceval_subject(subject: str, mapping: Optional[dict[str, Any]]) -> tuple[str
 
 
 def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
-  """MMLU (English, 'Answer: X') or C-Eval (Chinese, '答案：X'); shots = first k dev rows."""
+  """MMLU ('Answer: X') or C-Eval ('答案： X', as lm-evaluation-harness's ceval-valid); shots =
+  the first k dev rows (the harness's first_n sampler)."""
   zh = task == 'ceval'
   eval_split = 'val' if zh else 'test'
-  root = _root(task, data_dir, ('ceval', 'C-Eval') if zh else ('mmlu', 'MMLU', 'mmlu/data'),
-               f'{task}/{eval_split}/<subject>_{eval_split}.csv')
+  names = (('ceval', 'ceval-exam', 'ceval/ceval-exam', 'C-Eval') if zh
+           else ('mmlu', 'MMLU', 'mmlu/data'))
+  root = _root(task, data_dir, names, os.path.join(eval_split, f'*_{eval_split}.csv'))
   files = sorted(glob.glob(os.path.join(root, eval_split, f'*_{eval_split}.csv')))
-  if not files:
-    raise _err(task, f'no {os.path.join(root, eval_split, "<subject>_" + eval_split + ".csv")} '
-                     f'files')
-  mapping = _ceval_mapping(task, root) if zh else None
+  mapping = None
+  if zh:  # subject_mapping.json ships beside the exam folder in C-Eval's repository
+    mapping = _ceval_mapping(task, root) or _ceval_mapping(task, os.path.dirname(root))
   items, uncategorised = [], []
   for path in files:
     subject = os.path.basename(path)[:-len(f'_{eval_split}.csv')]
@@ -232,13 +249,14 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
       group, name = _ceval_subject(subject, mapping)
       if group == NO_CATEGORY:
         uncategorised.append(subject)
-      head = f'以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n'
-      word, sp = '答案：', ''
+      head = f'以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n'
+      word = '答案：'
     else:
       group = MMLU_CATEGORY.get(subject, 'other')
       head = ('The following are multiple choice questions (with answers) about '
               f"{subject.replace('_', ' ')}.\n\n")
-      word, sp = 'Answer:', ' '
+      word = 'Answer:'
+    sp = ' '  # the harness's target delimiter, for both
     prefix = head + ''.join(_mc_block(r, word) + sp + r['answer'] + '\n\n' for r in shots)
     choices = tuple(sp + c for c in LETTERS)
     for _, r in sample_limit(rows, limit, seed, f'{task}/{subject}'):
@@ -252,15 +270,18 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
     notes = (f'C-Eval categories unavailable for {len(uncategorised)} subject(s) ({why}); '
              f'accuracy is broken down by subject only',)
   return Task(name=task, category=CATEGORY, items=tuple(items), k_shot=k, source=root,
-              notes=notes)
+              notes=notes, paper_k=DEFAULT_SHOTS[task])
 
 
 def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
   part = 'Challenge' if task == 'arc_challenge' else 'Easy'
-  root = _root(task, data_dir, ('arc', 'ARC', 'ARC-V1-Feb2018-2'),
-               f'arc/ARC-{part}/ARC-{part}-Test.jsonl')
+  root = _root(task, data_dir, ('arc', 'ARC', 'ARC-V1-Feb2018-2', 'arc/ARC-V1-Feb2018-2'),
+               os.path.join(f'ARC-{part}', f'ARC-{part}-Test.jsonl'))
 
   def read(split: str) -> list[tuple[str, tuple[str, ...], int]]:
+    """AI2's release: question.stem, question.choices [{text, label}] (labels A-E or 1-5) and
+    answerKey; a Hugging Face export (question text, choices {text: [...], label: [...]}) too.
+    Text is kept exactly, whitespace included, as the harness's 'Question: {{question}}'."""
     path = os.path.join(root, f'ARC-{part}', f'ARC-{part}-{split}.jsonl')
     if not os.path.isfile(path):
       raise _err(task, f'missing {path}')
@@ -268,13 +289,19 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     for rec in _jsonl(task, path, ('question', 'answerKey')):
       q = rec['question']
       try:
-        labels = [str(c['label']) for c in q['choices']]
-        texts = tuple(' ' + str(c['text']).strip() for c in q['choices'])
+        if isinstance(q, dict):
+          stem = str(q['stem'])
+          labels = [str(c['label']) for c in q['choices']]
+          texts = [str(c['text']) for c in q['choices']]
+        else:
+          stem, labels = str(q), [str(x) for x in rec['choices']['label']]
+          texts = [str(x) for x in rec['choices']['text']]
+        if len(labels) != len(texts) or len(texts) < 2:
+          raise ValueError(f'{len(texts)} choice texts for {len(labels)} labels')
         y = labels.index(str(rec['answerKey']))
-        stem = str(q['stem']).strip()
       except (TypeError, KeyError, ValueError) as e:
         raise EvalDataError(f"{rec['_where']}: bad question/choices/answerKey ({e!r})") from None
-      out.append((f'Question: {stem}\nAnswer:', texts, y))
+      out.append((f'Question: {stem}\nAnswer:', tuple(' ' + t for t in texts), y))
     return out
 
   test = sample_limit(read('Test'), limit, seed, task)
@@ -287,7 +314,7 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     items.append(Item(prompt=prefix + prompt, answer=choices[y], choices=choices, label=y,
                       subject=f'arc/{part.lower()}'))
   return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
-              source=os.path.join(root, f'ARC-{part}'))
+              source=os.path.join(root, f'ARC-{part}'), paper_k=DEFAULT_SHOTS[task])
 
 
 def _hellaswag_text(text: str) -> str:
@@ -299,7 +326,8 @@ def _hellaswag_text(text: str) -> str:
 
 def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
   task = 'hellaswag'
-  root = _root(task, data_dir, ('hellaswag', 'HellaSwag'), 'hellaswag/hellaswag_val.jsonl')
+  root = _root(task, data_dir, ('hellaswag', 'HellaSwag', 'hellaswag/data'),
+               'hellaswag_val.jsonl')
 
   def read(split: str):
     path = os.path.join(root, f'hellaswag_{split}.jsonl')
@@ -307,14 +335,16 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
       raise _err(task, f'missing {path}')
     out = []
     for rec in _jsonl(task, path, ('ctx_a', 'ctx_b', 'activity_label', 'endings', 'label')):
-      endings = rec['endings']
-      if (not isinstance(endings, list) or len(endings) < 2
-          or not isinstance(rec['label'], int) or not 0 <= rec['label'] < len(endings)):
+      endings, label = rec['endings'], rec['label']
+      if isinstance(label, str) and label.strip().isdigit():  # Hugging Face exports: '0'-'3'
+        label = int(label)
+      if (not isinstance(endings, list) or len(endings) < 2 or isinstance(label, bool)
+          or not isinstance(label, int) or not 0 <= label < len(endings)):
         raise EvalDataError(f"{rec['_where']}: needs a list of endings and an int label in range")
       ctx = f"{rec['activity_label']}: {rec['ctx_a']} {str(rec['ctx_b']).capitalize()}"
       source = 'wikihow' if str(rec.get('source_id', '')).startswith('wikihow') else 'activitynet'
       out.append((_hellaswag_text(ctx), tuple(' ' + _hellaswag_text(str(e)) for e in endings),
-                  rec['label'], source))
+                  label, source))
     return out
 
   val = sample_limit(read('val'), limit, seed, task)
@@ -326,7 +356,7 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
     items.append(Item(prompt=prefix + ctx, answer=choices[y], choices=choices, label=y,
                       subject=f'hellaswag/{source}'))
   return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
-              source=root)
+              source=root, paper_k=DEFAULT_SHOTS[task])
 
 
 # TruthfulQA's fixed QA primer: the six question/answer pairs the benchmark's authors prepend
@@ -361,7 +391,8 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
     raise _err(task, f'{k}-shot is not supported: TruthfulQA has no training split, so '
                      f'demonstrations would be test questions; its protocol is 0-shot with a '
                      f'fixed primer (use --shots {task}=0)')
-  root = _root(task, data_dir, ('truthfulqa', 'TruthfulQA'), 'truthfulqa/mc_task.json')
+  root = _root(task, data_dir, ('truthfulqa', 'TruthfulQA', 'truthfulqa/data', 'TruthfulQA/data'),
+               'mc_task.json')
   path = os.path.join(root, 'mc_task.json')
   if not os.path.isfile(path):
     raise _err(task, f'missing {path}')
@@ -380,14 +411,15 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
     if not isinstance(t, dict) or not isinstance(rec.get('question'), str) or 1 not in t.values():
       raise EvalDataError(f'{path}: question #{i}: {CATEGORY}/{task}: needs "question" and '
                           f'"{key}" mapping answers to 0/1 with at least one 1')
-    rows.append((rec['question'].strip(), tuple(' ' + a for a in t),
+    rows.append((rec['question'], tuple(' ' + a for a in t),  # unstripped, as the harness
                  tuple(j for j, v in enumerate(t.values()) if v == 1)))
   mc2 = task == 'truthfulqa_mc2'
   items = tuple(Item(prompt=truthfulqa_prompt(q), answer=c[trues[0]], choices=c,
                      label=trues[0], true_labels=trues if mc2 else (), subject='truthfulqa/all')
                 for q, c, trues in sample_limit(rows, limit, seed, task))
   return Task(name=task, category=CATEGORY, items=items, k_shot=0, metric='mc2' if mc2 else 'acc',
-              source=path, notes=(f'0-shot with the fixed QA primer ({TRUTHFULQA_PRIMER_SOURCE})',))
+              source=path, paper_k=0,
+              notes=(f'0-shot with the fixed QA primer ({TRUTHFULQA_PRIMER_SOURCE})',))
 
 
 def make_task(name: str, data_dir: Optional[str], seed: int = 0, k_shot: int | None = None,

@@ -16,6 +16,8 @@ import ml_collections
 
 from flmjax import checkpoint, sharding
 from flmjax.config import ConfigError, ModelConfig
+from flmjax.evaluation.engine import FlmEngine
+from flmjax.evaluation.tasks import EvalDataError
 
 
 def _mesh_config(config: Any) -> dict[str, Any]:
@@ -57,3 +59,29 @@ def load_checkpoint(path: str) -> tuple[ModelConfig, Any, ml_collections.ConfigD
   shardings, placement = eval_shardings(ModelConfig.from_dict(meta['model']), config)
   cfg, params, config = checkpoint.load_params(step_dir, shardings)
   return cfg, params, config, placement
+
+
+def vocabulary(config: Any, where: str):
+  """The text vocabulary of a checkpoint's saved config (its `data` section)."""
+  data_cfg = config['data'] if 'data' in config else config
+  if data_cfg.get('source') == 'synthetic':
+    raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
+                        f'tokenizer; the evaluation suites need a model trained on text')
+  # Here, not at the top: flmjax.data pulls in seqio and TensorFlow, needed only once a
+  # checkpoint is opened (importing this module for its helpers stays fast).
+  from flmjax.data import get_tokenizer  # pylint: disable=g-import-not-at-top
+  return get_tokenizer(data_cfg)
+
+
+def load_engine(path: str, batch_size: int = 8, max_len: Optional[int] = None
+                ) -> tuple[FlmEngine, dict[str, Any]]:
+  """(engine, description for the report) of the checkpoint at `path`: the one way both
+  `flmjax eval --checkpoint` and the lm-evaluation-harness model open a checkpoint."""
+  try:
+    cfg, params, config, placement = load_checkpoint(path)
+  except checkpoint.CheckpointError as e:
+    raise EvalDataError(f'--checkpoint {path}: {e}') from None
+  engine = FlmEngine(params, cfg, vocabulary(config, path), batch_size=batch_size,
+                     max_len=max_len)
+  return engine, {'backend': 'flmjax', 'checkpoint': path, 'params': cfg.param_count(),
+                  'config': cfg.to_dict(), 'placement': placement}

@@ -55,8 +55,46 @@ class TaskResult:
   metric: str = 'acc'
   examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   over_length: int = 0   # items whose prompt was longer than the model's context (left-cut)
+  cut_choices: int = 0   # items with a choice longer than the whole context (only its end scored)
   source: str = ''
   notes: list[str] = dataclasses.field(default_factory=list)
+  paper_k: Optional[int] = None   # the published protocol's shot count (None: no protocol)
+  min_k: int = 0                  # fewest shots the task accepts
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> items left out
+  score_name: str = ''   # what `accuracy` is, e.g. 'acc_norm' (ARC, HellaSwag); '' = `metric`
+  also: dict[str, float] = dataclasses.field(default_factory=dict)  # other metrics, e.g. 'acc'
+
+  @property
+  def comparable(self) -> bool:
+    """False when some prompt or choice was cut to fit the context: the row then measures a
+    different task than the one published, so it is kept out of averages and comparisons."""
+    return not self.over_length and not self.cut_choices
+
+  @property
+  def paper_protocol(self) -> bool:
+    """Whether the run used the published shot count (reference numbers are shown only then)."""
+    return self.paper_k is not None and self.k_shot == self.paper_k
+
+  def comparison(self) -> Optional[str]:
+    """Why this row may not be set beside the paper's numbers, or None when it may."""
+    why = []
+    if not self.comparable:
+      why.append(f'not comparable: {self.cut_summary()}')
+    if self.paper_k is not None and self.k_shot != self.paper_k:
+      why.append(f'{self.k_shot}-shot, the paper used {self.paper_k}-shot')
+    return '; '.join(why) or None
+
+  def cut_summary(self) -> str:
+    """What was actually cut, in words (demonstrations only exist when k_shot > 0)."""
+    parts = []
+    if self.over_length:
+      what = ('the earliest demonstrations first' if self.k_shot
+              else '0-shot, so the start of the prompt itself')
+      parts.append(f'{self.over_length}/{self.n} prompts lost their beginning ({what})')
+    if self.cut_choices:
+      parts.append(f'{self.cut_choices}/{self.n} items have a choice longer than the context '
+                   f'(only its last tokens were scored)')
+    return '; '.join(parts)
 
   @property
   def n(self) -> int:
@@ -103,43 +141,94 @@ def reference_sources(ref: dict[str, Any]) -> dict[str, Any]:
   return {'iq': ref['source'], 'knowledge': ref['knowledge']['source']}
 
 
+def cut_warning(result: TaskResult, max_len: int) -> Optional[str]:
+  """The warning for a row with cut prompts: what was cut, and only remedies the CLI accepts."""
+  if result.comparable:
+    return None
+  fixes = ['a model with a longer context']
+  if result.k_shot > result.min_k:
+    base = result.name.split('.')[0]
+    fewer = (f'{result.min_k}' if result.k_shot - 1 == result.min_k
+             else f'{result.min_k}..{result.k_shot - 1}')
+    fixes.append(f'fewer shots (--shots {base}=k with k in {fewer})')
+  return (f'{result.name}: context {max_len} tokens: {result.cut_summary()}; the row is marked '
+          f'not comparable and left out of averages and the paper comparison. Use '
+          f'{" or ".join(fixes)}.')
+
+
+def shown_reference(result: TaskResult, ref: dict[str, Any]) -> dict[str, float]:
+  """The paper's numbers for this row, or {} when the row is not comparable with them."""
+  return {} if result.comparison() else task_reference(result.name, ref)[1]
+
+
 def _group_rows(results: Sequence[TaskResult], ref: dict[str, Any]):
-  """(group, category, our mean accuracy or None, reference averages) for each reference group."""
+  """(group, category, our mean accuracy or None, reference averages, why None) per group.
+
+  Our average needs every task of the group, each comparable with the paper (no cut prompts, the
+  paper's shot count); otherwise it is None and `why` says which task kept it out.
+  """
   by_name = {r.name: r for r in results}
   rows = []
   for g, spec in ref['groups'].items():
     present = [by_name[t] for t in spec['tasks'] if t in by_name]
     if not present:
       continue
-    ours = (sum(r.accuracy for r in present) / len(present)
-            if len(present) == len(spec['tasks']) else None)
-    rows.append((g, spec['category'], ours, spec['average']))
+    missing = [t for t in spec['tasks'] if t not in by_name]
+    odd = [f'{r.name} ({r.comparison()})' for r in present if r.comparison()]
+    why = '; '.join(([f'missing {", ".join(missing)}'] if missing else []) + odd) or None
+    ours = None if why else sum(r.accuracy for r in present) / len(present)
+    rows.append((g, spec['category'], ours, spec['average'], why))
   return rows
+
+
+def _empty_category() -> dict[str, Any]:
+  return {'tasks': {}, 'groups': {}, 'skipped': {}, 'failed': {}}
 
 
 def to_json(results: Sequence[TaskResult], meta: dict[str, Any],
             skipped: Optional[dict[str, dict[str, str]]] = None,
-            categories: Sequence[str] = IQ_CATEGORIES) -> dict[str, Any]:
-  """The report: every requested category (even if empty or skipped), tasks, groups, reference."""
+            categories: Sequence[str] = IQ_CATEGORIES,
+            failed: Optional[dict[str, dict[str, str]]] = None,
+            pending: Sequence[str] = ()) -> dict[str, Any]:
+  """The report: every requested category (even if empty or skipped), tasks, groups, reference.
+
+  `failed` ({category: {task: error}}) and `pending` (tasks not yet run) make a partial report,
+  written while the run goes on; `complete` says whether every requested task ran.
+  """
   ref = load_reference()
-  cats: dict[str, Any] = {c: {'tasks': {}, 'groups': {}, 'skipped': {}} for c in categories}
+  cats: dict[str, Any] = {c: _empty_category() for c in categories}
   for r in results:
     lo, hi = r.interval
-    which, numbers = task_reference(r.name, ref)
-    entry = {'n': r.n, 'k_shot': r.k_shot, 'metric': r.metric, 'accuracy': r.accuracy,
-             'ci95': [lo, hi], 'reference': numbers, 'reference_source': which,
-             'over_length': r.over_length, 'source': r.source, 'notes': r.notes,
-             'examples': r.examples}
+    entry = {'n': r.n, 'k_shot': r.k_shot, 'paper_k_shot': r.paper_k, 'metric': r.metric,
+             'score': r.score_name or r.metric, 'accuracy': r.accuracy, 'also': r.also, 'ci95': [lo, hi], 'comparable': r.comparable,
+             'comparison': r.comparison(), 'reference': shown_reference(r, ref),
+             'reference_source': task_reference(r.name, ref)[0],
+             'over_length': r.over_length, 'cut_choices': r.cut_choices,
+             'dropped': r.dropped, 'source': r.source, 'notes': r.notes, 'examples': r.examples}
     if any(r.subjects):
       entry.update(r.breakdown())
-    cats.setdefault(r.category, {'tasks': {}, 'groups': {}, 'skipped': {}})['tasks'][r.name] = entry
-  for g, cat, ours, avg in _group_rows(results, ref):
-    cats[cat]['groups'][g] = {'accuracy': ours, 'reference': avg}
-  for cat, reasons in (skipped or {}).items():
-    cats.setdefault(cat, {'tasks': {}, 'groups': {}, 'skipped': {}})['skipped'].update(reasons)
+    cats.setdefault(r.category, _empty_category())['tasks'][r.name] = entry
+  for g, cat, ours, avg, why in _group_rows(results, ref):
+    cats[cat]['groups'][g] = {'accuracy': ours, 'reference': avg, 'not_averaged': why}
+  for key, table in (('skipped', skipped), ('failed', failed)):
+    for cat, reasons in (table or {}).items():
+      cats.setdefault(cat, _empty_category())[key].update(reasons)
   over = {r.name: r.over_length for r in results if r.over_length}
-  return {**meta, 'categories': cats, 'over_length': over, 'reference_source': ref['source'],
-          'reference_sources': reference_sources(ref)}
+  failed_names = {n: why for reasons in (failed or {}).values() for n, why in reasons.items()}
+  return {**meta, 'complete': not failed_names and not pending, 'failed': failed_names,
+          'pending': list(pending), 'categories': cats, 'over_length': over,
+          'not_comparable': {r.name: r.cut_summary() for r in results if not r.comparable},
+          'reference_source': ref['source'], 'reference_sources': reference_sources(ref)}
+
+
+def write_json(path: str, report: dict[str, Any]) -> None:
+  """Writes the report atomically (temporary file + rename): a crash mid-write never leaves a
+  truncated report in place of the last good one."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=1, ensure_ascii=False)
+  os.replace(tmp, path)
 
 
 def _pct(x: Optional[float]) -> str:
@@ -155,38 +244,52 @@ def _models(results: Sequence[TaskResult], ref: dict[str, Any]) -> list[str]:
 
 
 def format_table(results: Sequence[TaskResult], skipped: Optional[dict[str, dict[str, str]]] = None,
-                 limit: Optional[int] = None, seed: int = 0) -> str:
+                 limit: Optional[int] = None, seed: int = 0,
+                 failed: Optional[dict[str, dict[str, str]]] = None) -> str:
   """Plain-text table: our accuracy and 95% interval beside the paper's numbers.
 
-  'over' counts prompts longer than the model's context (their start was cut off); notes and
-  data sources follow the table, so a number is never read without its caveats.
+  'over' counts prompts longer than the model's context (their start was cut off); such a row is
+  marked 'not comparable' in the 'vs paper' column and its reference columns stay empty, as they
+  do for a run with another shot count than the paper's.  Notes and data sources follow the
+  table, so a number is never read without its caveats.
   """
   ref = load_reference()
   models = _models(results, ref)
-  head = ['category', 'task', 'n', 'k', 'over', 'acc%', '95% CI'] + models
+  head = ['category', 'task', 'n', 'k', 'over', 'acc%', '95% CI', 'vs paper'] + models
   rows = []
   for r in results:
     lo, hi = r.interval
-    refs = task_reference(r.name, ref)[1]
+    refs = shown_reference(r, ref)
+    mark = ('not comparable' if not r.comparable
+            else f'k={r.k_shot}, paper {r.paper_k}' if r.comparison() else '')
     rows.append([r.category, r.name, str(r.n), str(r.k_shot), str(r.over_length),
-                 _pct(r.accuracy), f'[{_pct(lo)}, {_pct(hi)}]']
-                + [_fmt_ref(refs.get(m)) for m in models])
+                 _pct(r.accuracy), f'[{_pct(lo)}, {_pct(hi)}]', mark]
+                + [_fmt_ref(refs.get(m)) if refs else '' for m in models])
+    for name, value in r.also.items():  # e.g. ARC's acc beside its acc_norm score
+      rows.append(['', f'  {r.name}:{name}', str(r.n), '', '', _pct(value), '', '']
+                  + [''] * len(models))
     groups = r.breakdown()['groups'] if any(r.subjects) else {}
     if len(groups) > 1:  # e.g. MMLU's STEM / humanities / social sciences / other
       for g, v in groups.items():
-        rows.append(['', f'  {r.name}:{g}', str(v['n']), '', '', _pct(v['accuracy']), '']
+        rows.append(['', f'  {r.name}:{g}', str(v['n']), '', '', _pct(v['accuracy']), '', '']
                     + [''] * len(models))
-  for g, cat, ours, avg in _group_rows(results, ref):
-    rows.append([cat, f'avg {g}', '', '', '', _pct(ours), '']
+  for g, cat, ours, avg, why in _group_rows(results, ref):
+    rows.append([cat, f'avg {g}', '', '', '', _pct(ours), '', 'not averaged' if why else '']
                 + [_fmt_ref(avg.get(m)) for m in models])
-  for cat, reasons in (skipped or {}).items():
-    for name in reasons:
-      rows.append([cat, name, '0', '', '', 'skipped', ''] + [''] * len(models))
+  for key, table in (('skipped', skipped), ('FAILED', failed)):
+    for cat, reasons in (table or {}).items():
+      for name in reasons:
+        rows.append([cat, name, '0', '', '', key, '', ''] + [''] * len(models))
   widths = [max(len(x) for x in col) for col in zip(head, *rows)]
   fmt = lambda row: '  '.join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
   lines = [fmt(head), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]
-  lines += _skip_lines(skipped or {}) + _footer(results, ref, limit, seed)
+  lines += _skip_lines(skipped or {}) + _fail_lines(failed or {})
+  lines += _footer(results, ref, limit, seed)
   return '\n'.join(lines)
+
+
+def _fail_lines(failed: dict[str, dict[str, str]]) -> list[str]:
+  return [f'FAILED {name}: {why}' for reasons in failed.values() for name, why in reasons.items()]
 
 
 def _skip_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
@@ -205,6 +308,13 @@ def _footer(results: Sequence[TaskResult], ref: dict[str, Any], limit: Optional[
   if over:
     lines.append('over: prompts longer than the model context, their beginning cut off: '
                  + ', '.join(over))
+  lines += [f'not comparable: {r.name}: {r.cut_summary()}' for r in results if not r.comparable]
+  lines += [f'{r.name}: no reference numbers: {r.comparison()}' for r in results
+            if r.comparable and r.comparison() and task_reference(r.name, ref)[1]]
+  lines += [f'{r.name}: acc% is {r.score_name}; ' + ', '.join(r.also) + ' on the row below'
+            for r in results if r.also]
+  lines += [f'{r.name}: left out: {n} item(s) {why}' for r in results
+            for why, n in r.dropped.items() if n]
   if limit is not None:
     lines.append(f'--limit {limit}: each task is a random sample of at most {limit} items '
                  f'(per subject for MMLU/C-Eval), drawn with seed {seed}')

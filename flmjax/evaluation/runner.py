@@ -49,11 +49,17 @@ def _tail(text: str, n: int = 160) -> str:
 def count_over_length(backend: Backend, choice: Sequence[Item], gen: Sequence[Item],
                       budget: int) -> int:
   """Items whose prompt does not fit in the model's context with its answer: the backend keeps
-  their last tokens (so early demonstrations are lost), which the report must say."""
+  their last tokens (losing the earliest demonstrations, or the start of a 0-shot prompt), which
+  the report must say."""
   enc = backend.tokenizer.encode
   over = sum(backend.scoring_overflows(it.prompt, max(len(enc(c)) for c in it.choices))
              for it in choice)
   return over + sum(backend.generation_overflows(it.prompt, budget) for it in gen)
+
+
+def count_cut_continuations(backend: Backend, choice: Sequence[Item]) -> int:
+  """Items with a choice longer than the whole context: only its last tokens are scored."""
+  return sum(any(backend.continuation_overflows(c) for c in it.choices) for it in choice)
 
 
 def evaluate(backend: Backend, task: Task) -> TaskResult:
@@ -61,9 +67,11 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
   choice = [it for it in task.items if it.is_choice]
   gen = [it for it in task.items if not it.is_choice]
   scores, examples = [], []
+  raw_hits: list[float] = []   # acc by the unnormalised log-likelihood (the harness's 'acc')
   enc = backend.tokenizer.encode
   budget = min(task.max_new_tokens, max(len(enc(it.answer)) for it in gen) + 4) if gen else 0
   over_length = count_over_length(backend, choice, gen, budget)
+  cut_choices = count_cut_continuations(backend, choice)
   if choice:
     reqs = [(it.prompt, c) for it in choice for c in it.choices]
     flat = backend.loglikelihood(reqs)
@@ -77,6 +85,8 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
         scores.append(_mc2([x.logprob for x in s], it.true_labels))
       else:
         scores.append(float(pred == it.label))
+        raw = max(range(len(s)), key=lambda j: s[j].logprob)
+        raw_hits.append(float(raw == it.label))
       if len(examples) < N_EXAMPLES:
         examples.append({'prompt_tail': _tail(it.prompt), 'gold': it.answer,
                          'prediction': it.choices[pred]})
@@ -87,6 +97,12 @@ def evaluate(backend: Backend, task: Task) -> TaskResult:
       if len(examples) < N_EXAMPLES:
         examples.append({'prompt_tail': _tail(it.prompt), 'gold': it.answer, 'prediction': out})
   subjects = [it.subject for it in choice] + [it.subject for it in gen]
+  normalised = task.metric == 'acc' and task.norm != 'sum' and choice and not gen
+  also = {'acc': sum(raw_hits) / len(raw_hits)} if normalised else {}
+  score_name = (task.metric if not normalised
+                else 'acc_norm' if task.norm == 'char' else f'acc_per_{task.norm}')
   return TaskResult(name=task.name, category=task.category, scores=scores, subjects=subjects,
                     k_shot=task.k_shot, metric=task.metric, examples=examples,
-                    over_length=over_length, source=task.source, notes=list(task.notes))
+                    over_length=over_length, cut_choices=cut_choices, source=task.source,
+                    notes=list(task.notes), paper_k=task.paper_k, min_k=task.min_k,
+                    dropped=dict(task.dropped), score_name=score_name, also=also)

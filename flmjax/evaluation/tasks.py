@@ -51,6 +51,9 @@ class Task:
   metric: str = 'acc'   # 'acc' (0/1 per item) | 'mc2' (probability mass on true choices)
   source: str = ''      # where the items came from (release file, generator), for the report
   notes: tuple[str, ...] = ()   # caveats a reader of the report must see
+  paper_k: int | None = None    # the shot count of the published protocol (None: no protocol)
+  min_k: int = 0                # fewest shots the task accepts (for a 'use fewer shots' hint)
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> items left out
 
   def __post_init__(self):
     if self.metric not in ('acc', 'mc2'):
