@@ -546,7 +546,8 @@ def main(argv=None) -> int:
                   help='seeds of the operator rows (one by default: the hour on one core does not '
                        'hold three; compare their differences with the arms\' seed spread)')
   ap.add_argument('--small_seeds', default='',
-                  help='seeds of arm (3) when fewer than --seeds fit the time (default: --seeds)')
+                  help="seeds of arm (3) when fewer than --seeds fit the time (default: --seeds; "
+                       "'none': no arm (3), its regime check stands on the earlier seeds)")
   ap.add_argument('--lrs', default='3e-3,1e-2,3e-2',
                   help='peak LRs swept on the scratch arm; a best value at the grid\'s edge '
                        'extends the grid by ×3 beyond it (at most twice)')
@@ -597,7 +598,8 @@ def main(argv=None) -> int:
     if args.sweep_shares == ap.get_default('sweep_shares'):
       args.sweep_shares = '0.5'
   seeds = [int(s) for s in args.seeds.split(',') if s]
-  small_seeds = [int(s) for s in args.small_seeds.split(',') if s] or seeds
+  small_seeds = ([] if args.small_seeds == 'none' else
+                 [int(s) for s in args.small_seeds.split(',') if s] or seeds)
   op_seeds = [int(s) for s in args.operator_seeds.split(',') if s]
   if not set(op_seeds) <= set(seeds):
     ap.error('--operator_seeds must be among --seeds (the msg+msg row reuses the arm runs)')
@@ -662,8 +664,11 @@ def main(argv=None) -> int:
         wds[arm].append(train_arm(root, arm, s, lr, preset, g_width, g_depth, g_recipe)
                         if arm == 'growth' else train_arm(root, arm, s, lr, preset))
   # 3. the other operators
-  op_wds: dict[tuple[str, str], list[str]] = {('msg', 'msg'): [
-      w for w, s in zip(wds['growth'], seeds) if s in op_seeds]}
+  op_wds: dict[tuple[str, str], list[str]] = {}
+  if (g_width, g_depth, g_recipe) == ('msg', 'msg', ''):  # arm (1) is the MSG row itself
+    op_wds[('msg', 'msg')] = [w for w, s in zip(wds['growth'], seeds) if s in op_seeds]
+  elif ops:
+    ops = [('msg', 'msg')] + ops
   for s in op_seeds:
     for w, d in ops:
       op_wds.setdefault((w, d), []).append(train_arm(root, 'growth', s, lr, preset, w, d))
@@ -676,7 +681,7 @@ def main(argv=None) -> int:
   rows = []
   names = {'growth': f'(1) growth: {g_width} + {g_depth}' + (f', {g_recipe}' if g_recipe else ''),
            'scratch': '(2) final size from scratch', 'small': '(3) first-stage size alone'}
-  for arm in ('growth', 'scratch', 'small'):
+  for arm in [a for a in ('growth', 'scratch', 'small') if wds[a]]:
     cfg = experiment.load_config(
         f'{EXPERIMENT}:{arm_arg(arm, seeds[0], lr, preset, g_width, g_depth, g_recipe)}')
     st = plan.stage_plan(cfg)
@@ -690,9 +695,12 @@ def main(argv=None) -> int:
                       'FLOPs to reach (2) ÷ (2) [95% CI]', 'wall s/run'], rows,
                      title=f'three arms, one budget ({budget:.4g} FLOPs), lr {lr:g}, seeds '
                            f'{seeds}')
-  gap = curves.mean_std(finals['small'])[0] - target
-  spread = max(curves.mean_std(finals['scratch'])[1], curves.mean_std(finals['small'])[1])
-  if gap > spread:
+  gap = curves.mean_std(finals['small'])[0] - target if finals['small'] else math.nan
+  spread = max(curves.mean_std(finals['scratch'])[1],
+               curves.mean_std(finals['small'])[1] if finals['small'] else 0.0)
+  if math.isnan(gap):
+    verdict = 'not measured here (--small_seeds none)'
+  elif gap > spread:
     verdict = 'yes: the final size beats the first-stage size by more than the seed spread'
   elif gap < -spread:
     verdict = ('NO: the first-stage size alone beats the final size (the small-model regime); '
@@ -729,7 +737,8 @@ def main(argv=None) -> int:
 
   plots = os.path.join(root, 'plots')
   os.makedirs(plots, exist_ok=True)
-  p1 = plot_groups({names[a]: wds[a] for a in wds}, os.path.join(plots, 'arms.png'), target,
+  p1 = plot_groups({names[a]: wds[a] for a in wds if wds[a]}, os.path.join(plots, 'arms.png'),
+                   target,
                    'validation loss vs FLOPs: three arms (mean over seeds, band min-max)')
   p2 = plot_groups({f'{w}+{d}': v for (w, d), v in op_wds.items() if v} |
                    {names['scratch']: wds['scratch']}, os.path.join(plots, 'operators.png'),
