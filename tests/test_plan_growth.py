@@ -47,7 +47,7 @@ def test_every_probe_starts_with_the_shared_prefix_and_the_full_schedule_spends_
   base = _evidence_base()
   budget = 2e12
   cands = gp.candidate_grid(gp.default_operators(base), gp.DEFAULT_SHARES)
-  probe = gp.probe_flops_for(cands, budget)
+  probe = gp.probe_flops_for(base, cands, budget)
   assert probe == pytest.approx((0.5 + gp.LAG_SHARE) * budget)
   sched = lambda cfg: optimizer.make_schedule([s.schedule_dict() for s in plan.stage_plan(cfg)],
                                               cfg.optim.schedule)
@@ -71,6 +71,29 @@ def test_every_probe_starts_with_the_shared_prefix_and_the_full_schedule_spends_
     flr = sched(full)
     assert float(flr(t - 1)) == pytest.approx(base.lr)  # peak held up to the growth ...
     assert float(flr(fs[-1].end_step)) == pytest.approx(base.end_lr)  # ... cosine to end_lr
+
+
+def test_planned_cost_counts_each_prefix_once_and_four_continuations():
+  base = _evidence_base()
+  budget = 2e12
+  cands = gp.candidate_grid(gp.default_operators(base), gp.DEFAULT_SHARES)
+  cost = gp.planned_cost(base, cands, budget, '/nonexistent')
+  # three prefixes (d16xL2, d32xL2, d32xL1) to half the budget each
+  assert cost['prefix_flops'] == pytest.approx(1.5 * budget, rel=0.01)
+  assert cost['lag_flops_total'] == pytest.approx(16 * gp.LAG_SHARE * budget, rel=0.02)
+  # growth points 1/8, 1/4, 1/3 go on from their lag to the latest point's (1/2 + lag)
+  assert cost['probe_continue_flops'] == pytest.approx(
+      (0.375 + 0.25 + (0.5 - 0.333)) * budget, rel=0.02)
+  # the bound: <= 15% of the growth-evidence sweep (16 cells + the best 2 on 2 seeds)
+  assert cost['probe_cost_flops'] <= 0.15 * 20 * budget
+
+
+def test_group_winners_take_the_lowest_lag_loss_of_each_growth_point():
+  rows = [dict(candidate='a@0.25', share=0.25, lag_loss=3.0),
+          dict(candidate='b@0.25', share=0.25, lag_loss=2.5),
+          dict(candidate='c@0.5', share=0.5, lag_loss=float('nan')),
+          dict(candidate='d@0.5', share=0.5, lag_loss=2.9)]
+  assert gp.group_winners(rows) == {0.25: 'b@0.25', 0.5: 'd@0.5'}
 
 
 def test_rank_orders_by_probe_loss_and_puts_diverged_probes_last():
@@ -130,31 +153,34 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
   work = tmp_path / 'plan'
   argv = ['plan-growth', '--config', exp, '--budget_flops', str(budget), '--workdir', str(work),
           '--candidates', 'msg@0.25,msg@0.5', '--lag', '0.125']
+  assert cli.main([*argv, '--dry_run']) == 0 and not os.listdir(work)  # trains nothing
   assert cli.main(argv) == 0
   with open(work / 'plan.json') as f:
     result = json.load(f)
   rows = result['rows']
-  assert sorted(r['candidate'] for r in rows) == ['msg@0.25', 'msg@0.5']
-  assert rows[0]['probe_loss'] <= rows[1]['probe_loss'] and all(
-      math.isfinite(r['probe_loss']) for r in rows)
-  # each probe ends at C_probe; the first stage ran once (one prefix) for both
-  assert [d for d in os.listdir(work) if d.startswith('prefix')] and all(
-      r['probe_flops'] == pytest.approx(result['probe_flops'], rel=0.15) for r in rows)
+  assert result['complete'] and sorted(r['candidate'] for r in rows) == ['msg@0.25', 'msg@0.5']
+  assert all(r['group_best'] and math.isfinite(r['probe_loss']) for r in rows)
+  assert rows[0]['probe_loss'] <= rows[1]['probe_loss'] and rows[0]['rank'] == 1
+  late = next(r for r in rows if r['candidate'] == 'msg@0.5')
+  assert late['probe_loss'] == late['lag_loss']  # the latest growth point's lag ends at C_probe
+  assert len([d for d in os.listdir(work) if d.startswith('prefix')]) == 1  # shared first stage
   assert result['probe_cost_flops'] == pytest.approx(
-      result['prefix_flops'] + sum(r['cost_flops'] for r in rows))
+      result['prefix_flops'] + result['lag_flops_total'] + result['probe_continue_flops'])
 
-  # branching from the copied prefix checkpoint == the same probe trained uninterrupted
+  # msg@0.25 branched twice (prefix -> lag run -> on to C_probe): the same losses as its probe
+  # trained uninterrupted from step 0
   early = next(r for r in rows if r['candidate'] == 'msg@0.25')
   cand = gp.parse_candidates('msg@0.25', gp.default_operators(base))[0]
   fresh = tmp_path / 'uninterrupted'
   loop.train(gp.probe_config(base, cand, budget, result['probe_flops']), str(fresh))
-  branched = read_losses(early['workdir'])
+  lag, on = read_losses(early['workdir']), read_losses(early['probe_workdir'])
+  assert min(lag) == early['growth_step'] + 1 and min(on) == max(lag) + 1  # no step twice
   full = read_losses(str(fresh))
-  assert min(branched) == early['growth_step'] + 1  # the branch trained only the lag
+  branched = {**lag, **on}
+  assert sorted(branched) == [s for s in sorted(full) if s > early['growth_step']]
   assert {s: full[s] for s in branched} == branched  # exact float equality on CPU
   with open(fresh / 'summary.json') as f:
-    assert json.load(f)['stages'][-1]['val_loss']['val_loss_synthetic'] == pytest.approx(
-        early['probe_loss'], abs=0, rel=1e-12)
+    assert json.load(f)['stages'][-1]['val_loss']['val_loss_synthetic'] == early['probe_loss']
 
   # a second call reads every run back and writes the same plan
   mtime = os.path.getmtime(os.path.join(early['workdir'], 'summary.json'))

@@ -34,8 +34,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--shares', default='0.125,0.25,0.333,0.5',
                  help='growth points of the default grid, as shares of the budget')
   p.add_argument('--lag', type=float, default=None,
-                 help='C_probe = the latest growth point + LAG (a share of the budget; '
-                      'default 1/16)')
+                 help='the probes\' lag after each growth, a share of the budget (default 1/24); '
+                      'C_probe = the latest growth point + LAG')
   p.add_argument('--workdir', default='', help='one run dir per prefix and probe, plan.json, '
                                                'chosen_schedule.py')
   p.add_argument('--shard', default='', help='K/N: run only jobs K, K+N, ... (then once without '
@@ -43,6 +43,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--pod_plan', default='',
                  help='a `flmjax compile --output` JSON: also print the days each candidate '
                       'implies on that slice')
+  p.add_argument('--sweep_runs', type=int, default=0,
+                 help='the full sweep the probe cost is compared with, in runs of the budget '
+                      '(default: one per candidate; benchmarks/growth_evidence.py --sweep runs '
+                      '20: 16 cells on one seed, the best 2 on 2 more)')
+  p.add_argument('--dry_run', action='store_true',
+                 help='train nothing: print the candidates, growth steps and the planned cost')
   p.add_argument('--smoke', action='store_true',
                  help=f'plan on experiments/growth_evidence.py:{SMOKE_CONFIG} (synthetic data, '
                       'a few steps) and train the written schedule')
@@ -65,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
     raise ConfigError('plan-growth: --config is required (or --smoke)')
   if not args.workdir:
     raise ConfigError('plan-growth: --workdir is required')
+  lag = gp.LAG_SHARE if args.lag is None else args.lag
+  if not 0 < lag < 1:
+    raise ConfigError(f'--lag must be a share of the budget in (0, 1), got {lag!r}')
   cfg = experiment.load_config(config_path, getattr(args, 'config_overrides', ()))
-  base = gp.read_base(cfg)
+  base = gp.read_base(cfg, lag)
   budget = args.budget_flops or plan.flops_summary(plan.stage_plan(cfg))['growth_flops']
   operators = gp.default_operators(base)
   if candidates_text:
@@ -78,13 +87,10 @@ def run(args: argparse.Namespace) -> int:
       raise ConfigError(f'--shares: expected comma-separated numbers, got {shares_text!r}') \
           from None
     candidates = gp.candidate_grid(operators, shares)
-  lag = gp.LAG_SHARE if args.lag is None else args.lag
-  if not 0 < lag < 1:
-    raise ConfigError(f'--lag must be a share of the budget in (0, 1), got {lag!r}')
   shard = parse_shard(args.shard)
   os.makedirs(args.workdir, exist_ok=True)
-  result = gp.run_plan(base, candidates, budget, args.workdir, lag_share=lag, shard=shard,
-                       log=lambda m: print(m, flush=True))
+  result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
+                       dry_run=args.dry_run, sweep_runs=args.sweep_runs, log=lambda m: print(m, flush=True))
   days = None
   if args.pod_plan:
     with open(args.pod_plan) as f:
@@ -93,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
     print(f'days: the full schedule of each candidate on the slice of {args.pod_plan}; '
           f"the probes: {result['probe_cost_flops'] * rate[0] / 86400:.2f} days", flush=True)
   print(gp.format_table(result, days), flush=True)
-  if result['waiting'] or shard != (0, 1):
-    if result['waiting']:
-      print(f"plan-growth: waiting for their prefix: {', '.join(result['waiting'])}; run this "
-            'shard again once the other shards finished', flush=True)
-    print('plan-growth: run once more without --shard to rank all candidates and write the plan')
+  if args.dry_run:
+    return 0
+  if result['waiting']:
+    print(f"plan-growth: waiting for the run they branch from: {', '.join(result['waiting'])}; "
+          'run this shard again once the other shards finished', flush=True)
+  if not result['complete']:
+    print('plan-growth: not every run has finished: run again (once more without --shard once '
+          'the shards are done) to rank the candidates and write the plan', flush=True)
     return 0
   best = result['rows'][0]
   chosen = next(c for c in candidates if c.name == best['candidate'])
@@ -107,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
           f"{chosen.operator.width}, depth={chosen.operator.depth}, first stage "
           f"{chosen.operator.first_model()}), grown after {best['growth_step']} steps, on a "
           f"budget of {budget:.4g} FLOPs;\nprobe loss {best['probe_loss']:.4f} at C_probe "
-          f"{result['probe_flops']:.4g} FLOPs (see plan.json beside this file).")
+          f"{result['probe_flops']:.4g} FLOPs (see plan.json beside this file).\nLR: warm-up, "
+          f"the peak {base.lr:g} held through the first stage, then a cosine to {base.end_lr:g}.")
   with open(path, 'w') as f:
     f.write(gp.experiment_file_text(full, note))
   with open(os.path.join(args.workdir, 'plan.json'), 'w') as f:
-    json.dump({**{k: v for k, v in result.items() if k != 'waiting'}, 'chosen': best,
+    json.dump({**result, 'chosen': best,
                'chosen_schedule': path, 'days': days}, f, indent=1)
   print(f"chosen: {chosen.name}; train it with: flmjax train --config {path} --workdir <dir>",
         flush=True)

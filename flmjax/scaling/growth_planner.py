@@ -11,15 +11,23 @@ carries the growth factor) × a growth point (the first stage's share of the bud
                steps) and whose stage 1 is the target model with the candidate's growth; the
                prefix's step-`t` checkpoint is hard-linked (or copied) into the candidate's
                `stage_0/` and the trainer resumes from it, grows and trains the lag;
-  3. probe   — every candidate goes on at the constant peak LR to one common FLOPs point
-               C_probe = (latest growth point + lag) × budget and is ranked by its validation
-               loss there (`rank`).
+  3. lag     — round 1: every candidate grows and trains a short lag (`LAG_SHARE` of the budget)
+               at the peak LR; the candidates of one growth point then stand at equal FLOPs
+               and the lowest validation loss there wins its growth point (LAG's rule);
+  4. probe   — round 2: each growth point's winner goes on at the peak LR from its lag run's
+               last checkpoint (another branch: the LR is constant, so the lag run is a prefix
+               of the longer one) to one common FLOPs point C_probe = (latest growth point +
+               lag) × budget; the winners are ranked by their validation loss there (`rank`).
 
 Why a constant first-stage LR: only then is the first `t` steps of a run that grows at `t` the
 same for every `t` (a schedule that decays towards the growth makes each growth point's prefix a
 different run), so one first-stage run serves every growth point.  Why equal FLOPs: a candidate
 that grows later has trained its cheap model longer, so losses at different FLOPs would rank
-growth points by how much they had spent; at one C_probe every candidate has spent the same.  Why
+growth points by how much they had spent; every comparison here is at one FLOPs point.  Why two
+rounds: taking all 16 candidates of the default grid to C_probe costs ~5.7× the budget on the
+growth-evidence setting (28% of its 20-run sweep); the operators of one growth point are
+compared at their lag for the price of the lag, and only four continue, which brings the plan
+to ~3× the budget (≤ 15% of the sweep; `planned_cost`).  Why
 the constant LR through the probe: the LR after growth is what decides the grown model's early
 loss (issue 25); holding it at the peak in every probe removes that from the comparison, and the
 chosen schedule then decays from the peak after the growth (LEMON), as its probe predicted it
@@ -43,12 +51,13 @@ import ml_collections
 
 from flmjax import checkpoint, plan
 from flmjax.config import ConfigError, ModelConfig
+from flmjax.growth_ops import GrowthSpec
 from flmjax.scaling.sweep import final_loss
 from flmjax.training.loop import train
 from flmjax.training.summary import read_finished
 
 DEFAULT_SHARES = (1 / 8, 1 / 4, 1 / 3, 1 / 2)  # the growth-evidence sweep's growth points
-LAG_SHARE = 1 / 16  # C_probe = latest growth point + this share of the budget
+LAG_SHARE = 1 / 24  # the probes' lag after each growth, as a share of the budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +100,12 @@ class Base:
   warmup_steps: int
   tokens_per_step: int
   seq_len: int
+  lag_share: float = 1 / 24  # the probes' lag after a growth, as a share of the budget
 
 
-def read_base(config: ml_collections.ConfigDict) -> Base:
-  """The planner's view of `config`: it must have two stages (first, grown) of one batch size."""
+def read_base(config: ml_collections.ConfigDict, lag_share: float = LAG_SHARE) -> Base:
+  """The planner's view of `config`: it must have two stages (first, grown) of one batch size;
+  `lag_share`: the probes' lag after each growth (a share of the budget)."""
   stages = plan.stage_plan(config)
   if len(stages) != 2 or stages[1].growth is None:
     raise ConfigError(f'plan-growth needs an experiment with two stages (a first stage and a '
@@ -105,7 +116,8 @@ def read_base(config: ml_collections.ConfigDict) -> Base:
   return Base(config=config, first=plan.as_dict(raw[0].get('model')),
               final=plan.as_dict(raw[1].get('model')), growth=plan.as_dict(raw[1].get('growth')),
               lr=stages[0].lr, end_lr=stages[1].end_lr, warmup_steps=stages[0].warmup_steps,
-              tokens_per_step=stages[0].tokens_per_step, seq_len=stages[0].seq_len)
+              tokens_per_step=stages[0].tokens_per_step, seq_len=stages[0].seq_len,
+              lag_share=lag_share)
 
 
 def _resolved(base: Base, overrides: Mapping[str, Any]) -> ModelConfig:
@@ -184,8 +196,21 @@ def _first_stage(base: Base, model: Mapping[str, Any], steps: int) -> dict:
               warmup_steps=base.warmup_steps)
 
 
-def _grown_stage(base: Base, c: Candidate, steps: int, end_lr: float) -> dict:
-  growth = {**base.growth, 'width': c.operator.width, 'depth': c.operator.depth}
+def lag_steps(base: Base, budget: float) -> int:
+  return max(1, round(base.lag_share * budget / flops_per_step(base, base.final)))
+
+
+def growth_of(base: Base, c: Candidate, budget: float) -> dict:
+  """The experiment's growth settings with the candidate's operator; MSG's mask ramp capped at
+  half the lag, so that every probe is measured after its ramp (a ramp still running at the
+  probe would rank MSG by a half-grown model).  The chosen schedule uses the same ramp."""
+  ramp = int(base.growth.get('ramp_steps', GrowthSpec().ramp_steps))
+  return {**base.growth, 'width': c.operator.width, 'depth': c.operator.depth,
+          'ramp_steps': min(ramp, max(1, lag_steps(base, budget) // 2))}
+
+
+def _grown_stage(base: Base, c: Candidate, steps: int, end_lr: float, budget: float) -> dict:
+  growth = growth_of(base, c, budget)
   return dict(name='final', model=dict(base.final), steps=steps, lr=base.lr, end_lr=end_lr,
               growth=growth)
 
@@ -203,7 +228,7 @@ def probe_config(base: Base, c: Candidate, budget: float, probe_flops: float
   t = first_steps(base, c, budget)
   return _with_stages(base, [_first_stage(base, c.operator.first_model(), t),
                              _grown_stage(base, c, _steps_to(base, c, budget, probe_flops),
-                                          base.lr)])
+                                          base.lr, budget)])
 
 
 def full_config(base: Base, c: Candidate, budget: float) -> ml_collections.ConfigDict:
@@ -212,13 +237,17 @@ def full_config(base: Base, c: Candidate, budget: float) -> ml_collections.Confi
   t = first_steps(base, c, budget)
   return _with_stages(base, [_first_stage(base, c.operator.first_model(), t),
                              _grown_stage(base, c, _steps_to(base, c, budget, budget),
-                                          base.end_lr)])
+                                          base.end_lr, budget)])
 
 
-def probe_flops_for(candidates: Sequence[Candidate], budget: float,
-                    lag_share: float = LAG_SHARE) -> float:
-  """C_probe: the latest growth point plus a lag, as FLOPs."""
-  return (max(c.share for c in candidates) + lag_share) * budget
+def lag_flops_for(base: Base, c: Candidate, budget: float) -> float:
+  """Where the candidate's round-1 probe ends: its growth point plus the lag, as FLOPs."""
+  return (c.share + base.lag_share) * budget
+
+
+def probe_flops_for(base: Base, candidates: Sequence[Candidate], budget: float) -> float:
+  """C_probe: the latest growth point plus the lag, as FLOPs."""
+  return max(lag_flops_for(base, c, budget) for c in candidates)
 
 
 def check_plan(base: Base, candidates: Sequence[Candidate], budget: float,
@@ -242,15 +271,16 @@ def check_plan(base: Base, candidates: Sequence[Candidate], budget: float,
 
 # ---- running -------------------------------------------------------------------------------
 
-def branch(prefix_workdir: str, step: int, workdir: str) -> bool:
-  """Put the prefix's step-`step` checkpoint into `workdir/stage_0/` (hard links where the file
-  system allows, else a copy); False when `workdir` already holds checkpoints (resumed as is)."""
+def branch(source_workdir: str, stage: int, step: int, workdir: str) -> bool:
+  """Put `source_workdir`'s stage-`stage` checkpoint of `step` into `workdir` (hard links where
+  the file system allows, else a copy), for the trainer to resume from; False when `workdir`
+  already holds checkpoints (a branch made before: resumed as is)."""
   if checkpoint.latest(workdir) is not None:
     return False
-  src = os.path.join(checkpoint.stage_dir(prefix_workdir, 0), str(step))
+  src = os.path.join(checkpoint.stage_dir(source_workdir, stage), str(step))
   if not os.path.isdir(src):
-    raise checkpoint.CheckpointError(f'{src}: the prefix checkpoint to branch from is missing')
-  dst_stage = checkpoint.stage_dir(workdir, 0)
+    raise checkpoint.CheckpointError(f'{src}: the checkpoint to branch from is missing')
+  dst_stage = checkpoint.stage_dir(workdir, stage)
   os.makedirs(dst_stage, exist_ok=True)
   tmp = os.path.join(dst_stage, f'{step}.branching')
   shutil.rmtree(tmp, ignore_errors=True)
@@ -266,87 +296,181 @@ def branch(prefix_workdir: str, step: int, workdir: str) -> bool:
   return True
 
 
-def run_prefix(base: Base, operator: Operator, steps: Sequence[int], workdir: str) -> dict:
-  """Train the shared first stage to max(steps), checkpointing at each of `steps`."""
-  steps = sorted(set(steps))
-  cfg = prefix_config(base, operator, steps[-1], keep=len(steps) + 2)
-  summary = read_finished(workdir, cfg)
-  if summary is None:
-    have = set(checkpoint.steps_in(checkpoint.stage_dir(workdir, 0)))
-    for t in steps[:-1]:
-      if t not in have:
-        train(cfg, workdir, stop_at_step=t)
-    train(cfg, workdir)
-    summary = read_finished(workdir, cfg)
-  return {'flops': summary['growth_flops'], 'workdir': workdir}
-
-
 def prefix_dirname(operator: Operator) -> str:
   shape = '_'.join(f'{k}{v}' for k, v in operator.first)
   return f'prefix_{shape}' if shape else 'prefix'
 
 
-def run_plan(base: Base, candidates: Sequence[Candidate], budget: float, workdir: str, *,
-             lag_share: float = LAG_SHARE, shard: tuple[int, int] = (0, 1),
-             log=print) -> dict[str, Any]:
-  """Train (or read back) this shard's prefixes and probes; returns the plan's rows.
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run of the plan: its config, run dir, and the checkpoint it branches from."""
+  kind: str                  # 'prefix' | 'lag' | 'probe'
+  key: Any                   # the operator's first shape (prefix) or the candidate
+  config: ml_collections.ConfigDict
+  workdir: str
+  source: Optional[tuple[str, int, int]] = None  # (workdir, stage, step) to branch from
+  steps: tuple[int, ...] = ()                    # a prefix's branch points
 
-  Jobs: the prefixes (one per first-stage shape) are shard j % N's; a candidate is shard i % N's
-  and waits for its prefix (skipped, with a note, until that prefix finished).  Without
-  sharding everything runs here, in order."""
-  probe = probe_flops_for(candidates, budget, lag_share)
-  check_plan(base, candidates, budget, probe)
+  def flops(self) -> float:
+    """The FLOPs this job adds: a branch only pays for the steps after its source."""
+    stages = plan.stage_plan(self.config)
+    start = self.source[2] if self.source else 0
+    return plan.cumulative(stages, stages[-1].end_step)[1] - plan.cumulative(stages, start)[1]
+
+
+def prefix_jobs(base: Base, candidates: Sequence[Candidate], budget: float, workdir: str
+                ) -> dict[tuple, Job]:
+  """One prefix per first-stage shape, to its latest branch point."""
   shapes: dict[tuple, list[Candidate]] = {}
   for c in candidates:
     shapes.setdefault(c.operator.first, []).append(c)
-  prefixes: dict[tuple, dict] = {}
-  for j, (first, group) in enumerate(shapes.items()):
-    wd = os.path.join(workdir, prefix_dirname(group[0].operator))
-    steps = [first_steps(base, c, budget) for c in group]
-    cfg = prefix_config(base, group[0].operator, max(steps), keep=len(set(steps)) + 2)
-    if j % shard[1] == shard[0]:
-      log(f'plan-growth: prefix {os.path.basename(wd)} to step {max(steps)} '
-          f'(branch points {sorted(set(steps))})')
-      prefixes[first] = run_prefix(base, group[0].operator, steps, wd)
+  out = {}
+  for first, group in shapes.items():
+    steps = tuple(sorted({first_steps(base, c, budget) for c in group}))
+    cfg = prefix_config(base, group[0].operator, steps[-1], keep=len(steps) + 2)
+    out[first] = Job('prefix', first, cfg, os.path.join(workdir, prefix_dirname(group[0].operator)),
+                     steps=steps)
+  return out
+
+
+def lag_job(base: Base, c: Candidate, budget: float, workdir: str, prefix: Job) -> Job:
+  """Round 1: grow at the candidate's point and train the lag (peak LR)."""
+  cfg = probe_config(base, c, budget, lag_flops_for(base, c, budget))
+  return Job('lag', c, cfg, os.path.join(workdir, c.dirname),
+             (prefix.workdir, 0, first_steps(base, c, budget)))
+
+
+def probe_job(base: Base, c: Candidate, budget: float, probe_flops: float, lag: Job) -> Job:
+  """Round 2: a growth point's winner goes on from its lag run to C_probe (peak LR)."""
+  cfg = probe_config(base, c, budget, probe_flops)
+  return Job('probe', c, cfg, lag.workdir + '_to_probe',
+             (lag.workdir, 1, plan.stage_plan(lag.config)[-1].end_step))
+
+
+def _read(job: Job) -> Optional[dict]:
+  return read_finished(job.workdir, job.config)
+
+
+def _run(job: Job, log) -> dict:
+  """Train `job` (branching first) unless it finished; its summary."""
+  summary = _read(job)
+  if summary is None:
+    if job.kind == 'prefix':
+      log(f'plan-growth: prefix {os.path.basename(job.workdir)} to step {job.steps[-1]} '
+          f'(branch points {list(job.steps)})')
+      train_prefix(job)
     else:
-      summary = read_finished(wd, cfg)
-      if summary is not None:
-        prefixes[first] = {'flops': summary['growth_flops'], 'workdir': wd}
-  rows, waiting = [], []
+      if branch(*job.source, job.workdir):
+        log(f'plan-growth: {job.key.name}: {job.kind} run branched from '
+            f'{os.path.basename(job.source[0])} at step {job.source[2]}')
+      train(job.config, job.workdir)
+    summary = _read(job)
+  return summary
+
+
+def train_prefix(job: Job) -> None:
+  """The prefix job: stop (checkpoint) at every branch point, then run to its end."""
+  have = set(checkpoint.steps_in(checkpoint.stage_dir(job.workdir, 0)))
+  for t in job.steps[:-1]:
+    if t not in have:
+      train(job.config, job.workdir, stop_at_step=t)
+  train(job.config, job.workdir)
+
+
+def run_plan(base: Base, candidates: Sequence[Candidate], budget: float, workdir: str, *,
+             shard: tuple[int, int] = (0, 1), dry_run: bool = False, sweep_runs: int = 0,
+             log=print) -> dict[str, Any]:
+  """Train (or read back) this shard's runs of the plan; returns the candidates' rows, ranked.
+
+  The plan (module doc): prefixes; round 1, every candidate grows and trains the lag; round 2,
+  each growth point's best candidate (lowest loss at its lag: they are at equal FLOPs) goes on
+  to C_probe, and those are ranked by the loss there.  Jobs are shard i % N's within each
+  round; a job whose source has not finished waits (listed in 'waiting': run the shard again
+  later, or once without sharding).  `dry_run`: train nothing, plan and cost only."""
+  probe = probe_flops_for(base, candidates, budget)
+  check_plan(base, candidates, budget, probe)
+  prefixes = prefix_jobs(base, candidates, budget, workdir)
+  lags = {c: lag_job(base, c, budget, workdir, prefixes[c.operator.first]) for c in candidates}
+  groups: dict[float, list[Candidate]] = {}
+  for c in candidates:
+    groups.setdefault(c.share, []).append(c)
+  mine = lambda i: i % shard[1] == shard[0] and not dry_run
+  done: dict[str, Optional[dict]] = {}  # by run dir
+  waiting: list[str] = []
+
+  def get(job: Job, i: int, ready: bool) -> Optional[dict]:
+    if job.workdir not in done:
+      done[job.workdir] = (_run(job, log) if mine(i) and ready else
+                           None if dry_run else _read(job))
+      if done[job.workdir] is None and mine(i) and not ready:
+        waiting.append(f'{job.kind} {getattr(job.key, "name", job.workdir)}')
+    return done[job.workdir]
+
+  for i, job in enumerate(prefixes.values()):
+    get(job, i, True)
+  rows: dict[Candidate, dict] = {}
   for i, c in enumerate(candidates):
-    if i % shard[1] != shard[0]:
+    summary = get(lags[c], i, done[prefixes[c.operator.first].workdir] is not None)
+    rows[c] = _row(base, c, budget, lags[c], summary)
+  probes: dict[Candidate, Job] = {}
+  for i, (share, group) in enumerate(sorted(groups.items())):
+    if any(rows[c]['lag_loss'] is None for c in group):
       continue
-    if c.operator.first not in prefixes:
-      waiting.append(c.name)
+    best = group_winners([rows[c] for c in group])[share]
+    winner = next(c for c in group if c.name == best)
+    for c in group:
+      rows[c]['group_best'] = c is winner
+    if lag_flops_for(base, winner, budget) >= probe:  # the latest point: its lag ends at C
+      rows[winner]['probe_loss'] = rows[winner]['lag_loss']
       continue
-    wd = os.path.join(workdir, c.dirname)
-    cfg = probe_config(base, c, budget, probe)
-    summary = read_finished(wd, cfg)
-    t = first_steps(base, c, budget)
-    if summary is None:
-      if branch(prefixes[c.operator.first]['workdir'], t, wd):
-        log(f'plan-growth: {c.name}: branched from step {t} of the prefix')
-      train(cfg, wd)
-      summary = read_finished(wd, cfg)
-    stages = plan.stage_plan(cfg)
-    rows.append({'candidate': c.name, 'operator': c.operator.name, 'width': c.operator.width,
-                 'depth': c.operator.depth, 'first_model': c.operator.first_model(),
-                 'share': c.share, 'growth_step': t, 'probe_loss': final_loss(summary, wd),
-                 'probe_flops': summary['growth_flops'],
-                 'cost_flops': stages[1].flops,  # the prefix is shared: counted once, below
-                 'workdir': wd})
-  prefix_cost = sum(p['flops'] for p in prefixes.values())
-  return {'rows': rank(rows), 'probe_flops': probe, 'budget_flops': budget,
-          'prefix_flops': prefix_cost,
-          'probe_cost_flops': prefix_cost + sum(r['cost_flops'] for r in rows),
-          'sweep_flops': budget * len(candidates), 'waiting': waiting}
+    probes[winner] = probe_job(base, winner, budget, probe, lags[winner])
+    summary = get(probes[winner], i, True)
+    if summary is not None:
+      rows[winner]['probe_loss'] = final_loss(summary, probes[winner].workdir)
+      rows[winner]['probe_workdir'] = probes[winner].workdir
+  cost = planned_cost(base, candidates, budget, workdir)
+  ranked = rank([r for r in rows.values() if r['probe_loss'] is not None])
+  ranked += [r for r in rows.values() if r['probe_loss'] is None]
+  return {'rows': ranked, 'probe_flops': probe, 'budget_flops': budget,
+          'lag_share': base.lag_share, **cost,
+          'sweep_flops': budget * (sweep_runs or len(candidates)),
+          'waiting': waiting,
+          'complete': sum(1 for r in ranked if r['probe_loss'] is not None) == len(groups)}
+
+
+def _row(base: Base, c: Candidate, budget: float, lag: Job, summary: Optional[dict]) -> dict:
+  return {'candidate': c.name, 'operator': c.operator.name, 'width': c.operator.width,
+          'depth': c.operator.depth, 'first_model': c.operator.first_model(), 'share': c.share,
+          'growth_step': first_steps(base, c, budget),
+          'lag_loss': None if summary is None else final_loss(summary, lag.workdir),
+          'lag_flops': lag_flops_for(base, c, budget), 'group_best': None, 'probe_loss': None,
+          'workdir': lag.workdir}
+
+
+def planned_cost(base: Base, candidates: Sequence[Candidate], budget: float, workdir: str
+                 ) -> dict[str, float]:
+  """The plan's FLOPs before any run: the prefixes, every candidate's lag, and the round-2
+  continuations of one candidate per growth point (but the latest) to C_probe."""
+  probe = probe_flops_for(base, candidates, budget)
+  prefixes = prefix_jobs(base, candidates, budget, workdir)
+  lags = {c: lag_job(base, c, budget, workdir, prefixes[c.operator.first]) for c in candidates}
+  shares = sorted({c.share for c in candidates})
+  cont = 0.0
+  for s in shares:
+    c = next(c for c in candidates if c.share == s)  # every candidate of a point costs the same
+    if lag_flops_for(base, c, budget) < probe:
+      cont += probe_job(base, c, budget, probe, lags[c]).flops()
+  pre = sum(j.flops() for j in prefixes.values())
+  lag = sum(j.flops() for j in lags.values())
+  return {'prefix_flops': pre, 'lag_flops_total': lag, 'probe_continue_flops': cont,
+          'probe_cost_flops': pre + lag + cont}
 
 
 # ---- ranking and reporting -----------------------------------------------------------------
 
 def rank(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Rows best first: lowest validation loss at C_probe (all probes end at the same FLOPs, so
-  the loss compares like with like); a diverged probe (inf / nan) ranks last; ties go to the
+  """Rows best first: lowest `probe_loss` (the rows' runs end at one FLOPs point, so the loss
+  compares like with like); a diverged probe (inf / nan) ranks last; ties go to the
   later growth point (less of the budget in the big model: the cheaper schedule in wall time
   when small models run at lower MFU), then to the candidate's name."""
   def key(r):
@@ -356,6 +480,15 @@ def rank(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   for i, r in enumerate(out):
     r['rank'] = i + 1
   return out
+
+
+def group_winners(rows: Sequence[Mapping[str, Any]]) -> dict[float, str]:
+  """{growth point: the candidate with the lowest lag loss there} (round 1: the candidates of
+  one growth point are at equal FLOPs at the end of their lag); ties as in `rank`."""
+  groups: dict[float, list[dict]] = {}
+  for r in rows:
+    groups.setdefault(float(r['share']), []).append({**r, 'probe_loss': r['lag_loss']})
+  return {s: rank(g)[0]['candidate'] for s, g in groups.items()}
 
 
 def pod_seconds_per_flop(pod_plan: Mapping[str, Any]) -> dict[int, float]:
@@ -376,20 +509,28 @@ def config_days(config: ml_collections.ConfigDict, rate: Mapping[int, float]) ->
 
 
 def format_table(result: Mapping[str, Any], days: Optional[Mapping[str, float]] = None) -> str:
+  """Every candidate: rank (round-2 winners only), growth step, lag loss (round 1; * = best of
+  its growth point), probe loss at C_probe (round 2), and days on a pod plan's slice."""
   budget = result['budget_flops']
-  head = f"{'rank':>4} {'candidate':<22} {'grow@step':>9} {'probe loss':>10} {'cost FLOPs':>11}"
+  fmt = lambda x: '-' if x is None else f'{x:.4f}'
+  head = (f"{'rank':>4} {'candidate':<22} {'grow@step':>9} {'lag loss':>10} "
+          f"{'probe loss':>10}")
   head += f" {'days':>8}" if days else ''
   lines = [head]
   for r in result['rows']:
-    line = (f"{r['rank']:>4} {r['candidate']:<22} {r['growth_step']:>9} "
-            f"{r['probe_loss']:>10.4f} {r['cost_flops']:>11.3e}")
+    star = '*' if r.get('group_best') else ' '
+    line = (f"{r.get('rank') or '':>4} {r['candidate']:<22} {r['growth_step']:>9} "
+            f"{fmt(r['lag_loss']):>9}{star} {fmt(r['probe_loss']):>10}")
     if days:
       line += f" {days.get(r['candidate'], math.nan):>8.2f}"
     lines.append(line)
   cost = result['probe_cost_flops']
-  lines.append(f"C_probe {result['probe_flops']:.3e} FLOPs ({result['probe_flops'] / budget:.3f} "
-               f"of the budget); prefixes {result['prefix_flops']:.3e} FLOPs")
-  lines.append(f"probe cost {cost:.3e} FLOPs = {cost / budget:.2f}x the budget {budget:.3e} = "
+  lines.append(f"lag {result['lag_share']:.4g} of the budget; C_probe "
+               f"{result['probe_flops']:.3e} FLOPs ({result['probe_flops'] / budget:.3f} of the "
+               f"budget)")
+  lines.append(f"probe cost {cost:.3e} FLOPs (prefixes {result['prefix_flops']:.3e}, lags "
+               f"{result['lag_flops_total']:.3e}, to C_probe {result['probe_continue_flops']:.3e}) "
+               f"= {cost / budget:.2f}x the budget {budget:.3e} = "
                f"{100 * cost / result['sweep_flops']:.1f}% of the full sweep "
                f"({result['sweep_flops'] / budget:.0f} runs x the budget)")
   return '\n'.join(lines)
