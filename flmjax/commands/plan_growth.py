@@ -1,4 +1,5 @@
-"""`flmjax plan-growth`: choose how and when to grow from short probes (flmjax.scaling.growth_planner).
+"""`flmjax plan-growth`: choose how and when to grow from short probes
+(the work is done in flmjax.scaling.growth_planner).
 
   flmjax plan-growth --config 'experiments/growth_evidence.py:growth,lr_after=peak' \
       --budget_flops 3.6e13 --workdir W [--candidates msg@0.25,stack2@0.5] [--shard K/N] \
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
   shard = parse_shard(args.shard)
   os.makedirs(args.workdir, exist_ok=True)
   result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
-                       dry_run=args.dry_run, sweep_runs=args.sweep_runs, log=lambda m: print(m, flush=True))
+                       dry_run=args.dry_run, sweep_runs=args.sweep_runs,
+                       log=lambda m: print(m, flush=True))
   days = None
   if args.pod_plan:
     with open(args.pod_plan) as f:

@@ -26,12 +26,14 @@ that grows later has trained its cheap model longer, so losses at different FLOP
 growth points by how much they had spent; every comparison here is at one FLOPs point.  Why two
 rounds: taking all 16 candidates of the default grid to C_probe costs ~5.3× the budget on the
 growth-evidence setting (27% of its 20-run sweep); the operators of one growth point are
-compared at their lag for the price of the lag, and only four continue, which brings the plan
-to ~3× the budget (≤ 15% of the sweep; `planned_cost`).  Why the constant LR through the probe: the LR after growth is what decides the grown model's early
-loss (issue 25); holding it at the peak in every probe removes that from the comparison, and the
-chosen schedule then decays from the peak after the growth (LEMON), as its probe predicted it
-would be trained.  Why a lag: LAG (Karp et al. 2024) found that the loss a short lag after a
-growth ranks growth strategies far better than the loss at the growth itself.
+compared at their lag for the price of the lag, and only three winners continue (the latest
+point's lag already ends at C_probe), which brings the plan to ~3× the budget (≤ 15% of the
+sweep; `planned_cost`).  Why the constant LR through the probe: the LR after growth is what
+decides the grown model's early loss (issue 25); holding it at the peak in every probe removes
+that from the comparison, and the chosen schedule then decays from the peak after the growth
+(LEMON), as its probe predicted it would be trained.  Why a lag: LAG (Karp et al. 2024) found
+that the loss a short lag after a growth ranks growth strategies far better than the loss at the
+growth itself.
 
 The written schedule (`full_config`) spends the whole budget: warm-up, peak held through the
 first stage, then a cosine from the peak to the experiment's `end_lr` over the grown stage.
