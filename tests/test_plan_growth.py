@@ -182,6 +182,15 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
   with open(fresh / 'summary.json') as f:
     assert json.load(f)['stages'][-1]['val_loss']['val_loss_synthetic'] == early['probe_loss']
 
+  # the branches hard-linked the prefix's checkpoints: they are still intact
+  from flmjax import checkpoint
+  prefix = next(d for d in os.listdir(work) if d.startswith('prefix'))
+  stage0 = checkpoint.stage_dir(str(work / prefix), 0)
+  assert [r['growth_step'] for r in sorted(rows, key=lambda r: r['share'])] == \
+      checkpoint.steps_in(stage0)
+  for step in checkpoint.steps_in(stage0):
+    assert checkpoint.verify_step(os.path.join(stage0, str(step)))
+
   # a second call reads every run back and writes the same plan
   mtime = os.path.getmtime(os.path.join(early['workdir'], 'summary.json'))
   assert cli.main(argv) == 0

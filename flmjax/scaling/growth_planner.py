@@ -225,11 +225,13 @@ def prefix_config(base: Base, operator: Operator, steps: int, keep: int
 
 def probe_config(base: Base, c: Candidate, budget: float, probe_flops: float
                  ) -> ml_collections.ConfigDict:
-  """The candidate's probe: its prefix, its growth, the peak LR held to `probe_flops`."""
+  """The candidate's probe: its prefix, its growth, the peak LR held to `probe_flops`.  It
+  keeps 2 checkpoints (its last one is what round 2 branches from), not the experiment's
+  `keep`: 16 probes with the growth-evidence experiment's 20 each would fill a disk."""
   t = first_steps(base, c, budget)
   return _with_stages(base, [_first_stage(base, c.operator.first_model(), t),
                              _grown_stage(base, c, _steps_to(base, c, budget, probe_flops),
-                                          base.lr, budget)])
+                                          base.lr, budget)], keep=2)
 
 
 def full_config(base: Base, c: Candidate, budget: float) -> ml_collections.ConfigDict:
