@@ -373,10 +373,16 @@ def _run(job: Job, log) -> dict:
 
 def train_prefix(job: Job) -> None:
   """The prefix job: stop (checkpoint) at every branch point, then run to its end."""
-  have = set(checkpoint.steps_in(checkpoint.stage_dir(job.workdir, 0)))
+  stage0 = checkpoint.stage_dir(job.workdir, 0)
   for t in job.steps[:-1]:
-    if t not in have:
-      train(job.config, job.workdir, stop_at_step=t)
+    have = checkpoint.steps_in(stage0)
+    if t in have:
+      continue
+    if have and have[-1] > t:  # a resumed run cannot go back for it
+      raise checkpoint.CheckpointError(
+          f'{stage0}: the branch point {t} is missing but the prefix is at step {have[-1]}: '
+          f'remove {job.workdir} to train the prefix again')
+    train(job.config, job.workdir, stop_at_step=t)
   train(job.config, job.workdir)
 
 
