@@ -205,3 +205,18 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
   assert plan.flops_summary(stages)['growth_flops'] == pytest.approx(budget, rel=0.15)
   summary = loop.train(chosen, str(tmp_path / 'chosen_run'))
   assert math.isfinite(summary['stages'][-1]['val_loss']['val_loss_synthetic'])
+
+
+def test_dry_run_prints_cost_and_pod_days_and_refuses_a_one_stage_experiment(tmp_path, capsys):
+  from flmjax import cli
+  pod = tmp_path / 'pod.json'
+  pod.write_text(json.dumps({'chips': 256, 'peak_bf16_flops': 4.59e14, 'mfu': 0.4, 'rows': []}))
+  argv = ['plan-growth', '--config', f'{EVIDENCE}:growth,lr_after=peak', '--workdir',
+          str(tmp_path / 'w'), '--dry_run', '--sweep_runs', '20', '--pod_plan', str(pod)]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert 'stack4@0.125' in out and '% of the full sweep (20 runs' in out and 'days' in out
+  assert not os.listdir(tmp_path / 'w')
+  assert cli.main(['plan-growth', '--config', os.path.join(ROOT, 'experiments', 'tiny_scratch.py'),
+                   '--workdir', str(tmp_path / 'w')]) == 2
+  assert 'two stages' in capsys.readouterr().err
