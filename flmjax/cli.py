@@ -63,6 +63,9 @@ COMMANDS: dict[str, Command] = {
     'compile': Command('AOT-compile every stage and growth for a TPU slice on this host: fits HBM?',
                        'flmjax.commands.compile:run', 'flmjax.commands.compile:add_args',
                        config_overrides=True),
+    'plan-growth': Command('choose how and when to grow from short probes on a FLOPs budget',
+                           'flmjax.commands.plan_growth:run',
+                           'flmjax.commands.plan_growth:add_args', config_overrides=True),
     'plot': Command('plot validation loss vs FLOPs and tokens, growth marked, runs compared',
                     'flmjax.commands.plot:plot_main', 'flmjax.commands.plot:add_plot_arguments'),
 }

@@ -1,0 +1,138 @@
+"""`flmjax plan-growth`: choose how and when to grow from short probes
+(the work is done in flmjax.scaling.growth_planner).
+
+  flmjax plan-growth --config 'experiments/growth_evidence.py:growth,lr_after=peak' \
+      --budget_flops 3.6e13 --workdir W [--candidates msg@0.25,stack2@0.5] [--shard K/N] \
+      [--pod_plan plan.json]
+
+Writes W/plan.json (every candidate: probe loss, cost) and W/chosen_schedule.py (the pick as an
+experiment file that `flmjax train --config W/chosen_schedule.py` runs as is).  `--smoke` plans
+on the tiny synthetic preset of experiments/growth_evidence.py, then trains the written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+SMOKE_CONFIG = 'growth,preset=smoke,lr_after=peak'
+SMOKE_CANDIDATES = 'msg@0.25,tile_stack@0.25,msg@0.5'
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--config', default='',
+                 help='a two-stage experiment (first stage, grown stage): its models, LR peak, '
+                      'warm-up, end_lr and growth settings; e.g. '
+                      "'experiments/growth_evidence.py:growth,lr_after=peak'")
+  p.add_argument('--budget_flops', type=float, default=0.0,
+                 help="the FLOPs budget of the schedule (default: the experiment's own total)")
+  p.add_argument('--candidates', default='',
+                 help='OPERATOR@SHARE,... (operators: msg, stack2, stack4, tile_stack; SHARE: '
+                      "the first stage's share of the budget); default: every operator x "
+                      '--shares')
+  p.add_argument('--shares', default='0.125,0.25,0.333,0.5',
+                 help='growth points of the default grid, as shares of the budget')
+  p.add_argument('--lag', type=float, default=None,
+                 help='the probes\' lag after each growth, a share of the budget (default 1/24); '
+                      'C_probe = the latest growth point + LAG')
+  p.add_argument('--workdir', default='', help='one run dir per prefix and probe, plan.json, '
+                                               'chosen_schedule.py')
+  p.add_argument('--shard', default='', help='K/N: run only jobs K, K+N, ... (then once without '
+                                              '--shard to rank and write the plan)')
+  p.add_argument('--pod_plan', default='',
+                 help='a `flmjax compile --output` JSON: also print the days each candidate '
+                      'implies on that slice')
+  p.add_argument('--sweep_runs', type=int, default=0,
+                 help='the full sweep the probe cost is compared with, in runs of the budget '
+                      '(default: one per candidate; benchmarks/growth_evidence.py --sweep runs '
+                      '20: 16 cells on one seed, the best 2 on 2 more)')
+  p.add_argument('--dry_run', action='store_true',
+                 help='train nothing: print the candidates, growth steps and the planned cost')
+  p.add_argument('--smoke', action='store_true',
+                 help=f'plan on experiments/growth_evidence.py:{SMOKE_CONFIG} (synthetic data, '
+                      'a few steps) and train the written schedule')
+
+
+def run(args: argparse.Namespace) -> int:
+  from flmjax import experiment, plan
+  from flmjax.config import ConfigError
+  from flmjax.scaling import growth_planner as gp
+  from flmjax.scaling.sweep import parse_shard
+  from flmjax.training.loop import train
+
+  config_path, candidates_text, shares_text = args.config, args.candidates, args.shares
+  if args.smoke:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config_path = config_path or os.path.join(root, 'experiments', f'growth_evidence.py:'
+                                              f'{SMOKE_CONFIG}')
+    candidates_text = candidates_text or SMOKE_CANDIDATES
+  if not config_path:
+    raise ConfigError('plan-growth: --config is required (or --smoke)')
+  if not args.workdir:
+    raise ConfigError('plan-growth: --workdir is required')
+  lag = gp.LAG_SHARE if args.lag is None else args.lag
+  if not 0 < lag < 1:
+    raise ConfigError(f'--lag must be a share of the budget in (0, 1), got {lag!r}')
+  cfg = experiment.load_config(config_path, getattr(args, 'config_overrides', ()))
+  base = gp.read_base(cfg, lag)
+  budget = args.budget_flops or plan.flops_summary(plan.stage_plan(cfg))['growth_flops']
+  operators = gp.default_operators(base)
+  if candidates_text:
+    candidates = gp.parse_candidates(candidates_text, operators)
+  else:
+    try:
+      shares = [float(s) for s in shares_text.split(',') if s.strip()]
+    except ValueError:
+      raise ConfigError(f'--shares: expected comma-separated numbers, got {shares_text!r}') \
+          from None
+    candidates = gp.candidate_grid(operators, shares)
+  shard = parse_shard(args.shard)
+  os.makedirs(args.workdir, exist_ok=True)
+  result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
+                       dry_run=args.dry_run, sweep_runs=args.sweep_runs,
+                       log=lambda m: print(m, flush=True))
+  days = None
+  if args.pod_plan:
+    with open(args.pod_plan) as f:
+      rate = gp.pod_seconds_per_flop(json.load(f))
+    days = {c.name: gp.config_days(gp.full_config(base, c, budget), rate) for c in candidates}
+    print(f'days: the full schedule of each candidate on the slice of {args.pod_plan}; '
+          f"the probes: {result['probe_cost_flops'] * rate[0] / 86400:.2f} days", flush=True)
+  print(gp.format_table(result, days), flush=True)
+  if args.dry_run:
+    return 0
+  if result['waiting']:
+    print(f"plan-growth: waiting for the run they branch from: {', '.join(result['waiting'])}; "
+          'run this shard again once the other shards finished', flush=True)
+  if not result['complete']:
+    print('plan-growth: not every run has finished: run again (once more without --shard once '
+          'the shards are done) to rank the candidates and write the plan', flush=True)
+    return 0
+  best = result['rows'][0]
+  chosen = next(c for c in candidates if c.name == best['candidate'])
+  full = gp.full_config(base, chosen, budget)
+  path = os.path.join(args.workdir, 'chosen_schedule.py')
+  note = (f"The schedule `flmjax plan-growth` chose: {chosen.name} (operator width="
+          f"{chosen.operator.width}, depth={chosen.operator.depth}, first stage "
+          f"{chosen.operator.first_model()}), grown after {best['growth_step']} steps, on a "
+          f"budget of {budget:.4g} FLOPs;\nprobe loss {best['probe_loss']:.4f} at C_probe "
+          f"{result['probe_flops']:.4g} FLOPs (see plan.json beside this file).\nLR: warm-up, "
+          f"the peak {base.lr:g} held through the first stage, then a cosine to {base.end_lr:g}.")
+  with open(path, 'w') as f:
+    f.write(gp.experiment_file_text(full, note))
+  with open(os.path.join(args.workdir, 'plan.json'), 'w') as f:
+    json.dump({**result, 'chosen': best,
+               'chosen_schedule': path, 'days': days}, f, indent=1)
+  print(f"chosen: {chosen.name}; train it with: flmjax train --config {path} --workdir <dir>",
+        flush=True)
+  if args.smoke:
+    loaded = experiment.load_config(path)
+    summary = train(loaded, os.path.join(args.workdir, 'chosen_run'))
+    loss = summary['stages'][-1]['val_loss'] or {}
+    finite = all(math.isfinite(float(v)) for v in loss.values())
+    print(f'smoke: the written schedule trained: {summary["growth_flops"]:.4g} FLOPs, '
+          f'val loss {loss}', flush=True)
+    return 0 if finite else 1
+  return 0
