@@ -752,7 +752,11 @@ def main(argv=None) -> int:
                'budget': budget, 'finals': finals, 'target': target, 'ratios': ratios,
                'paired_ratios': paired,
                'operators': {f'{w}+{d}': [final_loss(x) for x in v]
-                             for (w, d), v in op_wds.items()}}, f, indent=1)
+                             for (w, d), v in op_wds.items()},
+               'arm_names': {a: names[a] for a in wds if wds[a]},
+               'curves': {a: [curves.val_curve(curves.run_records(w)) for w in v]
+                          for a, v in wds.items() if v},
+               'growth_recipe': [g_width, g_depth, g_recipe]}, f, indent=1)
   summ = json.load(open(os.path.join(wds['growth'][0], 'summary.json')))
   print(f"FLM-style (what the run summary computes): growth FLOPs vs the final size on the same "
         f"tokens: {100 * summ['saved_fraction']:.1f}% saved")
