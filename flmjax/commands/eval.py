@@ -32,6 +32,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
   src.add_argument('--hf_model', metavar='PATH', help='local Hugging Face causal LM folder')
+  parser.add_argument('--allow_unverified', action='store_true',
+                      help='--checkpoint: read a checkpoint that has no manifest (or files its manifest does not list), e.g. one written by another tool: its bytes cannot be verified')
   parser.add_argument('--suite', choices=SUITES, default='all')
   parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
                       'of the suite), e.g. counting,boolq,mmlu')
@@ -184,7 +186,8 @@ def load_backend(args: argparse.Namespace):
   from flmjax.evaluation import loading
   from flmjax.evaluation.engine import FlmEngine
   try:
-    cfg, params, config, placement = loading.load_checkpoint(args.checkpoint)
+    cfg, params, config, placement = loading.load_checkpoint(
+        args.checkpoint, allow_unverified=args.allow_unverified)
   except checkpoint.CheckpointError as e:
     raise EvalDataError(f'--checkpoint {args.checkpoint}: {e}') from None
   if placement.get('mesh_note'):

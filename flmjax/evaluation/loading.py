@@ -46,14 +46,16 @@ def eval_shardings(cfg: ModelConfig, config: Any, devices: Optional[list] = None
   return None, {'devices': len(devices), 'mesh': None, 'mesh_note': f'{why}; loaded on one device'}
 
 
-def load_checkpoint(path: str) -> tuple[ModelConfig, Any, ml_collections.ConfigDict,
-                                        dict[str, Any]]:
-  """(model config, params, experiment config, placement) of the checkpoint at `path`."""
+def load_checkpoint(path: str, *, allow_unverified: bool = False
+                    ) -> tuple[ModelConfig, Any, ml_collections.ConfigDict, dict[str, Any]]:
+  """(model config, params, experiment config, placement) of the checkpoint at `path`,
+  verified against its manifest (`allow_unverified`: see `checkpoint.verify_step`)."""
   step_dir = checkpoint.resolve_step_dir(path)
   meta = checkpoint.read_json(step_dir, 'meta')
   if 'model' not in meta:
     raise checkpoint.CheckpointError(f'{step_dir}/meta has no "model" entry')
   config = ml_collections.ConfigDict(checkpoint.read_json(step_dir, 'config'))
   shardings, placement = eval_shardings(ModelConfig.from_dict(meta['model']), config)
-  cfg, params, config = checkpoint.load_params(step_dir, shardings)
+  cfg, params, config = checkpoint.load_params(step_dir, shardings,
+                                               allow_unverified=allow_unverified)
   return cfg, params, config, placement
