@@ -17,8 +17,8 @@ flipped bytes or a removed file are found before restoring — by the trainer an
 A checkpoint without a manifest (written by another tool, or before manifests were committed
 with the step), or with a file its manifest does not list, is refused by every reader unless the
 user opts in (`allow_unverified`; `--allow_unverified` on the commands, `faults.allow_unverified`
-for the trainer): then it is checked structurally only.  orbax deletes old checkpoints (`keep`) only after a new one
-finalised, so a failed save never costs the last good one.
+for the trainer): then it is checked structurally only.  orbax deletes old checkpoints (`keep`)
+only after a new one finalised, so a failed save never costs the last good one.
 
 A workdir that holds checkpoints of a *different* model is refused; with
 `train.allow_overwrite=True` the old run is moved to `W/overwritten-<time>/`, never deleted.

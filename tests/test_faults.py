@@ -347,6 +347,8 @@ def test_guard_decisions_and_config_validation():
     experiment.validate(tiny_config(faults=dict(nan_steps=(1,))), 1)
   with pytest.raises(ConfigError, match=r'faults.spike_factor must be 0 \(off\) or > 1'):
     experiment.validate(tiny_config(faults=dict(spike_factor=0.5)), 1)
+  with pytest.raises(ConfigError, match=r'faults.stop_timeout_s must be a number of seconds'):
+    experiment.validate(tiny_config(faults=dict(stop_timeout_s=-1.0)), 1)
 
 
 # ---- unwritable / full workdir and failing saves -------------------------------------------
@@ -587,6 +589,27 @@ def test_sigterm_ends_a_run_whose_tensorboard_writer_died(workdir):
   assert result['preempted'] == 'SIGTERM', result
   assert err.count('continuing without TensorBoard') == 1, err[-3000:]
   assert _newest_is_complete(workdir) == (0, result['stopped_at'])
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_whose_save_hangs_within_stop_timeout(workdir):
+  """Whatever blocks the stop (here the checkpoint save, as on a filesystem that stopped
+  answering), the process ends `faults.stop_timeout_s` after the signal, saying why."""
+  proc = _spawn('''
+    import threading
+    def hung_save(self, step, *a, **k):
+      threading.Event().wait()
+    checkpoint.StageCheckpointer.save = hung_save
+    loop.train(tiny_config(40, faults=dict(stop_timeout_s=3.0)), sys.argv[1])
+  ''', workdir)
+  seen = []
+  _wait_for(proc, lambda l: l == 'BATCH' and (seen.append(l) or len(seen) == 3))
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  _, err = _finish(proc, timeout=60)
+  assert time.time() - t0 < 30
+  assert proc.returncode == faults.HANG_EXIT_CODE, err[-3000:]
+  assert 'still running 3 s after SIGTERM (faults.stop_timeout_s)' in err, err[-3000:]
 
 
 # ---- multi-host: a peer dies ----------------------------------------------------------------

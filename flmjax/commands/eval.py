@@ -33,7 +33,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
   src.add_argument('--hf_model', metavar='PATH', help='local Hugging Face causal LM folder')
   parser.add_argument('--allow_unverified', action='store_true',
-                      help='--checkpoint: read a checkpoint that has no manifest (or files its manifest does not list), e.g. one written by another tool: its bytes cannot be verified')
+                      help='--checkpoint: read a checkpoint without a manifest (or with files '
+                      'its manifest does not list), e.g. one written by another tool: its bytes '
+                      'cannot be verified')
   parser.add_argument('--suite', choices=SUITES, default='all')
   parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
                       'of the suite), e.g. counting,boolq,mmlu')

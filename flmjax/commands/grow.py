@@ -30,7 +30,9 @@ def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--verify_batch', type=int, default=2, help='rows of the sample batch')
   parser.add_argument('--verify_len', type=int, default=64, help='tokens per row (≤ max_len)')
   parser.add_argument('--allow_unverified', action='store_true',
-                      help='read a checkpoint that has no manifest (or files its manifest does not list), e.g. one written by another tool: its bytes cannot be verified')
+                      help='read a checkpoint without a manifest (or with files its manifest '
+                      'does not list), e.g. one written by another tool: its bytes cannot be '
+                      'verified')
 
 
 def parse_target(text: str) -> tuple[str, str]:

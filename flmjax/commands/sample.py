@@ -17,7 +17,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument('--top_p', type=float, default=1.0, help='nucleus mass (with temperature > 0)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--allow_unverified', action='store_true',
-                 help='read a checkpoint that has no manifest (or files its manifest does not list), e.g. one written by another tool: its bytes cannot be verified')
+                 help='read a checkpoint without a manifest (or with files its manifest '
+                 'does not list), e.g. one written by another tool: its bytes cannot be '
+                 'verified')
 
 
 def sample_main(args: argparse.Namespace) -> int:

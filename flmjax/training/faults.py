@@ -43,6 +43,7 @@ def default_faults_config() -> ml_collections.ConfigDict:
       min_free_bytes=-1,        # pre-flight: -1 = estimate (train.keep + 1 checkpoints, less the
                                 #   run's own already there), 0 = no check
       hang_timeout_s=0.0,       # exit with an error if no step completes for this long (0: off)
+      stop_timeout_s=600.0,     # after SIGTERM/SIGINT: exit anyway if still running this long
       inject_nan_batches=(),    # test hook: stream batch indices (1-based) to make NaN
       inject_spike_batches=(),  # test hook: batch indices whose targets become a rare token
   ))
@@ -62,6 +63,9 @@ def validate_faults_config(f: Any) -> Any:
   if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
     raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
                       f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
+  if not 0 <= f.stop_timeout_s < float('inf'):
+    raise ConfigError(f'faults.stop_timeout_s must be a number of seconds >= 0 (0: wait for '
+                      f'ever), got {f.stop_timeout_s!r}')
   for k in ('inject_nan_batches', 'inject_spike_batches'):
     if not all(isinstance(i, int) and i > 0 for i in f[k]):
       raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
@@ -91,12 +95,37 @@ class Preemption:
   at different steps and deadlock).  A Ctrl-C there is forwarded as a SIGTERM to this process,
   so it takes the same path and every host stops at one step with a checkpoint; without JAX's
   preemption service (`jax_enable_preemption_service` off) SIGINT keeps Python's default.
+
+  Bounded: from the stop request on, the process has `stop_timeout_s` to end (finish the step,
+  save, wait for the save); if something blocks longer (a hung filesystem), it exits with
+  `HANG_EXIT_CODE` and a message, leaving the previous checkpoints as they are.  The trainer
+  calls `cancel_deadline` once it has returned.
   """
 
-  def __init__(self):
+  def __init__(self, stop_timeout_s: float = 0.0):
     self.signum: Optional[int] = None
     self._old: dict[int, Any] = {}
     self.multi = jax.process_count() > 1
+    self.stop_timeout_s = float(stop_timeout_s)
+    self._deadline: Optional[threading.Timer] = None
+
+  def _arm_deadline(self, signum: int) -> None:
+    if self.stop_timeout_s > 0 and self._deadline is None:
+      self._deadline = threading.Timer(self.stop_timeout_s, self._give_up, args=(signum,))
+      self._deadline.daemon = True
+      self._deadline.start()
+
+  def _give_up(self, signum: int) -> None:
+    print(f'\nflmjax: still running {self.stop_timeout_s:g} s after {signal.Signals(signum).name} '
+          '(faults.stop_timeout_s): something blocks the stop (a hung filesystem, a save that '
+          'never finishes); exiting now without a new checkpoint. Restart to resume from the '
+          'newest complete one.', file=sys.stderr, flush=True)
+    os._exit(HANG_EXIT_CODE)
+
+  def cancel_deadline(self) -> None:
+    if self._deadline is not None:
+      self._deadline.cancel()
+      self._deadline = None
 
   def __enter__(self) -> 'Preemption':
     if threading.current_thread() is not threading.main_thread():
@@ -117,6 +146,7 @@ class Preemption:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
+    self._arm_deadline(signum)
     print(f'received {signal.Signals(signum).name}: stopping after this step with a checkpoint '
           '(send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
 
@@ -124,6 +154,7 @@ class Preemption:
     if self.signum is not None:
       raise KeyboardInterrupt
     self.signum = signum
+    self._arm_deadline(signum)
     print('received SIGINT: telling every host to stop at the next common step with a '
           'checkpoint (send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier catches it
@@ -137,6 +168,7 @@ class Preemption:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier tells every host
     else:
       self.signum = signal.SIGTERM
+      self._arm_deadline(signal.SIGTERM)
 
   def should_stop(self, step: int) -> bool:
     """Call once per step on every process; True on all of them at the same step."""
@@ -149,6 +181,8 @@ class Preemption:
       return False
     if stop and self.signum is None:
       self.signum = signal.SIGTERM  # the notice reached this host through JAX's coordinator
+    if stop:
+      self._arm_deadline(self.signum)
     return stop
 
 

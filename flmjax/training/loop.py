@@ -102,8 +102,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
     if ckptr is not None and jax.process_count() == 1:
       ckptr.check(step)
 
+  preempt = faults.Preemption(fault_cfg.stop_timeout_s)  # its deadline outlives the handlers
   try:
-    with faults.Preemption() as preempt:
+    with preempt:
       for k in range(start_stage, len(stages)):
         stage = stages[k]
         resuming = restored is not None and k == restored.stage
@@ -193,6 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
   finally:
     watchdog.close()
     writer.close()
+    preempt.cancel_deadline()
   summary = run_summary(stages, run_info)
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
