@@ -240,7 +240,7 @@ def test_damaged_checkpoints_are_named_moved_aside_and_skipped(baseline, workdir
   with pytest.raises(checkpoint.CheckpointError, match=r'step 3 is damaged: .*CRC32'):
     checkpoint.verify_step(os.path.join(s0, '3'))
   # with no manifest step 4 cannot be verified: the resume is refused, nothing is moved
-  with pytest.raises(checkpoint.UnverifiedCheckpointError,
+  with pytest.raises(checkpoint.CheckpointError,
                      match=r'stage_0/4 has no manifest .*faults.allow_unverified=True'):
     loop.train(cfg, workdir)
   assert checkpoint.steps_in(s0) == [1, 2, 3, 4]
@@ -487,15 +487,16 @@ class _FullAfter:
 
 def test_metrics_file_on_a_full_disk_stops_after_a_checkpoint_and_resumes(baseline, workdir,
                                                                          monkeypatch):
-  from flmjax.metrics import MetricsError
   _, want, _ = baseline
   real_open = open
   monkeypatch.setattr(metrics, 'open', lambda p, *a, **k: _FullAfter(real_open(p, *a, **k), 2),
                       raising=False)
-  with pytest.raises(MetricsError, match=r'cannot append to .*metrics.jsonl: No space left on '
+  with pytest.raises(Exception, match=r'cannot append to .*metrics.jsonl: No space left on '
                                          r'device \(the metrics of step 3 are not in it\); '
-                                         r'training stopped; the checkpoint of step 3 is complete'):
+                                         r'training stopped; the checkpoint of step 3 is complete'
+                     ) as e:
     loop.train(tiny_config(6), workdir)
+  assert type(e.value).__name__ == 'MetricsError'  # one line from the CLI, exit 1
   assert _newest_is_complete(workdir) == (0, 3)
   monkeypatch.undo()
   loop.train(tiny_config(6), workdir)  # space freed: the same command resumes
@@ -528,7 +529,6 @@ def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp
   """On a real (tmpfs) disk filled to 0 bytes after step 2: one clear error, no hang, no
   damaged checkpoint; after freeing space the identical command passes the pre-flight and
   resumes to the uninterrupted losses."""
-  from flmjax.metrics import MetricsError
   _, want, _ = baseline
   disk = str(tmp_path / 'disk')
   _mount_tmpfs(disk, '8m')
@@ -550,9 +550,9 @@ def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp
       return it
 
     monkeypatch.setattr(batches, 'make_train_iterator', filling)
-    with pytest.raises((MetricsError, checkpoint.CheckpointError),
-                       match='No space left on device') as e:
+    with pytest.raises(Exception, match='No space left on device') as e:
       loop.train(cfg, wd)
+    assert type(e.value).__name__ in ('MetricsError', 'CheckpointError')  # one line, exit 1
     assert '\n' not in str(e.value)
     assert _newest_is_complete(wd) == (0, 2)
     monkeypatch.setattr(batches, 'make_train_iterator', make)
@@ -579,9 +579,11 @@ def test_sigterm_ends_a_run_whose_tensorboard_writer_died(workdir):
     r = loop.train(tiny_config(40), sys.argv[1])
     print('RESULT ' + json.dumps(r), flush=True)
   ''', workdir)
-  seen = []
-  _wait_for(proc, lambda l: l == 'BATCH' and (seen.append(l) or len(seen) == 4))
-  time.sleep(1.0)  # a few more steps: tensorboardX's queue would be full by now
+  _wait_for(proc, lambda l: l == 'BATCH')
+  t0, metrics_file = time.time(), os.path.join(workdir, 'metrics.jsonl')
+  while len(read_metrics(metrics_file)) < 2 and time.time() - t0 < 120:
+    time.sleep(0.2)  # (stdout is not read here: a hung child would block `_wait_for` for ever)
+  time.sleep(1.0)  # 2 logged steps are 16 events: more than tensorboardX's queue holds
   proc.send_signal(signal.SIGTERM)
   out, err = _finish(proc, timeout=60)
   assert proc.returncode == 0, err[-3000:]
