@@ -14,9 +14,11 @@ rewritten during the rename, are not listed.)  `verify_step` checks a checkpoint
 flipped bytes or a removed file are found before restoring — by the trainer and by every reader
 (`load_params`, `restore_step`: sample, eval, grow); `quarantine` moves a damaged checkpoint to
 `W/stage_K/corrupt-<step>/` (never deleting it) and the trainer falls back to the previous one.
-A checkpoint without a manifest (written before manifests were committed with the step) is
-checked structurally only.  orbax deletes old checkpoints (`keep`) only after a new one
-finalised, so a failed save never costs the last good one.
+A checkpoint without a manifest (written by another tool, or before manifests were committed
+with the step), or with a file its manifest does not list, is refused by every reader unless the
+user opts in (`allow_unverified`; `--allow_unverified` on the commands, `faults.allow_unverified`
+for the trainer): then it is checked structurally only.  orbax deletes old checkpoints (`keep`)
+only after a new one finalised, so a failed save never costs the last good one.
 
 A workdir that holds checkpoints of a *different* model is refused; with
 `train.allow_overwrite=True` the old run is moved to `W/overwritten-<time>/`, never deleted.
@@ -24,10 +26,12 @@ A workdir that holds checkpoints of a *different* model is refused; with
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import zlib
@@ -53,6 +57,15 @@ _STAGE_RE = re.compile(r'^stage_(\d+)$')
 
 class CheckpointError(RuntimeError):
   """A checkpoint or workdir cannot be used; the message names the path."""
+
+
+class UnverifiedCheckpointError(CheckpointError):
+  """A checkpoint without a manifest, or with files its manifest does not list: its bytes
+  cannot be checked, so it is not read unless the user opts in (`OPT_IN`)."""
+
+
+OPT_IN = ('--allow_unverified (flmjax sample, eval, grow) or '
+          '--config.faults.allow_unverified=True (flmjax train)')
 
 
 def stage_dir(workdir: str, stage: int) -> str:
@@ -142,6 +155,18 @@ class StageCheckpointer:
         f'{reason}. Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; '
         'check disk space and permissions, then restart to resume from the newest complete one.')
 
+  def check(self, step: int) -> None:
+    """Raise `CheckpointError` as soon as the in-flight async save has failed; called after
+    every training step (`step`: the one just trained).  Never waits: it looks only once orbax
+    says the save is over, so a failure stops the run at the next step, not at the next save."""
+    if not self._unmanifested or self.mngr.is_saving_in_progress():
+      return
+    try:
+      self.wait()
+    except CheckpointError as e:
+      raise CheckpointError(f'{e} Training stopped at step {step}, as soon as the failure was '
+                            'known.') from e
+
   def latest_step(self) -> Optional[int]:
     return self.mngr.latest_step()
 
@@ -151,13 +176,17 @@ class StageCheckpointer:
   def restore_state(self, step: int, abstract_state: Any, partial: bool = False) -> Any:
     """Restore `state` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    error = None
     try:
       out = self.mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=abstract_state, restore_args=restore_args, partial_restore=partial)))
     except Exception as e:  # pylint: disable=broad-except  (tensorstore raises its own types)
-      raise CheckpointError(
+      error = CheckpointError(
           f'cannot restore checkpoint step {step}: '
-          f'{os.path.join(self.directory, str(step), "state")}: {_short_reason(e)}') from e
+          f'{os.path.join(self.directory, str(step), "state")}: {_short_reason(e)}')
+    if error is not None:  # outside `except`: nothing holds orbax's failed reads any more
+      _drop_failed_reads()
+      raise error
     return out['state']
 
   def wait(self, *, manifests: str = 'background') -> None:
@@ -203,14 +232,41 @@ def _write_manifests(step_dirs: list[str]) -> None:
 
 
 def _short_reason(e: BaseException) -> str:
-  """One line for a failed restore: tensorstore's errors carry a multi-KB JSON spec."""
-  text = str(e)
-  if 'Error opening' in text or 'Error reading' in text or 'OUT_OF_RANGE' in text or \
-     'DATA_LOSS' in text or 'truncated' in text.lower():
-    return ('the array data is unreadable (truncated or damaged file); it has no manifest to '
-            'name the file')
-  line = text.strip().splitlines()[0] if text.strip() else ''
-  return f'{type(e).__name__}: {line[:300]}'
+  """One line for a failed restore.  tensorstore's errors carry a multi-KB repr of the array
+  spec; the line that says what and where (a status code, the array, the file) is the
+  innermost error of the chain."""
+  chain, x = [], e
+  while x is not None and len(chain) < 10:
+    chain.append(x)
+    x = x.__cause__ or x.__context__
+  for x in reversed(chain):
+    line = _first_line(x)
+    if re.match(r'[A-Z_]{5,}: ', line):
+      return f'{line[:500]} (a truncated, missing or damaged file)'
+  return f'{type(e).__name__}: {_first_line(e)[:300]}'
+
+
+def _drop_failed_reads() -> None:
+  """Keep quiet the read coroutines orbax abandoned when one of them failed: finalised by the
+  garbage collector (some only at exit), each would print a page of TensorStore spec or an
+  'Event loop is closed' traceback after the one-line error.  Other unraisable errors still
+  reach the previous hook."""
+  if not getattr(sys.unraisablehook, 'flmjax_quiet_reads', False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+      text = f'{unraisable.exc_value} {unraisable.object!r}'
+      if 'TensorStore' in text or 'Event loop is closed' in text or '_read_array' in text:
+        return
+      previous(unraisable)
+    hook.flmjax_quiet_reads = True
+    sys.unraisablehook = hook
+  gc.collect()
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).split('See full TensorStore details')[0].strip()
+  return text.splitlines()[0].strip() if text else ''
 
 
 def _jsonable(x: Any) -> Any:
@@ -264,15 +320,24 @@ def write_manifest(step_dir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
+def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool = False
+                ) -> bool:
   """Raise `CheckpointError` naming the step and the file if the checkpoint is damaged.
 
-  Returns True when a manifest vouched for every file, False when there is none (only the
-  structure and the JSON items were checked)."""
+  A checkpoint without a manifest, or with a file the manifest does not list, raises
+  `UnverifiedCheckpointError` (nothing unverified is read) unless `allow_unverified`: then only
+  the structure, the JSON items and the listed files are checked.  Returns True when the
+  manifest vouched for every file, False otherwise."""
   step = os.path.basename(step_dir.rstrip('/'))
   def bad(rel: str, why: str) -> CheckpointError:
     return CheckpointError(f'checkpoint step {step} is damaged: {os.path.join(step_dir, rel)}: '
                            f'{why}')
+  def unverified(why: str) -> bool:
+    if allow_unverified:
+      return False
+    raise UnverifiedCheckpointError(
+        f'checkpoint {step_dir} {why}, so its bytes cannot be verified; refusing to read it. '
+        f'If you trust it (written by another tool or an older flmjax), pass {OPT_IN}')
   if not os.path.isdir(os.path.join(step_dir, 'state')):
     raise bad('state', 'item directory missing')
   for item in JSON_ITEMS:
@@ -283,7 +348,7 @@ def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
                 if 'missing' in str(e) else 'unreadable JSON') from e
   path = os.path.join(step_dir, MANIFEST)
   if not os.path.exists(path):
-    return False
+    return unverified(f'has no manifest ({MANIFEST})')
   try:
     with open(path) as f:
       files = json.load(f)['files']
@@ -296,9 +361,17 @@ def verify_step(step_dir: str, *, checksums: bool = True) -> bool:
     size = os.path.getsize(full)
     if size != want['size']:
       raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated or changed)')
-    if checksums and _crc32(full) != want['crc32']:
-      raise bad(rel, f'CRC32 {_crc32(full)} != {want["crc32"]} recorded at save (checksum '
+    try:
+      crc = _crc32(full) if checksums else want['crc32']
+    except OSError as e:
+      raise bad(rel, f'unreadable ({e.strerror or e})') from e
+    if crc != want['crc32']:
+      raise bad(rel, f'CRC32 {crc} != {want["crc32"]} recorded at save (checksum '
                      'mismatch: bytes changed)')
+  unlisted = [rel for rel in _files(step_dir) if rel not in files]
+  if unlisted:
+    return unverified(f'holds {os.path.join(step_dir, unlisted[0])}, which its manifest does not '
+                      f'list{f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""}')
   return True
 
 
@@ -318,20 +391,24 @@ def quarantine(step_dir: str, reason: str) -> str:
 
 
 def discard_damaged(directories: Mapping[int, str], *, checksums: bool = True,
-                    log: Callable[[str], None] = print, below: Optional[int] = None
-                    ) -> Optional[tuple[int, int]]:
+                    log: Callable[[str], None] = print, below: Optional[int] = None,
+                    allow_unverified: bool = False) -> Optional[tuple[int, int]]:
   """Newest (stage, step) over `directories` ({stage: dir}) that verifies, moving each damaged
-  newer one aside (and logging it).  `below`: only consider steps <= below."""
+  newer one aside (and logging it).  `below`: only consider steps <= below.  An unverified
+  checkpoint (no manifest) is not damaged: it raises `UnverifiedCheckpointError` unless
+  `allow_unverified`, and is never moved."""
   for k, d in reversed(list(directories.items())):
     for step in reversed(steps_in(d)):
       if below is not None and step > below:
         continue
       step_dir = os.path.join(d, str(step))
       try:
-        if not verify_step(step_dir, checksums=checksums):
-          log(f'checkpoint {step_dir} has no manifest (killed right after saving?): checked its '
-              'structure only')
+        if not verify_step(step_dir, checksums=checksums, allow_unverified=allow_unverified):
+          log(f'checkpoint {step_dir} is not covered by a manifest: checked its structure only '
+              '(faults.allow_unverified)')
         return k, step
+      except UnverifiedCheckpointError:
+        raise
       except CheckpointError as e:
         dest = quarantine(step_dir, str(e))
         log(f'{e}; moved it to {dest} and falling back to the previous checkpoint')
@@ -363,6 +440,30 @@ def resolve_step_dir(path: str) -> str:
   raise CheckpointError(f'no complete checkpoint found under {path}')
 
 
+def dir_bytes(path: str) -> int:
+  """Bytes of the files under `path` (0 when it is gone)."""
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def held_by_run(workdir: str, stage_models: list[ModelConfig]) -> dict[int, list[int]]:
+  """{stage: [bytes of each complete checkpoint]} of the checkpoints in `workdir` that belong
+  to this run (their stage's model is the config's): rotation (`keep`) deletes them, so the
+  pre-flight counts them toward the space a run needs.  Another model's are not counted."""
+  out = {}
+  for k, d in stage_dirs(workdir).items():
+    steps = steps_in(d)
+    if not steps or k >= len(stage_models):
+      continue
+    try:
+      saved = read_json(os.path.join(d, str(steps[-1])), 'meta').get('model', {})
+    except CheckpointError:
+      continue
+    want = stage_models[k].to_dict()
+    if all(saved.get(f) == v for f, v in want.items()):
+      out[k] = [dir_bytes(os.path.join(d, str(s))) for s in steps]
+  return out
+
+
 def remove_leftover_temporaries(workdir: str) -> list[tuple[str, int]]:
   """Delete orbax's temporary step directories left by a save that never finished (a crash, a
   full disk); only call it while holding the workdir lock.  Returns [(path, bytes)]."""
@@ -371,7 +472,7 @@ def remove_leftover_temporaries(workdir: str) -> list[tuple[str, int]]:
     for name in sorted(os.listdir(d)):
       path = os.path.join(d, name)
       if TMP_MARKER in name and os.path.isdir(path):
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+        size = dir_bytes(path)
         shutil.rmtree(path)
         removed.append((path, size))
   return removed
@@ -431,12 +532,13 @@ def _abstract_params(model_cfg: ModelConfig, sharding_fn=None) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_fn(x)), tree)
 
 
-def load_params(path: str, shardings: Any = None
+def load_params(path: str, shardings: Any = None, *, allow_unverified: bool = False
                 ) -> tuple[ModelConfig, Any, ml_collections.ConfigDict]:
   """(ModelConfig, params, experiment config) of the checkpoint at `path` (step, stage or
-  workdir).  Params land on the first device unless `shardings` (a tree like params) is given."""
+  workdir), verified against its manifest (`verify_step`).  Params land on the first device
+  unless `shardings` (a tree like params) is given."""
   step_dir = resolve_step_dir(path)
-  verify_step(step_dir)
+  verify_step(step_dir, allow_unverified=allow_unverified)
   meta = read_json(step_dir, 'meta')
   model_cfg = _model_from_meta(meta, step_dir)
   config = ml_collections.ConfigDict(read_json(step_dir, 'config'))
@@ -453,10 +555,10 @@ def load_params(path: str, shardings: Any = None
   return model_cfg, state['params'], config
 
 
-def restore_step(step_dir: str, abstract_state: Any) -> Any:
+def restore_step(step_dir: str, abstract_state: Any, *, allow_unverified: bool = False) -> Any:
   """Restore the whole state of one step directory into `abstract_state` (read-only), after
-  verifying it against its manifest."""
-  verify_step(step_dir)
+  verifying it against its manifest (`verify_step`)."""
+  verify_step(step_dir, allow_unverified=allow_unverified)
   mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
   try:
     return mngr.restore_state(int(os.path.basename(step_dir)), abstract_state)

@@ -1,5 +1,7 @@
 """Metrics sinks: `W/metrics.jsonl` (one JSON object per line) and TensorBoard events in `W/tb/`.
 
+Writing metrics never blocks or ends training by itself: see `MetricsWriter`.
+
 Only process 0 writes, and only by appending: the file is never replaced, so nothing another
 writer or an earlier run logged is ever lost.  On resume, records after the restored step belong
 to steps that will be re-run; instead of deleting them, a marker `{"resumed_at_step": N}` is
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import time
 from typing import Any, Mapping, Optional
 
 
@@ -62,14 +66,61 @@ def _jsonable(v: Any) -> Any:
   return v
 
 
+class MetricsError(RuntimeError):
+  """`metrics.jsonl` cannot be written (a full disk): the trainer stops after a checkpoint
+  attempt, with this message saying what happened to both."""
+
+
+class _TensorBoard:
+  """Scalars as TensorBoard event files, written on the caller's thread.
+
+  tensorboardX's SummaryWriter hands events to a thread through a bounded queue; once that
+  thread dies (a full disk), every later write — and the writer's close — blocks forever.
+  Written here, a failure raises at once and the caller decides."""
+
+  FLUSH_EVERY_S = 10.0
+
+  def __init__(self, logdir: str):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2, summary_pb2
+    os.makedirs(logdir, exist_ok=True)
+    self.logdir = logdir
+    self._pb = event_pb2, summary_pb2
+    self._events = EventsWriter(os.path.join(logdir, 'events'))
+    self._flushed = time.monotonic()
+
+  def add(self, step: int, scalars: Mapping[str, float]) -> None:
+    event_pb2, summary_pb2 = self._pb
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                             summary=summary_pb2.Summary(value=values)))
+    if time.monotonic() - self._flushed > self.FLUSH_EVERY_S:
+      self._events.flush()
+      self._flushed = time.monotonic()
+
+  def close(self) -> None:
+    self._events.close()
+
+
+def _reason(e: BaseException) -> str:
+  return (e.strerror if isinstance(e, OSError) and e.strerror else
+          f'{type(e).__name__}: {str(e).strip()[:200]}')
+
+
 class MetricsWriter:
-  """Appends metrics to jsonl and TensorBoard; `resume_step` supersedes records after it."""
+  """Appends metrics to jsonl and TensorBoard; `resume_step` supersedes records after it.
+
+  Never blocks training and never raises on a write: a TensorBoard failure drops that sink
+  (said once on stderr; metrics.jsonl keeps every value); a metrics.jsonl failure sets
+  `failed` (a one-line reason), which the trainer turns into a stop after a checkpoint."""
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: Optional[int] = None,
                tensorboard: bool = True):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = None
+    self.failed: Optional[str] = None
+    self._tb: Optional[_TensorBoard] = None
+    self._file = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -83,23 +134,51 @@ class MetricsWriter:
       self._file.write(json.dumps({RESUME_KEY: int(resume_step or 0)}) + '\n')
       self._file.flush()
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      tb_dir = os.path.join(workdir, 'tb')
+      try:
+        self._tb = _TensorBoard(tb_dir)
+      except Exception as e:  # pylint: disable=broad-except  (a sink, not the run)
+        self._drop_tensorboard(tb_dir, e)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+    if self._file is not None:
+      try:
+        self._file.write(json.dumps(record) + '\n')
+        self._file.flush()
+      except OSError as e:
+        self.failed = (f'cannot append to {self.path}: {_reason(e)} (the metrics of step '
+                       f'{int(step)} are not in it)')
+        self._close_quietly(self._file)
+        self._file = None
     if self._tb is not None:
-      for k, v in record.items():
-        if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool):
-          self._tb.add_scalar(k, v, int(step))
+      scalars = {k: v for k, v in record.items()
+                 if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool)}
+      try:
+        self._tb.add(int(step), scalars)
+      except Exception as e:  # pylint: disable=broad-except  (a sink, not the run)
+        tb, self._tb = self._tb, None
+        self._close_quietly(tb)
+        self._drop_tensorboard(tb.logdir, e)
+
+  @staticmethod
+  def _drop_tensorboard(logdir: str, e: BaseException) -> None:
+    print(f'metrics: cannot write TensorBoard events in {logdir} ({_reason(e)}); continuing '
+          f'without TensorBoard (metrics.jsonl keeps every value)', file=sys.stderr, flush=True)
+
+  @staticmethod
+  def _close_quietly(sink: Any) -> None:
+    try:
+      sink.close()
+    except Exception:  # pylint: disable=broad-except  (it already failed; said once)
+      pass
 
   def close(self) -> None:
     if not self.enabled:
       return
-    self._file.close()
-    if self._tb is not None:
-      self._tb.close()
+    for sink in (self._file, self._tb):
+      if sink is not None:
+        self._close_quietly(sink)
+    self._file = self._tb = None

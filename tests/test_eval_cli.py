@@ -38,7 +38,7 @@ def fake_checkpoint(monkeypatch, params):
   """The checkpoint loader returns params built directly; the vocabulary is bytes."""
   seen = []
 
-  def load_checkpoint(path):
+  def load_checkpoint(path, **_):
     seen.append(path)
     return CFG, params, {'data': {'source': 'text'}}, {'devices': 1, 'mesh': None}
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, read_losses, subprocess_env, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, optimizer, plan
+from flmjax import checkpoint, experiment, metrics, optimizer, plan
 from flmjax.training import batches, faults, loop, runtime
 from flmjax.config import ConfigError
 from flmjax.metrics import read_metrics
@@ -239,6 +239,12 @@ def test_damaged_checkpoints_are_named_moved_aside_and_skipped(baseline, workdir
   _flip_bytes(os.path.join(s0, '3', flipped))
   with pytest.raises(checkpoint.CheckpointError, match=r'step 3 is damaged: .*CRC32'):
     checkpoint.verify_step(os.path.join(s0, '3'))
+  # with no manifest step 4 cannot be verified: the resume is refused, nothing is moved
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'stage_0/4 has no manifest .*faults.allow_unverified=True'):
+    loop.train(cfg, workdir)
+  assert checkpoint.steps_in(s0) == [1, 2, 3, 4]
+  cfg.faults.allow_unverified = True  # opted in: its failing restore is what tells
   capsys.readouterr()
   loop.train(cfg, workdir)
   log = capsys.readouterr().out
@@ -341,6 +347,8 @@ def test_guard_decisions_and_config_validation():
     experiment.validate(tiny_config(faults=dict(nan_steps=(1,))), 1)
   with pytest.raises(ConfigError, match=r'faults.spike_factor must be 0 \(off\) or > 1'):
     experiment.validate(tiny_config(faults=dict(spike_factor=0.5)), 1)
+  with pytest.raises(ConfigError, match=r'faults.stop_timeout_s must be a number of seconds'):
+    experiment.validate(tiny_config(faults=dict(stop_timeout_s=-1.0)), 1)
 
 
 # ---- unwritable / full workdir and failing saves -------------------------------------------
@@ -380,6 +388,230 @@ def test_failed_save_keeps_previous_checkpoint_and_resume_is_exact(baseline, wor
   assert _newest_is_complete(workdir) == (0, 2)
   loop.train(cfg, workdir)
   assert read_losses(workdir) == want
+
+
+class _FailsLater:
+  """A commit future of orbax's background write that fails after a while (the disk filled
+  while the arrays were being written), as the reported run's save of step 100 did."""
+
+  def result(self, timeout=None):
+    time.sleep(0.1)
+    raise OSError(28, 'No space left on device')
+
+  def cancel(self):
+    pass
+
+
+def test_failed_async_save_stops_the_run_at_once(workdir, monkeypatch):
+  """The failure is known when the background write ends: the run stops then (naming the step
+  that failed), not a whole checkpoint interval later at the next save."""
+  from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import \
+      BasePyTreeCheckpointHandler as Handler
+  orig, make = Handler.async_save, batches.make_train_iterator
+
+  async def fills_the_disk(self, directory, *a, **k):
+    futures = await orig(self, directory, *a, **k)
+    if re.search(r'/3(\.orbax[^/]*)?/state', str(directory)):
+      futures = list(futures or []) + [_FailsLater()]
+    return futures
+
+  def slow(*a, **k):  # 0.5 s a step, so the failure lands well inside the next interval
+    it = make(*a, **k)
+    nxt = it.__next__
+    it.__class__ = type('Slow', (type(it),), {'__next__': lambda self: time.sleep(0.5) or nxt()})
+    return it
+
+  monkeypatch.setattr(Handler, 'async_save', fills_the_disk)
+  monkeypatch.setattr(batches, 'make_train_iterator', slow)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'saving checkpoint step 3 .* failed: .*No space left.*Training stopped '
+                           r'at step [45], as soon as the failure was known') as e:
+    loop.train(tiny_config(9, train=dict(ckpt_every=3, keep=2)), workdir)
+  assert '\n' not in str(e.value)
+  trained = {r['step'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r}
+  assert max(trained) < 6, trained  # never reached the next save
+  assert checkpoint.steps_in(os.path.join(workdir, 'stage_0')) == []
+
+
+# ---- a full disk: metrics sinks ------------------------------------------------------------
+
+def _tensorboard_fills_the_disk(monkeypatch) -> None:
+  """Every TensorBoard record after the event file's header fails with ENOSPC."""
+  from tensorboardX import record_writer
+  orig, calls = record_writer.RecordWriter.write, []
+
+  def write(self, data):
+    calls.append(1)
+    if len(calls) > 1:
+      raise OSError(28, 'No space left on device')
+    return orig(self, data)
+  monkeypatch.setattr(record_writer.RecordWriter, 'write', write)
+
+
+def test_dead_tensorboard_sink_is_dropped_once_and_never_blocks(tmp_path, monkeypatch, capsys):
+  """The reported hang: tensorboardX's writer thread died with ENOSPC, then every write (and
+  close) blocked forever.  Now the sink is dropped, said once, and metrics.jsonl goes on."""
+  import threading
+  _tensorboard_fills_the_disk(monkeypatch)
+  w = metrics.MetricsWriter(str(tmp_path))
+  done = threading.Event()
+
+  def use():
+    for s in range(1, 41):  # more events than tensorboardX's queue holds
+      w.write(s, {'loss': float(s), 'learning_rate': 0.1})
+    w.close()
+    done.set()
+  threading.Thread(target=use, daemon=True).start()
+  assert done.wait(30), 'metrics writing blocked'
+  err = capsys.readouterr().err
+  assert err.count('continuing without TensorBoard') == 1 and 'No space left' in err, err
+  assert [r['step'] for r in read_metrics(str(tmp_path / 'metrics.jsonl'))] == list(range(1, 41))
+  assert w.failed is None
+
+
+class _FullAfter:
+  """A metrics.jsonl whose writes fail with ENOSPC once `n` records went in."""
+
+  def __init__(self, f, n: int):
+    self.f, self.n = f, n
+
+  def write(self, text):
+    if self.n <= 0:
+      raise OSError(28, 'No space left on device')
+    self.n -= text.count('\n')
+    return self.f.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self.f, name)
+
+
+def test_metrics_file_on_a_full_disk_stops_after_a_checkpoint_and_resumes(baseline, workdir,
+                                                                         monkeypatch):
+  _, want, _ = baseline
+  real_open = open
+  monkeypatch.setattr(metrics, 'open', lambda p, *a, **k: _FullAfter(real_open(p, *a, **k), 2),
+                      raising=False)
+  with pytest.raises(Exception, match=r'cannot append to .*metrics.jsonl: No space left on '
+                                         r'device \(the metrics of step 3 are not in it\); '
+                                         r'training stopped; the checkpoint of step 3 is complete'
+                     ) as e:
+    loop.train(tiny_config(6), workdir)
+  assert type(e.value).__name__ == 'MetricsError'  # one line from the CLI, exit 1
+  assert _newest_is_complete(workdir) == (0, 3)
+  monkeypatch.undo()
+  loop.train(tiny_config(6), workdir)  # space freed: the same command resumes
+  got = read_losses(workdir)
+  assert {s: got[s] for s in got if s != 3} == {s: want[s] for s in want if s != 3}
+
+
+def _mount_tmpfs(path: str, size: str) -> None:
+  os.makedirs(path, exist_ok=True)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', path],
+                     capture_output=True, text=True)
+  if r.returncode:
+    pytest.skip(f'a real full disk needs a tmpfs mount, not permitted here: {r.stderr.strip()}')
+
+
+def _fill(path: str) -> str:
+  filler = os.path.join(path, 'filler')
+  with open(filler, 'wb') as f:
+    try:
+      while True:
+        f.write(b'\0' * 65536)
+        f.flush()
+    except OSError:
+      pass
+  return filler
+
+
+def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp_path,
+                                                                   monkeypatch):
+  """On a real (tmpfs) disk filled to 0 bytes after step 2: one clear error, no hang, no
+  damaged checkpoint; after freeing space the identical command passes the pre-flight and
+  resumes to the uninterrupted losses."""
+  _, want, _ = baseline
+  disk = str(tmp_path / 'disk')
+  _mount_tmpfs(disk, '8m')
+  try:
+    wd = os.path.join(disk, 'w')
+    cfg = tiny_config(6, train=dict(ckpt_every=2, keep=2))
+    make, drawn, filler = batches.make_train_iterator, [], []
+
+    def filling(*a, **k):
+      it = make(*a, **k)
+      nxt = it.__next__
+      def next_batch():
+        drawn.append(1)
+        if len(drawn) == 4:  # step 2 is logged and its checkpoint is being written
+          time.sleep(1.0)  # let that save finish
+          filler.append(_fill(disk))
+        return nxt()
+      it.__class__ = type('Filling', (type(it),), {'__next__': lambda self: next_batch()})
+      return it
+
+    monkeypatch.setattr(batches, 'make_train_iterator', filling)
+    with pytest.raises(Exception, match='No space left on device') as e:
+      loop.train(cfg, wd)
+    assert type(e.value).__name__ in ('MetricsError', 'CheckpointError')  # one line, exit 1
+    assert '\n' not in str(e.value)
+    assert _newest_is_complete(wd) == (0, 2)
+    monkeypatch.setattr(batches, 'make_train_iterator', make)
+    os.remove(filler[0])
+    loop.train(cfg, wd)
+    assert read_losses(wd) == want
+  finally:
+    subprocess.run(['umount', '-l', disk], capture_output=True)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_whose_tensorboard_writer_died(workdir):
+  """The reported hang, end to end: with TensorBoard's writes failing (a full disk), SIGTERM
+  still stops the run after a step with a checkpoint, within a bounded time."""
+  proc = _spawn('''
+    from tensorboardX import record_writer
+    orig, calls = record_writer.RecordWriter.write, []
+    def write(self, data):
+      calls.append(1)
+      if len(calls) > 1:
+        raise OSError(28, 'No space left on device')
+      return orig(self, data)
+    record_writer.RecordWriter.write = write
+    r = loop.train(tiny_config(40), sys.argv[1])
+    print('RESULT ' + json.dumps(r), flush=True)
+  ''', workdir)
+  _wait_for(proc, lambda l: l == 'BATCH')
+  t0, metrics_file = time.time(), os.path.join(workdir, 'metrics.jsonl')
+  while len(read_metrics(metrics_file)) < 2 and time.time() - t0 < 120:
+    time.sleep(0.2)  # (stdout is not read here: a hung child would block `_wait_for` for ever)
+  time.sleep(1.0)  # 2 logged steps are 16 events: more than tensorboardX's queue holds
+  proc.send_signal(signal.SIGTERM)
+  out, err = _finish(proc, timeout=60)
+  assert proc.returncode == 0, err[-3000:]
+  result = json.loads([l for l in out.splitlines() if l.startswith('RESULT ')][-1][7:])
+  assert result['preempted'] == 'SIGTERM', result
+  assert err.count('continuing without TensorBoard') == 1, err[-3000:]
+  assert _newest_is_complete(workdir) == (0, result['stopped_at'])
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_whose_save_hangs_within_stop_timeout(workdir):
+  """Whatever blocks the stop (here the checkpoint save, as on a filesystem that stopped
+  answering), the process ends `faults.stop_timeout_s` after the signal, saying why."""
+  proc = _spawn('''
+    import threading
+    def hung_save(self, step, *a, **k):
+      threading.Event().wait()
+    checkpoint.StageCheckpointer.save = hung_save
+    loop.train(tiny_config(40, faults=dict(stop_timeout_s=3.0)), sys.argv[1])
+  ''', workdir)
+  seen = []
+  _wait_for(proc, lambda l: l == 'BATCH' and (seen.append(l) or len(seen) == 3))
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  _, err = _finish(proc, timeout=60)
+  assert time.time() - t0 < 30
+  assert proc.returncode == faults.HANG_EXIT_CODE, err[-3000:]
+  assert 'still running 3 s after SIGTERM (faults.stop_timeout_s)' in err, err[-3000:]
 
 
 # ---- multi-host: a peer dies ----------------------------------------------------------------

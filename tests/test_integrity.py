@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import tiny_config, tiny_stages
+from conftest import subprocess_env, tiny_config, tiny_stages
 from flmjax import checkpoint, experiment, metrics, plan
 from flmjax.training import faults, loop
 from flmjax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
@@ -137,6 +138,110 @@ def test_leftover_temporaries_are_removed_and_preflight_counts_keep_plus_one(tmp
   assert problem and 'train.keep + 1 = 3 checkpoints' in problem
   Usage.free = 3 * one
   assert faults.preflight(wd, stages, fcfg, keep=2) is None
+
+
+def test_preflight_counts_the_runs_own_checkpoints_so_a_rerun_after_freeing_space_starts(
+    baseline, tmp_path, monkeypatch):
+  """The reported case: after a full disk and freeing some space, the identical command was
+  refused, as if the run's own old checkpoints (which rotation deletes) were not there."""
+  import shutil
+  wd = str(tmp_path / 'w')
+  shutil.copytree(baseline[0], wd)  # a run with its checkpoint of step 6 (keep=3)
+  cfg = tiny_config(6, train=dict(eval_batches=1))  # the baseline's own command
+  stages = plan.stage_plan(cfg)
+  one = max(faults.checkpoint_bytes(stages),
+            sum(os.path.getsize(os.path.join(r, f))
+                for r, _, fs in os.walk(os.path.join(wd, 'stage_0', '6')) for f in fs))
+
+  class Usage:
+    free = 3 * one  # keep + 1 = 4 checkpoints at the peak, one of them already there
+  monkeypatch.setattr(faults.shutil, 'disk_usage', lambda _: Usage)
+  loop.train(cfg, wd)  # starts (and, being finished, only writes its summary)
+  assert os.path.exists(os.path.join(wd, 'summary.json'))
+  problem = faults.preflight(str(tmp_path / 'fresh'), stages, faults.settings(cfg), keep=3)
+  assert problem and 'checkpoints need about' in problem  # without checkpoints: 4 needed
+  Usage.free = 3 * one - 1
+  problem = faults.preflight(wd, stages, faults.settings(cfg), keep=3)
+  assert problem and 'its own checkpoints there already hold' in problem
+  other = tiny_config(6)
+  other.model.d_ff = 128  # another model's checkpoints are not freed by this run
+  assert faults.preflight(wd, plan.stage_plan(other), faults.settings(other), keep=3)
+
+
+def _unverified_copy(baseline, tmp_path) -> tuple[str, str]:
+  """A copy of the baseline run whose checkpoint (step 6) lost its manifest: (workdir, step
+  dir)."""
+  import shutil
+  wd = str(tmp_path / 'w')
+  shutil.copytree(baseline[0], wd)
+  step_dir = os.path.join(wd, 'stage_0', '6')
+  os.remove(os.path.join(step_dir, checkpoint.MANIFEST))
+  return wd, step_dir
+
+
+def test_a_checkpoint_without_manifest_is_refused_by_every_reader_unless_opted_in(
+    baseline, tmp_path, capsys):
+  """The reported case: manifest deleted and params bytes flipped, `flmjax sample` printed
+  other text without a word.  Every reader now refuses it and says how to opt in."""
+  from flmjax import cli
+  from flmjax.evaluation import loading
+  from flmjax.training import runtime
+  wd, step_dir = _unverified_copy(baseline, tmp_path)
+  refusal = r'6 has no manifest \(flmjax_manifest.json\), so its bytes cannot be verified; ' \
+            r'refusing to read it.* pass --allow_unverified'
+  for read in (checkpoint.load_params, runtime.load_state, loading.load_checkpoint,
+               lambda p: checkpoint.restore_step(p, {})):
+    with pytest.raises(checkpoint.CheckpointError, match=refusal) as e:
+      read(step_dir)
+    assert type(e.value).__name__ == 'UnverifiedCheckpointError'
+  cfg = tiny_config(6, train=dict(eval_batches=1))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='--config.faults.allow_unverified=True'):
+    loop.train(cfg, wd)
+  assert checkpoint.steps_in(os.path.join(wd, 'stage_0')) == [6]  # refused, never moved aside
+  capsys.readouterr()
+  assert cli.main(['sample', '--checkpoint', wd, '--prompt_ids', '1,2',
+                   '--max_new_tokens', '2']) == 1
+  err = capsys.readouterr().err
+  assert 'has no manifest' in err and '--allow_unverified' in err and 'Traceback' not in err
+  for command in ('sample', 'grow', 'eval'):  # each reader's opt-in
+    assert cli.build_parser(command).parse_args(
+        [command, '--checkpoint', wd, '--allow_unverified', '--to', 'x.py:s', '--out', 'o']
+        if command == 'grow' else [command, '--checkpoint', wd, '--allow_unverified']
+    ).allow_unverified
+  assert cli.main(['sample', '--checkpoint', wd, '--prompt_ids', '1,2', '--max_new_tokens', '2',
+                   '--allow_unverified']) == 0
+  assert checkpoint.load_params(wd, allow_unverified=True)[0].d_model == 32
+  cfg.faults.allow_unverified = True
+  loop.train(cfg, wd)  # resumes (the run is finished: it only writes its summary)
+  assert 'checked its structure only' in capsys.readouterr().out
+  # a manifest that does not list a file is refused the same way
+  checkpoint.write_manifest(step_dir)
+  assert checkpoint.verify_step(step_dir) is True
+  with open(os.path.join(step_dir, 'state', 'slipped_in'), 'wb') as f:
+    f.write(b'\0' * 64)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'holds .*state/slipped_in, which its manifest does not list'):
+    checkpoint.load_params(wd)
+
+
+def test_truncated_file_of_an_unverified_checkpoint_is_one_line(baseline, tmp_path):
+  """Opted in, a truncated array file ends `flmjax sample` with one line naming the array and
+  the checkpoint's state directory: no TensorStore spec, no page of traceback."""
+  wd, step_dir = _unverified_copy(baseline, tmp_path)
+  data = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
+  for name in os.listdir(data):
+    with open(os.path.join(data, name), 'r+b') as f:
+      f.truncate(10)
+  r = subprocess.run([sys.executable, '-m', 'flmjax.cli', 'sample', '--checkpoint', wd,
+                      '--prompt_ids', '1,2', '--max_new_tokens', '2', '--allow_unverified'],
+                     capture_output=True, text=True, timeout=300, env=subprocess_env(1))
+  assert r.returncode == 1, r.stderr[-3000:]
+  ours = [l for l in r.stderr.splitlines() if not l.startswith('WARNING:absl:')]
+  assert len(ours) == 1, r.stderr[-3000:]
+  assert re.match(r'flmjax sample: cannot restore checkpoint step 6: .*/state: [A-Z_]+: Error '
+                  r'reading "params\.[^"]+" .* \(a truncated, missing or damaged file\)$',
+                  ours[0]), ours[0]
 
 
 def test_failed_save_names_the_unfinished_temporary(tmp_path):

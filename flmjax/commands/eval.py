@@ -32,6 +32,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   src.add_argument('--checkpoint', metavar='W', help='flmjax work dir (W/checkpoints + config)')
   src.add_argument('--hf_model', '--hf', dest='hf_model', metavar='PATH',
                    help='local Hugging Face causal LM folder (--hf is an alias)')
+  parser.add_argument('--allow_unverified', action='store_true',
+                      help='--checkpoint: read a checkpoint without a manifest (or with files '
+                      'its manifest does not list), e.g. one written by another tool: its bytes '
+                      'cannot be verified')
   parser.add_argument('--suite', choices=SUITES, default='all')
   parser.add_argument('--tasks', default='', help='comma-separated task names to keep (default all '
                       'of the suite), e.g. counting,boolq,mmlu')
@@ -179,7 +183,8 @@ def load_backend(args: argparse.Namespace):
                      'device_map': args.device_map}
   from flmjax.evaluation import loading
   backend, model = loading.load_engine(args.checkpoint, batch_size=args.batch_size,
-                                       max_len=args.max_len)
+                                       max_len=args.max_len,
+                                       allow_unverified=args.allow_unverified)
   if model['placement'].get('mesh_note'):
     print(f'flmjax eval: warning: {model["placement"]["mesh_note"]}', file=sys.stderr)
   return backend, model

@@ -29,6 +29,10 @@ def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
                       help='compare logits of source and grown model on a sample batch')
   parser.add_argument('--verify_batch', type=int, default=2, help='rows of the sample batch')
   parser.add_argument('--verify_len', type=int, default=64, help='tokens per row (≤ max_len)')
+  parser.add_argument('--allow_unverified', action='store_true',
+                      help='read a checkpoint without a manifest (or with files its manifest '
+                      'does not list), e.g. one written by another tool: its bytes cannot be '
+                      'verified')
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -85,7 +89,8 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
-  _, state, meta, data_state = load_state(args.checkpoint, mesh=mesh, rules=rules)
+  _, state, meta, data_state = load_state(args.checkpoint, mesh=mesh, rules=rules,
+                                          allow_unverified=args.allow_unverified)
   src = ModelConfig.from_dict(meta['model'])
   dst = stage.model
   spec = stage.growth or growth.GrowthSpec()

@@ -16,6 +16,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
   p.add_argument('--top_p', type=float, default=1.0, help='nucleus mass (with temperature > 0)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--allow_unverified', action='store_true',
+                 help='read a checkpoint without a manifest (or with files its manifest '
+                 'does not list), e.g. one written by another tool: its bytes cannot be '
+                 'verified')
 
 
 def sample_main(args: argparse.Namespace) -> int:
@@ -43,7 +47,8 @@ def sample_main(args: argparse.Namespace) -> int:
       print(f'flmjax sample: --prompt_ids must be comma-separated integers, got '
             f'{args.prompt_ids!r}', file=sys.stderr)
       return 2
-  cfg, params, config = checkpoint.load_params(args.checkpoint)
+  cfg, params, config = checkpoint.load_params(args.checkpoint,
+                                               allow_unverified=args.allow_unverified)
   if args.prompt_ids:
     bad = [i for i in ids if not 0 <= i < cfg.vocab_size]
     if bad:

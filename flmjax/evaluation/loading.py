@@ -48,16 +48,18 @@ def eval_shardings(cfg: ModelConfig, config: Any, devices: Optional[list] = None
   return None, {'devices': len(devices), 'mesh': None, 'mesh_note': f'{why}; loaded on one device'}
 
 
-def load_checkpoint(path: str) -> tuple[ModelConfig, Any, ml_collections.ConfigDict,
-                                        dict[str, Any]]:
-  """(model config, params, experiment config, placement) of the checkpoint at `path`."""
+def load_checkpoint(path: str, *, allow_unverified: bool = False
+                    ) -> tuple[ModelConfig, Any, ml_collections.ConfigDict, dict[str, Any]]:
+  """(model config, params, experiment config, placement) of the checkpoint at `path`,
+  verified against its manifest (`allow_unverified`: see `checkpoint.verify_step`)."""
   step_dir = checkpoint.resolve_step_dir(path)
   meta = checkpoint.read_json(step_dir, 'meta')
   if 'model' not in meta:
     raise checkpoint.CheckpointError(f'{step_dir}/meta has no "model" entry')
   config = ml_collections.ConfigDict(checkpoint.read_json(step_dir, 'config'))
   shardings, placement = eval_shardings(ModelConfig.from_dict(meta['model']), config)
-  cfg, params, config = checkpoint.load_params(step_dir, shardings)
+  cfg, params, config = checkpoint.load_params(step_dir, shardings,
+                                               allow_unverified=allow_unverified)
   return cfg, params, config, placement
 
 
@@ -73,12 +75,12 @@ def vocabulary(config: Any, where: str):
   return get_tokenizer(data_cfg)
 
 
-def load_engine(path: str, batch_size: int = 8, max_len: Optional[int] = None
-                ) -> tuple[FlmEngine, dict[str, Any]]:
+def load_engine(path: str, batch_size: int = 8, max_len: Optional[int] = None, *,
+                allow_unverified: bool = False) -> tuple[FlmEngine, dict[str, Any]]:
   """(engine, description for the report) of the checkpoint at `path`: the one way both
   `flmjax eval --checkpoint` and the lm-evaluation-harness model open a checkpoint."""
   try:
-    cfg, params, config, placement = load_checkpoint(path)
+    cfg, params, config, placement = load_checkpoint(path, allow_unverified=allow_unverified)
   except checkpoint.CheckpointError as e:
     raise EvalDataError(f'--checkpoint {path}: {e}') from None
   engine = FlmEngine(params, cfg, vocabulary(config, path), batch_size=batch_size,

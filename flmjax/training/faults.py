@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flmjax import checkpoint
 from flmjax.config import ConfigError, check_section
 
 
@@ -38,8 +39,11 @@ def default_faults_config() -> ml_collections.ConfigDict:
       rollback_lr_factor=1.0,   # multiply the LR by this at each rollback (1: keep it)
       max_rollbacks=3,          # then stop with an error: the run is diverging
       verify_checksums=True,    # check per-file CRC32s on restore (sizes are always checked)
-      min_free_bytes=-1,        # pre-flight: -1 = estimate (train.keep + 1) checkpoints, 0 = no check
+      allow_unverified=False,   # resume from a checkpoint without a manifest (another tool's)
+      min_free_bytes=-1,        # pre-flight: -1 = estimate (train.keep + 1 checkpoints, less the
+                                #   run's own already there), 0 = no check
       hang_timeout_s=0.0,       # exit with an error if no step completes for this long (0: off)
+      stop_timeout_s=600.0,     # after SIGTERM/SIGINT: exit anyway if still running this long
       inject_nan_batches=(),    # test hook: stream batch indices (1-based) to make NaN
       inject_spike_batches=(),  # test hook: batch indices whose targets become a rare token
   ))
@@ -59,6 +63,9 @@ def validate_faults_config(f: Any) -> Any:
   if f.hang_timeout_s < 0 or f.min_free_bytes < -1:
     raise ConfigError(f'faults.hang_timeout_s must be >= 0 and faults.min_free_bytes >= -1, got '
                       f'{f.hang_timeout_s!r}, {f.min_free_bytes!r}')
+  if not 0 <= f.stop_timeout_s < float('inf'):
+    raise ConfigError(f'faults.stop_timeout_s must be a number of seconds >= 0 (0: wait for '
+                      f'ever), got {f.stop_timeout_s!r}')
   for k in ('inject_nan_batches', 'inject_spike_batches'):
     if not all(isinstance(i, int) and i > 0 for i in f[k]):
       raise ConfigError(f'faults.{k} must hold positive batch indices, got {f[k]!r}')
@@ -88,12 +95,37 @@ class Preemption:
   at different steps and deadlock).  A Ctrl-C there is forwarded as a SIGTERM to this process,
   so it takes the same path and every host stops at one step with a checkpoint; without JAX's
   preemption service (`jax_enable_preemption_service` off) SIGINT keeps Python's default.
+
+  Bounded: from the stop request on, the process has `stop_timeout_s` to end (finish the step,
+  save, wait for the save); if something blocks longer (a hung filesystem), it exits with
+  `HANG_EXIT_CODE` and a message, leaving the previous checkpoints as they are.  The trainer
+  calls `cancel_deadline` once it has returned.
   """
 
-  def __init__(self):
+  def __init__(self, stop_timeout_s: float = 0.0):
     self.signum: Optional[int] = None
     self._old: dict[int, Any] = {}
     self.multi = jax.process_count() > 1
+    self.stop_timeout_s = float(stop_timeout_s)
+    self._deadline: Optional[threading.Timer] = None
+
+  def _arm_deadline(self, signum: int) -> None:
+    if self.stop_timeout_s > 0 and self._deadline is None:
+      self._deadline = threading.Timer(self.stop_timeout_s, self._give_up, args=(signum,))
+      self._deadline.daemon = True
+      self._deadline.start()
+
+  def _give_up(self, signum: int) -> None:
+    print(f'\nflmjax: still running {self.stop_timeout_s:g} s after {signal.Signals(signum).name} '
+          '(faults.stop_timeout_s): something blocks the stop (a hung filesystem, a save that '
+          'never finishes); exiting now without a new checkpoint. Restart to resume from the '
+          'newest complete one.', file=sys.stderr, flush=True)
+    os._exit(HANG_EXIT_CODE)
+
+  def cancel_deadline(self) -> None:
+    if self._deadline is not None:
+      self._deadline.cancel()
+      self._deadline = None
 
   def __enter__(self) -> 'Preemption':
     if threading.current_thread() is not threading.main_thread():
@@ -114,6 +146,7 @@ class Preemption:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
+    self._arm_deadline(signum)
     print(f'received {signal.Signals(signum).name}: stopping after this step with a checkpoint '
           '(send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
 
@@ -121,9 +154,21 @@ class Preemption:
     if self.signum is not None:
       raise KeyboardInterrupt
     self.signum = signum
+    self._arm_deadline(signum)
     print('received SIGINT: telling every host to stop at the next common step with a '
           'checkpoint (send SIGINT again to interrupt now)', file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier catches it
+
+  def request(self) -> None:
+    """Stop as a SIGTERM would — after this step, with a checkpoint, at one step on every host —
+    for a reason of the trainer's own (metrics.jsonl cannot be written)."""
+    if self.signum is not None:
+      return
+    if self.multi and _preemption_service_running():
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier tells every host
+    else:
+      self.signum = signal.SIGTERM
+      self._arm_deadline(signal.SIGTERM)
 
   def should_stop(self, step: int) -> bool:
     """Call once per step on every process; True on all of them at the same step."""
@@ -136,6 +181,8 @@ class Preemption:
       return False
     if stop and self.signum is None:
       self.signum = signal.SIGTERM  # the notice reached this host through JAX's coordinator
+    if stop:
+      self._arm_deadline(self.signum)
     return stop
 
 
@@ -156,15 +203,40 @@ class PreflightError(RuntimeError):
 
 def checkpoint_bytes(stages: Sequence[Any]) -> int:
   """Rough size of the largest stage's checkpoint: params + Adam mu and nu in float32."""
-  return max(3 * 4 * s.model.param_count() for s in stages)
+  return max(_estimate(s) for s in stages)
+
+
+def _estimate(stage: Any) -> int:
+  return 3 * 4 * stage.model.param_count()
+
+
+def space_needed(workdir: str, stages: Sequence[Any], keep: int) -> tuple[int, int]:
+  """(bytes the run still needs, bytes its own checkpoints already hold toward that).
+
+  A stage directory peaks at `keep` + 1 checkpoints (a new one is written before the oldest is
+  deleted).  The checkpoints this run already has there count toward that peak — rotation
+  deletes them — so a resume needs only what is missing, and at least one new checkpoint.
+  Stages before the newest one with checkpoints are finished and need nothing more."""
+  held = checkpoint.held_by_run(workdir, [s.model for s in stages])
+  start = max(held, default=0)
+  need, counted = 0, 0
+  for s in stages:
+    if s.index < start:
+      continue
+    have = held.get(s.index, [])
+    one = max([_estimate(s)] + have[-1:])  # the newest real one, if larger than the estimate
+    extra = max(one, (keep + 1) * one - sum(have)) if have else (keep + 1) * one
+    if extra > need:
+      need, counted = extra, sum(have)
+  return need, counted
 
 
 def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any],
               keep: int = 2) -> Optional[str]:
   """Create the workdir and prove it takes a write (file + fsync + rename + delete) and has
-  room for checkpoints: `keep` + 1 of the largest stage, since a new one is written before the
-  oldest is deleted.  Returns an error message, or None when fine (the trainer agrees on the
-  answer across processes before raising)."""
+  room for checkpoints (`space_needed`: `keep` + 1 of a stage, less what the run's own
+  checkpoints already hold).  Returns an error message, or None when fine (the trainer agrees
+  on the answer across processes before raising)."""
   probe = os.path.join(workdir, f'.write_probe.{jax.process_index()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -177,15 +249,18 @@ def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any],
   except OSError as e:
     return (f'workdir {workdir} is not writable ({e.strerror or e}: {e.filename or probe}); '
             'fix its permissions or choose another --workdir')
-  need = int(fcfg['min_free_bytes'])
+  need, held = int(fcfg['min_free_bytes']), 0
   if need < 0:
-    need = (keep + 1) * checkpoint_bytes(stages)
+    need, held = space_needed(workdir, stages, keep)
   free = shutil.disk_usage(workdir).free
   if need and free < need:
+    own = (f', beyond the {held / 2**20:.1f} MiB its own checkpoints there already hold'
+           if held else '')
     return (f'workdir {workdir} has {free / 2**20:.1f} MiB free but checkpoints need about '
-            f'{need / 2**20:.1f} MiB (faults.min_free_bytes={fcfg["min_free_bytes"]}; -1 = '
-            f'train.keep + 1 = {keep + 1} checkpoints of the largest stage, as a new one is '
-            'written before the oldest is deleted); free space or choose another --workdir')
+            f'{need / 2**20:.1f} MiB more{own} (faults.min_free_bytes={fcfg["min_free_bytes"]}; '
+            f'-1 = up to train.keep + 1 = {keep + 1} checkpoints of a stage at once, as a new '
+            'one is written before the oldest is deleted); free space or choose another '
+            '--workdir')
   return None
 
 

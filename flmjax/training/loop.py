@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import ml_collections
@@ -80,7 +80,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
   make_runtime = lambda k, lr_scale: StageRuntime(config, stages, k, mesh, rules,
                                              scaled_schedule(schedule, lr_scale))
   restored = recovery.restore_newest(workdir, make_runtime, primary,
-                                     bool(fault_cfg.verify_checksums))
+                                     bool(fault_cfg.verify_checksums),
+                                     bool(fault_cfg.allow_unverified))
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary,
                                      resume_step=restored.step if restored else 0)
   config_json = json.loads(config.to_json())
@@ -94,8 +95,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
     log0(f'resuming from {checkpoint.stage_dir(workdir, restored.stage)}/{restored.step}')
   watchdog = faults.Watchdog(fault_cfg.hang_timeout_s)
   ckptr = None
+
+  def check_save(step: int) -> None:
+    """A failed async save stops the run at the next step.  One process only: processes see a
+    save end at different steps, so a multi-host run learns of it at its next save (together)."""
+    if ckptr is not None and jax.process_count() == 1:
+      ckptr.check(step)
+
+  preempt = faults.Preemption(fault_cfg.stop_timeout_s)  # its deadline outlives the handlers
   try:
-    with faults.Preemption() as preempt:
+    with preempt:
       for k in range(start_stage, len(stages)):
         stage = stages[k]
         resuming = restored is not None and k == restored.stage
@@ -147,7 +156,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
             tokens, flops = plan.cumulative(stages, step)
             writer.write(step, {'stage': k, 'tokens': tokens, 'flops': flops, 'after_growth': 1.0,
                                 **val})
-          loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg)
+          loop = LoopControls(guard=guard, preempt=preempt, watchdog=watchdog, fault_cfg=fault_cfg,
+                              check_save=check_save)
           while True:
             try:
               state, data_state = _run_stage(runtime, state, it, eval_sets, stages, writer, info,
@@ -155,6 +165,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
                                              loop)
               break
             except StopTraining as stop:
+              if writer.failed:
+                closing, ckptr = ckptr, None
+                raise _metrics_stop(writer.failed, closing, stop.args[0]) from None
               ckptr.close()
               ckptr = None
               out = {'stopped_at': stop.args[0]}
@@ -181,6 +194,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
   finally:
     watchdog.close()
     writer.close()
+    preempt.cancel_deadline()
   summary = run_summary(stages, run_info)
   if primary:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -189,6 +203,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
       json.dump({**summary, 'config': config_json}, f, indent=1)
     print(format_summary(summary), flush=True)
   return summary
+
+
+def _metrics_stop(failed: str, ckptr: checkpoint.StageCheckpointer, step: int
+                  ) -> metrics_lib.MetricsError:
+  """The error a run ends with when metrics.jsonl cannot be written: that, and whether the
+  checkpoint of the step it stopped at is complete."""
+  try:
+    ckptr.close()
+    how = (f'the checkpoint of step {step} is complete: free space, then rerun the same command '
+           'to resume')
+  except checkpoint.CheckpointError as e:
+    how = f'the checkpoint attempt of step {step} failed too: {e}'
+  return metrics_lib.MetricsError(f'{failed}; training stopped; {how}')
 
 
 def signal_name(signum: int) -> str:
@@ -202,6 +229,7 @@ class LoopControls:
   preempt: 'faults.Preemption'
   watchdog: 'faults.Watchdog'
   fault_cfg: Any
+  check_save: Callable[[int], None] = lambda step: None
 
 
 def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, writer, info, save,
@@ -247,6 +275,7 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
       check_pending()
       pending = (step, out)
       loop.watchdog.beat(step)
+      loop.check_save(step)
       tokens_since += stage.tokens_per_step
       bar.update(1)
       record = {}
@@ -268,6 +297,8 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
       if record:
         tokens, flops = plan.cumulative(stages, step)
         writer.write(step, {'stage': stage.index, 'tokens': tokens, 'flops': flops, **record})
+      if writer.failed:  # a full disk: stop like a preemption, after a checkpoint attempt
+        loop.preempt.request()
       preempted = loop.preempt.should_stop(step)
       stopping = preempted or (stop_at_step is not None and step >= stop_at_step)
       if (t.ckpt_every and step % t.ckpt_every == 0) or last or stopping:
@@ -275,7 +306,13 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
         if last_saved() != step:
           info['wall_time'] += time.time() - t_start
           t_start = time.time()
-          save(state, step, it)
+          try:
+            save(state, step, it)
+          except checkpoint.CheckpointError as e:
+            if not writer.failed:
+              raise
+            raise metrics_lib.MetricsError(f'{writer.failed}; training stopped; the checkpoint '
+                                           f'attempt of step {step} failed too: {e}') from e
       if stopping:
         raise StopTraining(step)
     check_pending()

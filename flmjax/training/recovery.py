@@ -57,15 +57,30 @@ def prepare_workdir(workdir: str, stages: Sequence[Any], fault_cfg: Any, *, allo
     raise faults.PreflightError(problem or 'another process failed the workdir pre-flight '
                                 'check (see its log)')
   sync('mkdir')
-  if primary:
-    checkpoint.discard_damaged(checkpoint.stage_dirs(workdir),
-                               checksums=bool(fault_cfg.verify_checksums), log=log0)
+  discard_damaged(checkpoint.stage_dirs(workdir), primary, bool(fault_cfg.verify_checksums),
+                  bool(fault_cfg.allow_unverified))
   sync('verify-all')
   moved = checkpoint.check_workdir(workdir, [s.model for s in stages],
                                    allow_overwrite=allow_overwrite, is_primary=primary)
   if moved:
     log0(f'train.allow_overwrite: moved the previous run to {moved}')
   sync('workdir')
+
+
+def discard_damaged(directories: dict[int, str], primary: bool, checksums: bool,
+                    allow_unverified: bool, below: Optional[int] = None) -> None:
+  """`checkpoint.discard_damaged` on process 0; a checkpoint that cannot be verified (no
+  manifest) stops every process alike, unless `faults.allow_unverified`."""
+  error = None
+  if primary:
+    try:
+      checkpoint.discard_damaged(directories, checksums=checksums, log=log0, below=below,
+                                 allow_unverified=allow_unverified)
+    except checkpoint.UnverifiedCheckpointError as e:
+      error = e
+  if not all_processes(error is None):
+    raise error or checkpoint.UnverifiedCheckpointError(
+        'process 0 refused to resume from a checkpoint it cannot verify (see its log)')
 
 
 @dataclasses.dataclass
@@ -79,14 +94,15 @@ class Restored:
 
 
 def restore_newest(workdir: str, make_runtime: Callable[[int, float], Any],
-                   primary: bool, checksums: bool) -> Optional[Restored]:
+                   primary: bool, checksums: bool, allow_unverified: bool = False
+                   ) -> Optional[Restored]:
   """Restore the newest checkpoint that verifies and restores; a damaged one (found by its
-  manifest, or by a failing restore when it has none) is moved aside and the previous one is
-  tried."""
+  manifest, or by a failing restore when it has none and `allow_unverified`) is moved aside and
+  the previous one is tried."""
   verified = True  # the caller has just run `discard_damaged`
   while True:
-    if primary and not verified:
-      checkpoint.discard_damaged(checkpoint.stage_dirs(workdir), checksums=checksums, log=log0)
+    if not verified:
+      discard_damaged(checkpoint.stage_dirs(workdir), primary, checksums, allow_unverified)
     sync('verify')
     verified = False
     found = checkpoint.latest(workdir)
@@ -133,9 +149,8 @@ def roll_back(rb: faults.Rollback, k: int, runtime: Any, ckptr, workdir: str,
   new_runtime = runtime if lr_scale == guard.lr_scale else make_runtime(k, lr_scale)
   sdir = checkpoint.stage_dir(workdir, k)
   while True:
-    if primary:
-      checkpoint.discard_damaged({k: sdir}, checksums=bool(fault_cfg.verify_checksums), log=log0,
-                                 below=rb.step)
+    discard_damaged({k: sdir}, primary, bool(fault_cfg.verify_checksums),
+                    bool(fault_cfg.allow_unverified), below=rb.step)
     sync(f'rollback-verify-{guard.rollbacks}')
     steps = [s for s in checkpoint.steps_in(sdir) if s <= rb.step]
     ckptr = checkpoint.StageCheckpointer(sdir, keep=t.keep)

@@ -183,15 +183,17 @@ def scaled_schedule(schedule: Callable, lr_scale: float) -> Callable:
   return lambda step: lr_scale * schedule(step)
 
 
-def load_state(path: str, *, mesh: Optional[Mesh] = None, rules=None
+def load_state(path: str, *, mesh: Optional[Mesh] = None, rules=None,
+               allow_unverified: bool = False
                ) -> tuple[ml_collections.ConfigDict, dict, dict, dict]:
   """(config, state, meta, data_state) of a checkpoint, restored like the trainer restores it
-  (optimizer structure rebuilt from the saved config), on `mesh` or one device."""
+  (optimizer structure rebuilt from the saved config), on `mesh` or one device; verified
+  against its manifest first (`allow_unverified`: see `checkpoint.verify_step`)."""
   step_dir = checkpoint.resolve_step_dir(path)
   meta = checkpoint.read_json(step_dir, 'meta')
   config = ml_collections.ConfigDict(checkpoint.read_json(step_dir, 'config'))
   data_state = checkpoint.read_json(step_dir, 'data')
   abstract = abstract_state_for(config, meta, mesh=mesh, rules=rules)
-  state = checkpoint.restore_step(step_dir, abstract)
+  state = checkpoint.restore_step(step_dir, abstract, allow_unverified=allow_unverified)
   return config, state, meta, data_state
 
