@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import glob
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -153,8 +155,38 @@ def describe_error(e: BaseException) -> str:
                    'traceback)')
 
 
+def has_tpu() -> bool:
+  """A Google TPU on this host's PCI bus (vendor 0x1ae0), as jax itself detects one."""
+  for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() == '0x1ae0':
+          return True
+    except OSError:
+      pass
+  return False
+
+
+def cpu_unless_accelerator() -> None:
+  """JAX_PLATFORMS=cpu where libtpu is installed (the `tpu` extra) but neither a TPU nor an
+  NVIDIA GPU is here.  Otherwise jax, with JAX_PLATFORMS unset, loads libtpu to try a TPU
+  backend, and libtpu prints lines about missing TPU VM metadata (worker hostnames, accelerator
+  type) to every CPU command's stderr, and takes its lock file.  `flmjax compile` needs no TPU
+  backend (it describes the slice to libtpu directly).  A JAX_PLATFORMS the user set wins."""
+  if 'JAX_PLATFORMS' in os.environ or importlib.util.find_spec('libtpu') is None:
+    return
+  if has_tpu() or os.path.exists('/proc/driver/nvidia/version'):
+    return
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  if 'jax' in sys.modules:  # read at jax's import: tell a jax imported already (no backend yet)
+    jax = sys.modules['jax']
+    if not jax.config.jax_platforms:
+      jax.config.update('jax_platforms', 'cpu')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  cpu_unless_accelerator()
   debug = '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
   argv = [a for a in argv if a != '--debug']
   overrides, others = split_overrides(argv)

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from flmjax.config import ConfigError
+
 
 def _env_int(name: str) -> Optional[int]:
   v = os.environ.get(name)
@@ -25,7 +27,7 @@ def _env_int(name: str) -> Optional[int]:
   try:
     return int(v)
   except ValueError:
-    raise ValueError(f'environment variable {name} must be an integer, got {v!r}') from None
+    raise ConfigError(f'environment variable {name} must be an integer, got {v!r}') from None
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -41,13 +43,21 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   process_id = process_id if process_id is not None else _env_int('JAX_PROCESS_ID')
   if local_device_ids is None and os.environ.get('JAX_LOCAL_DEVICE_IDS'):
     local_device_ids = [int(x) for x in os.environ['JAX_LOCAL_DEVICE_IDS'].split(',')]
+  if num_processes is not None and num_processes < 1:
+    raise ConfigError(f'multi-host: --num_processes must be >= 1, got {num_processes}')
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    raise ConfigError(f'multi-host: --process_id {process_id} must be in [0, {num_processes}) '
+                      f'for --num_processes {num_processes}')
   if not (auto or coordinator_address):
+    if (num_processes or 1) > 1 or process_id:  # would silently train as one process
+      raise ConfigError(
+          f'multi-host: --num_processes {num_processes} / --process_id {process_id} need '
+          f'--coordinator_address host:port of process 0 (or JAX_COORDINATOR_ADDRESS), or '
+          f'--distributed to detect the cluster')
     return False
   if coordinator_address and (num_processes is None or process_id is None):
-    raise ValueError('multi-host: a coordinator address needs --num_processes and --process_id '
-                     '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)')
-  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-    raise ValueError(f'multi-host: process_id={process_id} must be in [0, {num_processes})')
+    raise ConfigError('multi-host: --coordinator_address needs --num_processes and --process_id '
+                      '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)')
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {}
   if coordinator_address:

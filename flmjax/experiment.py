@@ -63,6 +63,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     raise ConfigError(f'--config: no such file {path!r}')
   spec = importlib.util.spec_from_file_location(
       'flmjax_experiment_' + os.path.splitext(os.path.basename(path))[0], path)
+  if spec is None:  # importlib knows no loader for the suffix (README.md, a .json, ...)
+    raise ConfigError(f'--config {path}: not a Python file; an experiment is a .py file that '
+                      f'defines get_config()')
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -272,6 +275,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}: ids past '
                         f'it would index padding rows; raise {where}.vocab_size to at least {vs}')
     _check_batch(s, o.grad_accum, process_count, where)
+    _check_schedule(cfg, s, where)
 
   if num_devices is not None:
     shape = sharding.mesh_shape(cfg.mesh, num_devices)
@@ -316,6 +320,23 @@ def _vocab_file_size(data: Any) -> int:
   except (OSError, RuntimeError):
     return 0
   return int(sp.GetPieceSize())
+
+
+def _check_schedule(cfg: ml_collections.ConfigDict, s: Stage, where: str) -> None:
+  """A warm-up longer than its stage never reaches the peak LR nor decays, and an end_lr above
+  the LR makes the cosine climb: both train on silently with the wrong LR, so both are errors."""
+  own = as_dict(cfg.stages[s.index]) if cfg.get('stages') else {}
+  field = lambda f: f'{where}.{f}' if own.get(f) is not None else f'optim.{f}'
+  if s.warmup_steps > s.steps:
+    raise ConfigError(f'{field("warmup_steps")}={s.warmup_steps} is longer than the stage '
+                      f'{s.name!r} ({s.steps} steps): the LR would never reach its peak nor '
+                      f'decay to end_lr; use at most {s.steps} warm-up steps')
+  last = s.index == len(cfg.get('stages') or [None]) - 1
+  user_end_lr = last or cfg.optim.get('stage_schedule', 'continue') != 'continue'
+  if cfg.optim.schedule == 'cosine' and user_end_lr and s.end_lr > s.lr:
+    lr_field = f'{where}.lr' if own.get('lr') is not None else 'optim.lr'
+    raise ConfigError(f'{field("end_lr")}={s.end_lr} is above {lr_field}={s.lr}: the cosine '
+                      f'schedule would climb to it instead of decaying; set end_lr <= lr')
 
 
 def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:

@@ -125,6 +125,17 @@ def make_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule,
   return optax.chain(*parts)
 
 
+def at_schedule_step(opt_state: Any, step: int) -> Any:
+  """`opt_state` with the LR schedule's step counter (ScaleByScheduleState.count) set to `step`.
+
+  The LR the update applies is read from that counter, not from TrainState.step; a state moved to
+  another place in a run's plan (`flmjax grow` into a stage that starts elsewhere) moves both.
+  Adam's own count is left alone: bias correction follows the moments' real history."""
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  fix = lambda x: x._replace(count=jnp.full_like(x.count, step)) if is_sched(x) else x
+  return jax.tree.map(fix, opt_state, is_leaf=is_sched)
+
+
 def model_optimizer(optim_cfg: Mapping[str, Any], schedule: Schedule, model_cfg: ModelConfig
                     ) -> optax.GradientTransformation:
   """The optimizer a model trains with: AdamW with its µP learning-rate multipliers (plain

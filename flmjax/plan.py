@@ -88,14 +88,14 @@ def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
   base_model = as_dict(cfg.model)
   t, o = cfg.train, cfg.optim
   stages_cfg = list(cfg.get('stages') or [])
+  mode = o.get('stage_schedule', 'continue')
+  if mode not in STAGE_SCHEDULES:  # checked for one stage too: a typo is never silently ignored
+    raise ConfigError(f'optim.stage_schedule must be one of {STAGE_SCHEDULES}, got {mode!r}')
   if not stages_cfg:
     model = _model(base_model, 'model')
     steps = _steps_from('train', t.steps, t.tokens, t.global_batch_size * t.seq_len)
     return [Stage(0, 'main', model, steps, 0, float(o.lr), int(o.warmup_steps), float(o.end_lr),
                   int(t.global_batch_size), int(t.seq_len), None)]
-  mode = o.get('stage_schedule', 'continue')
-  if mode not in STAGE_SCHEDULES:
-    raise ConfigError(f'optim.stage_schedule must be one of {STAGE_SCHEDULES}, got {mode!r}')
   out, start, names = [], 0, set()
   for k, s in enumerate(stages_cfg):
     where = f'stages[{k}]'

@@ -48,12 +48,21 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int):
 
 def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_p: float,
                   vocab_size: int) -> jax.Array:
-  """Greedy at temperature 0; otherwise nucleus sampling over the real (unpadded) vocabulary."""
+  """Greedy at temperature 0; otherwise nucleus sampling over the real (unpadded) vocabulary.
+
+  Any finite temperature > 0 is sane: the logits are shifted so the largest is 0 and multiplied
+  by 1/temperature computed in float64 and clipped to float32's range, so no product is NaN
+  (XLA multiplies by a reciprocal: -inf · 0 for a huge temperature, 0 · inf for a tiny one) and a
+  padding id is never drawn; a huge temperature samples uniformly, a tiny one greedily."""
   V = logits_BxV.shape[-1]
-  logits_BxV = jnp.where(jnp.arange(V) < vocab_size, logits_BxV, -jnp.inf)
+  real_V = jnp.arange(V) < vocab_size
+  logits_BxV = jnp.where(real_V, logits_BxV.astype(jnp.float32), -jnp.inf)
   if temperature <= 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV / temperature
+  scale = min(1.0 / temperature, float(jnp.finfo(jnp.float32).max))
+  shifted_BxV = logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)
+  logits_BxV = jnp.where(real_V, jnp.where(real_V, shifted_BxV, 0.0) * jnp.float32(scale),
+                         -jnp.inf)
   if top_p < 1.0:
     sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
     probs = jax.nn.softmax(sorted_BxV, axis=-1)

@@ -99,6 +99,12 @@ def world(tmp_path_factory):
         c = tiny_config(0, stages=tiny_stages((2, 2)))
         return c
   ''')
+  w['warm_stage_exp'] = _experiment(str(base / 'warm_stage_exp.py'), '''
+      def get_config():
+        c = tiny_config(0, stages=tiny_stages((2, 2)))
+        c.stages[0]['warmup_steps'] = 3
+        return c
+  ''')
   w['raising_exp'] = _experiment(str(base / 'raising_exp.py'), '''
       def get_config():
         c = tiny_config(2)
@@ -219,6 +225,33 @@ CASES = [
      lambda w: 'truncated'),
     ('plot-no-metrics', lambda w: ['plot', '--workdir', w['base'] + '/none'], 1,
      lambda w: 'no metrics file'),
+    ('stage-schedule-single-stage', _train('tiny_exp', '--config.optim.stage_schedule=foo'), 2,
+     lambda w: "optim.stage_schedule must be one of ('continue', 'rewarm'), got 'foo'"),
+    ('warmup-longer-than-run', _train('tiny_exp', '--config.optim.warmup_steps=5'), 2,
+     lambda w: "optim.warmup_steps=5 is longer than the stage 'main' (2 steps)"),
+    ('warmup-longer-than-stage', _train('warm_stage_exp'), 2,
+     lambda w: "stages[0].warmup_steps=3 is longer than the stage 'small' (2 steps)"),
+    ('end-lr-above-lr', _train('tiny_exp', '--config.optim.end_lr=1.0'), 2,
+     lambda w: 'optim.end_lr=1.0 is above optim.lr=0.01'),
+    ('num-processes-without-coordinator', _train('tiny_exp', '--num_processes', '2'), 2,
+     lambda w: 'need --coordinator_address'),
+    ('process-id-out-of-range', _train('tiny_exp', '--process_id', '5', '--num_processes', '2'),
+     2,
+     lambda w: '--process_id 5 must be in [0, 2)'),
+    ('config-not-python', lambda w: ['train', '--config', os.path.join(ROOT, 'README.md'),
+                                     '--workdir', w['base'] + '/readme'], 2,
+     lambda w: 'README.md: not a Python file'),
+    ('grow-verify-len-past-max-len', lambda w: [
+        'grow', '--checkpoint', w['ckpt'] + '/stage_0', '--to', w['grow_exp'] + ':big', '--out',
+        w['base'] + '/grown-len', '--verify', '--verify_len', '100000'], 2,
+     lambda w: '--verify_len must be in [1, 32]'),
+    ('grow-verify-batch-0', lambda w: [
+        'grow', '--checkpoint', w['ckpt'] + '/stage_0', '--to', w['grow_exp'] + ':big', '--out',
+        w['base'] + '/grown-batch', '--verify', '--verify_batch', '0'], 2,
+     lambda w: '--verify_batch must be >= 1'),
+    ('sample-top-p-without-temperature', lambda w: ['sample', '--checkpoint', w['ckpt'],
+                                                    '--prompt_ids', '1', '--top_p', '0.5'], 2,
+     lambda w: '--top_p 0.5 needs --temperature > 0'),
 ]
 
 
@@ -236,7 +269,8 @@ def test_bad_input_ends_in_one_clear_line(world, capsys, argv, status, fragment)
 
 def test_damaged_input_writes_nothing(world):
   """A failed grow leaves no output directory; a damaged checkpoint is not moved by readers."""
-  assert not os.path.exists(os.path.join(world['base'], 'grown'))
+  for out in ('grown', 'grown-len', 'grown-batch'):
+    assert not os.path.exists(os.path.join(world['base'], out))
   assert checkpoint.latest(world['flipped']) == (0, 2)
 
 

@@ -80,3 +80,25 @@ def test_flmjax_train_tiny_lowers_the_loss_on_both_languages(tmp_path):
   other.train.seed = ran['train']['seed'] + 1
   with pytest.raises(ValueError, match=r'not the one asked for \(train.seed: ran 0, asked 1\)'):
     sweep.run_point(other, wd)
+
+
+def test_cpu_command_prints_no_libtpu_lines(tmp_path):
+  """With the `tpu` extra on a host without a TPU, JAX_PLATFORMS unset: jax used to load libtpu
+  for a TPU backend and libtpu printed lines about missing TPU VM metadata on every command."""
+  import importlib.util
+  import subprocess
+  import sys
+  if importlib.util.find_spec('libtpu') is None:
+    pytest.skip('libtpu (the tpu extra) is not installed: nothing would print')
+  if cli.has_tpu() or os.path.exists('/proc/driver/nvidia/version'):
+    pytest.skip('an accelerator is attached: jax should look for it')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  env.update(PYTHONPATH=ROOT, ALLOW_MULTIPLE_LIBTPU_LOAD='1')  # as with no `flmjax compile` near
+  # jax.device_count() runs before the config check: the backends are up when it fails
+  proc = subprocess.run([sys.executable, '-m', 'flmjax.cli', 'train', '--config',
+                         os.path.join(ROOT, 'experiments', 'tiny.py'), '--workdir',
+                         str(tmp_path / 'w'), '--config.optim.lr=-1'],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      'flmjax train: config error: optim.lr must be > 0, got -1.0'], proc.stderr

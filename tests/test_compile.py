@@ -53,11 +53,46 @@ def test_parse_slice():
   assert aot.parse_slice('v5litepod-16').topology == 'v5e:4x4'
   assert aot.parse_slice('v5e-4').topology == 'v5e:2x2'
   assert aot.parse_slice('v6e-8').topology == 'v6e:2x4'
+  # v4 names count TensorCores too (v4-8 is one host of 4 chips), up to v4-4096 = 2048 chips
+  assert (aot.parse_slice('v4-8').topology, aot.parse_slice('v4-8').chips) == ('v4:2x2x1', 4)
+  assert aot.parse_slice('v4-16').topology == 'v4:2x2x2'
+  assert aot.parse_slice('v4-1024').topology == 'v4:8x8x8'
+  assert (aot.parse_slice('v4-4096').topology, aot.parse_slice('v4-4096').chips) == (
+      'v4:8x16x16', 2048)
+  assert aot.parse_slice('v4:4x4x4').chips == 64
+  v4 = aot.CHIPS['v4']
+  assert (v4.hbm_spec, v4.peak_bf16) == (32 * aot.GiB, 275e12)
   two = aot.parse_slice('v5e:2x2', num_slices=2)
   assert two.chips == 8 and 'slices' in str(two)
-  for bad in ('v9x-8', 'v5p-12', 'v5p:4x4', 'v5p'):
+  for bad in ('v9x-8', 'v5p-12', 'v5p:4x4', 'v5p', 'v4-6', 'v4:2x2'):
     with pytest.raises(aot.PodPlanError):
       aot.parse_slice(bad)
+
+
+def test_libtpu_accepts_v4_and_v6e_topologies():
+  """libtpu describes the slices: v4 in megacore mode, one device per chip as on a TPU VM."""
+  for name, kind, chips, hosts in (('v4-8', 'TPU v4', 4, 1), ('v4-1024', 'TPU v4', 512, 128),
+                                   ('v6e-8', 'TPU v6 lite', 8, 2)):
+    devices = aot.topology_devices(aot.parse_slice(name))
+    assert len(devices) == chips and {d.device_kind for d in devices} == {kind}, name
+    assert len({d.process_index for d in devices}) == hosts, name
+    assert len({tuple(d.coords) for d in devices}) == chips, name  # no chip twice
+
+
+def _row(kind, name, days=0.0, paper=None):
+  return aot.Row(kind, name, (1, 1, 1), 10, flops_per_step=1.0 if kind == 'train' else 0.0,
+                 days=days, paper_days=paper, capacity=1, peak_bytes=1)
+
+
+def test_footer_names_the_stages_it_summed():
+  sl, rows = aot.parse_slice('v4-8'), [_row('growth', '51B -> 101B'), _row('train', '101B', 2.5,
+                                                                            6.54)]
+  last = aot.format_table(rows, sl, 0.52, all_stages=False).splitlines()[-1]
+  assert last.startswith('training days (stage 101B only; at 52% MFU): 2.50'), last
+  assert 'all stages' not in last and 'paper: 6.54' in last
+  rows = [_row('train', '16B', 1.0, 9.63), _row('eval', '16B'), _row('train', '101B', 2.5, 6.54)]
+  last = aot.format_table(rows, sl, 0.52).splitlines()[-1]
+  assert last.startswith('training days (all stages: 16B, 101B; at 52% MFU): 3.50'), last
 
 
 def test_without_libtpu_says_how_to_install(monkeypatch, capsys, tmp_path):
@@ -94,6 +129,27 @@ def test_tiny_growth_plan(tmp_path):
   assert lines[0].startswith('pod plan for v5e:2x2 (4 chips)')
   assert any(l.startswith('growth') and 'small -> big' in l for l in lines)
   assert 'training days' in lines[-1]
+
+
+@pytest.mark.slow
+def test_one_stage_on_v4(tmp_path):
+  """`--stage big` on a v4 host (4 chips, megacore): the growth into it and its steps compile,
+  the footer says which stage it summed."""
+  out = tmp_path / 'plan.json'
+  proc = run_compile(tmp_path, TINY, '--topology', 'v4-8', '--stage', 'big', '--no_eval',
+                     '--output', str(out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  plan = json.loads(out.read_text())
+  assert (plan['topology'], plan['chips'], plan['chip']) == ('v4:2x2x1', 4, 'v4')
+  assert [(r['kind'], r['name']) for r in plan['rows']] == [
+      ('growth', 'small -> big'), ('train (ramp masks)', 'big'), ('train', 'big')]
+  assert all(0 < r['peak_bytes'] < r['capacity'] == aot.CHIPS['v4'].hbm_usable
+             for r in plan['rows'])
+  big = plan['rows'][-1]
+  assert big['step_s'] == pytest.approx(big['flops_per_step'] / (4 * 275e12 * 0.52))
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith('pod plan for v4:2x2x1 (4 chips): v4 30.75 GiB usable HBM')
+  assert lines[-1].startswith('training days (stage big only; at 52% MFU)'), lines[-1]
 
 
 TOO_LARGE = """

@@ -653,3 +653,30 @@ def test_tokenizer_matches_seqio_vocabulary(setup):
   for case in (ids, ids[:3], [5, tok.vocab_size + 7, 6]):  # past-the-vocab id, eos cut
     assert tok.decode(case) == voc.decode(case)
   assert 'letter' not in tok.decode(ids)
+
+
+_IMPORT_REGISTERS = '''
+import importlib, json, seqio
+before = 'flm_bilingual' in seqio.MixtureRegistry.names()
+import flmjax.data.tasks as T
+mix = seqio.get_mixture_or_task('flm_bilingual')
+tasks = sorted(t.name for t in mix.tasks)
+importlib.reload(T)  # idempotent: a second import (or register_tasks) replaces, never clashes
+T.register_tasks()
+print(json.dumps({'before': before, 'tasks': tasks,
+                  'after': sorted(t.name for t in seqio.get_mixture_or_task(T.MIXTURE).tasks)}))
+'''
+
+
+def test_importing_the_tasks_module_registers_them():
+  """seqio's convention (T5X, gin): `import flmjax.data.tasks` registers its Tasks and Mixture."""
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-c', _IMPORT_REGISTERS], capture_output=True, text=True,
+                     timeout=600, env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 0, r.stderr[-4000:]
+  got = json.loads(r.stdout.strip().splitlines()[-1])
+  names = ['flm_en', 'flm_instruct', 'flm_teacher', 'flm_zh']
+  assert got == {'before': False, 'tasks': names, 'after': names}

@@ -122,3 +122,40 @@ def test_bad_target_and_occupied_output_are_refused(tmp_path):
   occupied.mkdir(parents=True)
   with pytest.raises(checkpoint.CheckpointError, match='already holds checkpoints'):
     grow_cmd.grow_main(_args('W', f'{exp}:big', str(tmp_path / 'o')))
+
+
+@pytest.mark.slow
+def test_grow_from_a_single_stage_run_resumes_the_stage_at_its_start(source, capsys):
+  """A single-stage run (3 steps) grown into 'big', which starts at step 2 of the experiment:
+  the grown checkpoint is placed at step 2 (state, masks and the schedule's own counter), so
+  `train` runs big's 2 steps at big's LRs (it resumed at step 3 under the schedule of 'small',
+  or before the stage with a negative progress bar)."""
+  from conftest import read_losses
+  from flmjax.metrics import read_metrics
+  exp, _, root = source
+  single = experiment.load_config(exp)
+  single.stages = []
+  single.train.steps = 3
+  loop.train(single, str(root / 'single'))
+  out = str(root / 'w5')
+  rc = grow_cmd.grow_main(_args(os.path.join(root, 'single', 'stage_0'), f'{exp}:big', out,
+                                verify=False))
+  text = capsys.readouterr().out
+  assert rc == 0 and 'source checkpoint is at step 3' in text, text
+  config = experiment.load_config(exp)
+  big = experiment.validate(config)[1]
+  _, state, meta, _ = runtime.load_state(out)
+  assert int(state['step']) == int(state['grow_step']) == big.start_step == 2
+  assert meta['source_step'] == 3
+  sched, = [s for s in jax.tree.leaves(state['opt_state'], is_leaf=lambda s: isinstance(
+      s, optax.ScaleByScheduleState)) if isinstance(s, optax.ScaleByScheduleState)]
+  adam, = [s for s in jax.tree.leaves(state['opt_state'], is_leaf=lambda s: isinstance(
+      s, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+  assert int(sched.count) == 2 and int(adam.count) == 3  # LR at the stage; moments' real age
+  config.stages = config.stages[:2]
+  loop.train(config, out)
+  trained = sorted(read_losses(out))
+  assert trained == [3, 4], trained  # big's 2 steps, not 4 - 3 + ... nor steps of 'small'
+  lrs = {r['step']: r['learning_rate'] for r in read_metrics(os.path.join(out, 'metrics.jsonl'))
+         if 'learning_rate' in r}
+  assert lrs[3] == pytest.approx(big.lr)  # the stage's first step trains at its own LR

@@ -57,3 +57,18 @@ def test_top_p_keeps_only_the_nucleus():
   never_padded = {int(sample_logits(jnp.zeros((1, 128)), jax.random.PRNGKey(i), 1.0, 1.0, 4)[0])
                   for i in range(200)}
   assert never_padded <= {0, 1, 2, 3}
+
+
+def test_extreme_temperatures_never_draw_padding_ids():
+  """A huge temperature samples uniformly over the real vocabulary (1e38 drew only the first
+  padding id: -inf · (1/1e38 flushed to 0) is NaN), 1e308 (inf in float32) too; a tiny one is
+  greedy."""
+  params = _params()
+  assert CFG.padded_vocab > CFG.vocab_size
+  for t in (1e38, 1e308):
+    out = generate(params, CFG, [[1, 2, 3]] * 4, 16, temperature=t, seed=3)
+    ids = [i for row in out for i in row]
+    assert all(0 <= i < CFG.vocab_size for i in ids), (t, ids)
+    assert len(set(ids)) > 16, (t, ids)  # spread over the vocabulary, not one id
+  greedy = generate(params, CFG, [[1, 2, 3]], 8)
+  assert generate(params, CFG, [[1, 2, 3]], 8, temperature=1e-44, top_p=0.5) == greedy

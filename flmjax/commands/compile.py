@@ -18,8 +18,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help='experiment file; override fields with --config.section.field=value')
   p.add_argument('--topology', required=True,
                  help='TPU slice: a Cloud accelerator type (v5p-512 = 256 chips: v5p names '
-                      'count TensorCores; v5litepod-16, v6e-16 count chips) or a topology '
-                      '(v5p:4x8x8)')
+                      'count TensorCores, as do v4 names: v4-8 = 4 chips; v5litepod-16, v6e-16 '
+                      'count chips) or a topology (v5p:4x8x8, v4:2x2x1)')
   p.add_argument('--num_slices', type=int, default=1,
                  help='multi-slice: this many slices joined over DCN (the mesh data axis spans '
                       'them)')
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
            'so that they divide.' if 'divisible' in str(e) else '')
     print(f'flmjax compile: config error for {sl}: {e}.{fix}', file=sys.stderr)
     return 2
-  print(aot.format_table(rows, sl, mfu), flush=True)
+  print(aot.format_table(rows, sl, mfu, all_stages=args.stage is None), flush=True)
   over = [r for r in rows if not r.error and r.ratio > args.max_hbm_fraction]
   for r in over:
     print(f'OVER {r.kind} {r.name}: {100 * r.ratio:.1f}% of HBM > --max_hbm_fraction='

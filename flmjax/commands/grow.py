@@ -28,7 +28,9 @@ def add_grow_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--verify', action='store_true',
                       help='compare logits of source and grown model on a sample batch')
   parser.add_argument('--verify_batch', type=int, default=2, help='rows of the sample batch')
-  parser.add_argument('--verify_len', type=int, default=64, help='tokens per row (≤ max_len)')
+  parser.add_argument('--verify_len', type=int, default=None,
+                      help="tokens per row (at most the models' max_len; default 64, or max_len "
+                           'when shorter)')
   parser.add_argument('--allow_unverified', action='store_true',
                       help='read a checkpoint without a manifest (or with files its manifest '
                       'does not list), e.g. one written by another tool: its bytes cannot be '
@@ -51,6 +53,19 @@ def find_stage(stages: list, name: str, where: str):
       return s
   raise ConfigError(f'--to {where}:{name}: no stage named {name!r}; stages are '
                     f'{[s.name for s in stages]}')
+
+
+def _check_verify_args(args: argparse.Namespace, src: Any, dst: Any) -> None:
+  """--verify's sample batch must exist and fit both models (never silently clamped)."""
+  from flmjax.config import ConfigError
+  if args.verify_batch < 1:
+    raise ConfigError(f'--verify_batch must be >= 1, got {args.verify_batch}')
+  longest = min(src.max_len, dst.max_len)
+  if args.verify_len is None:
+    args.verify_len = min(64, longest)
+  if not 1 <= args.verify_len <= longest:
+    raise ConfigError(f'--verify_len must be in [1, {longest}] (the max_len of the source and '
+                      f'target models), got {args.verify_len}')
 
 
 def grow_main(args: argparse.Namespace) -> int:
@@ -77,6 +92,7 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
   """Load (verified), grow with the trainer's own builder, save; the caller holds the lock on
   `--out`."""
   import jax
+  import jax.numpy as jnp
 
   from flmjax import checkpoint, growth, optimizer, sharding
   from flmjax.config import ConfigError, ModelConfig
@@ -102,22 +118,31 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
       raise ConfigError(f'--checkpoint {args.checkpoint}: step {step} is inside a mask ramp '
                         f'({since} of {ramp} steps since the last growth); grow after the ramp')
 
+  if args.verify:
+    _check_verify_args(args, src, dst)
+  start = stage.start_step
+  source = state
+  if step != start:  # the plan places the stage at `start`: its LRs, length and progress
+    state = {**state, 'step': jnp.full_like(state['step'], start),  # follow the global step
+             'opt_state': optimizer.at_schedule_step(state['opt_state'], start)}
+
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   runtime = StageRuntime(config, stages, stage.index, mesh, rules, schedule)
   grown = runtime.grow(src, TrainState.from_dict(state))
-  new_meta = {**stage_meta(stage, grown, step), 'grown_from': os.path.abspath(args.checkpoint),
-              'growth': dataclasses.asdict(spec)}
+  new_meta = {**stage_meta(stage, grown, start), 'grown_from': os.path.abspath(args.checkpoint),
+              'growth': dataclasses.asdict(spec), 'source_step': step}
   saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), grown.to_dict(),
                                 meta=new_meta, data_state=data_state)
   exact = growth.is_exact(src, dst, spec)
   print(f'grew {src.param_count() / 1e6:.2f}M -> {dst.param_count() / 1e6:.2f}M params '
-        f'(width={spec.width}, depth={spec.depth}, exact={exact}) at step {step}: {saved}')
-  if step != stage.start_step:
-    print(f'note: stage {stage.name!r} starts at step {stage.start_step} in {path}; the grown '
-          f'checkpoint is at step {step}')
+        f'(width={spec.width}, depth={spec.depth}, exact={exact}) at step {start}: {saved}')
+  if step != start:
+    print(f'note: the source checkpoint is at step {step}; stage {stage.name!r} starts at step '
+          f'{start} in {path}, so the grown checkpoint is placed there: `flmjax train` runs the '
+          f"stage's {stage.steps} steps with its own learning rates")
   if not args.verify:
     return 0
-  diff = max_abs_logit_diff(src, state['params'], dst, grown.params, grown.mask_base,
+  diff = max_abs_logit_diff(src, source['params'], dst, grown.params, grown.mask_base,
                             batch=args.verify_batch, length=args.verify_len)
   status = 0
   if exact and not diff <= EXACT_TOL:

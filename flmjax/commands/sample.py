@@ -13,8 +13,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                       '--prompt_ids')
   p.add_argument('--prompt_ids', default=None, help='comma-separated token ids instead of text')
   p.add_argument('--max_new_tokens', type=int, default=64)
-  p.add_argument('--temperature', type=float, default=0.0, help='0 = greedy')
-  p.add_argument('--top_p', type=float, default=1.0, help='nucleus mass (with temperature > 0)')
+  p.add_argument('--temperature', type=float, default=0.0,
+                 help='0 = greedy; any finite value > 0 samples (very large: uniform over the '
+                      'vocabulary, never a padding id)')
+  p.add_argument('--top_p', type=float, default=1.0,
+                 help='nucleus mass; needs --temperature > 0')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--allow_unverified', action='store_true',
                  help='read a checkpoint without a manifest (or with files its manifest '
@@ -39,6 +42,10 @@ def sample_main(args: argparse.Namespace) -> int:
   if not args.temperature >= 0.0 or args.temperature == float('inf'):
     print(f'flmjax sample: --temperature must be a finite number >= 0 (0 = greedy), got '
           f'{args.temperature}', file=sys.stderr)
+    return 2
+  if args.top_p < 1.0 and args.temperature == 0.0:
+    print(f'flmjax sample: --top_p {args.top_p} needs --temperature > 0: temperature 0 is greedy '
+          f'decoding, which ignores top_p', file=sys.stderr)
     return 2
   if args.prompt_ids:
     try:

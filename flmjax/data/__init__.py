@@ -3,8 +3,9 @@ instruction data and FreeLM teacher signal in LM form, packing, exact resume.
 
 The numpy pipeline, the vocabulary and the tokenizer need neither seqio nor TensorFlow.  The seqio
 Tasks flm_en, flm_zh, flm_instruct, flm_teacher and the Mixture flm_bilingual are registered by
-`register_tasks()` (in `flmjax.data.tasks`, which imports seqio and with it TensorFlow); `TASKS`,
-`MIXTURE` and `register_tasks` load that module on first use.
+importing `flmjax.data.tasks` (which imports seqio and with it TensorFlow), and again for other
+data settings by its `register_tasks(data_cfg)`; `TASKS`, `MIXTURE` and `register_tasks` load that
+module on first use.
 """
 
 from flmjax.data.config import default_data_config, validate_data_config

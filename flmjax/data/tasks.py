@@ -6,8 +6,11 @@ sees the same data. Every Task has the features 'inputs' (no loss: empty for pla
 prompt for instructions, `text <|sep|> proposition` for the teacher signal) and 'targets'. Seqio
 mixes by example counts with these rates; flmjax's own iterator uses them as token shares.
 Registration is cheap: the vocabulary is trained and the corpus read only when a dataset is built.
-It is explicit (`register_tasks()`), not an import side effect, because seqio imports TensorFlow:
-the numpy pipeline, vocabulary training, sampling and synthetic runs never load it.
+As seqio's convention has it (T5X and gin files import a tasks module by name), importing this
+module registers them, for the default data settings; `register_tasks(data_cfg)` re-registers
+them for other settings (idempotent: each call replaces the previous registration).  Only this
+module imports seqio and with it TensorFlow: the numpy pipeline, vocabulary training, sampling
+and synthetic runs never load it.
 """
 
 from __future__ import annotations
@@ -81,3 +84,6 @@ def register_tasks(data_cfg: Any = None) -> None:
         })
   seqio.MixtureRegistry.remove(MIXTURE)
   seqio.MixtureRegistry.add(MIXTURE, [(TASKS[s], rates[s]) for s in TASKS if rates[s] > 0])
+
+
+register_tasks()  # on import, as seqio users expect of a tasks module

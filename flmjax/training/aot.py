@@ -8,9 +8,9 @@ abstract state and batch (ShapeDtypeStructs carrying the target NamedShardings),
 growth the jitted `grow_state` with the target shardings; XLA's memory analysis then gives each
 chip's peak HBM.  Nothing is allocated and nothing is downloaded.
 
-Slices are named as Google Cloud names them: `v5p-512` counts TensorCores (2 per v4 / v5p chip,
-so 256 chips, topology 4x8x8), `v5litepod-16` / `v5e-16` / `v6e-16` count chips; or give the
-topology itself, `v5p:8x8x8` (512 chips, = v5p-1024).
+Slices are named as Google Cloud names them: `v5p-512` and `v4-512` count TensorCores (2 per v4 /
+v5p chip, so 256 chips, topology 4x8x8), `v5litepod-16` / `v5e-16` / `v6e-16` count chips; or give
+the topology itself, `v5p:8x8x8` (512 chips, = v5p-1024).
 """
 
 from __future__ import annotations
@@ -34,17 +34,22 @@ class PodPlanError(RuntimeError):
 class Chip:
   """One TPU generation.  `hbm_usable` is what libtpu's compiler allows a program per device
   (its RESOURCE_EXHAUSTED message, libtpu 0.0.42): the capacity we compare against."""
-  prefix: str                 # libtpu topology prefix: 'v5p', 'v5e', 'v6e'
+  prefix: str                 # libtpu topology prefix: 'v4', 'v5p', 'v5e', 'v6e'
   names: tuple[str, ...]      # Cloud accelerator-type prefixes: 'v5p-512', 'v5litepod-16'
   hbm_spec: int               # bytes per chip, public spec
   hbm_usable: int             # bytes per device the compiler allows
   peak_bf16: float            # dense bf16 FLOP/s per chip, public spec
-  cores_per_chip_in_name: int  # v5p-N counts TensorCores (2 per chip); v5e/v6e count chips
+  cores_per_chip_in_name: int  # v4-N / v5p-N count TensorCores (2 per chip); v5e/v6e chips
   dims: int                   # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
   source: str
+  # libtpu describes a v4 chip as two devices (one per TensorCore) unless asked for 'megacore',
+  # the mode TPU VMs run v4 in (one device per chip, as v5p by default)
+  chip_config: str = ''
 
 
 CHIPS: dict[str, Chip] = {c.prefix: c for c in (
+    Chip('v4', ('v4',), 32 * GiB, int(30.75 * GiB), 275e12, 2, 3,
+         'cloud.google.com/tpu/docs/v4 (32 GiB HBM2, 275 bf16 TFLOP/s per chip)', 'megacore'),
     Chip('v5p', ('v5p',), 95 * 10 ** 9, int(95.74 * GiB), 459e12, 2, 3,
          'cloud.google.com/tpu/docs/v5p (95 GB HBM2e, 459 bf16 TFLOP/s per chip)'),
     Chip('v5e', ('v5e', 'v5litepod'), 16 * 10 ** 9, int(15.75 * GiB), 197e12, 1, 2,
@@ -157,6 +162,8 @@ def topology_devices(sl: Slice) -> list[Any]:
   if not jax.config.jax_platforms:  # compiling needs no TPU backend: don't let jax probe for one
     jax.config.update('jax_platforms', 'cpu')
   kw = {'num_slices': sl.num_slices} if sl.num_slices > 1 else {}
+  if sl.chip.chip_config:
+    kw['chip_config_name'] = sl.chip.chip_config
   return list(topologies.get_topology_desc(sl.topology, 'tpu', **kw).devices)
 
 
@@ -363,7 +370,20 @@ def format_row(r: Row) -> str:
   return '  ' + '  '.join(f'{h}={c}' for h, c in zip(HEADER, row_cells(r)) if c)
 
 
-def format_table(rows: Sequence[Row], sl: Slice, mfu: float) -> str:
+def days_footer(rows: Sequence[Row], mfu: float, all_stages: bool = True) -> str:
+  """The summed training days, naming the stages summed (a `--stage` plan is one stage, not the
+  run)."""
+  train = [r for r in rows if r.kind == 'train']
+  names = ', '.join(r.name for r in train)
+  what = (f'all stages: {names}' if all_stages else
+          f"stage{'s' if len(train) > 1 else ''} {names} only")
+  paper = [r.paper_days for r in train if r.paper_days is not None]
+  return (f'training days ({what}; at {100 * mfu:.0f}% MFU): '
+          f'{sum(r.days for r in train):.2f}'
+          + (f'; paper: {sum(paper):.2f} on 192 A800s' if paper else ''))
+
+
+def format_table(rows: Sequence[Row], sl: Slice, mfu: float, all_stages: bool = True) -> str:
   cells = [HEADER] + [row_cells(r) for r in rows]
   widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
   line = lambda c: '  '.join(x.rjust(w) if i > 1 else x.ljust(w)
@@ -372,10 +392,7 @@ def format_table(rows: Sequence[Row], sl: Slice, mfu: float) -> str:
          f'{sl.chip.peak_bf16 / 1e12:.0f} bf16 TFLOP/s per chip ({sl.chip.source}); step time '
          f'and days at {100 * mfu:.0f}% MFU']
   out += [line(cells[0]), line(['-' * w for w in widths])] + [line(c) for c in cells[1:]]
-  total = sum(r.days for r in rows if r.kind == 'train')
-  paper = [r.paper_days for r in rows if r.kind == 'train' and r.paper_days is not None]
-  out.append(f'training days (all stages, at {100 * mfu:.0f}% MFU): {total:.2f}'
-             + (f'; paper: {sum(paper):.2f} on 192 A800s' if paper else ''))
+  out.append(days_footer(rows, mfu, all_stages))
   for r in rows:
     if r.error:
       out.append(f'FAILED {r.kind} {r.name}: {r.error}')
