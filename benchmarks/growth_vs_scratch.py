@@ -70,7 +70,7 @@ def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: b
   if smoke:
     smoke_overrides(config)
   config.train.allow_overwrite = True
-  if reuse and summary.read_finished(workdir, config) is not None:
+  if reuse and summary.read_finished(workdir, config, experiment.default_config()) is not None:
     return float('nan')
   t0 = time.perf_counter()
   loop.train(config, workdir)

@@ -299,3 +299,17 @@ def _setting_module():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+def test_a_run_recorded_before_a_field_existed_stands_for_its_default():
+  from flmjax.training.summary import config_differences
+  ran = {'optim': {'lr': 0.01}, 'faults': {}}
+  defaults = {'optim': {'lr': 0.003}, 'faults': {'stop_timeout_s': 600.0}}
+  asked = {'optim': {'lr': 0.01}, 'faults': {'stop_timeout_s': 600.0}}
+  assert config_differences(ran, asked, defaults=defaults) == []
+  assert config_differences(ran, asked) == ['faults.stop_timeout_s: ran None, asked 600.0']
+  off_default = {'optim': {'lr': 0.01}, 'faults': {'stop_timeout_s': 5.0}}
+  assert config_differences(ran, off_default, defaults=defaults) == [
+      'faults.stop_timeout_s: ran None, asked 5.0']
+  assert config_differences(ran, {'optim': {'lr': 0.02}, 'faults': {}}, defaults=defaults) == [
+      'optim.lr: ran 0.01, asked 0.02']

@@ -50,7 +50,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 
-from flmjax import checkpoint, plan
+from flmjax import checkpoint, experiment, plan
 from flmjax.config import ConfigError, ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.scaling.sweep import final_loss
@@ -351,7 +351,7 @@ def probe_job(base: Base, c: Candidate, budget: float, probe_flops: float, lag: 
 
 
 def _read(job: Job) -> Optional[dict]:
-  return read_finished(job.workdir, job.config)
+  return read_finished(job.workdir, job.config, experiment.default_config())
 
 
 def _run(job: Job, log) -> dict:

@@ -89,10 +89,10 @@ def final_loss(summary: Mapping[str, Any], workdir: str) -> float:
 
 def run_point(config: Any, workdir: str) -> dict[str, Any]:
   """Train `config` in `workdir` with the trainer, or read a finished run of it back."""
-  summary = read_finished(workdir, config)
+  summary = read_finished(workdir, config, experiment.default_config())
   if summary is None:
     train(config, workdir)
-    summary = read_finished(workdir, config)
+    summary = read_finished(workdir, config, experiment.default_config())
   stages = plan.stage_plan(config)
   return {'loss': final_loss(summary, workdir), 'flops': summary['growth_flops'],
           'tokens': summary['tokens'], 'params': stages[-1].model.param_count(),

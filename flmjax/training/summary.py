@@ -43,31 +43,43 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def config_differences(ran: Mapping[str, Any], asked: Mapping[str, Any],
-                       prefix: str = '') -> list[str]:
-  """'field: ran X, asked Y' for every leaf that differs between two config dicts."""
+                       prefix: str = '', defaults: Optional[Mapping[str, Any]] = None
+                       ) -> list[str]:
+  """'field: ran X, asked Y' for every leaf that differs between two config dicts.
+
+  With `defaults`, a field the run did not record (added to the config after it ran) counts as
+  equal when it is asked at its default: a new field's default keeps the behaviour before it."""
   out = []
+  defaults = defaults or {}
   for key in sorted(set(ran) | set(asked)):
-    a, b = ran.get(key), asked.get(key)
+    a, b, d = ran.get(key), asked.get(key), defaults.get(key)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-      out.extend(config_differences(a, b, f'{prefix}{key}.'))
+      out.extend(config_differences(a, b, f'{prefix}{key}.',
+                                    d if isinstance(d, Mapping) else None))
+    elif key not in ran and key in defaults and b == d:
+      continue
     elif a != b:
       out.append(f'{prefix}{key}: ran {a!r}, asked {b!r}')
   return out
 
 
-def read_finished(workdir: str, config: Any) -> Optional[dict[str, Any]]:
+def read_finished(workdir: str, config: Any, defaults: Any = None
+                  ) -> Optional[dict[str, Any]]:
   """The summary of a finished run of `config` in `workdir`; None when none finished there.
 
   A finished run of another config is refused (ValueError naming the fields that differ): its
   losses would silently stand in for the run asked for.  A summary written before summaries
-  recorded their config is trusted."""
+  recorded their config is trusted; `defaults` (the experiment defaults) let a run recorded
+  before a field existed stand for that field's default (`config_differences`)."""
   path = os.path.join(workdir, 'summary.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     summary = json.load(f)
   if 'config' in summary:
-    differ = config_differences(summary['config'], json.loads(config.to_json()))
+    differ = config_differences(summary['config'], json.loads(config.to_json()),
+                                defaults=None if defaults is None else
+                                json.loads(defaults.to_json()))
     if differ:
       raise ValueError(f'{path}: this finished run is not the one asked for ({"; ".join(differ)})'
                        f': use another workdir, or remove this run to train it again')
