@@ -55,6 +55,9 @@ PRESETS = {
                  evals=16, eval_batches=4),
     # The benchmark's first run (1.3M tokens, still the small-model regime), kept so that its
     # numbers, measured before issue 14's training conventions, can be re-measured like for like.
+    # Issue 25's second budget: the same setting on twice the tokens (the trend with scale).
+    'double': dict(first=(16, 2), final=(32, 4), seq=128, batch=32, final_tokens=8_000_000,
+                   evals=16, eval_batches=4),
     'first_run': dict(first=(16, 2), final=(32, 4), seq=128, batch=32, final_tokens=1_300_000,
                       evals=16, eval_batches=4),
     'smoke': dict(first=(16, 1), final=(32, 2), seq=16, batch=8, final_tokens=2_048,

@@ -4,9 +4,15 @@ Proportions kept from the paper (see experiments/flm101b.py):
   * widths 4096 : 7168 : 10240 with heads 32 : 56 : 80 of 128  →  here 64 : 112 : 160 with
     heads 4 : 7 : 10 of 16 (÷64 and ÷8); d_ff = 4·d_model; depth constant (4 layers);
   * token budgets 245.37B : 39.64B : 26.54B (78.8% : 12.7% : 8.5% of the run);
-  * learning rates 4e-4 : 3.4e-4 : 2e-4 (the same ratios, scaled up for a tiny model) as one
-    schedule (`optim.stage_schedule='continue'`): each stage decays to the next stage's LR, where
-    that stage starts, only the first warms up and only the last anneals (to 2e-4 here);
+  * the LR: one schedule (`optim.stage_schedule='continue'`: each stage decays to the next
+    stage's LR, where that stage starts, only the first warms up and only the last anneals, to
+    2e-4 here) that holds the peak through every growth and decays only in the last stage
+    (`LRS`, issue 25: the LR at and after a growth decided whether growth paid in
+    benchmarks/growth_evidence.py — starting the grown model at the LR where one cosine over
+    steps stood left it behind training from scratch, returning to the peak made it reach
+    scratch's loss with fewer FLOPs; BUILD.md › Performance).  The paper's own stage LRs,
+    4e-4 : 3.4e-4 : 2e-4 (`FLM_LRS`, the same ratios scaled up), already keep the LR at the
+    first growth at 0.85× the peak; experiments/flm101b.py keeps them;
   * AdamW β (0.9, 0.95), weight decay 0.1, clip 1.0, cosine decay; xPos; tied embeddings;
   * data: the `flm_bilingual` mixture (53.5 : 46.5 en : zh, plus instruction and FreeLM
     teacher-signal data), the embedded corpus.
@@ -23,7 +29,8 @@ BATCH = 16
 TOTAL_TOKENS = 1_000_000
 VOCAB = 8000  # the data layer's default SentencePiece vocabulary (shared cache)
 SHARES = (0.7880, 0.1273, 0.0847)  # 245.37 : 39.64 : 26.54
-LRS = (4e-3, 3.4e-3, 2e-3)
+FLM_LRS = (4e-3, 3.4e-3, 2e-3)  # FLM-101B's 4e-4 : 3.4e-4 : 2e-4, scaled up
+LRS = (4e-3, 4e-3, 4e-3)        # the peak held through each growth (issue 25's recipe)
 RAMP = 20
 WIDTHS = ((64, 4), (112, 7), (160, 10))  # (d_model, n_heads), head_dim 16
 

@@ -147,7 +147,7 @@ def _plan(arg):
   return cfg, plan.stage_plan(cfg)
 
 
-@pytest.mark.parametrize('preset', ['full', 'first_run', 'smoke'])
+@pytest.mark.parametrize('preset', ['full', 'double', 'first_run', 'smoke'])
 def test_three_arms_share_one_budget_and_recipe(preset):
   arms = {a: _plan(f'{a},preset={preset}') for a in ('growth', 'scratch', 'small')}
   flops = {a: sum(s.flops for s in st) for a, (_, st) in arms.items()}
