@@ -270,16 +270,6 @@ def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, floa
   return dict(sorted(sweep.items()))
 
 
-def parse_shard(text: str) -> Optional[tuple[int, int]]:
-  """'K/N' -> (K, N); '' -> None."""
-  if not text:
-    return None
-  k, _, n = text.partition('/')
-  if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
-    raise SystemExit(f'--shard {text!r}: expected K/N with 0 <= K < N')
-  return int(k), int(n)
-
-
 def run_jobs(root: str, jobs: list[tuple[str, int, str]], lr: float, preset: str,
              shard: Optional[tuple[int, int]]) -> dict[tuple[str, int, str], str]:
   """Train (or read back) (arm, seed, recipe) runs with MSG growth; with a shard, only its
@@ -545,7 +535,7 @@ def main(argv=None) -> int:
   ap.add_argument('--seeds', default='3,4,5',
                   help='reported seeds (init and data order); issue 25: 0-2 develop (diagnosis, '
                        'sweep), 3-5 are held out for the chosen recipe (the default)')
-  ap.add_argument('--operator_seeds', default='0',
+  ap.add_argument('--operator_seeds', default='',
                   help='seeds of the operator rows (one by default: the hour on one core does not '
                        'hold three; compare their differences with the arms\' seed spread)')
   ap.add_argument('--small_seeds', default='',
@@ -603,7 +593,7 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(',') if s]
   small_seeds = ([] if args.small_seeds == 'none' else
                  [int(s) for s in args.small_seeds.split(',') if s] or seeds)
-  op_seeds = [int(s) for s in args.operator_seeds.split(',') if s]
+  op_seeds = [int(s) for s in args.operator_seeds.split(',') if s] or seeds[:1]
   if not set(op_seeds) <= set(seeds):
     ap.error('--operator_seeds must be among --seeds (the msg+msg row reuses the arm runs)')
   lrs = [float(x) for x in args.lrs.split(',') if x]
@@ -623,7 +613,8 @@ def main(argv=None) -> int:
   budget = setting.budget(preset)
   t_start = time.time()
 
-  shard = parse_shard(args.shard)
+  from flmjax.scaling.sweep import parse_shard  # the sweep's K/N, one spelling
+  shard = parse_shard(args.shard) if args.shard else None
   if args.diagnose:
     lr = args.lr or 1e-2
     seeds_d = [int(s) for s in args.diagnose_seeds.split(',') if s]
@@ -730,13 +721,14 @@ def main(argv=None) -> int:
         f"{fmt(statistics.fmean(x['noise'] for x in det), 3)})",
         f"{ramp} ({100 * sum(x['ramp_share'] for x in rc) / len(rc):.1f}%)" if ramp else 'none',
         fmt(common.median([x['ramp_time_ratio'] for x in rc]), 2) if ramp else '-'])
-  common.print_table(['growth operator', 'seeds', 'final val loss', 'FLOPs to reach (2) ÷ (2)',
-                      'val loss before growth', 'right after', 'val jump',
-                      'train-loss jump (step noise)',
-                      'ramp steps (FLOPs share)', 'ramp step time ×'], op_rows,
-                     title=f'every operator in the same harness (same first stage, lr; seeds '
-                           f'{op_seeds}; seed std of the MSG arm\'s final loss: '
-                           f'{fmt(curves.mean_std(finals["growth"])[1])})')
+  if op_rows:
+    common.print_table(['growth operator', 'seeds', 'final val loss', 'FLOPs to reach (2) ÷ (2)',
+                        'val loss before growth', 'right after', 'val jump',
+                        'train-loss jump (step noise)',
+                        'ramp steps (FLOPs share)', 'ramp step time ×'], op_rows,
+                       title=f'every operator in the same harness (same first stage, lr; seeds '
+                             f'{op_seeds}; seed std of the MSG arm\'s final loss: '
+                             f'{fmt(curves.mean_std(finals["growth"])[1])})')
 
   plots = os.path.join(root, 'plots')
   os.makedirs(plots, exist_ok=True)
