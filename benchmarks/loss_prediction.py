@@ -89,8 +89,8 @@ def bench_config(smoke: bool, steps: int = 0) -> ml_collections.ConfigDict:
     held = (2, [4, 5], [80, 160, 240])
   c.model.update(use_mup=True, mup_base_width=32, attn_scale='1/d_head', output_mult=2.0,
                  init_std=1.6e-2)
-  c.optim.update(lr=3e-3, warmup_steps=20, schedule='cosine', end_lr=3e-4, weight_decay=0.0,
-                 clip=1.0)
+  c.optim.update(lr=3e-3, warmup_steps=min(20, int(c.train.steps)), schedule='cosine',
+                 end_lr=3e-4, weight_decay=0.0, clip=1.0)  # the smoke's 6 steps: 6 warm-up
   c.train.update(log_every=2 if smoke else 50, eval_every=0, ckpt_every=0, seed=0)
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   out = ml_collections.ConfigDict()
