@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -512,16 +513,16 @@ def _mount_tmpfs(path: str, size: str) -> None:
     pytest.skip(f'a real full disk needs a tmpfs mount, not permitted here: {r.stderr.strip()}')
 
 
-def _fill(path: str) -> str:
-  filler = os.path.join(path, 'filler')
-  with open(filler, 'wb') as f:
-    try:
-      while True:
-        f.write(b'\0' * 65536)
-        f.flush()
-    except OSError:
-      pass
-  return filler
+def _fill(f) -> None:
+  """Write zeros into the open file `f` until its disk is full. The file is created before the
+  run: on this kernel a new tmpfs file was once refused (ENOSPC) with the disk 5% used, so the
+  test creates nothing at the moment it fills."""
+  try:
+    while True:
+      f.write(b'\0' * 65536)
+      f.flush()
+  except OSError:
+    pass
 
 
 def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp_path,
@@ -532,10 +533,12 @@ def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp
   _, want, _ = baseline
   disk = str(tmp_path / 'disk')
   _mount_tmpfs(disk, '8m')
+  filler = os.path.join(disk, 'filler')
+  filler_file = open(filler, 'wb', buffering=0)
   try:
     wd = os.path.join(disk, 'w')
     cfg = tiny_config(6, train=dict(ckpt_every=2, keep=2))
-    make, drawn, filler = batches.make_train_iterator, [], []
+    make, drawn = batches.make_train_iterator, []
 
     def filling(*a, **k):
       it = make(*a, **k)
@@ -544,7 +547,7 @@ def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp
         drawn.append(1)
         if len(drawn) == 4:  # step 2 is logged and its checkpoint is being written
           time.sleep(1.0)  # let that save finish
-          filler.append(_fill(disk))
+          _fill(filler_file)
         return nxt()
       it.__class__ = type('Filling', (type(it),), {'__next__': lambda self: next_batch()})
       return it
@@ -552,14 +555,17 @@ def test_real_full_disk_stops_cleanly_and_the_same_command_resumes(baseline, tmp
     monkeypatch.setattr(batches, 'make_train_iterator', filling)
     with pytest.raises(Exception, match='No space left on device') as e:
       loop.train(cfg, wd)
-    assert type(e.value).__name__ in ('MetricsError', 'CheckpointError')  # one line, exit 1
+    assert type(e.value).__name__ in ('MetricsError', 'CheckpointError'), (  # one line, exit 1
+        ''.join(traceback.format_exception(e.value)))
     assert '\n' not in str(e.value)
     assert _newest_is_complete(wd) == (0, 2)
     monkeypatch.setattr(batches, 'make_train_iterator', make)
-    os.remove(filler[0])
+    filler_file.close()
+    os.remove(filler)
     loop.train(cfg, wd)
     assert read_losses(wd) == want
   finally:
+    filler_file.close()
     subprocess.run(['umount', '-l', disk], capture_output=True)
 
 
