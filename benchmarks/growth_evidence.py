@@ -57,6 +57,8 @@ SUSPECTS = (
     ("new units' init std x0.25", 'new_init=0.25'),
     ("new units' init std x4", 'new_init=4'),
     ('control: no growth, LR at the same FLOPs', 'continuation=1,lr_after=flops'),
+    ('Adam restarted at the growth (zero moments, bias correction anew)', 'adam=reset'),
+    ("µP multipliers at the growth: the first stage's kept", 'mup_after=first'),
 )
 IDLE_MARGIN = 0.01  # the grown model "learns" once it is this far below the continuation
 # Issue 25's sweep: operator × growth point, each cell the growth arm with one recipe on the

@@ -23,6 +23,12 @@ issue 17):
   new_init    new weights' init std as a multiple of the model's init_std (default: the
               target model's own init);
   new_layers  fresh | copy; rewarmup: growth.rewarmup_steps as a share of the grown stage;
+  adam        map (default: Adam's moments follow the parameter map, its count goes on) | reset
+              (zero moments and count at the growth: bias correction starts again);
+  mup_after   target (default: the grown stage takes the target width's µP multipliers) | first
+              (it keeps the first stage's: µP base width scaled with the width, so width_mult,
+              the hidden LR and init multipliers stay as before the growth; the growth absorbs
+              the logit multiplier, so the function is preserved either way);
   continuation 1: no growth — the second stage keeps the first stage's shape, so the small
               model goes on over the same batches with the same LR (the growth arm's control
               in the diagnosis: does the grown model learn faster than the model it came from?).
@@ -71,8 +77,11 @@ LR = 3e-3                        # the default; the benchmark sweeps it on the s
 
 # The growth arm's recipe options and their defaults (the issue-17 protocol).
 GROWTH_OPTIONS = dict(lr_after='steps', share='', first='', ramp=str(RAMP_SHARE), new_init='',
-                      new_layers='fresh', rewarmup='0', continuation='0')
+                      new_layers='fresh', rewarmup='0', continuation='0', adam='map',
+                      mup_after='target')
 LR_AFTER = ('steps', 'flops', 'peak')
+CHOICES = dict(continuation=('0', '1'), adam=('map', 'reset'), mup_after=('target', 'first'),
+               new_layers=('fresh', 'copy'))
 
 
 def parse_arg(arg: str) -> dict:
@@ -95,8 +104,9 @@ def parse_arg(arg: str) -> dict:
                     ('rewarmup', 0.0, 1.0)):
     if out[k]:
       _number(out, k, lo, hi)
-  if out['continuation'] not in ('0', '1'):
-    raise ValueError(f"option continuation={out['continuation']!r}: expected 0 or 1")
+  for k, allowed in CHOICES.items():
+    if out[k] not in allowed:
+      raise ValueError(f'option {k}={out[k]!r}: expected one of {allowed}')
   if out['first'] and not re.fullmatch(r'\d+x\d+', out['first']):
     raise ValueError(f"option first={out['first']!r}: expected DxL, e.g. 32x1")
   return out
@@ -185,6 +195,8 @@ def get_config(arg: str = 'growth') -> ml_collections.ConfigDict:
   growth = dict(width=o['width'], depth=o['depth'], new_layers=o['new_layers'],
                 ramp_steps=max(1, round(float(o['ramp']) * final)) if float(o['ramp']) else 0,
                 rewarmup_steps=round(float(o['rewarmup']) * final))
+  if o['adam'] != 'map':  # (only when asked: configs of earlier runs stay as they were)
+    growth['adam'] = o['adam']
   if o['new_init']:
     growth['new_init_std'] = float(o['new_init']) * float(c.model.init_std)
   # One schedule over the run, as the other arms': warm-up, then a cosine to lr/10; the grown
@@ -200,6 +212,11 @@ def get_config(arg: str = 'growth') -> ml_collections.ConfigDict:
       dict(name='final', model=model_shape(*p['final']), steps=final, lr=boundary_lr,
            warmup_steps=0, end_lr=lr / 10, growth=growth),
   ]
+  if o['mup_after'] == 'first':  # the same width_mult as the first stage
+    base = c.model.mup_base_width * p['final'][0] / shape0[0]
+    if base != int(base):
+      raise ValueError(f'option mup_after=first: base width {base} is not an integer')
+    c.stages[1]['model']['mup_base_width'] = int(base)
   if o['continuation'] == '1':
     c.stages[1].update(model=model_shape(*shape0), growth=None)
   if 'stage_schedule' not in c.optim:  # a trainer without the option: spell the same schedule out

@@ -192,6 +192,8 @@ def _build_grow_fn(plan: Plan, opt_state: Any, mesh: Optional[Mesh],
     new_params = _grow_tree(params, plan, 'param', fresh, k_noise)
     new_opt = _map_opt_state(opt_state, plan, lambda t, kind: _grow_tree(t, plan, kind),
                              lambda x: x)
+    if plan.spec.adam == 'reset':
+      new_opt = reset_adam(new_opt)
     units = unit_map(plan)
     keys = mask_keys(plan)
     mask_base = {k: units[k] for k in keys} if keys else None
@@ -212,7 +214,8 @@ def grow_state(params: PyTree, opt_state: Any, src: ModelConfig, dst: ModelConfi
 
   Params-shaped subtrees of the state (Adam mu, nu, …) follow the parameter map: mu linearly,
   nu (fields in SQUARED_FIELDS) with squared scales, zeros for new entries; scalars such as the
-  step `count` are kept, so bias correction and the LR schedule continue.  With `optimizer`, the
+  step `count` are kept, so bias correction and the LR schedule continue (`spec.adam='reset'`
+  restarts Adam instead: `reset_adam`).  With `optimizer`, the
   grown state is checked against `optimizer.init` of the target (or created by it when
   `opt_state` is None).  Returns (params, opt_state, mask_base); mask_base is None when no masks
   are needed.
@@ -234,6 +237,19 @@ def grow_state(params: PyTree, opt_state: Any, src: ModelConfig, dst: ModelConfi
         raise GrowthError('grow_state: the grown opt_state does not match optimizer.init of the '
                           f'target params: got {got_s}, expected {want_s}')
   return new_params, new_opt, mask_base
+
+
+def reset_adam(opt_state: Any) -> Any:
+  """Every Adam state in `opt_state` restarted: zero moments and count, so bias correction
+  starts again (`growth.adam='reset'`, a diagnosis control: a fresh optimizer at the growth, as
+  when a grown model is trained by a new job).  Other counts (the LR schedule's) are kept."""
+  def reset(node):
+    if isinstance(node, optax.ScaleByAdamState):
+      return node._replace(count=jnp.zeros_like(node.count),
+                           mu=jax.tree.map(jnp.zeros_like, node.mu),
+                           nu=jax.tree.map(jnp.zeros_like, node.nu))
+    return node
+  return jax.tree.map(reset, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
 
 
 # ---- after the growth: mask ramp and re-warm-up ----------------------------------------------

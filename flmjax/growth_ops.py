@@ -30,6 +30,7 @@ Array = jax.Array
 WIDTH_METHODS = ('msg', 'tile')
 DEPTH_METHODS = ('msg', 'identity', 'stack', 'interleave')
 NEW_LAYER_INITS = ('fresh', 'copy')
+ADAM_AT_GROWTH = ('map', 'reset')
 WIDTH_AXES = ('embed', 'heads', 'mlp')
 # Mask key (the model's `masks` entries) of each width unit -> the logical axis it gates.
 WIDTH_MASK_AXES = (('hidden', 'embed'), ('heads', 'heads'), ('mlp', 'mlp'))
@@ -57,6 +58,8 @@ class GrowthSpec:
   new_init_std: Optional[float] = None  # None: the target model's own init for new weights
   rewarmup_steps: int = 0     # >0: updates of new entries ramp from 1/n to 1 over n steps
   new_layers: str = 'fresh'   # msg / identity depth: 'fresh' init or 'copy' of the layer below
+  adam: str = 'map'           # 'map': moments follow the parameter map, Adam's count is kept;
+                              # 'reset': zero moments and count (bias correction restarts)
 
   @classmethod
   def from_dict(cls, d: Optional[Mapping[str, Any]]) -> 'GrowthSpec':
@@ -79,6 +82,8 @@ class GrowthSpec:
     if self.new_layers not in NEW_LAYER_INITS:
       raise GrowthError(f'growth.new_layers must be one of {NEW_LAYER_INITS}, got '
                         f'{self.new_layers!r}')
+    if self.adam not in ADAM_AT_GROWTH:
+      raise GrowthError(f'growth.adam must be one of {ADAM_AT_GROWTH}, got {self.adam!r}')
     for name in ('ramp_steps', 'rewarmup_steps'):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:

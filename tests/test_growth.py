@@ -230,6 +230,41 @@ def test_adam_state_grown_with_parameter_map():
   assert max(jax.tree.leaves(diff)) > 1e-4
 
 
+def test_adam_reset_at_growth_restarts_adam_and_keeps_the_lr_schedule():
+  """growth.adam='reset' (a diagnosis control): zero moments and Adam count, so the first step
+  after the growth is a fresh Adam step (bias correction from 1) at the schedule's current LR."""
+  src, dst = BASE, BASE.replace(d_model=24, n_heads=3, d_ff=30, n_layers=3)
+  opt = optax.chain(optax.clip_by_global_norm(1.0),
+                    optax.adamw(optax.linear_schedule(3e-3, 1e-3, 10), b1=0.9, b2=0.95))
+  params = random_params(src)
+  tok = tokens_for(src, B=4, L=12)
+  loss = lambda cfg: jax.jit(jax.value_and_grad(lambda p, m: _lm_loss(cfg, p, tok, m)))
+  state = opt.init(params)
+  for _ in range(3):
+    _, g = loss(src)(params, None)
+    u, state = opt.update(g, state, params)
+    params = optax.apply_updates(params, u)
+  spec = {'ramp_steps': 0}
+  mapped, m_state, _ = grow_state(params, state, src, dst, spec, jax.random.PRNGKey(1),
+                                  optimizer=opt)
+  new, r_state, _ = grow_state(params, state, src, dst, {**spec, 'adam': 'reset'},
+                               jax.random.PRNGKey(1), optimizer=opt)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), new, mapped))
+  adam, sched = r_state[1][0], r_state[1][2]
+  assert int(adam.count) == 0 and int(sched.count) == 3 == int(m_state[1][2].count)
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves((adam.mu, adam.nu)))
+  assert int(m_state[1][0].count) == 3  # the default keeps Adam going
+  # the next step is a fresh optimizer's first step, at the LR of step 3
+  _, g = loss(dst)(new, None)
+  fresh = opt.init(new)
+  fresh = (fresh[0], (fresh[1][0], fresh[1][1], sched))
+  want, _ = opt.update(g, fresh, new)
+  got, _ = opt.update(g, r_state, new)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got, want))
+  with pytest.raises(GrowthError, match='growth.adam'):
+    grow_state(params, state, src, dst, {'adam': 'zero'}, jax.random.PRNGKey(1))
+
+
 @pytest.mark.slow
 def test_training_continues_across_msg_growth_without_loss_jump():
   """AdamW on a fixed batch; grow width+heads+FFN+depth by msg at step 8 and keep training.

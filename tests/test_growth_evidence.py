@@ -8,9 +8,13 @@ import os
 import random
 import statistics
 
+import flax.linen as nn
+import jax
+import numpy as np
 import pytest
 
-from flmjax import curves, experiment, plan, plot
+from flmjax import curves, experiment, growth, plan, plot
+from flmjax.model import Transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, 'experiments', 'growth_evidence.py')
@@ -285,10 +289,34 @@ def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
     assert st[1].model.n_layers // st[0].model.n_layers == int(operator.split('x')[1][0])
 
 
+def test_adam_and_mup_suspects_change_only_their_part():
+  """The diagnosis' optimizer suspects: adam=reset sets only growth.adam; mup_after=first gives
+  the grown stage the first stage's width_mult (hidden LR and init multipliers), and the growth
+  still preserves the function (the final LayerNorm absorbs the logit multiplier)."""
+  _, base = _plan('growth,preset=smoke')
+  _, reset = _plan('growth,preset=smoke,adam=reset')
+  assert reset[1].growth.adam == 'reset' and base[1].growth.adam == 'map'
+  assert [(s.model, s.steps, s.lr) for s in reset] == [(s.model, s.steps, s.lr) for s in base]
+  _, kept = _plan('growth,preset=smoke,mup_after=first')
+  m0, m1 = kept[0].model, kept[1].model
+  assert m1.d_model / m1.mup_base_width == m0.d_model / m0.mup_base_width == 1
+  assert base[1].model.d_model / base[1].model.mup_base_width == 2
+  assert m1.replace(mup_base_width=base[1].model.mup_base_width) == base[1].model
+  rng = jax.random.PRNGKey(0)
+  tokens = jax.random.randint(rng, (2, 8), 0, m0.vocab_size)
+  src = nn.meta.unbox(Transformer(m0).init(rng, tokens)['params'])
+  grown, _, mask_base = growth.grow_state(src, None, m0, m1, kept[1].growth, rng)
+  masks = growth.ramp_masks(mask_base, 0.0)
+  before = Transformer(m0).apply({'params': src}, tokens)
+  after = Transformer(m1).apply({'params': grown}, tokens, masks=masks)
+  np.testing.assert_allclose(after, before, atol=1e-5)
+
+
 def test_bad_recipe_options_name_the_option():
   for arg, msg in (('growth,lr_after=soon', 'lr_after'), ('growth,share=1.5', 'share'),
                    ('growth,first=wide', 'first'), ('growth,continuation=2', 'continuation'),
-                   ('growth,ramp=-1', 'ramp')):
+                   ('growth,ramp=-1', 'ramp'), ('growth,adam=zero', 'adam'),
+                   ('growth,mup_after=last', 'mup_after'), ('growth,new_layers=new', 'new_layers')):
     with pytest.raises(ValueError, match=msg):
       experiment.load_config(f'{EXPERIMENT}:{arg}')
 
