@@ -120,6 +120,60 @@ def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str
   return wd
 
 
+def train_pick(root: str, plan_dir: str, seed: int) -> str:
+  """Train (or read back) the schedule `flmjax plan-growth` wrote, plan_dir/chosen_schedule.py,
+  on one seed (init and data order), exactly as `flmjax train --config ... --config.train.seed=S
+  --config.data.seed=S` would."""
+  from flmjax import experiment
+  from flmjax.training import loop, summary
+  wd = os.path.join(root, f'pick_{os.path.basename(os.path.normpath(plan_dir))}_s{seed}')
+  config = experiment.load_config(os.path.join(plan_dir, 'chosen_schedule.py'))
+  config.train.seed, config.data.seed = seed, seed
+  if summary.read_finished(wd, config, experiment.default_config()) is None:
+    t0 = time.time()
+    loop.train(config, wd)
+    with open(os.path.join(wd, 'wall.json'), 'w') as f:
+      json.dump({'wall_s': time.time() - t0}, f)
+    print(f'# trained {os.path.basename(wd)} in {time.time() - t0:.0f} s', flush=True)
+  return wd
+
+
+def plan_pick_report(plan_dir: str, pick_wds: list[str], growth_wds: list[str], seeds: list[int],
+                     target: float, budget: float) -> dict:
+  """Issue 26's check: the planner's pick against the growth arm (the sweep's best cell), both
+  on the same held-out seeds and scratch target, with what each choice cost."""
+  from flmjax import curves
+  with open(os.path.join(plan_dir, 'plan.json')) as f:
+    planned = json.load(f)
+  if abs(planned['budget_flops'] / budget - 1) > 0.01:
+    raise SystemExit(f"--plan_pick {plan_dir}: planned for {planned['budget_flops']:.4g} FLOPs, "
+                     f'this benchmark measures {budget:.4g} (another --preset?)')
+  out = {'plan_dir': plan_dir, 'chosen': planned['chosen']['candidate'],
+         'probe_cost_flops': planned['probe_cost_flops'], 'sweep_flops': planned['sweep_flops']}
+  rows, stats = [], []
+  for key, name, wds in (('sweep_best', "(1) growth arm: the sweep's best cell", growth_wds),
+                         ('pick', f"(4) plan-growth's pick: {out['chosen']}", pick_wds)):
+    finals = [final_loss(w) for w in wds]
+    ratios = [reach_ratio(w, target, budget) for w in wds]
+    out[key] = {'finals': finals, 'ratios': ratios}
+    stats.append(curves.mean_std(finals))
+    rows.append([name, len(wds), fmt_ms(finals), fmt_ci(ratios)])
+  (mg, sg), (mp, sp) = stats
+  spread = max(sg, sp)
+  out['difference'] = mp - mg
+  out['within_spread'] = abs(mp - mg) <= spread
+  common.print_table(['arm', 'seeds', 'final val loss mean ± std', 'FLOPs to reach (2) ÷ (2) '
+                      '[95% CI]'], rows,
+                     title=f'plan-growth check (issue 26): seeds {seeds}, scratch target '
+                           f'{target:.4f}')
+  print(f"pick − sweep's best final loss = {mp - mg:+.4f} (larger seed std {spread:.4f}): "
+        f"{'within' if out['within_spread'] else 'outside'} the seed spread; the plan cost "
+        f"{planned['probe_cost_flops']:.4g} FLOPs = {planned['probe_cost_flops'] / budget:.2f}x "
+        f"the budget = {100 * planned['probe_cost_flops'] / planned['sweep_flops']:.1f}% of the "
+        f"full sweep ({planned['sweep_flops'] / budget:.0f} runs of the budget)")
+  return out
+
+
 def wall_s(wd: str) -> float:
   try:
     with open(os.path.join(wd, 'wall.json')) as f:
@@ -581,6 +635,9 @@ def main(argv=None) -> int:
   ap.add_argument('--shard', default='',
                   help='K/N: train only every N-th run from the K-th (0-based) and stop; run '
                        'without it afterwards to read everything back')
+  ap.add_argument('--plan_pick', default='',
+                  help="a `flmjax plan-growth` workdir: also train its chosen_schedule.py on "
+                       "--seeds and compare it with the growth arm (issue 26's check)")
   args = ap.parse_args(argv)
   preset = 'smoke' if args.smoke else args.preset
   if args.smoke:  # CI: every code path once, in about a minute (nothing is measured)
@@ -743,6 +800,10 @@ def main(argv=None) -> int:
   ci = curves.mean_interval(ratios)
   p3 = flm_figure(wds['growth'], wds['scratch'], target, ci,
                   os.path.join(plots, 'flm_vs_equal_loss.png'))
+  pick = None
+  if args.plan_pick:
+    pick = plan_pick_report(args.plan_pick, [train_pick(root, args.plan_pick, s) for s in seeds],
+                            wds['growth'], seeds, target, budget)
   with open(os.path.join(root, 'growth_evidence.json'), 'w') as f:
     json.dump({'lr': lr, 'sweep': {f'{k:g}': v for k, v in sweep.items()}, 'seeds': seeds,
                'budget': budget, 'finals': finals, 'target': target, 'ratios': ratios,
@@ -752,7 +813,7 @@ def main(argv=None) -> int:
                'arm_names': {a: names[a] for a in wds if wds[a]},
                'curves': {a: [curves.val_curve(curves.run_records(w)) for w in v]
                           for a, v in wds.items() if v},
-               'growth_recipe': [g_width, g_depth, g_recipe]}, f, indent=1)
+               'growth_recipe': [g_width, g_depth, g_recipe], 'plan_pick': pick}, f, indent=1)
   summ = json.load(open(os.path.join(wds['growth'][0], 'summary.json')))
   print(f"FLM-style (what the run summary computes): growth FLOPs vs the final size on the same "
         f"tokens: {100 * summ['saved_fraction']:.1f}% saved")

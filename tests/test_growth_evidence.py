@@ -341,3 +341,34 @@ def test_a_run_recorded_before_a_field_existed_stands_for_its_default():
       'faults.stop_timeout_s: ran None, asked 5.0']
   assert config_differences(ran, {'optim': {'lr': 0.02}, 'faults': {}}, defaults=defaults) == [
       'optim.lr: ran 0.01, asked 0.02']
+
+
+@pytest.mark.slow
+def test_plan_pick_trains_the_written_schedule_once_and_compares_it(tmp_path, monkeypatch):
+  """--plan_pick (issue 26's check): the planner's chosen_schedule.py trains on a seed like
+  `flmjax train --config.train.seed=S --config.data.seed=S`, is read back on a rerun, and is
+  compared with the growth arm on the same target; a plan for another budget is refused."""
+  from flmjax.scaling import growth_planner as gp
+  from flmjax.training import loop
+  bench, setting = _benchmark_module(), _setting_module()
+  plan_dir = tmp_path / 'plan'
+  plan_dir.mkdir()
+  cfg = experiment.load_config(f'{EXPERIMENT}:growth,preset=smoke,lr_after=peak')
+  (plan_dir / 'chosen_schedule.py').write_text(gp.experiment_file_text(cfg, 'a test plan'))
+  budget = setting.budget('smoke')
+  plan_json = {'budget_flops': budget, 'chosen': {'candidate': 'msg@0.333'},
+               'probe_cost_flops': 3 * budget, 'sweep_flops': 20 * budget}
+  (plan_dir / 'plan.json').write_text(json.dumps(plan_json))
+  wd = bench.train_pick(str(tmp_path), str(plan_dir), 1)
+  ran = json.load(open(os.path.join(wd, 'summary.json')))['config']
+  assert ran['train']['seed'] == ran['data']['seed'] == 1
+  monkeypatch.setattr(loop, 'train', lambda *a, **k: pytest.fail('a finished pick retrained'))
+  assert bench.train_pick(str(tmp_path), str(plan_dir), 1) == wd
+  target = bench.final_loss(wd) + 0.01
+  out = bench.plan_pick_report(str(plan_dir), [wd], [wd], [1], target, budget)
+  assert out['chosen'] == 'msg@0.333' and out['difference'] == 0 and out['within_spread']
+  assert out['pick']['ratios'][0] < 1.0
+  plan_json['budget_flops'] = 2 * budget
+  (plan_dir / 'plan.json').write_text(json.dumps(plan_json))
+  with pytest.raises(SystemExit, match='planned for'):
+    bench.plan_pick_report(str(plan_dir), [wd], [wd], [1], target, budget)
