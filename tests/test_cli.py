@@ -78,8 +78,8 @@ def test_flmjax_train_tiny_lowers_the_loss_on_both_languages(tmp_path):
       (evals[60]['val_loss_en'] + evals[60]['val_loss_zh']) / 2)   # read back, not retrained
   other = ml_collections.ConfigDict(ran)
   other.train.seed = ran['train']['seed'] + 1
-  with pytest.raises(ValueError, match=r'not the one asked for \(train.seed: ran 0, asked 1\)'):
-    sweep.run_point(other, wd)
+  with pytest.raises(ConfigError, match=r'not the one asked for \(train.seed: ran 0, asked 1\)'):
+    sweep.run_point(other, wd)  # a ConfigError: one clear line from the CLI, not 'unexpected'
 
 
 def test_cpu_command_prints_no_libtpu_lines(tmp_path):

@@ -12,6 +12,7 @@ import os
 from typing import Any, Mapping, Optional
 
 from flmjax import plan
+from flmjax.config import ConfigError
 from flmjax.plan import Stage
 
 
@@ -67,7 +68,8 @@ def read_finished(workdir: str, config: Any, defaults: Any = None
                   ) -> Optional[dict[str, Any]]:
   """The summary of a finished run of `config` in `workdir`; None when none finished there.
 
-  A finished run of another config is refused (ValueError naming the fields that differ): its
+  A finished run of another config is refused (ConfigError naming the fields that differ: the
+  CLI shows it as one line): its
   losses would silently stand in for the run asked for.  A summary written before summaries
   recorded their config is trusted; `defaults` (the experiment defaults) let a run recorded
   before a field existed stand for that field's default (`config_differences`)."""
@@ -81,6 +83,6 @@ def read_finished(workdir: str, config: Any, defaults: Any = None
                                 defaults=None if defaults is None else
                                 json.loads(defaults.to_json()))
     if differ:
-      raise ValueError(f'{path}: this finished run is not the one asked for ({"; ".join(differ)})'
+      raise ConfigError(f'{path}: this finished run is not the one asked for ({"; ".join(differ)})'
                        f': use another workdir, or remove this run to train it again')
   return summary
