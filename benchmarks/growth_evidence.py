@@ -477,7 +477,7 @@ def sweep_cell(operator: str, share: str, lr_rule: str, smoke: bool) -> tuple[st
 def heatmap(cells: dict[tuple[str, str], tuple[float, float, float]], out_path: str,
             title: str) -> str:
   """Operators × growth points, coloured by the mean FLOPs-to-equal-loss ratio (∞ darkest),
-  each cell annotated with its mean and 95% interval."""
+  each cell annotated with its mean and 95% interval (or '1 seed' where one seed ran)."""
   import numpy as np
   from flmjax.plot import plt
   ops = list(dict.fromkeys(o for o, _ in cells))
@@ -488,7 +488,9 @@ def heatmap(cells: dict[tuple[str, str], tuple[float, float, float]], out_path: 
   fig, ax = plt.subplots(figsize=(2.2 * len(shares) + 3, 0.9 * len(ops) + 1.6))
   im = ax.imshow(grid, cmap='viridis_r', vmin=0.3, vmax=1.5, aspect='auto')
   for (o, s_), (m, lo, hi) in cells.items():
-    ax.text(shares.index(s_), ops.index(o), f'{fmt(m, 2)}\n[{fmt(lo, 2)}, {fmt(hi, 2)}]',
+    spread = ('1 seed' if lo == -math.inf else  # (curves.mean_interval's mark of one sample)
+              f'[{fmt(lo, 2)}, {fmt(hi, 2)}]')
+    ax.text(shares.index(s_), ops.index(o), f'{fmt(m, 2)}\n{spread}',
             ha='center', va='center', fontsize=8, color='white' if m > 0.9 else 'black')
   ax.set_xticks(range(len(shares)), [f'grow at {float(x):.3g}' for x in shares])
   ax.set_yticks(range(len(ops)), ops)
