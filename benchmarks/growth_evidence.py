@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -326,17 +326,22 @@ def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, floa
   return dict(sorted(sweep.items()))
 
 
-def run_jobs(root: str, jobs: list[tuple[str, int, str]], lr: float, preset: str,
-             shard: Optional[tuple[int, int]]) -> dict[tuple[str, int, str], str]:
-  """Train (or read back) (arm, seed, recipe) runs with MSG growth; with a shard, only its
-  share (another process trains the rest; a run being trained elsewhere is skipped)."""
+def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
+             shard: Optional[tuple[int, int]],
+             spec: Callable[[tuple], tuple[str, str, str]] = lambda job: ('msg', 'msg', job[2])
+             ) -> dict[tuple, str]:
+  """Train (or read back) runs keyed by job tuples (arm, seed, ...); `spec(job)` gives the
+  growth arm's (width, depth, recipe) — by default MSG with the recipe job[2].  With a shard,
+  only its share (another process trains the rest; a run being trained elsewhere is skipped)."""
   from flmjax.workdir_lock import WorkdirLockedError
   out = {}
-  for i, (arm, seed, recipe) in enumerate(jobs):
+  for i, job in enumerate(jobs):
     if shard is not None and i % shard[1] != shard[0]:
       continue
+    arm, seed = job[0], job[1]
+    width, depth, recipe = spec(job) if arm == 'growth' else ('msg', 'msg', '')
     try:
-      out[(arm, seed, recipe)] = train_arm(root, arm, seed, lr, preset, recipe=recipe)
+      out[job] = train_arm(root, arm, seed, lr, preset, width, depth, recipe)
     except WorkdirLockedError:
       if shard is None:
         raise
@@ -512,21 +517,11 @@ def run_sweep(root: str, seeds: list[int], lr: float, preset: str, budget: float
   the lowest mean final loss over all seeds (final loss, not the FLOPs ratio, ranks: the ratio
   is ∞ for every cell that misses the target and cannot order them)."""
   from flmjax import curves
-  from flmjax.workdir_lock import WorkdirLockedError
   cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset == 'smoke')
   grid = [(o, sh) for o in operators for sh in shares]
   done: dict = {}
-
-  def train_all(jobs):
-    for i, (arm, s, o, sh) in enumerate(jobs):
-      if shard is not None and i % shard[1] != shard[0]:
-        continue
-      w, d, r = cell_of(o, sh) if arm == 'growth' else ('msg', 'msg', '')
-      try:
-        done[(arm, s, o, sh)] = train_arm(root, arm, s, lr, preset, w, d, r)
-      except WorkdirLockedError:
-        if shard is None:
-          raise
+  train_all = lambda jobs: done.update(
+      run_jobs(root, jobs, lr, preset, shard, spec=lambda job: cell_of(job[2], job[3])))
 
   first_seeds = seeds[:1] if top else seeds
   train_all([('scratch', s, '', '') for s in seeds] +
