@@ -142,6 +142,124 @@ def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
   return mean, max(0.0, float(min(bounds))), float(max(bounds))  # a loss is never negative
 
 
+# ---- laws with a data term --------------------------------------------------------------------
+
+DATA_LAW_FORMS = ('hoffmann', 'kaplan')
+
+
+def data_law(form: str, n: Any, d: Any, params: Sequence[float]) -> Any:
+  """L(N, D) in log-parametrised form (n, d already scaled).
+
+  'hoffmann' (Hoffmann et al. 2022): E + A/N^α + B/D^β with params (ln E, ln A, α, ln B, β).
+  'kaplan' (Kaplan et al. 2020): ((N_c/N)^(α_N/α_D) + D_c/D)^α_D with params
+  (ln N_c, α_N, ln D_c, α_D): no irreducible term, one parameter fewer."""
+  n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
+  if form == 'hoffmann':
+    e, a, alpha, b, beta = params
+    return np.exp(e) + np.exp(a - alpha * np.log(n)) + np.exp(b - beta * np.log(d))
+  if form == 'kaplan':
+    nc, alpha_n, dc, alpha_d = params
+    return np.power(np.exp(alpha_n / alpha_d * (nc - np.log(n))) + np.exp(dc - np.log(d)),
+                    alpha_d)
+  raise ValueError(f'data law form must be one of {DATA_LAW_FORMS}, got {form!r}')
+
+
+def data_law_params(form: str) -> int:
+  return 5 if form == 'hoffmann' else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLawFit:
+  """L(N, D) fitted in N / n_scale and D / d_scale (for conditioning)."""
+  form: str
+  params: tuple[float, ...]
+  n_scale: float
+  d_scale: float
+  cost: float = 0.0
+
+  def __call__(self, n: Any, d: Any) -> Any:
+    return data_law(self.form, np.asarray(n, np.float64) / self.n_scale,
+                    np.asarray(d, np.float64) / self.d_scale, self.params)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def describe(self) -> str:
+    p = self.params
+    if self.form == 'hoffmann':
+      return (f'L(N, D) = {math.exp(p[0]):.4g} + {math.exp(p[1]):.4g}/(N/{self.n_scale:.4g})^'
+              f'{p[2]:.3g} + {math.exp(p[3]):.4g}/(D/{self.d_scale:.4g})^{p[4]:.3g}')
+    return (f'L(N, D) = ({math.exp(p[0]):.4g}/(N/{self.n_scale:.4g}))^({p[1]:.3g}/{p[3]:.3g}) + '
+            f'{math.exp(p[2]):.4g}/(D/{self.d_scale:.4g}))^{p[3]:.3g}')
+
+
+def _data_law_starts(form: str, ys: np.ndarray) -> list[np.ndarray]:
+  """A small grid of starting points (as Hoffmann et al. do): the log-space objective has
+  several local minima where E and the power terms trade off."""
+  lo = float(ys.min())
+  if form == 'hoffmann':
+    return [np.array([math.log(lo * f), math.log(max(ys.max() - lo * f, 1e-3)), al,
+                      math.log(max(ys.max() - lo * f, 1e-3) * s), be])
+            for f in (0.5, 0.9) for al in (0.3, 1.0) for be in (0.3, 1.0) for s in (0.2, 1.0)]
+  return [np.array([nc, an, dc, ad]) for nc in (0.0, 3.0) for an in (0.1, 0.5)
+          for dc in (-2.0, 1.0) for ad in (0.1, 0.5)]
+
+
+def _data_law_bounds(form: str) -> tuple[list[float], list[float]]:
+  if form == 'hoffmann':  # exponents in (0, 3]: a law that rises with N or D is not a loss law
+    return [-20, -20, 1e-3, -20, 1e-3], [20, 20, 3.0, 20, 3.0]
+  return [-20, 1e-3, -20, 1e-3], [40, 3.0, 20, 3.0]
+
+
+def fit_data_law(n: Sequence[float], d: Sequence[float], y: Sequence[float],
+                 form: str = 'hoffmann', huber_delta: Optional[float] = 1e-3,
+                 start: Optional[DataLawFit] = None) -> DataLawFit:
+  """Fit L(N, D) by robust least squares on log L (scipy's least_squares with a Huber loss,
+  as Hoffmann et al. fit theirs), from several starts; the lowest cost wins.  Log space weighs
+  every run by its relative error; the Huber loss keeps one bad run from steering the fit.
+  `start`: refine from an earlier fit only (a bootstrap draw moves the data a little);
+  `huber_delta` None: plain least squares."""
+  from scipy.optimize import least_squares
+  ns, ds, ys = (np.asarray(v, np.float64) for v in (n, d, y))
+  k = data_law_params(form)
+  if len(ys) < k:
+    raise ValueError(f'fit_data_law({form}) needs at least {k} runs, got {len(ys)}')
+  if len(set(ds.tolist())) < 2:
+    raise ValueError('fit_data_law needs proxies at two or more token budgets')
+  n_scale, d_scale = float(ns.min()), float(ds.min())
+  xn, xd, log_y = ns / n_scale, ds / d_scale, np.log(ys)
+  lower, upper = _data_law_bounds(form)
+
+  def residuals(p):
+    with np.errstate(all='ignore'):
+      r = np.log(data_law(form, xn, xd, p)) - log_y
+    return np.where(np.isfinite(r), r, 1e3)
+
+  best = None
+  starts = [np.asarray(start.params)] if start is not None else _data_law_starts(form, ys)
+  for p0 in starts:
+    p0 = np.clip(p0, np.array(lower) + 1e-6, np.array(upper) - 1e-6)
+    res = least_squares(residuals, p0, bounds=(lower, upper),
+                        loss='linear' if huber_delta is None else 'huber',
+                        f_scale=huber_delta or 1.0, x_scale='jac', max_nfev=2000)
+    if best is None or res.cost < best.cost:
+      best = res
+  return DataLawFit(form, tuple(float(v) for v in best.x), n_scale, d_scale, float(best.cost))
+
+
+def data_order_sd(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float:
+  """The sd a run's final loss gets from its data order alone, from widths trained on two data
+  orders with the same init seeds: per width, E[(mean_a - mean_b)²] = 2σ_data² + σ_init²(1/k_a
+  + 1/k_b), so σ_data² is the mean over widths of (Δ² - init part)/2, floored at 0 (init-seed
+  variance pooled over all of the runs)."""
+  if not pairs:
+    return 0.0
+  _, seed_sd = seed_spread([l for pair in pairs for l in pair])
+  terms = [((np.mean(a) - np.mean(b)) ** 2 - seed_sd ** 2 * (1 / len(a) + 1 / len(b))) / 2
+           for a, b in pairs]
+  return float(math.sqrt(max(float(np.mean(terms)), 0.0)))
+
+
 def seed_spread(seed_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, float]:
   """(standard error of each width's mean loss, pooled single-run seed sd).
 
@@ -233,21 +351,29 @@ def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
   return cfg
 
 
-def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> dict[str, Any]:
+def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = (),
+              steps: Optional[int] = None) -> dict[str, Any]:
   """Train `width` once per init seed (same tokens: `data.seed` is untouched) and average.
 
   A narrow proxy's final loss moves with its random init by about as much as neighbouring widths
   differ; the mean over a few seeds is what the fit should see.  The spread is kept
-  (`seed_losses`, `loss_std`) for the report."""
+  (`seed_losses`, `loss_std`) for the report.  `steps` (None: the experiment's) sets the token
+  budget, with its own LR schedule: a run at another budget is named by its steps too."""
   seeds = [int(s) for s in seeds] or [int(cfg.experiment.train.seed)]
+  base = int(cfg.experiment.train.steps)
+  steps = base if steps is None else int(steps)
   runs = []
   for seed in seeds:
     c = mup.with_hparams(cfg.experiment, width=width)
     c.train.seed = seed
-    sub = f'w{width}_s{seed}'  # the seed is always in the name: a run is read back by it
+    # the seed is always in the name: a run is read back by it; the steps when not the default
+    sub = f'w{width}_s{seed}' if steps == base else f'w{width}_steps{steps}_s{seed}'
+    if steps != base:
+      c.train.steps = steps
+      c.optim.warmup_steps = min(int(c.optim.warmup_steps), steps)
     runs.append(sweep.run_point(c, os.path.join(workdir, sub)))
   losses = [r['loss'] for r in runs]
-  return {'width': width, **runs[0], 'loss': float(np.mean(losses)),
+  return {'width': width, **runs[0], 'steps': steps, 'loss': float(np.mean(losses)),
           'loss_std': float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
           'seed_losses': losses, 'seeds': seeds, 'workdirs': [r['workdir'] for r in runs]}
 
