@@ -377,7 +377,10 @@ def main(argv=None) -> int:
   t0 = time.time()
   if args.shard:
     shard = parse_shard(args.shard)
-    named = [(name, j) for name, js in phases.items() for j in js]
+    # one job per init seed: the widest runs are hours each, so a width's seeds may go to
+    # different cores (each run is read back by its seed)
+    named = [(name, dict(j, seeds=[x])) for name, js in phases.items() for j in js
+             for x in j['seeds']]
     mine = shard_jobs(cfg, [j for _, j in named], shard)
     for job in mine:
       train_job(cfg, next(n for n, j in named if j is job), job, workdir)

@@ -235,6 +235,19 @@ def target_sd(proxies: Sequence[Record], targets: Sequence[Record], seed_sd: flo
   return np.sqrt(seed_sd ** 2 / runs + 2 * data_sd ** 2 * other)
 
 
+def interval(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
+             model_error: float = 0.0, samples: int = 1000, seed: int = 0,
+             model_error_form: str = 'per_ln_n', data_sd: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prediction, low, high) per target: the seed bootstrap of `lp.bootstrap_interval` with the
+  target's own spread (`target_sd`) and the relative model error; targets need no loss."""
+  predict_fn = make_predictor(cand, proxies, targets)
+  shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in proxy_order(proxies)])
+  dist = distances(proxies, targets)
+  return lp.bootstrap_interval(predict_fn, shift_sd, target_sd(proxies, targets, seed_sd, data_sd),
+                               model_error * _error_scale(dist, model_error_form), samples, seed)
+
+
 def evaluate(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
              model_error: float = 0.0, samples: int = 1000, seed: int = 0,
              model_error_form: str = 'per_ln_n', data_sd: float = 0.0) -> list[dict[str, Any]]:
@@ -242,13 +255,9 @@ def evaluate(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Recor
   `data_sd` for a target on another order (`target_sd`), plus a relative model error:
   `model_error` × extrapolation distance, or `model_error` itself when `model_error_form` is
   'constant'), measured mean ± seed sd, relative error, relative half-width, inside."""
-  predict_fn = make_predictor(cand, proxies, targets)
-  shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in proxy_order(proxies)])
+  pred, low, high = interval(cand, proxies, targets, model_error, samples, seed,
+                             model_error_form, data_sd)
   dist = distances(proxies, targets)
-  pred, low, high = lp.bootstrap_interval(predict_fn, shift_sd,
-                                          target_sd(proxies, targets, seed_sd, data_sd),
-                                          model_error * _error_scale(dist, model_error_form),
-                                          samples, seed)
   rows = []
   for i, t in enumerate(targets):
     measured = float(t['loss'])
@@ -380,6 +389,48 @@ def reuse_protocol(earlier: Mapping[str, Any], held_proxies: Sequence[Record],
           'model_error_form': earlier['model_error_form'], 'data_order_sd': data_sd,
           'model_error': model_errors,
           'dev': earlier['dev'], 'held_out': held, 'failed': failed, 'reused': True}
+
+
+# ---- one target, no development runs (`flmjax predict-loss` with several token budgets) --------
+
+PREDICT_CANDIDATES = tuple(c for c in CANDIDATES if c.x != 'envelope' and not c.drop_narrowest
+                           and c.fix_c is None and c.x != 'params')
+
+
+def choose_for_target(proxies: Sequence[Record], target: Record,
+                      candidates: Sequence[Candidate] = PREDICT_CANDIDATES, samples: int = 1000,
+                      seed: int = 0, model_error: float = 0.0, data_sd: float = 0.0
+                      ) -> dict[str, Any]:
+  """The law for one target, and why, when nothing but the proxies has been trained.
+
+  The development check is the widest proxy width (at every budget) predicted from the
+  narrower ones; the candidate with the smallest worst error there among those whose fit on all
+  proxies keeps residual degrees of freedom is used (`choose`), then refitted on all proxies.
+  `data_sd` > 0 counts the target as on another data order than the proxies."""
+  widest = max(r['width'] for r in proxies)
+  narrow = [r for r in proxies if r['width'] < widest]
+  check = [r for r in proxies if r['width'] == widest]
+  names = [c.name for c in candidates]
+  dof = {c.name: residual_dof(c, proxies) for c in candidates}
+  dev = {}
+  for c in candidates:
+    try:
+      dev[c.name] = summary(evaluate(c, narrow, check, samples=1, seed=seed))
+    except (RuntimeError, ValueError):
+      dev[c.name] = dict(_FAILED)
+  chosen = choose(dev, names, [n for n in names if dof[n] >= 1])
+  cand = candidates[names.index(chosen)]
+  tgt = dict(target, data_seed=None) if data_sd > 0 else target
+  pred, low, high = (float(v[0]) for v in interval(
+      cand, proxies, [tgt], model_error, samples, seed, 'per_ln_n', data_sd))
+  ranked = sorted((n for n in names if n != chosen and dof[n] >= 1),
+                  key=lambda n: dev[n]['max_error'])
+  runner = (f"; next {ranked[0]} {100 * dev[ranked[0]]['max_error']:.2f}%" if ranked else '')
+  why = (f"smallest worst error predicting the widest proxy (width {widest}, every budget) from "
+         f"the narrower ones: {100 * dev[chosen]['max_error']:.2f}%{runner}; residual dof "
+         f"{dof[chosen]} on all proxies (a law without residual freedom is never chosen)")
+  return {'law': chosen, 'why': why, 'loss': pred, 'low': low, 'high': high,
+          'check': {n: dev[n]['max_error'] for n in names}, 'residual_dof': dof}
 
 
 _FAILED = {'max_error': float('inf'), 'mean_error': float('inf'), 'coverage': 0.0}

@@ -15,9 +15,16 @@ development targets, see `flmjax.scaling.heldout`).  With one seed per proxy the
 measure; the interval then falls back to the fit covariance widened to the leave-one-out fits, and
 the report says it does not include seed noise.
 
+With proxies at several token budgets (`predict.proxy_tokens`, issue 29) the laws include the
+data term, L(N, D) (Hoffmann et al. 2022; Kaplan et al. 2020), and the target may have its own
+budget (`predict.target_tokens`): at a fixed budget the loss stops falling with width once the
+data term binds, which a law in N alone cannot see.  Which law is used, and why, is chosen by
+`flmjax.scaling.heldout.choose_for_target` (passed in as `choose_law`: this module is the fits'
+home and imports no protocol).
+
 A prediction file defines `get_config()` with sections `experiment` (µP, transferred
-hyperparameters) and `predict` (proxy_widths, proxy_seeds, target_width, train_target, samples,
-seed).
+hyperparameters) and `predict` (proxy_widths, proxy_seeds, proxy_tokens, target_width,
+target_tokens, train_target, samples, seed).
 """
 
 from __future__ import annotations
@@ -42,8 +49,14 @@ def default_predict_config() -> dict[str, Any]:
   # target_seeds likewise for the measured target.  samples: bootstrap draws of the interval.
   # model_error: relative sd of the law's own error per unit of ln(N_target / N_widest proxy),
   # calibrated on development targets (benchmarks/loss_prediction.py measures it); 0 = seeds only.
+  # proxy_tokens: token budgets of the proxies (each a multiple of global_batch_size · seq_len;
+  # [] = the experiment's train.steps only; two or more fit laws with a data term).
+  # target_tokens: the target's budget (0 = the experiment's).  data_order_sd: a run's loss sd
+  # from its data order (benchmarks/loss_prediction.py measures it), for a target trained on
+  # another data order than the proxies; 0 = the same order.
   return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=1000,
-              seed=0, proxy_seeds=[], target_seeds=[], model_error=0.0)
+              seed=0, proxy_seeds=[], target_seeds=[], model_error=0.0, proxy_tokens=[],
+              target_tokens=0, data_order_sd=0.0)
 
 
 # ---- the fit -------------------------------------------------------------------------------------
@@ -348,7 +361,36 @@ def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
   if len(widths) < 3:
     raise ConfigError(f'predict.proxy_widths needs at least 3 widths for a 3-parameter fit, '
                       f'got {widths}')
+  proxy_steps(cfg)
+  target_steps(cfg)  # both raise a ConfigError for a budget that is not whole steps
   return cfg
+
+
+def tokens_per_step(experiment_cfg: Any) -> int:
+  return int(experiment_cfg.train.global_batch_size) * int(experiment_cfg.train.seq_len)
+
+
+def steps_for_tokens(cfg: Any, tokens: int, field: str) -> int:
+  """Training steps for a token budget; a budget that is not whole steps is a ConfigError."""
+  per = tokens_per_step(cfg.experiment)
+  if tokens <= 0 or tokens % per:
+    raise ConfigError(f'{field}: {tokens} tokens is not a positive multiple of '
+                      f'global_batch_size · seq_len = {per}')
+  return tokens // per
+
+
+def proxy_steps(cfg: Any) -> list[int]:
+  """The proxies' budgets in steps, ascending ([the experiment's] without proxy_tokens)."""
+  tokens = [int(t) for t in cfg.predict.get('proxy_tokens', ())]
+  steps = sorted({steps_for_tokens(cfg, t, 'predict.proxy_tokens') for t in tokens})
+  return steps or [int(cfg.experiment.train.steps)]
+
+
+def target_steps(cfg: Any) -> int:
+  tokens = int(cfg.predict.get('target_tokens', 0))
+  if not tokens:
+    return int(cfg.experiment.train.steps)
+  return steps_for_tokens(cfg, tokens, 'predict.target_tokens')
 
 
 def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = (),
@@ -384,14 +426,28 @@ def curve(workdir: str) -> tuple[list[float], list[float]]:
   return [r['flops'] for r in recs], [r['loss'] for r in recs]
 
 
-def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) -> dict[str, Any]:
-  """Train the proxies, fit L(N) and L(C), predict the target (and measure it if asked)."""
+ChooseLaw = Callable[..., dict[str, Any]]
+
+
+def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None,
+                 choose_law: Optional[ChooseLaw] = None) -> dict[str, Any]:
+  """Train the proxies, fit L(N) and L(C) at the budget nearest the target's, predict the
+  target (and measure it if asked).  With proxies at several budgets, `choose_law` (e.g.
+  `heldout.choose_for_target`) picks the law used — one with a data term among them — and says
+  why (`out['law']`)."""
   p = cfg.predict
-  proxies = [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()))
-             for w in sorted(int(w) for w in p.proxy_widths)]
+  budgets, t_steps = proxy_steps(cfg), target_steps(cfg)
+  if len(budgets) > 1 and choose_law is None:
+    raise ValueError('proxies at several token budgets need a choose_law')
+  by_budget = {b: [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()), b)
+                   for w in sorted(int(w) for w in p.proxy_widths)] for b in budgets}
+  nearest = min(budgets, key=lambda b: abs(math.log(t_steps / b)))
+  proxies = by_budget[nearest]
   target_cfg = mup.with_hparams(cfg.experiment, width=int(p.target_width))
+  target_cfg.train.steps = t_steps
   stages = plan.stage_plan(target_cfg)
-  target = {'width': int(p.target_width),
+  target = {'width': int(p.target_width), 'steps': t_steps,
+            'tokens': t_steps * tokens_per_step(cfg.experiment),
             'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
             'flops': plan.flops_summary(stages)['growth_flops']}
   ys = np.asarray([r['loss'] for r in proxies], np.float64)
@@ -404,6 +460,12 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
   out = {'proxies': proxies, 'target': target, 'seed_sd': seed_sd if with_seeds else None,
          'interval': ('bootstrap over init seeds (proxies and target)' if with_seeds else
                       'fit covariance and leave-one-out fits (one seed: no seed noise)')}
+  if len(budgets) > 1:
+    out['budget_proxies'] = [r for b in budgets for r in by_budget[b]]
+    out['law'] = choose_law(out['budget_proxies'], target, samples=int(p.samples),
+                            seed=int(p.seed), model_error=float(p.get('model_error', 0.0)),
+                            data_sd=float(p.get('data_order_sd', 0.0)))
+
   fits = {}
   for key, xs, xt in (('N', ns, target['non_embedding_params']),
                       ('C', [r['flops'] for r in proxies], target['flops'])):
@@ -419,16 +481,22 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
     out[f'fit_{key}'] = fit.to_dict()
     out[f'predicted_{key}'] = dict(zip(('loss', 'low', 'high'), pred))
   n_pred, c_pred = out['predicted_N'], out['predicted_C']
+  if 'law' not in out:
+    out['law'] = {'law': 'L(N)', 'why': 'one token budget: the law at fixed tokens (set '
+                  'predict.proxy_tokens to two or more budgets to fit the data term)', **n_pred}
   out['warnings'] = (fit_warnings(ns, ys, fits['N'])
                      + prediction_warnings(n_pred['loss'], n_pred['low'], n_pred['high'],
                                            out['fit_N']['c'], out['seed_sd']))
   if p.train_target if train_target is None else train_target:
-    res = run_width(cfg, int(p.target_width), workdir, target_seeds)
+    res = run_width(cfg, int(p.target_width), workdir, target_seeds, t_steps)
     target.update(measured=res['loss'], measured_std=res['loss_std'],
                   seed_losses=res['seed_losses'], workdir=res['workdir'])
     for key, pr in (('N', n_pred), ('C', c_pred)):
       out[f'relative_error_{key}'] = abs(pr['loss'] - res['loss']) / res['loss']
       out[f'inside_{key}'] = bool(pr['low'] <= res['loss'] <= pr['high'])
+    law = out['law']
+    law.update(relative_error=abs(law['loss'] - res['loss']) / res['loss'],
+               inside=bool(law['low'] <= res['loss'] <= law['high']))
     if res['loss'] < out['fit_N']['c']:
       out['warnings'].append(f"the measured loss {res['loss']:.4f} is below the fitted asymptote "
                              f"c = {out['fit_N']['c']:.4f}: the law's form is wrong at this scale")
@@ -453,12 +521,22 @@ def format_report(out: Mapping[str, Any]) -> str:
                  f"L({key}) predicts {pr['loss']:.4f} [{pr['low']:.4f}, {pr['high']:.4f}]")
   if out.get('interval'):
     lines.append(f"95% interval: {out['interval']}")
+  law = out.get('law')
+  if law:
+    half = 100 * (law['high'] - law['low']) / 2 / law['loss'] if law['loss'] else 0.0
+    lines.append(f"law used: {law['law']}, because {law['why']}")
+    lines.append(f"target width {t['width']} at {t.get('tokens', 0):,} tokens: {law['law']} "
+                 f"predicts {law['loss']:.4f} [{law['low']:.4f}, {law['high']:.4f}] "
+                 f"(±{half:.2f}%)")
   if 'measured' in t:
     spread = f" ± {t['measured_std']:.4f} (seeds)" if len(t.get('seed_losses', ())) > 1 else ''
     inside = lambda k: 'inside' if out.get(f'inside_{k}') else 'OUTSIDE'
     lines.append(f"measured {t['measured']:.4f}{spread}: relative error L(N) "
                  f"{100 * out['relative_error_N']:.2f}% ({inside('N')} its interval), L(C) "
                  f"{100 * out['relative_error_C']:.2f}% ({inside('C')})")
+    if law and 'relative_error' in law:
+      lines.append(f"law used, {law['law']}: relative error {100 * law['relative_error']:.2f}% "
+                   f"({'inside' if law['inside'] else 'OUTSIDE'} its interval)")
   lines += [f'warning: {w}' for w in out.get('warnings', ())]
   return '\n'.join(lines)
 
