@@ -92,11 +92,20 @@ def test_loss_prediction_smoke(tmp_path):
   first = str(tmp_path / 'default')
   out = _run('loss_prediction.py', '--workdir', first)
   assert 'held-out targets' in out and 'every candidate' in out and '± seeds' in out
-  assert 'coverage' in out.splitlines()[-1]
+  last = out.splitlines()[-1]
+  assert 'coverage' in last and 'max 95% half-width' in last and 'half-width ≤ 1.5%' in last
+  # issue 29's path: proxies at three budgets, laws with a data term, the data-order check, and
+  # held-out targets at the fixed and the growing budget (tokens ∝ √N: 12 steps at width 48)
+  assert 'L(N, D) Hoffmann' in out and 'L(C) envelope, all budgets' in out
+  assert 'data-order check (data seed 1' in out and 'data-order sd per run' in out
+  assert 'width@steps 48@6, 48@12' in last
+  saved = json.load(open(os.path.join(first, 'heldout.json')))
+  assert sorted({r['steps'] for r in saved['proxies']['development']}) == [4, 6, 8]
+  assert saved['result']['residual_dof']['L(N, D) Hoffmann'] == 9 - 5
   # issue 14's arm: another objective, judged by the first run's predictor (no development runs)
   arm = _run('loss_prediction.py', '--workdir', str(tmp_path / 'arm'), '--teacher_loss', '0',
              '--predictor_from', os.path.join(first, 'heldout.json'))
-  assert 'teacher_loss 0;' in arm and 'development:' not in arm
+  assert 'teacher_loss 0;' in arm and 'development:' not in arm and 'data order:' not in arm
   assert f"from {os.path.join(first, 'heldout.json')}" in arm
 
 

@@ -150,10 +150,11 @@ def test_protocol_chooses_on_development_only():
 
 
 def test_summary_and_calibration():
-  rows = [dict(relative_error=0.01, inside=True, distance=1.0),
-          dict(relative_error=0.03, inside=False, distance=3.0)]
+  rows = [dict(relative_error=0.01, inside=True, distance=1.0, half_width=0.02),
+          dict(relative_error=0.03, inside=False, distance=3.0, half_width=0.01)]
   s = heldout.summary(rows)
-  assert s == {'max_error': 0.03, 'mean_error': pytest.approx(0.02), 'coverage': 0.5}
+  assert s == {'max_error': 0.03, 'mean_error': pytest.approx(0.02), 'coverage': 0.5,
+               'max_half_width': 0.02}
   assert heldout.calibrate_model_error(rows) == pytest.approx(0.01)
   # an error that does not grow with the distance: the RMS of the relative errors themselves
   assert heldout.calibrate_model_error(rows, 'constant') == pytest.approx(np.sqrt(0.0005))
@@ -171,7 +172,12 @@ def test_an_exact_interpolation_is_never_chosen():
   targets and then extrapolated worst)."""
   dof = {c.name: c.residual_dof(4) for c in heldout.CANDIDATES}
   assert dof == {'L(N) free c': 1, 'L(N) c=0': 2, 'L(N) free c, no narrowest': 0,
-                 'L(N with embedding)': 1, 'L(C) final': 1, 'L(C) envelope': 1}
+                 'L(N with embedding)': 1, 'L(C) final': 1, 'L(C) envelope': 1,
+                 'L(N, D) Hoffmann': -1, 'L(N, D) Kaplan': 0, 'L(C) envelope, all budgets': 1}
+  # at three budgets the laws with a data term fit 12 runs; one-budget laws still see 4
+  dof3 = {c.name: c.residual_dof(4, 3) for c in heldout.CANDIDATES}
+  assert dof3['L(N, D) Hoffmann'] == 7 and dof3['L(N, D) Kaplan'] == 8
+  assert dof3['L(N) free c'] == 1 and dof3['L(C) envelope, all budgets'] == 9
   rng = np.random.default_rng(4)
   proxies = [_record(w, rng, sd=0.0) for w in (4, 8, 12, 16)]
   targets = [_record(w, rng, sd=0.0) for w in (32, 48)]

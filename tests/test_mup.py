@@ -327,3 +327,42 @@ def test_predict_loss_cli_tiny(tmp_path, capsys):
   assert out['inside_N'] == (pn['low'] <= t['measured'] <= pn['high'])
   text = capsys.readouterr().out
   assert 'relative error' in text and 'L(N) predicts' in text and '95% interval: bootstrap' in text
+
+
+def test_predict_loss_cli_token_budgets(monkeypatch, tmp_path, capsys):
+  """Issue 29: `predict.proxy_tokens` trains every proxy at each budget (runs named by their
+  steps), the target has its own budget, and the report says which law it used and why.  The
+  runs are faked with a known L(N, D), so a law with a data term must be chosen and be right."""
+  from flmjax.config import ConfigError
+  law = lambda n, d: 3.0 + 40.0 * n ** -0.4 + 300.0 * d ** -0.35
+  seen = []
+
+  def fake_run_point(config, workdir):
+    n = plan.stage_plan(config)[-1].model.param_count(include_embedding=False)
+    tokens = config.train.steps * config.train.global_batch_size * config.train.seq_len
+    seen.append(os.path.basename(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    return {'loss': float(law(n, tokens) + 1e-4 * config.train.seed), 'flops': 6.0 * n * tokens,
+            'tokens': tokens, 'params': n, 'non_embedding_params': n, 'workdir': workdir}
+
+  monkeypatch.setattr(sweep, 'run_point', fake_run_point)
+  path = os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny')
+  per = loss_prediction.tokens_per_step(experiment.load_config(path).experiment)
+  steps = experiment.load_config(path).experiment.train.steps
+  budgets = f'predict.proxy_tokens=[{per * steps // 2},{per * steps},{per * steps * 2}]'
+  wd = str(tmp_path / 'pred')
+  rc = mup_tools.predict_loss_main(_args(
+      config=path, workdir=wd, train_target=True, plot='',
+      config_overrides=[budgets, f'predict.target_tokens={per * steps * 8}',
+                        'predict.proxy_seeds=[0,1]', 'predict.samples=30']))
+  assert rc == 0
+  assert f'w16_steps{steps // 2}_s1' in seen and 'w16_s1' in seen and f'w64_steps{steps * 8}_s0' in seen
+  out = json.load(open(os.path.join(wd, 'prediction.json')))
+  assert len(out['budget_proxies']) == 9 and out['target']['tokens'] == per * steps * 8
+  used = out['law']
+  assert used['law'].startswith('L(N, D)') and used['residual_dof']['L(N) free c'] == 0
+  assert used['relative_error'] < 0.01 < out['relative_error_N']  # L(N) at 2× budget misses
+  text = capsys.readouterr().out
+  assert f"law used: {used['law']}, because smallest worst error predicting the widest" in text
+  with pytest.raises(ConfigError, match='proxy_tokens'):
+    loss_prediction.load_predict_config(path, [f'predict.proxy_tokens=[{per + 1}]'])

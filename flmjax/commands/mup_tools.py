@@ -102,7 +102,9 @@ def sweep_main(args: argparse.Namespace) -> int:
 def add_predict_loss_arguments(p: argparse.ArgumentParser) -> None:
   _add_tool_file_and_workdir(
       p, 'prediction file, e.g. experiments/mup_proxy.py (sections experiment, predict); '
-         'override with --config.predict.target_width=…',
+         'override with --config.predict.target_width=…; proxies at several token budgets '
+         '(laws with a data term): --config.predict.proxy_tokens=[T1,T2,T3], the target\'s '
+         'budget: --config.predict.target_tokens=T',
       'one sub-directory per width, prediction JSON')
   p.add_argument('--train_target', action='store_true',
                  help='also train the target and report predicted vs measured')
@@ -110,10 +112,12 @@ def add_predict_loss_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def predict_loss_main(args: argparse.Namespace) -> int:
+  from flmjax.scaling.heldout import choose_for_target
   from flmjax.scaling.loss_prediction import (format_report, load_predict_config, plot,
                                               predict_loss)
   cfg = load_predict_config(args.config, getattr(args, 'config_overrides', ()))
-  out = predict_loss(cfg, args.workdir, train_target=True if args.train_target else None)
+  out = predict_loss(cfg, args.workdir, train_target=True if args.train_target else None,
+                     choose_law=choose_for_target)
   with open(os.path.join(args.workdir, 'prediction.json'), 'w') as f:
     json.dump(out, f, indent=1)
   path = plot(out, args.plot or os.path.join(args.workdir, 'loss_prediction.png'))

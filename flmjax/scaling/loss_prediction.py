@@ -15,9 +15,16 @@ development targets, see `flmjax.scaling.heldout`).  With one seed per proxy the
 measure; the interval then falls back to the fit covariance widened to the leave-one-out fits, and
 the report says it does not include seed noise.
 
+With proxies at several token budgets (`predict.proxy_tokens`, issue 29) the laws include the
+data term, L(N, D) (Hoffmann et al. 2022; Kaplan et al. 2020), and the target may have its own
+budget (`predict.target_tokens`): at a fixed budget the loss stops falling with width once the
+data term binds, which a law in N alone cannot see.  Which law is used, and why, is chosen by
+`flmjax.scaling.heldout.choose_for_target` (passed in as `choose_law`: this module is the fits'
+home and imports no protocol).
+
 A prediction file defines `get_config()` with sections `experiment` (µP, transferred
-hyperparameters) and `predict` (proxy_widths, proxy_seeds, target_width, train_target, samples,
-seed).
+hyperparameters) and `predict` (proxy_widths, proxy_seeds, proxy_tokens, target_width,
+target_tokens, train_target, samples, seed).
 """
 
 from __future__ import annotations
@@ -42,8 +49,14 @@ def default_predict_config() -> dict[str, Any]:
   # target_seeds likewise for the measured target.  samples: bootstrap draws of the interval.
   # model_error: relative sd of the law's own error per unit of ln(N_target / N_widest proxy),
   # calibrated on development targets (benchmarks/loss_prediction.py measures it); 0 = seeds only.
+  # proxy_tokens: token budgets of the proxies (each a multiple of global_batch_size · seq_len;
+  # [] = the experiment's train.steps only; two or more fit laws with a data term).
+  # target_tokens: the target's budget (0 = the experiment's).  data_order_sd: a run's loss sd
+  # from its data order (benchmarks/loss_prediction.py measures it), for a target trained on
+  # another data order than the proxies; 0 = the same order.
   return dict(proxy_widths=[64, 128, 256], target_width=2048, train_target=False, samples=1000,
-              seed=0, proxy_seeds=[], target_seeds=[], model_error=0.0)
+              seed=0, proxy_seeds=[], target_seeds=[], model_error=0.0, proxy_tokens=[],
+              target_tokens=0, data_order_sd=0.0)
 
 
 # ---- the fit -------------------------------------------------------------------------------------
@@ -142,6 +155,124 @@ def predict(fit: PowerLawFit, x: float, samples: int = 4000, seed: int = 0
   return mean, max(0.0, float(min(bounds))), float(max(bounds))  # a loss is never negative
 
 
+# ---- laws with a data term --------------------------------------------------------------------
+
+DATA_LAW_FORMS = ('hoffmann', 'kaplan')
+
+
+def data_law(form: str, n: Any, d: Any, params: Sequence[float]) -> Any:
+  """L(N, D) in log-parametrised form (n, d already scaled).
+
+  'hoffmann' (Hoffmann et al. 2022): E + A/N^α + B/D^β with params (ln E, ln A, α, ln B, β).
+  'kaplan' (Kaplan et al. 2020): ((N_c/N)^(α_N/α_D) + D_c/D)^α_D with params
+  (ln N_c, α_N, ln D_c, α_D): no irreducible term, one parameter fewer."""
+  n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
+  if form == 'hoffmann':
+    e, a, alpha, b, beta = params
+    return np.exp(e) + np.exp(a - alpha * np.log(n)) + np.exp(b - beta * np.log(d))
+  if form == 'kaplan':
+    nc, alpha_n, dc, alpha_d = params
+    return np.power(np.exp(alpha_n / alpha_d * (nc - np.log(n))) + np.exp(dc - np.log(d)),
+                    alpha_d)
+  raise ValueError(f'data law form must be one of {DATA_LAW_FORMS}, got {form!r}')
+
+
+def data_law_params(form: str) -> int:
+  return 5 if form == 'hoffmann' else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLawFit:
+  """L(N, D) fitted in N / n_scale and D / d_scale (for conditioning)."""
+  form: str
+  params: tuple[float, ...]
+  n_scale: float
+  d_scale: float
+  cost: float = 0.0
+
+  def __call__(self, n: Any, d: Any) -> Any:
+    return data_law(self.form, np.asarray(n, np.float64) / self.n_scale,
+                    np.asarray(d, np.float64) / self.d_scale, self.params)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def describe(self) -> str:
+    p = self.params
+    if self.form == 'hoffmann':
+      return (f'L(N, D) = {math.exp(p[0]):.4g} + {math.exp(p[1]):.4g}/(N/{self.n_scale:.4g})^'
+              f'{p[2]:.3g} + {math.exp(p[3]):.4g}/(D/{self.d_scale:.4g})^{p[4]:.3g}')
+    return (f'L(N, D) = ({math.exp(p[0]):.4g}/(N/{self.n_scale:.4g}))^({p[1]:.3g}/{p[3]:.3g}) + '
+            f'{math.exp(p[2]):.4g}/(D/{self.d_scale:.4g}))^{p[3]:.3g}')
+
+
+def _data_law_starts(form: str, ys: np.ndarray) -> list[np.ndarray]:
+  """A small grid of starting points (as Hoffmann et al. do): the log-space objective has
+  several local minima where E and the power terms trade off."""
+  lo = float(ys.min())
+  if form == 'hoffmann':
+    return [np.array([math.log(lo * f), math.log(max(ys.max() - lo * f, 1e-3)), al,
+                      math.log(max(ys.max() - lo * f, 1e-3) * s), be])
+            for f in (0.5, 0.9) for al in (0.3, 1.0) for be in (0.3, 1.0) for s in (0.2, 1.0)]
+  return [np.array([nc, an, dc, ad]) for nc in (0.0, 3.0) for an in (0.1, 0.5)
+          for dc in (-2.0, 1.0) for ad in (0.1, 0.5)]
+
+
+def _data_law_bounds(form: str) -> tuple[list[float], list[float]]:
+  if form == 'hoffmann':  # exponents in (0, 3]: a law that rises with N or D is not a loss law
+    return [-20, -20, 1e-3, -20, 1e-3], [20, 20, 3.0, 20, 3.0]
+  return [-20, 1e-3, -20, 1e-3], [40, 3.0, 20, 3.0]
+
+
+def fit_data_law(n: Sequence[float], d: Sequence[float], y: Sequence[float],
+                 form: str = 'hoffmann', huber_delta: Optional[float] = 1e-3,
+                 start: Optional[DataLawFit] = None) -> DataLawFit:
+  """Fit L(N, D) by robust least squares on log L (scipy's least_squares with a Huber loss,
+  as Hoffmann et al. fit theirs), from several starts; the lowest cost wins.  Log space weighs
+  every run by its relative error; the Huber loss keeps one bad run from steering the fit.
+  `start`: refine from an earlier fit only (a bootstrap draw moves the data a little);
+  `huber_delta` None: plain least squares."""
+  from scipy.optimize import least_squares
+  ns, ds, ys = (np.asarray(v, np.float64) for v in (n, d, y))
+  k = data_law_params(form)
+  if len(ys) < k:
+    raise ValueError(f'fit_data_law({form}) needs at least {k} runs, got {len(ys)}')
+  if len(set(ds.tolist())) < 2:
+    raise ValueError('fit_data_law needs proxies at two or more token budgets')
+  n_scale, d_scale = float(ns.min()), float(ds.min())
+  xn, xd, log_y = ns / n_scale, ds / d_scale, np.log(ys)
+  lower, upper = _data_law_bounds(form)
+
+  def residuals(p):
+    with np.errstate(all='ignore'):
+      r = np.log(data_law(form, xn, xd, p)) - log_y
+    return np.where(np.isfinite(r), r, 1e3)
+
+  best = None
+  starts = [np.asarray(start.params)] if start is not None else _data_law_starts(form, ys)
+  for p0 in starts:
+    p0 = np.clip(p0, np.array(lower) + 1e-6, np.array(upper) - 1e-6)
+    res = least_squares(residuals, p0, bounds=(lower, upper),
+                        loss='linear' if huber_delta is None else 'huber',
+                        f_scale=huber_delta or 1.0, x_scale='jac', max_nfev=2000)
+    if best is None or res.cost < best.cost:
+      best = res
+  return DataLawFit(form, tuple(float(v) for v in best.x), n_scale, d_scale, float(best.cost))
+
+
+def data_order_sd(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float:
+  """The sd a run's final loss gets from its data order alone, from widths trained on two data
+  orders with the same init seeds: per width, E[(mean_a - mean_b)²] = 2σ_data² + σ_init²(1/k_a
+  + 1/k_b), so σ_data² is the mean over widths of (Δ² - init part)/2, floored at 0 (init-seed
+  variance pooled over all of the runs)."""
+  if not pairs:
+    return 0.0
+  _, seed_sd = seed_spread([l for pair in pairs for l in pair])
+  terms = [((np.mean(a) - np.mean(b)) ** 2 - seed_sd ** 2 * (1 / len(a) + 1 / len(b))) / 2
+           for a, b in pairs]
+  return float(math.sqrt(max(float(np.mean(terms)), 0.0)))
+
+
 def seed_spread(seed_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, float]:
   """(standard error of each width's mean loss, pooled single-run seed sd).
 
@@ -230,24 +361,61 @@ def load_predict_config(path: str, overrides: Sequence[str] = ()) -> Any:
   if len(widths) < 3:
     raise ConfigError(f'predict.proxy_widths needs at least 3 widths for a 3-parameter fit, '
                       f'got {widths}')
+  proxy_steps(cfg)
+  target_steps(cfg)  # both raise a ConfigError for a budget that is not whole steps
   return cfg
 
 
-def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = ()) -> dict[str, Any]:
+def tokens_per_step(experiment_cfg: Any) -> int:
+  return int(experiment_cfg.train.global_batch_size) * int(experiment_cfg.train.seq_len)
+
+
+def steps_for_tokens(cfg: Any, tokens: int, field: str) -> int:
+  """Training steps for a token budget; a budget that is not whole steps is a ConfigError."""
+  per = tokens_per_step(cfg.experiment)
+  if tokens <= 0 or tokens % per:
+    raise ConfigError(f'{field}: {tokens} tokens is not a positive multiple of '
+                      f'global_batch_size · seq_len = {per}')
+  return tokens // per
+
+
+def proxy_steps(cfg: Any) -> list[int]:
+  """The proxies' budgets in steps, ascending ([the experiment's] without proxy_tokens)."""
+  tokens = [int(t) for t in cfg.predict.get('proxy_tokens', ())]
+  steps = sorted({steps_for_tokens(cfg, t, 'predict.proxy_tokens') for t in tokens})
+  return steps or [int(cfg.experiment.train.steps)]
+
+
+def target_steps(cfg: Any) -> int:
+  tokens = int(cfg.predict.get('target_tokens', 0))
+  if not tokens:
+    return int(cfg.experiment.train.steps)
+  return steps_for_tokens(cfg, tokens, 'predict.target_tokens')
+
+
+def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = (),
+              steps: Optional[int] = None) -> dict[str, Any]:
   """Train `width` once per init seed (same tokens: `data.seed` is untouched) and average.
 
   A narrow proxy's final loss moves with its random init by about as much as neighbouring widths
   differ; the mean over a few seeds is what the fit should see.  The spread is kept
-  (`seed_losses`, `loss_std`) for the report."""
+  (`seed_losses`, `loss_std`) for the report.  `steps` (None: the experiment's) sets the token
+  budget, with its own LR schedule: a run at another budget is named by its steps too."""
   seeds = [int(s) for s in seeds] or [int(cfg.experiment.train.seed)]
+  base = int(cfg.experiment.train.steps)
+  steps = base if steps is None else int(steps)
   runs = []
   for seed in seeds:
     c = mup.with_hparams(cfg.experiment, width=width)
     c.train.seed = seed
-    sub = f'w{width}_s{seed}'  # the seed is always in the name: a run is read back by it
+    # the seed is always in the name: a run is read back by it; the steps when not the default
+    sub = f'w{width}_s{seed}' if steps == base else f'w{width}_steps{steps}_s{seed}'
+    if steps != base:
+      c.train.steps = steps
+      c.optim.warmup_steps = min(int(c.optim.warmup_steps), steps)
     runs.append(sweep.run_point(c, os.path.join(workdir, sub)))
   losses = [r['loss'] for r in runs]
-  return {'width': width, **runs[0], 'loss': float(np.mean(losses)),
+  return {'width': width, **runs[0], 'steps': steps, 'loss': float(np.mean(losses)),
           'loss_std': float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
           'seed_losses': losses, 'seeds': seeds, 'workdirs': [r['workdir'] for r in runs]}
 
@@ -258,14 +426,28 @@ def curve(workdir: str) -> tuple[list[float], list[float]]:
   return [r['flops'] for r in recs], [r['loss'] for r in recs]
 
 
-def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) -> dict[str, Any]:
-  """Train the proxies, fit L(N) and L(C), predict the target (and measure it if asked)."""
+ChooseLaw = Callable[..., dict[str, Any]]
+
+
+def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None,
+                 choose_law: Optional[ChooseLaw] = None) -> dict[str, Any]:
+  """Train the proxies, fit L(N) and L(C) at the budget nearest the target's, predict the
+  target (and measure it if asked).  With proxies at several budgets, `choose_law` (e.g.
+  `heldout.choose_for_target`) picks the law used — one with a data term among them — and says
+  why (`out['law']`)."""
   p = cfg.predict
-  proxies = [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()))
-             for w in sorted(int(w) for w in p.proxy_widths)]
+  budgets, t_steps = proxy_steps(cfg), target_steps(cfg)
+  if len(budgets) > 1 and choose_law is None:
+    raise ValueError('proxies at several token budgets need a choose_law')
+  by_budget = {b: [run_width(cfg, int(w), workdir, p.get('proxy_seeds', ()), b)
+                   for w in sorted(int(w) for w in p.proxy_widths)] for b in budgets}
+  nearest = min(budgets, key=lambda b: abs(math.log(t_steps / b)))
+  proxies = by_budget[nearest]
   target_cfg = mup.with_hparams(cfg.experiment, width=int(p.target_width))
+  target_cfg.train.steps = t_steps
   stages = plan.stage_plan(target_cfg)
-  target = {'width': int(p.target_width),
+  target = {'width': int(p.target_width), 'steps': t_steps,
+            'tokens': t_steps * tokens_per_step(cfg.experiment),
             'non_embedding_params': stages[-1].model.param_count(include_embedding=False),
             'flops': plan.flops_summary(stages)['growth_flops']}
   ys = np.asarray([r['loss'] for r in proxies], np.float64)
@@ -278,6 +460,12 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
   out = {'proxies': proxies, 'target': target, 'seed_sd': seed_sd if with_seeds else None,
          'interval': ('bootstrap over init seeds (proxies and target)' if with_seeds else
                       'fit covariance and leave-one-out fits (one seed: no seed noise)')}
+  if len(budgets) > 1:
+    out['budget_proxies'] = [r for b in budgets for r in by_budget[b]]
+    out['law'] = choose_law(out['budget_proxies'], target, samples=int(p.samples),
+                            seed=int(p.seed), model_error=float(p.get('model_error', 0.0)),
+                            data_sd=float(p.get('data_order_sd', 0.0)))
+
   fits = {}
   for key, xs, xt in (('N', ns, target['non_embedding_params']),
                       ('C', [r['flops'] for r in proxies], target['flops'])):
@@ -293,16 +481,22 @@ def predict_loss(cfg: Any, workdir: str, train_target: Optional[bool] = None) ->
     out[f'fit_{key}'] = fit.to_dict()
     out[f'predicted_{key}'] = dict(zip(('loss', 'low', 'high'), pred))
   n_pred, c_pred = out['predicted_N'], out['predicted_C']
+  if 'law' not in out:
+    out['law'] = {'law': 'L(N)', 'why': 'one token budget: the law at fixed tokens (set '
+                  'predict.proxy_tokens to two or more budgets to fit the data term)', **n_pred}
   out['warnings'] = (fit_warnings(ns, ys, fits['N'])
                      + prediction_warnings(n_pred['loss'], n_pred['low'], n_pred['high'],
                                            out['fit_N']['c'], out['seed_sd']))
   if p.train_target if train_target is None else train_target:
-    res = run_width(cfg, int(p.target_width), workdir, target_seeds)
+    res = run_width(cfg, int(p.target_width), workdir, target_seeds, t_steps)
     target.update(measured=res['loss'], measured_std=res['loss_std'],
                   seed_losses=res['seed_losses'], workdir=res['workdir'])
     for key, pr in (('N', n_pred), ('C', c_pred)):
       out[f'relative_error_{key}'] = abs(pr['loss'] - res['loss']) / res['loss']
       out[f'inside_{key}'] = bool(pr['low'] <= res['loss'] <= pr['high'])
+    law = out['law']
+    law.update(relative_error=abs(law['loss'] - res['loss']) / res['loss'],
+               inside=bool(law['low'] <= res['loss'] <= law['high']))
     if res['loss'] < out['fit_N']['c']:
       out['warnings'].append(f"the measured loss {res['loss']:.4f} is below the fitted asymptote "
                              f"c = {out['fit_N']['c']:.4f}: the law's form is wrong at this scale")
@@ -327,12 +521,22 @@ def format_report(out: Mapping[str, Any]) -> str:
                  f"L({key}) predicts {pr['loss']:.4f} [{pr['low']:.4f}, {pr['high']:.4f}]")
   if out.get('interval'):
     lines.append(f"95% interval: {out['interval']}")
+  law = out.get('law')
+  if law:
+    half = 100 * (law['high'] - law['low']) / 2 / law['loss'] if law['loss'] else 0.0
+    lines.append(f"law used: {law['law']}, because {law['why']}")
+    lines.append(f"target width {t['width']} at {t.get('tokens', 0):,} tokens: {law['law']} "
+                 f"predicts {law['loss']:.4f} [{law['low']:.4f}, {law['high']:.4f}] "
+                 f"(±{half:.2f}%)")
   if 'measured' in t:
     spread = f" ± {t['measured_std']:.4f} (seeds)" if len(t.get('seed_losses', ())) > 1 else ''
     inside = lambda k: 'inside' if out.get(f'inside_{k}') else 'OUTSIDE'
     lines.append(f"measured {t['measured']:.4f}{spread}: relative error L(N) "
                  f"{100 * out['relative_error_N']:.2f}% ({inside('N')} its interval), L(C) "
                  f"{100 * out['relative_error_C']:.2f}% ({inside('C')})")
+    if law and 'relative_error' in law:
+      lines.append(f"law used, {law['law']}: relative error {100 * law['relative_error']:.2f}% "
+                   f"({'inside' if law['inside'] else 'OUTSIDE'} its interval)")
   lines += [f'warning: {w}' for w in out.get('warnings', ())]
   return '\n'.join(lines)
 
