@@ -113,7 +113,7 @@ def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str
   if summary.read_finished(wd, config, experiment.default_config()) is not None:
     return wd
   t0 = time.time()
-  loop.train(config, wd)
+  loop.train_to_end(config, wd)
   with open(os.path.join(wd, 'wall.json'), 'w') as f:
     json.dump({'wall_s': time.time() - t0}, f)
   print(f'# trained {os.path.basename(wd)} in {time.time() - t0:.0f} s', flush=True)
@@ -131,7 +131,7 @@ def train_pick(root: str, plan_dir: str, seed: int) -> str:
   config.train.seed, config.data.seed = seed, seed
   if summary.read_finished(wd, config, experiment.default_config()) is None:
     t0 = time.time()
-    loop.train(config, wd)
+    loop.train_to_end(config, wd)
     with open(os.path.join(wd, 'wall.json'), 'w') as f:
       json.dump({'wall_s': time.time() - t0}, f)
     print(f'# trained {os.path.basename(wd)} in {time.time() - t0:.0f} s', flush=True)

@@ -6,7 +6,7 @@
   python benchmarks/growth_vs_scratch.py --smoke               # a few steps each (CI)
   python benchmarks/growth_vs_scratch.py --reuse --workdir W   # re-analyse finished runs
 
-Runs `flmjax.training.loop.train(config, workdir)` for both experiments (unless `--reuse` finds a
+Runs `flmjax.training.loop.train_to_end(config, workdir)` for both experiments (unless `--reuse` finds a
 finished run), reads each `metrics.jsonl` (cumulative model `flops`, `stage`, `val_loss_<lang>`
 at eval steps; the mean over languages is the validation loss), and prints the two curves at
 equal FLOPs (linear interpolation between eval points).  The last line is the headline: the
@@ -73,7 +73,7 @@ def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: b
   if reuse and summary.read_finished(workdir, config, experiment.default_config()) is not None:
     return float('nan')
   t0 = time.perf_counter()
-  loop.train(config, workdir)
+  loop.train_to_end(config, workdir)
   return time.perf_counter() - t0
 
 

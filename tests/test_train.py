@@ -181,3 +181,25 @@ def test_weight_decay_skips_layernorm_and_biases_and_lr_scales_apply():
   ones = jax.tree_util.tree_map(jnp.ones_like, params)
   grads3, _ = tx3.update(ones, tx3.init(params), params)  # gradients do get the multiplier
   assert float(grads3['layers']['bq'][0, 0]) == pytest.approx(-0.2, rel=1e-4)
+
+
+def test_drivers_stop_when_a_run_is_preempted(monkeypatch, tmp_path):
+  """A SIGTERM ends a sweep or the growth planner, not just their current run: before, the
+  driver took the preempted run for finished and started the next one (each then stopped at
+  step 1), so a preempted sweep neither ended nor said how to resume."""
+  from types import SimpleNamespace
+  from flmjax.scaling import growth_planner, sweep
+  calls = []
+
+  def preempted(config, workdir, *, stop_at_step=None):
+    calls.append((os.path.basename(workdir), stop_at_step))
+    return {'stopped_at': 3, 'preempted': 'SIGTERM'}
+
+  monkeypatch.setattr(loop, 'train', preempted)
+  prefix = SimpleNamespace(config=tiny_config(), workdir=str(tmp_path / 'prefix'), steps=(2, 4, 8))
+  with pytest.raises(SystemExit, match=r'prefix: preempted by SIGTERM at step 3 .*again to resume'):
+    growth_planner.train_prefix(prefix)
+  assert calls == [('prefix', 2)]  # neither the next branch point nor the rest was started
+  with pytest.raises(SystemExit, match='point: preempted by SIGTERM'):
+    sweep.run_point(tiny_config(), str(tmp_path / 'point'))
+  assert calls[1:] == [('point', None)]

@@ -54,7 +54,7 @@ from flmjax import checkpoint, experiment, plan
 from flmjax.config import ConfigError, ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.scaling.sweep import final_loss
-from flmjax.training.loop import train
+from flmjax.training.loop import train_to_end
 from flmjax.training.summary import read_finished
 
 DEFAULT_SHARES = (1 / 8, 1 / 4, 1 / 3, 1 / 2)  # the growth-evidence sweep's growth points
@@ -366,7 +366,7 @@ def _run(job: Job, log) -> dict:
       if branch(*job.source, job.workdir):
         log(f'plan-growth: {job.key.name}: {job.kind} run branched from '
             f'{os.path.basename(job.source[0])} at step {job.source[2]}')
-      train(job.config, job.workdir)
+      train_to_end(job.config, job.workdir)
     summary = _read(job)
   return summary
 
@@ -382,8 +382,8 @@ def train_prefix(job: Job) -> None:
       raise checkpoint.CheckpointError(
           f'{stage0}: the branch point {t} is missing but the prefix is at step {have[-1]}: '
           f'remove {job.workdir} to train the prefix again')
-    train(job.config, job.workdir, stop_at_step=t)
-  train(job.config, job.workdir)
+    train_to_end(job.config, job.workdir, stop_at_step=t)
+  train_to_end(job.config, job.workdir)
 
 
 def run_plan(base: Base, candidates: Sequence[Candidate], budget: float, workdir: str, *,

@@ -30,7 +30,7 @@ import numpy as np
 from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
 from flmjax.metrics import read_metrics
-from flmjax.training.loop import train
+from flmjax.training.loop import train_to_end
 from flmjax.training.summary import read_finished
 
 HPARAMS = ('lr', 'init_std', 'output_mult')
@@ -91,7 +91,7 @@ def run_point(config: Any, workdir: str) -> dict[str, Any]:
   """Train `config` in `workdir` with the trainer, or read a finished run of it back."""
   summary = read_finished(workdir, config, experiment.default_config())
   if summary is None:
-    train(config, workdir)
+    train_to_end(config, workdir)
     summary = read_finished(workdir, config, experiment.default_config())
   stages = plan.stage_plan(config)
   return {'loss': final_loss(summary, workdir), 'flops': summary['growth_flops'],

@@ -67,6 +67,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return _train(config, workdir, stages, stop_at_step)
 
 
+def train_to_end(config: ml_collections.ConfigDict, workdir: str, *,
+                 stop_at_step: Optional[int] = None) -> dict[str, Any]:
+  """`train` for drivers that run one training after another (sweeps, the growth planner,
+  benchmarks): a SIGTERM/SIGINT ends the driver too, not just the current run, so a preempted
+  sweep exits at once instead of starting (and at once stopping) every remaining run.  The
+  preempted run's checkpoint is complete: the same command resumes it."""
+  out = train(config, workdir, stop_at_step=stop_at_step)
+  if 'preempted' in out:
+    raise SystemExit(f"{workdir}: preempted by {out['preempted']} at step {out['stopped_at']} "
+                     '(its checkpoint is complete); run the same command again to resume')
+  return out
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
            stop_at_step: Optional[int]) -> dict[str, Any]:
   fault_cfg = faults.settings(config)
