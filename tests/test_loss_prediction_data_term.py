@@ -63,12 +63,13 @@ def test_hoffmann_fit_is_robust_to_one_bad_run_and_kaplan_recovers_its_own_form(
 
 
 def test_data_order_sd_by_hand():
-  # means 1.1 / 1.6 (Δ 0.5) and 2.0 / 2.3 (Δ 0.3); every width's two seeds 0.2 apart, so the
-  # pooled init sd is 0.2/√2 and its share of E[Δ²] is 0.02·(1/2 + 1/2) = 0.02:
-  # σ² = mean((0.25 - 0.02)/2, (0.09 - 0.02)/2) = 0.075
+  # paired by seed: differences 0.5, 0.5 (first width) and 0.3, 0.3 (second); the seeds' own
+  # 0.2 spread is in both orders and cancels.  σ² = mean(0.25, 0.25, 0.09, 0.09) / 2 = 0.085
   pairs = [([1.0, 1.2], [1.5, 1.7]), ([1.9, 2.1], [2.2, 2.4])]
-  assert lp.data_order_sd(pairs) == pytest.approx(math.sqrt(0.075))
-  assert lp.data_order_sd([([1.0, 1.2], [1.0, 1.2])]) == 0.0  # no difference: floored at 0
+  assert lp.data_order_sd(pairs) == pytest.approx(math.sqrt(0.085))
+  assert lp.data_order_sd([([1.0, 1.2], [1.0, 1.2])]) == 0.0  # the same order: no data noise
+  with pytest.raises(ValueError, match='seed by seed'):
+    lp.data_order_sd([([1.0, 1.2], [1.0])])
   assert lp.data_order_sd([]) == 0.0
 
 

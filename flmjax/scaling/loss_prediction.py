@@ -262,15 +262,19 @@ def fit_data_law(n: Sequence[float], d: Sequence[float], y: Sequence[float],
 
 def data_order_sd(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> float:
   """The sd a run's final loss gets from its data order alone, from widths trained on two data
-  orders with the same init seeds: per width, E[(mean_a - mean_b)²] = 2σ_data² + σ_init²(1/k_a
-  + 1/k_b), so σ_data² is the mean over widths of (Δ² - init part)/2, floored at 0 (init-seed
-  variance pooled over all of the runs)."""
-  if not pairs:
+  orders with the same init seeds (in the same order).  Paired by seed: the init seed's own
+  effect is in both runs of a pair and cancels, so each difference Δ_s = L(order a, seed s) −
+  L(order b, seed s) has E[Δ_s²] = 2σ_data², and σ_data² is the mean of Δ_s²/2 over widths and
+  seeds.  (Subtracting an init-seed variance from unpaired means would remove a term that the
+  shared seeds already cancelled, and shrink σ_data towards 0.)"""
+  diffs = []
+  for a, b in pairs:
+    if len(a) != len(b):
+      raise ValueError(f'data_order_sd pairs runs seed by seed: got {len(a)} and {len(b)} seeds')
+    diffs += [x - y for x, y in zip(a, b)]
+  if not diffs:
     return 0.0
-  _, seed_sd = seed_spread([l for pair in pairs for l in pair])
-  terms = [((np.mean(a) - np.mean(b)) ** 2 - seed_sd ** 2 * (1 / len(a) + 1 / len(b))) / 2
-           for a, b in pairs]
-  return float(math.sqrt(max(float(np.mean(terms)), 0.0)))
+  return float(math.sqrt(np.mean(np.square(diffs)) / 2))
 
 
 def seed_spread(seed_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, float]:
