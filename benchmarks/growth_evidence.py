@@ -59,6 +59,8 @@ SUSPECTS = (
     ('control: no growth, LR at the same FLOPs', 'continuation=1,lr_after=flops'),
     ('Adam restarted at the growth (zero moments, bias correction anew)', 'adam=reset'),
     ("µP multipliers at the growth: the first stage's kept", 'mup_after=first'),
+    ("LR after growth: FLM-101B's stage LRs (starts at 3.4e-4 / 4e-4 = 0.85x the peak)",
+     'lr_after=0.85'),
 )
 IDLE_MARGIN = 0.01  # the grown model "learns" once it is this far below the continuation
 # Issue 25's sweep: operator × growth point, each cell the growth arm with one recipe on the
