@@ -70,6 +70,7 @@ import ml_collections  # noqa: E402
 
 from flmjax import experiment, mup, plan  # noqa: E402
 from flmjax.scaling import heldout, loss_prediction  # noqa: E402
+from flmjax.scaling.sweep import parse_shard  # noqa: E402  (the sweep's K/N, one spelling)
 
 MAX_ERROR_TARGET = 0.005
 COVERAGE_TARGET = 0.8
@@ -202,15 +203,8 @@ def job_cost(cfg: ml_collections.ConfigDict, job: dict) -> float:
   """Training FLOPs of a job (all its seeds): what balances the shards."""
   m = plan.stage_plan(mup.with_hparams(cfg.experiment, width=job['width']))[-1].model
   e = cfg.experiment
-  tokens = job['steps'] * e.train.global_batch_size * e.train.seq_len
+  tokens = job['steps'] * loss_prediction.tokens_per_step(e)
   return m.flops_per_token(e.train.seq_len) * tokens * len(job['seeds'])
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-  k, n = (int(x) for x in text.split('/'))
-  if not 0 <= k < n:
-    raise ValueError(f'--shard K/N needs 0 <= K < N, got {text!r}')
-  return k, n
 
 
 def shard_jobs(cfg: ml_collections.ConfigDict, all_jobs: list[dict], shard: tuple[int, int]
@@ -409,7 +403,7 @@ def main(argv=None) -> int:
                'data_order_check': runs.get('data order', [])}, f, indent=1)
   report(cfg, runs, result, args.predictor_from)
   e = cfg.experiment
-  tokens = e.train.global_batch_size * e.train.seq_len
+  tokens = loss_prediction.tokens_per_step(e)
   print(f"data {e.data.source}, proxies at {', '.join(str(x) for x in pc.proxy_steps)} steps, "
         f"targets at {base} steps (fixed) or tokens ∝ N^{pc.tokens_rule.exponent:g} (growing, "
         f"{pc.tokens_rule.anchor_steps} steps at width {pc.tokens_rule.anchor_width}), × {tokens} "
