@@ -172,3 +172,21 @@ def test_teacher_loss_teaches_the_label_where_token_share_does_not():
   assert np.mean(losses[-30:]) < np.mean(losses[:30])  # reported, and it falls
   assert with_teacher >= 0.9  # 1.0 here
   assert without <= 0.7    # 0.52 here: chance
+
+
+def test_padded_vocab_mask_is_the_select_in_value_and_gradient():
+  """The mask is an additive bias (its backward is free); it must equal the select it replaced:
+  the same logits bit for bit (large ones included) and the same gradients, zero on padding."""
+  from flmjax.model import mask_padded_vocab
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 256), jnp.float32) * 30.0
+  logits = logits.at[0, 0, 250].set(1e20).at[0, 1, 5].set(-0.0)
+  select = lambda x: jnp.where(jnp.arange(x.shape[-1]) < 200, x, NEG_INF)
+  biased = mask_padded_vocab(logits, 200)
+  assert float(biased[..., 200:].max()) == float(np.float32(NEG_INF))
+  np.testing.assert_array_equal(np.asarray(biased), np.asarray(select(logits)))
+  loss = lambda f: lambda x: jax.nn.logsumexp(f(x), axis=-1).sum() - f(x)[..., 7].sum()
+  g_bias, g_select = jax.grad(loss(lambda x: mask_padded_vocab(x, 200)))(logits), \
+      jax.grad(loss(select))(logits)
+  np.testing.assert_array_equal(np.asarray(g_bias), np.asarray(g_select))
+  assert not np.asarray(g_bias[..., 200:]).any()
+  assert mask_padded_vocab(logits, 256) is logits  # nothing padded: untouched
