@@ -161,6 +161,14 @@ class FlmjaxStepper:
     self.rt, self.state, self.i = rt, state, 0
     self.batches = [to_global(b, rt.batch_sh) for b in host_batches]
 
+  def compiled_text(self) -> str:
+    """The compiled step's HLO text (with source metadata): what `op_profile` maps ops with."""
+    import flax.linen as nn
+    import jax
+    fn = self.rt.jitted_step('train', self.state.mask_base is not None, self.state.mask_base)
+    with jax.set_mesh(self.rt.mesh), nn.logical_axis_rules(self.rt.rules):
+      return fn.lower(self.state, self.batches[0]).compile().as_text()
+
   def __call__(self) -> float:
     import jax
     b = self.batches[self.i % len(self.batches)]

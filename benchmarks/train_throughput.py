@@ -4,6 +4,7 @@
   python benchmarks/train_throughput.py --sizes 125m --reps 7
   python benchmarks/train_throughput.py --remat dots --attention cudnn --dtype bf16   # GPU
   python benchmarks/train_throughput.py --smoke            # tiny sizes, 2 steps (CI)
+  python benchmarks/train_throughput.py --sizes 10m,50m --profile   # + where the step's time goes
 
 flmjax side: the trainer's own step (`flmjax.training.runtime.StageRuntime.train_step`: jitted with shardings,
 donated state, AdamW with clipping and masked weight decay).  PyTorch side: the same architecture
@@ -25,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import op_profile  # noqa: E402
 
 # name: (model fields, seq_len, global batch).  head_dim 64 everywhere, d_ff = 4·d_model.
 SIZES = {
@@ -103,6 +105,11 @@ def run_size(name: str, spec, args) -> dict:
   if not args.no_torch:
     fns['matmul_torch'], _ = common.torch_matmul_fn(args.matmul_n, dtype)
   times = common.interleaved(fns, reps=args.reps, warmup=args.warmup)
+  profiles = {}
+  if args.profile:
+    profiles['flmjax'] = op_profile.jax_profile(fns['flmjax'], fns['flmjax'].compiled_text())
+    if 'pytorch' in fns:
+      profiles['pytorch'] = op_profile.torch_profile(fns['pytorch'])
   peak = max(mm_flops / common.median(times[k]) for k in ('matmul', 'matmul_torch') if k in times)
   tokens = batch * seq_len
   flops = mcfg.flops_per_token(seq_len) * tokens
@@ -118,6 +125,7 @@ def run_size(name: str, spec, args) -> dict:
                  common.spread(times[side]), f'{tokens / t:,.0f}', common.fmt_si(flops / t, 'FLOP/s'),
                  f'{100 * flops / t / peak:.1f}%'])
   return {'rows': rows, 'tps': tps, 'peak': peak, 'params': mcfg.param_count(),
+          'profiles': profiles,
           'matmul': {k: mm_flops / common.median(times[k]) for k in ('matmul', 'matmul_torch')
                      if k in times},
           'device': jax.devices()[0].device_kind}
@@ -137,6 +145,8 @@ def main(argv=None) -> None:
   ap.add_argument('--dtype', default='f32', choices=sorted(DTYPES), help='compute dtype')
   ap.add_argument('--matmul-n', type=int, default=None, help='yardstick matmul size')
   ap.add_argument('--no-torch', action='store_true', help='flmjax only (no headline ratio)')
+  ap.add_argument('--profile', action='store_true',
+                  help="after timing, profile each side's step: share of step time per op family")
   args = ap.parse_args(argv)
   table = SMOKE_SIZES if args.smoke else SIZES
   names = list(table) if not args.sizes else [s.strip().lower() for s in args.sizes.split(',')]
@@ -164,6 +174,12 @@ def main(argv=None) -> None:
        'model FLOP/s', 'util'],
       [row for r in results.values() for row in r['rows']],
       title='utilisation = model FLOP/s / best dense-matmul FLOP/s of this device, same run')
+  for n, r in results.items():
+    if r['profiles']:
+      common.print_table(['op family'] + [f'{side}: share of step' for side in r['profiles']],
+                         op_profile.share_rows(r['profiles']),
+                         title=f'{n}: where one training step\'s time goes (profiled after timing; '
+                               'host = wall not covered by any op)')
   if args.no_torch:
     print(f"flmjax tokens/s ({names[-1]}) = {last['tps']['flmjax']:,.0f}")
     return

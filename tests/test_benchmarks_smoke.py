@@ -41,8 +41,21 @@ def _has(module: str) -> bool:
 @pytest.mark.skipif(not (_has('torch') and _has('transformers')),
                     reason='the PyTorch peer needs the optional extra flmjax[hf] (torch, transformers)')
 def test_train_throughput_smoke():
-  out = _run('train_throughput.py')
+  """The regression guard: the ratio per size, and where each side's step time goes."""
+  out = _run('train_throughput.py', '--profile')
   assert 'flmjax' in out and 'pytorch' in out and 'util' in out
+  assert 'smoke-a: flmjax/pytorch tokens/s = ' in out and 'smoke-b: flmjax/pytorch' in out
+  assert 'where one training step\'s time goes' in out
+  for family in ('matmul', 'attention', 'LayerNorm', 'optimizer', 'host / untraced'):
+    assert family in out
+
+
+@pytest.mark.slow
+def test_step_conventions_smoke():
+  out = _run('step_conventions.py')
+  for variant in ('xPos off', 'padded-vocabulary mask off', 'teacher term off',
+                  'non-finite guard off', 'none of them'):
+    assert variant in out
 
 
 @pytest.mark.slow
