@@ -79,8 +79,10 @@ def _parse_stack_frames(text: str) -> Callable[[int], list[tuple[str, str, int]]
     if raw in ('FileNames', 'FunctionNames', 'FileLocations', 'StackFrames'):
       section = raw
       continue
-    if section is None or not raw or not raw[0].isdigit():
-      section = None if raw.startswith(('HloModule', '%', 'ENTRY')) else section
+    if not raw[:1].isdigit():  # a table's rows start with their id; anything else ends it
+      section = None
+      continue
+    if section is None:
       continue
     key, _, rest = raw.partition(' ')
     if section in ('FileNames', 'FunctionNames'):
@@ -201,7 +203,7 @@ def jax_profile(step: Callable[[], object], hlo_text: str, steps: int = 3) -> di
 def torch_family(op: str) -> str:
   """A PyTorch aten op's family by name."""
   n = op.lower()
-  if 'scaled_dot_product' in n or 'attention' in n or 'softmax' in n and 'log' not in n:
+  if 'scaled_dot_product' in n or 'attention' in n or ('softmax' in n and 'log' not in n):
     return 'attention'
   if any(k in n for k in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::matmul', 'aten::linear')):
     return 'matmul'
