@@ -103,9 +103,10 @@ def run_dir(root: str, arm: str, seed: int, lr: float, width: str = 'msg',
 
 
 def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str = 'msg',
-              depth: str = 'msg', recipe: str = '') -> str:
+              depth: str = 'msg', recipe: str = '', train: bool = True) -> Optional[str]:
   """Train one run unless it already finished (a finished run of another config, e.g. another
-  preset in the same root, is refused); returns its workdir."""
+  preset in the same root, is refused); returns its workdir.  `train=False` only reads back:
+  None unless the run finished."""
   from flmjax import experiment
   from flmjax.training import loop, summary
   wd = run_dir(root, arm, seed, lr, width, depth, recipe)
@@ -114,6 +115,8 @@ def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str
   config.train.allow_overwrite = True
   if summary.read_finished(wd, config, experiment.default_config()) is not None:
     return wd
+  if not train:
+    return None
   t0 = time.time()
   loop.train_to_end(config, wd)
   with open(os.path.join(wd, 'wall.json'), 'w') as f:
@@ -334,14 +337,19 @@ def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
              ) -> dict[tuple, str]:
   """Train (or read back) runs keyed by job tuples (arm, seed, ...); `spec(job)` gives the
   growth arm's (width, depth, recipe) — by default MSG with the recipe job[2].  With a shard,
-  only its share (another process trains the rest; a run being trained elsewhere is skipped)."""
+  only its share (another process trains the rest; a run being trained elsewhere is skipped),
+  plus the other shares' runs that already finished, read back: so a sharded two-round sweep
+  passes to its second round once every shard's first round is done."""
   from flmjax.workdir_lock import WorkdirLockedError
   out = {}
   for i, job in enumerate(jobs):
-    if shard is not None and i % shard[1] != shard[0]:
-      continue
     arm, seed = job[0], job[1]
     width, depth, recipe = spec(job) if arm == 'growth' else ('msg', 'msg', '')
+    if shard is not None and i % shard[1] != shard[0]:
+      wd = train_arm(root, arm, seed, lr, preset, width, depth, recipe, train=False)
+      if wd is not None:
+        out[job] = wd
+      continue
     try:
       out[job] = train_arm(root, arm, seed, lr, preset, width, depth, recipe)
     except WorkdirLockedError:

@@ -372,3 +372,33 @@ def test_plan_pick_trains_the_written_schedule_once_and_compares_it(tmp_path, mo
   (plan_dir / 'plan.json').write_text(json.dumps(plan_json))
   with pytest.raises(SystemExit, match='planned for'):
     bench.plan_pick_report(str(plan_dir), [wd], [wd], [1], target, budget)
+
+
+def test_a_shard_trains_its_share_and_reads_back_the_others_finished_runs(monkeypatch):
+  """A sharded two-round sweep can pass to its second round only if each shard sees every
+  first-round run: its own (trained) and the other shards' (read back when finished, never
+  trained by it)."""
+  mod = _benchmark_module()
+  finished = {('growth', 0, 'b'), ('growth', 0, 'd')}  # shard 1's runs, already done
+  trained = []
+
+  def fake_train_arm(root, arm, seed, lr, preset, width='msg', depth='msg', recipe='',
+                     train=True):
+    job = (arm, seed, recipe)
+    if job in finished:
+      return f'{root}/{arm}{seed}{recipe}'
+    if not train:
+      return None
+    trained.append(job)
+    finished.add(job)
+    return f'{root}/{arm}{seed}{recipe}'
+
+  monkeypatch.setattr(mod, 'train_arm', fake_train_arm)
+  jobs = [('growth', 0, r) for r in 'abcde']
+  out = mod.run_jobs('W', jobs, 0.01, 'smoke', (0, 2))
+  assert trained == [('growth', 0, 'a'), ('growth', 0, 'c'), ('growth', 0, 'e')]
+  assert set(out) == set(jobs)  # its three, and shard 1's two read back
+  finished.discard(('growth', 0, 'd'))  # shard 1 not finished there: not trained, not returned
+  trained.clear()
+  out = mod.run_jobs('W', jobs, 0.01, 'smoke', (0, 2))
+  assert trained == [] and ('growth', 0, 'd') not in out and len(out) == 4
