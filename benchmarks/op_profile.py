@@ -1,7 +1,8 @@
 """Where a training step's time goes: per-op-family shares for flmjax (XLA) and PyTorch.
 
-flmjax: `jax.profiler` records one event per executed XLA op (CPU thunk / GPU kernel, named as
-the HLO instruction); the compiled module's text maps each instruction, through its stack frame
+flmjax: `jax.profiler` records one event per executed XLA op (on CPU one per thunk, named as the
+HLO instruction; GPU kernels usually carry their fusion's name, not checked here: no GPU was
+lent to this work); the compiled module's text maps each instruction, through its stack frame
 metadata, to the source line that emitted it, so every op is put in one family by where it came
 from (`family_of_frames`).  PyTorch: `torch.profiler`'s self time per aten op, put in families by
 op name (`torch_family`).  "host" is the step's wall time not covered by any op (dispatch,
