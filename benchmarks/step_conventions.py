@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from train_throughput import SIZES, SMOKE_SIZES  # noqa: E402
 
-# name -> what it switches off (relative to ALL, the trainer's defaults with every convention on)
+# name -> what it switches off (from the trainer's defaults, where every convention is on)
 VARIANTS = {
     'every convention (the trainer as is)': {},
     'xPos off (plain rotary)': {'xpos': False},
@@ -64,7 +64,9 @@ def with_teacher(host_batches: list[dict]) -> list[dict]:
   return out
 
 
-def run_size(name: str, spec, reps: int, warmup: int) -> dict[str, float]:
+def run_size(name: str, spec, reps: int, warmup: int
+             ) -> tuple[dict[str, float], dict[str, list[float]]]:
+  """(median seconds per variant, every timing per variant) at one size."""
   model_kw, seq_len, batch = spec
   vocab = model_kw['vocab_size'] - PADDED_ROWS  # token ids valid for every variant
   batches = with_teacher(common.random_batches(2, batch, seq_len, vocab, seed=1))
