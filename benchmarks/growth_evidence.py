@@ -108,11 +108,18 @@ def train_arm(root: str, arm: str, seed: int, lr: float, preset: str, width: str
   preset in the same root, is refused); returns its workdir.  `train=False` only reads back:
   None unless the run finished."""
   from flmjax import experiment
-  from flmjax.training import loop, summary
   wd = run_dir(root, arm, seed, lr, width, depth, recipe)
   config = experiment.load_config(
       f'{EXPERIMENT}:{arm_arg(arm, seed, lr, preset, width, depth, recipe)}')
   config.train.allow_overwrite = True
+  return train_or_read(config, wd, train)
+
+
+def train_or_read(config, wd: str, train: bool = True) -> Optional[str]:
+  """`wd` if a finished run of `config` is there; else train it (timing it into wall.json) and
+  return `wd` — or, with `train=False`, return None."""
+  from flmjax import experiment
+  from flmjax.training import loop, summary
   if summary.read_finished(wd, config, experiment.default_config()) is not None:
     return wd
   if not train:
@@ -130,17 +137,10 @@ def train_pick(root: str, plan_dir: str, seed: int) -> str:
   on one seed (init and data order), exactly as `flmjax train --config ... --config.train.seed=S
   --config.data.seed=S` would."""
   from flmjax import experiment
-  from flmjax.training import loop, summary
   wd = os.path.join(root, f'pick_{os.path.basename(os.path.normpath(plan_dir))}_s{seed}')
   config = experiment.load_config(os.path.join(plan_dir, 'chosen_schedule.py'))
   config.train.seed, config.data.seed = seed, seed
-  if summary.read_finished(wd, config, experiment.default_config()) is None:
-    t0 = time.time()
-    loop.train_to_end(config, wd)
-    with open(os.path.join(wd, 'wall.json'), 'w') as f:
-      json.dump({'wall_s': time.time() - t0}, f)
-    print(f'# trained {os.path.basename(wd)} in {time.time() - t0:.0f} s', flush=True)
-  return wd
+  return train_or_read(config, wd)
 
 
 def plan_pick_report(plan_dir: str, pick_wds: list[str], growth_wds: list[str], seeds: list[int],
