@@ -40,6 +40,15 @@ def interleaved(fns: Mapping[str, Callable[[], object]], reps: int, warmup: int 
   return times
 
 
+def enable_compile_cache(root: str) -> None:
+  """Runs that differ only in seed or data order compile to the same programs: cache them on
+  disk under `root`/jax_cache, so a driver of many such runs compiles each shape once."""
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def median(xs: Sequence[float]) -> float:
   return statistics.median(xs)
 

@@ -309,14 +309,6 @@ def flm_figure(growth_wds: list[str], scratch_wds: list[str], target: float, rat
   return out_path
 
 
-def enable_compile_cache(root: str) -> None:
-  """Runs that differ only in seed compile to the same programs: cache them on disk."""
-  import jax
-  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
 def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, float]:
   """{lr: loss} over `lrs`; while the best lr sits at the grid's edge (its optimum may lie beyond,
   as the first run of this benchmark found at 1e-2), add the next ×3 step past that edge.  The
@@ -671,7 +663,7 @@ def main(argv=None) -> int:
     ap.error('at least two seeds are needed for a spread (three for the reported protocol)')
   root = args.workdir or tempfile.mkdtemp(prefix='flmjax_growth_evidence_')
   os.makedirs(root, exist_ok=True)
-  enable_compile_cache(root)
+  common.enable_compile_cache(root)
   sys.path.insert(0, os.path.dirname(EXPERIMENT))
   import growth_evidence as setting  # noqa: E402  (experiments/ is not a package)
   from flmjax import curves, experiment, plan
