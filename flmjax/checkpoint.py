@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import shutil
@@ -176,6 +177,7 @@ class StageCheckpointer:
   def restore_state(self, step: int, abstract_state: Any, partial: bool = False) -> Any:
     """Restore `state` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    _quiet_abandoned_reads()  # before the read: a failure's leftovers may report at once
     error = None
     try:
       out = self.mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -185,7 +187,7 @@ class StageCheckpointer:
           f'cannot restore checkpoint step {step}: '
           f'{os.path.join(self.directory, str(step), "state")}: {_short_reason(e)}')
     if error is not None:  # outside `except`: nothing holds orbax's failed reads any more
-      _drop_failed_reads()
+      gc.collect()  # finalise them now, quietly, not after the error line or at exit
       raise error
     return out['state']
 
@@ -246,22 +248,53 @@ def _short_reason(e: BaseException) -> str:
   return f'{type(e).__name__}: {_first_line(e)[:300]}'
 
 
-def _drop_failed_reads() -> None:
-  """Keep quiet the read coroutines orbax abandoned when one of them failed: finalised by the
-  garbage collector (some only at exit), each would print a page of TensorStore spec or an
-  'Event loop is closed' traceback after the one-line error.  Other unraisable errors still
-  reach the previous hook."""
+def _is_abandoned_read(text: str) -> bool:
+  """Whether an error report is one of orbax's abandoned reads (a TensorStore read that failed
+  or was cut short, or its callback finding the event loop already closed)."""
+  return any(s in text for s in ('TensorStore', 'Event loop is closed', '_read_array',
+                                 'OCDBT', 'reading array index'))
+
+
+class _AbandonedReadFilter(logging.Filter):
+  """asyncio logs 'Task/Future exception was never retrieved' when a read orbax abandoned is
+  garbage collected: drop those, keep every other asyncio record."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not ('never retrieved' in record.getMessage()
+                and _is_abandoned_read(record.getMessage() + repr(record.exc_info)))
+
+
+def _quiet_abandoned_reads() -> None:
+  """Keep quiet the read coroutines orbax abandons when one of them fails, so a failed restore
+  ends in its one-line error.  They surface three ways, around the error line, and some only
+  under load (when the failure wins the race with the other reads): finalised by the garbage
+  collector (sys.unraisablehook: a page of TensorStore spec), as asyncio's 'exception was never
+  retrieved' log records, and as TensorStore's own callback threads finding the event loop closed
+  (sys.excepthook: 'RuntimeError: Event loop is closed').  Every other error still reaches the
+  previous hook or handler."""
   if not getattr(sys.unraisablehook, 'flmjax_quiet_reads', False):
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
-      text = f'{unraisable.exc_value} {unraisable.object!r}'
-      if 'TensorStore' in text or 'Event loop is closed' in text or '_read_array' in text:
+      if _is_abandoned_read(f'{unraisable.exc_value} {unraisable.object!r}'):
         return
       previous(unraisable)
     hook.flmjax_quiet_reads = True
     sys.unraisablehook = hook
-  gc.collect()
+  if not getattr(sys.excepthook, 'flmjax_quiet_reads', False):
+    previous_except = sys.excepthook
+
+    def excepthook(kind, value, tb) -> None:
+      # raised in asyncio's call_soon_threadsafe, called straight from a TensorStore thread
+      if (kind is RuntimeError and str(value) == 'Event loop is closed' and tb is not None
+          and tb.tb_frame.f_code.co_name == 'call_soon_threadsafe'):
+        return
+      previous_except(kind, value, tb)
+    excepthook.flmjax_quiet_reads = True
+    sys.excepthook = excepthook
+  asyncio_log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _AbandonedReadFilter) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadFilter())
 
 
 def _first_line(e: BaseException) -> str:
