@@ -115,6 +115,9 @@ def test_loss_prediction_smoke(tmp_path):
   saved = json.load(open(os.path.join(first, 'heldout.json')))
   assert sorted({r['steps'] for r in saved['proxies']['development']}) == [4, 6, 8]
   assert saved['result']['residual_dof']['L(N, D) Hoffmann'] == 9 - 5
+  # more init seeds at the narrow end; the data-order check pairs the seeds both orders ran
+  assert {w: {tuple(r['seeds']) for r in saved['proxies']['development'] if r['width'] == w}
+          for w in (8, 16)} == {8: {(0, 1)}, 16: {(0,)}}
   # issue 14's arm: another objective, judged by the first run's predictor (no development runs)
   arm = _run('loss_prediction.py', '--workdir', str(tmp_path / 'arm'), '--teacher_loss', '0',
              '--predictor_from', os.path.join(first, 'heldout.json'))
