@@ -350,6 +350,24 @@ def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
   return out
 
 
+def train_arm_share(root: str, seeds: list[int], small_seeds: list[int], op_seeds: list[int],
+                    ops: list[tuple[str, str]], lr: float, preset: str,
+                    growth: tuple[str, str, str], shard: tuple[int, int]) -> int:
+  """The three-arm protocol's runs (arms, then the other operators), this shard's share only:
+  one process per core, then one run without --shard reads them back and reports."""
+  jobs = [(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))
+          for s in seeds for arm in ('growth', 'scratch', 'small')
+          if arm != 'small' or s in small_seeds]
+  if ops and growth != ('msg', 'msg', ''):  # the operator table's own plain MSG row
+    ops = [('msg', 'msg')] + list(ops)
+  jobs += [('growth', s, w, d, '') for s in op_seeds for w, d in ops
+           if ('growth', s, w, d, '') not in jobs]
+  done = run_jobs(root, jobs, lr, preset, shard, spec=lambda job: job[2:5])
+  print(f'shard {shard[0]}/{shard[1]} done: {len(done)} of {len(jobs)} runs finished under '
+        f'{root}; run again without --shard to read them back and report', flush=True)
+  return 0
+
+
 def control_of(recipe: str) -> str:
   """The un-grown continuation with the same LR as a growth recipe."""
   lr_after = dict(kv.split('=') for kv in recipe.split(',') if kv).get('lr_after', '')
@@ -633,7 +651,8 @@ def main(argv=None) -> int:
                   help='use this peak LR instead of sweeping (the recorded sweep chose 1e-2)')
   ap.add_argument('--shard', default='',
                   help='K/N: train only every N-th run from the K-th (0-based) and stop; run '
-                       'without it afterwards to read everything back')
+                       'without it afterwards to read everything back (the three-arm '
+                       'protocol needs --lr with it)')
   ap.add_argument('--plan_pick', default='',
                   help="a `flmjax plan-growth` workdir: also train its chosen_schedule.py on "
                        "--seeds and compare it with the growth arm (issue 26's check)")
@@ -693,6 +712,12 @@ def main(argv=None) -> int:
     return run_sweep(root, seeds, args.lr or 1e-2, preset, budget,
                      LR_RULE if args.lr_rule is None else args.lr_rule, ops_s,
                      [x for x in args.sweep_shares.split(',') if x], shard, args.sweep_top)
+  g_width, g_depth, g_recipe = recipe_arg(args.recipe)
+  if shard is not None:
+    if not args.lr:  # the sweep extends its grid by what it has measured: one process
+      ap.error('--shard in the three-arm protocol needs --lr (the LR sweep is sequential)')
+    return train_arm_share(root, seeds, small_seeds, op_seeds, ops, args.lr, preset,
+                           (g_width, g_depth, g_recipe), shard)
   # 1. learning rate: a sweep on the scratch arm with a held-out seed (or --lr)
   if args.lr:
     sweep, lr = {}, args.lr
@@ -708,7 +733,6 @@ def main(argv=None) -> int:
 
   # 2. the three arms, seed by seed (a partial run still has whole seeds); the growth arm runs
   # the recipe chosen on the development seeds (CHOSEN, unless --recipe says otherwise)
-  g_width, g_depth, g_recipe = recipe_arg(args.recipe)
   wds: dict[str, list[str]] = {'growth': [], 'scratch': [], 'small': []}
   for s in seeds:
     for arm in ('growth', 'scratch', 'small'):

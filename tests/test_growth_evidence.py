@@ -402,3 +402,32 @@ def test_a_shard_trains_its_share_and_reads_back_the_others_finished_runs(monkey
   trained.clear()
   out = mod.run_jobs('W', jobs, 0.01, 'smoke', (0, 2))
   assert trained == [] and ('growth', 0, 'd') not in out and len(out) == 4
+
+
+def test_three_arm_shards_split_every_run_once(monkeypatch, tmp_path, capsys):
+  """`--shard K/N --lr X` in the three-arm protocol: the shards together train every arm run
+  (the growth arm with its recipe, the small arm on its seeds only) and every other operator,
+  each once; without --lr it is refused (the LR sweep is sequential)."""
+  mod = _benchmark_module()
+  trained = []
+
+  def fake_train_arm(root, arm, seed, lr, preset, width='msg', depth='msg', recipe='',
+                     train=True):
+    if train:
+      trained.append((arm, seed, width, depth, recipe))
+    return None if not train else f'{root}/{arm}{seed}{width}{depth}{recipe}'
+
+  monkeypatch.setattr(mod, 'train_arm', fake_train_arm)
+  ops = [('tile', 'msg'), ('msg', 'stack')]
+  for k in range(2):
+    mod.train_arm_share('W', [3, 4], [3], [3], ops, 0.01, 'smoke', ('msg', 'msg', 'lr_after=peak'),
+                        (k, 2))
+  assert sorted(trained) == sorted([
+      ('growth', 3, 'msg', 'msg', 'lr_after=peak'), ('growth', 4, 'msg', 'msg', 'lr_after=peak'),
+      ('scratch', 3, 'msg', 'msg', ''), ('scratch', 4, 'msg', 'msg', ''),
+      ('small', 3, 'msg', 'msg', ''),
+      ('growth', 3, 'msg', 'msg', ''),  # the operator table's plain MSG row
+      ('growth', 3, 'tile', 'msg', ''), ('growth', 3, 'msg', 'stack', '')])
+  with pytest.raises(SystemExit):
+    mod.main(['--smoke', '--workdir', str(tmp_path), '--shard', '0/2'])
+  assert '--shard in the three-arm protocol needs --lr' in capsys.readouterr().err
