@@ -1,9 +1,8 @@
 """µP loss prediction with a data term, judged on a fresh held-out split (issues 19, 29).
 
 Narrow µP proxies (d_model 4/8/12/16, five init seeds at 4 and 8, three at 12 and 16, data
-order 0, the same transferred
-hyperparameters) at three token budgets (300 / 600 / 1200 steps × 4096 tokens) predict wider
-models' validation loss.  Every run of issue 19's protocol saw the same tokens, so its laws in N
+order 0, the same transferred hyperparameters) at three token budgets (300 / 600 / 1200 steps ×
+4096 tokens) predict wider models' validation loss.  Every run of issue 19's protocol saw the same tokens, so its laws in N
 or C alone kept falling where the measured loss had stopped (the data term binds); the laws here
 include it: L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022) and Kaplan et al.'s L(N, D),
 fitted on every (width, budget) proxy, and the L(C) envelope over every budget's training curves
