@@ -439,8 +439,10 @@ def report(cfg: ml_collections.ConfigDict, runs: dict, result: dict, predictor_f
   pc = cfg.protocol
   chosen = result['chosen']
   widest = max(pc.proxy_widths)
+  nw = pc.narrow_proxy_seeds
   print(_proxy_table(f'proxies (data seed {pc.proxy_data_seed}, init seeds '
-                     f'{list(pc.proxy_seeds)})', runs['proxies']))
+                     f'{list(pc.proxy_seeds)}; {list(nw.seeds)} at d_model '
+                     f"{', '.join(str(w) for w in nw.widths)})", runs['proxies']))
   if 'data order' in runs:
     oc = pc.data_order_check
     print(_proxy_table(f'data-order check (data seed {oc.data_seed}, init seeds '
