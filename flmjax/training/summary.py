@@ -43,10 +43,17 @@ def format_summary(summary: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+# How often a run checkpoints, how many it keeps and whether it may overwrite a workdir change
+# nothing it trains (a resume is exact): a finished run read back for a config that differs only
+# there is the same run.
+BOOKKEEPING_FIELDS = ('train.ckpt_every', 'train.keep', 'train.allow_overwrite')
+
+
 def config_differences(ran: Mapping[str, Any], asked: Mapping[str, Any],
                        prefix: str = '', defaults: Optional[Mapping[str, Any]] = None
                        ) -> list[str]:
-  """'field: ran X, asked Y' for every leaf that differs between two config dicts.
+  """'field: ran X, asked Y' for every leaf that differs between two config dicts, but for
+  `BOOKKEEPING_FIELDS`.
 
   With `defaults`, a field the run did not record (added to the config after it ran) counts as
   equal when it is asked at its default: a new field's default keeps the behaviour before it."""
@@ -54,6 +61,8 @@ def config_differences(ran: Mapping[str, Any], asked: Mapping[str, Any],
   defaults = defaults or {}
   for key in sorted(set(ran) | set(asked)):
     a, b, d = ran.get(key), asked.get(key), defaults.get(key)
+    if f'{prefix}{key}' in BOOKKEEPING_FIELDS:
+      continue
     if isinstance(a, Mapping) and isinstance(b, Mapping):
       out.extend(config_differences(a, b, f'{prefix}{key}.',
                                     d if isinstance(d, Mapping) else None))
