@@ -2,10 +2,10 @@
 
 Narrow µP proxies (d_model 4/8/12/16, five init seeds at 4 and 8, three at 12 and 16, data
 order 0, the same transferred hyperparameters) at three token budgets (300 / 600 / 1200 steps ×
-4096 tokens) predict wider models' validation loss.  Every run of issue 19's protocol saw the same tokens, so its laws in N
-or C alone kept falling where the measured loss had stopped (the data term binds); the laws here
-include it: L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022) and Kaplan et al.'s L(N, D),
-fitted on every (width, budget) proxy, and the L(C) envelope over every budget's training curves
+4096 tokens) predict wider models' validation loss.  Every run of issue 19's protocol saw the
+same tokens, so its laws in N or C alone kept falling where the measured loss had stopped (the
+data term binds); the laws here include it: L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022)
+and Kaplan et al.'s L(N, D), fitted on every (width, budget) proxy, and the L(C) envelope over every budget's training curves
 (`flmjax.scaling.heldout.CANDIDATES`; a law in N or C alone uses the proxies at the budget
 nearest each target's).  Targets come at two kinds of budget:
 
@@ -343,7 +343,8 @@ def _earlier_protocol(path: str, protocol: ml_collections.ConfigDict) -> dict:
     earlier = json.load(f)
   here = protocol.to_dict()
   for field in ('proxy_widths', 'proxy_data_seed', 'proxy_seeds', 'narrow_proxy_seeds',
-                'proxy_steps', 'data_order_check', 'tokens_rule', 'development', 'model_error_form'):
+                'proxy_steps', 'data_order_check', 'tokens_rule', 'development',
+                'model_error_form'):
     if earlier['protocol'].get(field) != here[field]:
       raise ValueError(f"{path}: protocol.{field} is {earlier['protocol'].get(field)!r}, this "
                        f'run has {here[field]!r}')

@@ -77,7 +77,8 @@ def test_flmjax_train_tiny_lowers_the_loss_on_both_languages(tmp_path):
   assert sweep.run_point(same, wd)['loss'] == pytest.approx(
       (evals[60]['val_loss_en'] + evals[60]['val_loss_zh']) / 2)   # read back, not retrained
   bookkeeping = ml_collections.ConfigDict(ran)  # checkpoints: how often, how many kept
-  bookkeeping.train.update(ckpt_every=7, keep=5, allow_overwrite=not ran['train']['allow_overwrite'])
+  bookkeeping.train.update(ckpt_every=7, keep=5,
+                           allow_overwrite=not ran['train']['allow_overwrite'])
   assert sweep.run_point(bookkeeping, wd)['loss'] == sweep.run_point(same, wd)['loss']
   other = ml_collections.ConfigDict(ran)
   other.train.seed = ran['train']['seed'] + 1
