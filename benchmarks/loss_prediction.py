@@ -5,9 +5,9 @@ order 0, the same transferred hyperparameters) at three token budgets (300 / 600
 4096 tokens) predict wider models' validation loss.  Every run of issue 19's protocol saw the
 same tokens, so its laws in N or C alone kept falling where the measured loss had stopped (the
 data term binds); the laws here include it: L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022)
-and Kaplan et al.'s L(N, D), fitted on every (width, budget) proxy, and the L(C) envelope over every budget's training curves
-(`flmjax.scaling.heldout.CANDIDATES`; a law in N or C alone uses the proxies at the budget
-nearest each target's).  Targets come at two kinds of budget:
+and Kaplan et al.'s L(N, D), fitted on every (width, budget) proxy, and the L(C) envelope over
+every budget's training curves (`flmjax.scaling.heldout.CANDIDATES`; a law in N or C alone uses
+the proxies at the budget nearest each target's).  Targets come at two kinds of budget:
 
   fixed      the proxies' middle budget (600 steps), today's setting;
   growing    tokens ∝ √N (∝ width), anchored at 600 steps for width 96: 1200 at 192, 1800 at
