@@ -350,22 +350,21 @@ def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
   return out
 
 
-def train_arm_share(root: str, seeds: list[int], small_seeds: list[int], op_seeds: list[int],
-                    ops: list[tuple[str, str]], lr: float, preset: str,
-                    growth: tuple[str, str, str], shard: tuple[int, int]) -> int:
-  """The three-arm protocol's runs (arms, then the other operators), this shard's share only:
-  one process per core, then one run without --shard reads them back and reports."""
+def protocol_jobs(seeds: list[int], small_seeds: list[int], op_seeds: list[int],
+                  ops: list[tuple[str, str]], growth: tuple[str, str, str]
+                  ) -> tuple[list[tuple], list[tuple[str, str]]]:
+  """The three-arm protocol's runs as (arm, seed, width, depth, recipe) jobs — the arms seed by
+  seed, then the other operators — and the operator table's rows.  Arm (1) is the table's MSG
+  row when it is plain MSG (its runs are not repeated); otherwise, with other operators, the
+  table gets a plain MSG row of its own."""
+  plain = growth == ('msg', 'msg', '')
   jobs = [(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))
           for s in seeds for arm in ('growth', 'scratch', 'small')
           if arm != 'small' or s in small_seeds]
-  if ops and growth != ('msg', 'msg', ''):  # the operator table's own plain MSG row
-    ops = [('msg', 'msg')] + list(ops)
-  jobs += [('growth', s, w, d, '') for s in op_seeds for w, d in ops
+  rows = [('msg', 'msg')] + list(ops) if plain or ops else []
+  jobs += [('growth', s, w, d, '') for s in op_seeds for w, d in rows
            if ('growth', s, w, d, '') not in jobs]
-  done = run_jobs(root, jobs, lr, preset, shard, spec=lambda job: job[2:5])
-  print(f'shard {shard[0]}/{shard[1]} done: {len(done)} of {len(jobs)} runs finished under '
-        f'{root}; run again without --shard to read them back and report', flush=True)
-  return 0
+  return jobs, rows
 
 
 def control_of(recipe: str) -> str:
@@ -712,12 +711,15 @@ def main(argv=None) -> int:
     return run_sweep(root, seeds, args.lr or 1e-2, preset, budget,
                      LR_RULE if args.lr_rule is None else args.lr_rule, ops_s,
                      [x for x in args.sweep_shares.split(',') if x], shard, args.sweep_top)
-  g_width, g_depth, g_recipe = recipe_arg(args.recipe)
+  growth = g_width, g_depth, g_recipe = recipe_arg(args.recipe)
+  jobs, op_rows = protocol_jobs(seeds, small_seeds, op_seeds, ops, growth)
   if shard is not None:
     if not args.lr:  # the sweep extends its grid by what it has measured: one process
       ap.error('--shard in the three-arm protocol needs --lr (the LR sweep is sequential)')
-    return train_arm_share(root, seeds, small_seeds, op_seeds, ops, args.lr, preset,
-                           (g_width, g_depth, g_recipe), shard)
+    done = run_jobs(root, jobs, args.lr, preset, shard, spec=lambda job: job[2:5])
+    print(f'shard {shard[0]}/{shard[1]} done: {len(done)} of {len(jobs)} runs finished under '
+          f'{root}; run again without --shard to read them back and report', flush=True)
+    return 0
   # 1. learning rate: a sweep on the scratch arm with a held-out seed (or --lr)
   if args.lr:
     sweep, lr = {}, args.lr
@@ -733,21 +735,12 @@ def main(argv=None) -> int:
 
   # 2. the three arms, seed by seed (a partial run still has whole seeds); the growth arm runs
   # the recipe chosen on the development seeds (CHOSEN, unless --recipe says otherwise)
-  wds: dict[str, list[str]] = {'growth': [], 'scratch': [], 'small': []}
-  for s in seeds:
-    for arm in ('growth', 'scratch', 'small'):
-      if arm != 'small' or s in small_seeds:
-        wds[arm].append(train_arm(root, arm, s, lr, preset, g_width, g_depth, g_recipe)
-                        if arm == 'growth' else train_arm(root, arm, s, lr, preset))
-  # 3. the other operators
-  op_wds: dict[tuple[str, str], list[str]] = {}
-  if (g_width, g_depth, g_recipe) == ('msg', 'msg', ''):  # arm (1) is the MSG row itself
-    op_wds[('msg', 'msg')] = [w for w, s in zip(wds['growth'], seeds) if s in op_seeds]
-  elif ops:
-    ops = [('msg', 'msg')] + ops
-  for s in op_seeds:
-    for w, d in ops:
-      op_wds.setdefault((w, d), []).append(train_arm(root, 'growth', s, lr, preset, w, d))
+  # 3. the other operators (trained after the arms, in `protocol_jobs`' order)
+  done = run_jobs(root, jobs, lr, preset, None, spec=lambda job: job[2:5])
+  wds = {arm: [done[(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))]
+               for s in seeds if arm != 'small' or s in small_seeds]
+         for arm in ('growth', 'scratch', 'small')}
+  op_wds = {(w, d): [done[('growth', s, w, d, '')] for s in op_seeds] for w, d in op_rows}
 
   # ---- analysis ----
   finals = {arm: [final_loss(w) for w in v] for arm, v in wds.items()}

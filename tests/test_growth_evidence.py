@@ -419,9 +419,10 @@ def test_three_arm_shards_split_every_run_once(monkeypatch, tmp_path, capsys):
 
   monkeypatch.setattr(mod, 'train_arm', fake_train_arm)
   ops = [('tile', 'msg'), ('msg', 'stack')]
+  jobs, rows = mod.protocol_jobs([3, 4], [3], [3], ops, ('msg', 'msg', 'lr_after=peak'))
+  assert rows == [('msg', 'msg')] + ops
   for k in range(2):
-    mod.train_arm_share('W', [3, 4], [3], [3], ops, 0.01, 'smoke', ('msg', 'msg', 'lr_after=peak'),
-                        (k, 2))
+    mod.run_jobs('W', jobs, 0.01, 'smoke', (k, 2), spec=lambda job: job[2:5])
   assert sorted(trained) == sorted([
       ('growth', 3, 'msg', 'msg', 'lr_after=peak'), ('growth', 4, 'msg', 'msg', 'lr_after=peak'),
       ('scratch', 3, 'msg', 'msg', ''), ('scratch', 4, 'msg', 'msg', ''),
