@@ -298,6 +298,17 @@ def _target_table(title: str, rows: list[dict], widest: int) -> str:
   return '\n'.join(lines)
 
 
+def _terms_table(rows: list[dict]) -> str:
+  """Which term makes each held-out interval wide (`heldout.half_width_terms`)."""
+  names = heldout.HALF_WIDTH_TERMS
+  lines = ['held-out 95% half-width by term (each alone; together they add about in quadrature)',
+           f"{'width':>6} {'steps':>5} {'±95%':>6} " + ' '.join(f'{n:>12}' for n in names)]
+  for r in rows:
+    lines.append(f"{r['width']:>6} {r.get('steps') or '':>5} {100 * r['half_width']:>5.2f}% "
+                 + ' '.join(f"{100 * r['terms'][n]:>11.2f}%" for n in names))
+  return '\n'.join(lines)
+
+
 def _candidate_table(result: dict) -> str:
   lines = ['every candidate (chosen on the development split: *):',
            f"{'candidate':<28} {'dof':>3} {'dev max':>8} {'model err':>9} {'held max':>8} "
@@ -463,6 +474,8 @@ def report(cfg: ml_collections.ConfigDict, runs: dict, result: dict, predictor_f
   print(_target_table(f'held-out targets, {chosen} (chosen on development; model error '
                       f'{100 * result["model_error"][chosen]:.2f}% relative sd)',
                       result['held_out'][chosen]['rows'], widest))
+  if all('terms' in r for r in result['held_out'][chosen]['rows']):
+    print(_terms_table(result['held_out'][chosen]['rows']))
   print(_candidate_table(result))
 
 

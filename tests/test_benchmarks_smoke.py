@@ -111,6 +111,7 @@ def test_loss_prediction_smoke(tmp_path):
   # held-out targets at the fixed and the growing budget (tokens ∝ √N: 12 steps at width 48)
   assert 'L(N, D) Hoffmann' in out and 'L(C) envelope, all budgets' in out
   assert 'data-order check (data seed 1' in out and 'data-order sd per run' in out
+  assert 'held-out 95% half-width by term' in out and 'proxy seeds' in out
   assert 'width@steps 48@6, 48@12' in last
   saved = json.load(open(os.path.join(first, 'heldout.json')))
   assert sorted({r['steps'] for r in saved['proxies']['development']}) == [4, 6, 8]

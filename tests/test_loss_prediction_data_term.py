@@ -124,3 +124,32 @@ def test_one_budget_laws_use_the_budget_nearest_each_target():
   at = lambda b: lp.fit_power_law([24 * w * w for w in WIDTHS],
                                   [_hoffmann(24 * w * w, b) for w in WIDTHS])(24 * 64 ** 2)
   np.testing.assert_allclose(got, [at(1.2e6), at(4.8e6)], rtol=1e-6)
+
+
+def test_half_width_terms_name_what_makes_an_interval_wide():
+  """Each term alone, by hand where it is a Gaussian: the target's own seeds 1.96·sd/√runs, the
+  data order 1.96·√2·σ_data (another order only), the model error 1.96·model_error; the proxies'
+  bootstrap is zero for noise-free proxies and grows with their seed spread."""
+  rng = np.random.default_rng(3)
+  quiet = [_record(w, b, rng) for w in WIDTHS for b in BUDGETS]
+  same = _record(64, 2.4e6, rng, data_seed=0)
+  other = _record(64, 2.4e6, rng, data_seed=3)
+  cand = heldout.Candidate('L(N, D) Hoffmann', form='hoffmann')
+  t_same, t_other = heldout.half_width_terms(cand, quiet, [same, other], model_error=0.01,
+                                             samples=50, model_error_form='constant',
+                                             data_sd=0.02)
+  pred = _hoffmann(24 * 64 * 64, 2.4e6)
+  assert t_same['proxy seeds'] < 1e-6 and t_same['target seeds'] == 0.0  # no seed spread at all
+  assert t_same['data order'] == 0.0  # the proxies' own order
+  assert t_other['data order'] == pytest.approx(1.96 * math.sqrt(2) * 0.02 / pred, rel=1e-3)
+  assert t_same['model error'] == pytest.approx(1.96 * 0.01, rel=1e-3)
+  noisy = [_record(w, b, rng, seeds=3, sd=0.02) for w in WIDTHS for b in BUDGETS]
+  (t,) = heldout.half_width_terms(cand, noisy, [other], samples=200)
+  _, pooled = lp.seed_spread([r['seed_losses'] for r in noisy])
+  assert t['proxy seeds'] > 0.002 and t['model error'] == 0.0
+  assert t['target seeds'] == pytest.approx(1.96 * pooled / math.sqrt(2) / pred, rel=0.05)
+  # run_protocol puts them on the chosen law's held-out rows; the total is no narrower than any
+  res = heldout.run_protocol(noisy, [same], noisy, [other], [cand], samples=100, data_sd=0.02)
+  (row,) = res['held_out'][cand.name]['rows']
+  assert set(row['terms']) == set(heldout.HALF_WIDTH_TERMS)
+  assert row['half_width'] >= 0.9 * max(row['terms'].values())
