@@ -20,6 +20,8 @@ import ml_collections
 from flmjax import sharding, synthetic_data
 from flmjax.config import ConfigError, ModelConfig, check_section
 from flmjax.data import config as data_config
+from flmjax.data.corpus import DataError
+from flmjax.data.vocab import vocab_size
 from flmjax.optimizer import MUP_WEIGHT_DECAY
 from flmjax.plan import Stage, as_dict, stage_plan
 from flmjax.training import faults
@@ -304,8 +306,6 @@ def _vocab_file_size(data: Any) -> int:
   """Pieces in `data.vocab.model_file`, or ids of the tiktoken vocabulary (0 when none is given
   or it cannot be read: the data layer then reports the file itself)."""
   if data.get('source') != 'synthetic' and data.get('vocab', {}).get('kind') == 'tiktoken':
-    from flmjax.data.corpus import DataError
-    from flmjax.data.vocab import vocab_size
     try:
       return vocab_size(data)
     except DataError:

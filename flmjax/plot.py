@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from flmjax import curves  # noqa: E402
 from flmjax.metrics import current_records  # noqa: E402
 
 
@@ -108,7 +109,6 @@ def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | Non
   """One line per group of runs (the seeds of one arm): the mean validation loss (mean over
   languages) against FLOPs, with the seeds' min-max band; growth points of the first run dotted.
   `target`: a horizontal line (e.g. the from-scratch arm's final mean loss).  Returns the path."""
-  from flmjax import curves
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   for label, workdirs in groups.items():
     if not workdirs:

@@ -16,6 +16,7 @@ import ml_collections
 
 from flmjax import checkpoint, sharding
 from flmjax.config import ConfigError, ModelConfig
+from flmjax.data import get_tokenizer
 from flmjax.evaluation.engine import FlmEngine
 from flmjax.evaluation.tasks import EvalDataError
 
@@ -69,9 +70,6 @@ def vocabulary(config: Any, where: str):
   if data_cfg.get('source') == 'synthetic':
     raise EvalDataError(f'--checkpoint {where}: trained on synthetic token data, which has no text '
                         f'tokenizer; the evaluation suites need a model trained on text')
-  # Here, not at the top: flmjax.data pulls in seqio and TensorFlow, needed only once a
-  # checkpoint is opened (importing this module for its helpers stays fast).
-  from flmjax.data import get_tokenizer  # pylint: disable=g-import-not-at-top
   return get_tokenizer(data_cfg)
 
 
