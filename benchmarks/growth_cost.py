@@ -146,8 +146,11 @@ def child_sharded(shape: str) -> dict:
 
 
 def run_child(mode: str, shape: str, devices: int) -> dict:
+  # the caller's own XLA flags too (e.g. one thread per process), with the child's device count
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             XLA_FLAGS=' '.join([f'--xla_force_host_platform_device_count={devices}', *flags]),
              PYTHONPATH=common.ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', mode,
                          '--shape', shape], env=env, capture_output=True, text=True)

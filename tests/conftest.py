@@ -69,7 +69,12 @@ def free_port() -> int:
 
 def subprocess_env(devices: int = 1, extra: Optional[dict] = None) -> dict:
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'
+  # the parent's own flags too (e.g. a user's --xla_cpu_multi_thread_eigen=false): a child that
+  # compiled differently would differ in the last bits from the run it is compared with
+  inherited = [f for f in os.environ.get('XLA_FLAGS', '').split()
+               if not f.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={devices}', *inherited]
+                              + ([] if FAST_COMPILE in inherited else [FAST_COMPILE]))
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   env.update(extra or {})
