@@ -352,19 +352,20 @@ def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
 
 def protocol_jobs(seeds: list[int], small_seeds: list[int], op_seeds: list[int],
                   ops: list[tuple[str, str]], growth: tuple[str, str, str]
-                  ) -> tuple[list[tuple], list[tuple[str, str]]]:
+                  ) -> tuple[list[tuple], dict[str, list[tuple]], list[tuple[str, str]]]:
   """The three-arm protocol's runs as (arm, seed, width, depth, recipe) jobs — the arms seed by
-  seed, then the other operators — and the operator table's rows.  Arm (1) is the table's MSG
-  row when it is plain MSG (its runs are not repeated); otherwise, with other operators, the
-  table gets a plain MSG row of its own."""
+  seed, then the other operators — each arm's jobs (in seed order), and the operator table's
+  rows.  Arm (1) is the table's MSG row when it is plain MSG (its runs are not repeated);
+  otherwise, with other operators, the table gets a plain MSG row of its own."""
   plain = growth == ('msg', 'msg', '')
-  jobs = [(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))
-          for s in seeds for arm in ('growth', 'scratch', 'small')
-          if arm != 'small' or s in small_seeds]
+  arms = {arm: [(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))
+                for s in seeds if arm != 'small' or s in small_seeds]
+          for arm in ('growth', 'scratch', 'small')}
+  jobs = [j for s in seeds for arm_jobs in arms.values() for j in arm_jobs if j[1] == s]
   rows = [('msg', 'msg')] + list(ops) if plain or ops else []
   jobs += [('growth', s, w, d, '') for s in op_seeds for w, d in rows
            if ('growth', s, w, d, '') not in jobs]
-  return jobs, rows
+  return jobs, arms, rows
 
 
 def control_of(recipe: str) -> str:
@@ -712,7 +713,7 @@ def main(argv=None) -> int:
                      LR_RULE if args.lr_rule is None else args.lr_rule, ops_s,
                      [x for x in args.sweep_shares.split(',') if x], shard, args.sweep_top)
   growth = g_width, g_depth, g_recipe = recipe_arg(args.recipe)
-  jobs, op_rows = protocol_jobs(seeds, small_seeds, op_seeds, ops, growth)
+  jobs, arm_jobs, op_rows = protocol_jobs(seeds, small_seeds, op_seeds, ops, growth)
   if shard is not None:
     if not args.lr:  # the sweep extends its grid by what it has measured: one process
       ap.error('--shard in the three-arm protocol needs --lr (the LR sweep is sequential)')
@@ -737,9 +738,7 @@ def main(argv=None) -> int:
   # the recipe chosen on the development seeds (CHOSEN, unless --recipe says otherwise)
   # 3. the other operators (trained after the arms, in `protocol_jobs`' order)
   done = run_jobs(root, jobs, lr, preset, None, spec=lambda job: job[2:5])
-  wds = {arm: [done[(arm, s) + (growth if arm == 'growth' else ('msg', 'msg', ''))]
-               for s in seeds if arm != 'small' or s in small_seeds]
-         for arm in ('growth', 'scratch', 'small')}
+  wds = {arm: [done[j] for j in js] for arm, js in arm_jobs.items()}
   op_wds = {(w, d): [done[('growth', s, w, d, '')] for s in op_seeds] for w, d in op_rows}
 
   # ---- analysis ----

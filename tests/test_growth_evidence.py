@@ -419,7 +419,7 @@ def test_three_arm_shards_split_every_run_once(monkeypatch, tmp_path, capsys):
 
   monkeypatch.setattr(mod, 'train_arm', fake_train_arm)
   ops = [('tile', 'msg'), ('msg', 'stack')]
-  jobs, rows = mod.protocol_jobs([3, 4], [3], [3], ops, ('msg', 'msg', 'lr_after=peak'))
+  jobs, _, rows = mod.protocol_jobs([3, 4], [3], [3], ops, ('msg', 'msg', 'lr_after=peak'))
   assert rows == [('msg', 'msg')] + ops
   for k in range(2):
     mod.run_jobs('W', jobs, 0.01, 'smoke', (k, 2), spec=lambda job: job[2:5])
