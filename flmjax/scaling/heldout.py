@@ -235,17 +235,30 @@ def target_sd(proxies: Sequence[Record], targets: Sequence[Record], seed_sd: flo
   return np.sqrt(seed_sd ** 2 / runs + 2 * data_sd ** 2 * other)
 
 
+def _interval_terms(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
+                    model_error: float, model_error_form: str, data_sd: float
+                    ) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, np.ndarray,
+                               np.ndarray, np.ndarray]:
+  """What `interval` spreads: (predictor, the proxies' shift sds, each target's own seed sd, its
+  sd with data order added, its relative model sd) — one place for `interval` and
+  `half_width_terms`."""
+  predict_fn = make_predictor(cand, proxies, targets)
+  shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in proxy_order(proxies)])
+  own = target_sd(proxies, targets, seed_sd, 0.0)
+  full = target_sd(proxies, targets, seed_sd, data_sd)
+  rel_model = model_error * _error_scale(distances(proxies, targets), model_error_form)
+  return predict_fn, shift_sd, own, full, rel_model
+
+
 def interval(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
              model_error: float = 0.0, samples: int = 1000, seed: int = 0,
              model_error_form: str = 'per_ln_n', data_sd: float = 0.0
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(prediction, low, high) per target: the seed bootstrap of `lp.bootstrap_interval` with the
   target's own spread (`target_sd`) and the relative model error; targets need no loss."""
-  predict_fn = make_predictor(cand, proxies, targets)
-  shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in proxy_order(proxies)])
-  dist = distances(proxies, targets)
-  return lp.bootstrap_interval(predict_fn, shift_sd, target_sd(proxies, targets, seed_sd, data_sd),
-                               model_error * _error_scale(dist, model_error_form), samples, seed)
+  predict_fn, shift_sd, _, full, rel_model = _interval_terms(
+      cand, proxies, targets, model_error, model_error_form, data_sd)
+  return lp.bootstrap_interval(predict_fn, shift_sd, full, rel_model, samples, seed)
 
 
 HALF_WIDTH_TERMS = ('proxy seeds', 'target seeds', 'data order', 'model error')
@@ -258,17 +271,15 @@ def half_width_terms(cand: Candidate, proxies: Sequence[Record], targets: Sequen
   """Per target, the relative 95% half-width each of `interval`'s terms gives alone (the
   proxies' seed bootstrap; the target's own seeds; data order; model error), so a reader sees
   which one makes an interval wide.  They add roughly in quadrature, not linearly."""
-  predict_fn = make_predictor(cand, proxies, targets)
-  shift_sd, seed_sd = lp.seed_spread([r['seed_losses'] for r in proxy_order(proxies)])
+  predict_fn, shift_sd, own, full, rel_model = _interval_terms(
+      cand, proxies, targets, model_error, model_error_form, data_sd)
   pred, low, high = lp.bootstrap_interval(predict_fn, shift_sd, 0.0, 0.0, samples, seed)
-  own = target_sd(proxies, targets, seed_sd, 0.0)
-  order = np.sqrt(np.maximum(target_sd(proxies, targets, seed_sd, data_sd) ** 2 - own ** 2, 0.0))
-  model = model_error * _error_scale(distances(proxies, targets), model_error_form) * pred
+  order = np.sqrt(np.maximum(full ** 2 - own ** 2, 0.0))
   z = 1.959964
   return [{'proxy seeds': float(high[i] - low[i]) / 2 / float(pred[i]),
            'target seeds': z * float(own[i]) / float(pred[i]),
            'data order': z * float(order[i]) / float(pred[i]),
-           'model error': z * float(model[i]) / float(pred[i])} for i in range(len(targets))]
+           'model error': z * float(rel_model[i])} for i in range(len(targets))]
 
 
 def evaluate(cand: Candidate, proxies: Sequence[Record], targets: Sequence[Record],
