@@ -18,6 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from flmjax.cli import cpu_unless_accelerator  # noqa: E402  (light: imports no jax)
+
+# Before any benchmark imports jax: with the `tpu` extra on a CPU host, jax would otherwise load
+# libtpu and print its TPU_WORKER_HOSTNAMES / accelerator-type lines into every benchmark's output.
+cpu_unless_accelerator()
+
 
 def interleaved(fns: Mapping[str, Callable[[], object]], reps: int, warmup: int = 1
                 ) -> dict[str, list[float]]:

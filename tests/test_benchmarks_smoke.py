@@ -44,7 +44,8 @@ def test_train_throughput_smoke():
   """The regression guard: the ratio per size, and where each side's step time goes."""
   out = _run('train_throughput.py', '--profile')
   assert 'flmjax' in out and 'pytorch' in out and 'util' in out
-  assert 'smoke-a: flmjax/pytorch tokens/s = ' in out and 'smoke-b: flmjax/pytorch' in out
+  assert 'smoke-a: flmjax/pytorch utilisation = ' in out and 'smoke-b: flmjax/pytorch' in out
+  assert 'own matmul FLOP/s' in out and '(host-fair)' in out.splitlines()[-1]
   assert 'where one training step\'s time goes' in out
   for family in ('matmul', 'attention', 'LayerNorm', 'optimizer', 'host / untraced'):
     assert family in out
@@ -60,14 +61,36 @@ def test_step_conventions_smoke():
 
 @pytest.mark.slow
 def test_train_throughput_smoke_flmjax_only():
-  """Without torch the benchmark still measures flmjax (no ratio line then, so not --smoke)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  """Without torch the benchmark still measures flmjax (no ratio line then, so not --smoke).
+
+  JAX_PLATFORMS is unset, as a user runs it: with the `tpu` extra on a CPU host the benchmark
+  must not let libtpu print its missing-TPU-VM lines (benchmarks/common.py picks the CPU)."""
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env.pop('JAX_PLATFORMS', None)
   proc = subprocess.run([sys.executable, os.path.join(BENCH, 'train_throughput.py'), '--smoke',
                          '--no-torch', '--sizes', 'smoke-a'], env=env, capture_output=True,
                         text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'flmjax tokens/s' in proc.stdout.splitlines()[-1]
+  assert 'TPU_WORKER_HOSTNAMES' not in proc.stderr and 'TPU_ACCELERATOR_TYPE' not in proc.stderr, \
+      proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _has('libtpu'), reason='only the `tpu` extra makes jax try libtpu')
+def test_benchmarks_pick_the_cpu_before_jax_loads_libtpu():
+  """Importing benchmarks/common.py (every benchmark does, before jax) sets JAX_PLATFORMS=cpu on
+  a host with libtpu but no TPU, as the `flmjax` command does; a user's own setting wins."""
+  code = ('import os, sys; sys.path.insert(0, "benchmarks"); import common; '
+          'print(os.environ.get("JAX_PLATFORMS"))')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('JAX_PLATFORMS', None)
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.stdout.strip() == 'cpu', out.stderr[-2000:]
+  env['JAX_PLATFORMS'] = 'cpu,tpu'
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.stdout.strip() == 'cpu,tpu', out.stderr[-2000:]
 
 
 @pytest.mark.slow
