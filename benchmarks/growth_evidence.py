@@ -44,7 +44,8 @@ OPERATORS = (('msg', 'msg'), ('tile', 'msg'), ('msg', 'identity'), ('msg', 'stac
 SWEEP_SEED = 100  # the learning rate is chosen on this seed, which no reported number uses
 # Issue 40's second size sweeps its LR on a seed of its own: seed 100's sweep is reported above
 # (BUILD.md › Performance), so it is no longer a seed that no reported number uses.
-SWEEP_SEEDS = {'d64x8': 200}
+SWEEP_SEEDS = {'d64x8': 200, 'smoke_d64x8': 200}
+FIRST_SIZE_LR = 1e-2  # what the sweep on seed 100 chose at d32×L4 (BUILD.md › Performance)
 # Issue 25's diagnosis of the idle phase: each suspect changed alone in the growth arm (MSG
 # width + depth), each beside the un-grown continuation of the small model on the same batches
 # and LR where the LR is what changes.  Fixed before any of its runs.
@@ -68,12 +69,14 @@ SUSPECTS = (
 IDLE_MARGIN = 0.01  # the grown model "learns" once it is this far below the continuation
 # Issue 25's sweep: operator × growth point, each cell the growth arm with one recipe on the
 # same FLOPs budget.  Run as two rounds (--sweep_top 2): every cell on seed 0, then the two with
-# the lowest final loss on seeds 1 and 2; the choice is the lowest mean final loss over 0-2.  (width, depth, first-stage shape: '' = the preset's d16×L2); the depth-only
-# stacks keep the final width (G_stack: ×2 from half the layers, ×4 from a quarter).
-SWEEP_OPERATORS = {'msg (width+depth)': ('msg', 'msg', ''),
-                   'stack x2 (depth only)': ('msg', 'stack', '32x2'),
-                   'stack x4 (depth only)': ('msg', 'stack', '32x1'),
-                   'tile+stack (width+depth)': ('tile', 'stack', '')}
+# the lowest final loss on seeds 1 and 2; the choice is the lowest mean final loss over 0-2.
+# (width, depth, stack factor: 0 = from the preset's first stage, d16×L2 at 'full'; k = from
+# the final width with 1/k of its layers, at least one); the depth-only stacks keep the final
+# width (G_stack: ×2 from half the layers, ×4 from a quarter: 32x2 and 32x1 at 'full').
+SWEEP_OPERATORS = {'msg (width+depth)': ('msg', 'msg', 0),
+                   'stack x2 (depth only)': ('msg', 'stack', 2),
+                   'stack x4 (depth only)': ('msg', 'stack', 4),
+                   'tile+stack (width+depth)': ('tile', 'stack', 0)}
 SWEEP_SHARES = ('0.125', '0.25', '0.333', '0.5')  # the first stage's share of the FLOPs budget
 # The grown stage's LR rule for the sweep, set from the diagnosis before the sweep by a rule fixed
 # in advance: the LR suspect (steps | flops | peak) with the lowest mean final loss on the
@@ -493,11 +496,14 @@ def diagnose(root: str, wds: dict[tuple[str, int, str], str], seeds: list[int], 
   return 0
 
 
-def sweep_cell(operator: str, share: str, lr_rule: str, smoke: bool) -> tuple[str, str, str]:
-  """(width, depth, recipe) of one sweep cell."""
-  width, depth, first = SWEEP_OPERATORS[operator]
-  if first and smoke:  # the smoke preset's final size is d32×L2: ×2 / ×1 layers
-    first = {'32x2': '32x1', '32x1': '32x1'}[first]
+def sweep_cell(operator: str, share: str, lr_rule: str, preset: str) -> tuple[str, str, str]:
+  """(width, depth, recipe) of one sweep cell at the preset's sizes."""
+  from flmjax import experiment
+  width, depth, factor = SWEEP_OPERATORS[operator]
+  first = ''
+  if factor:
+    final = experiment.load_config(f'{EXPERIMENT}:scratch,preset={preset}').model
+    first = f'{final.d_model}x{max(1, final.n_layers // factor)}'
   recipe = ','.join(x for x in (f'share={share}', f'first={first}' if first else '', lr_rule) if x)
   return width, depth, recipe
 
@@ -540,7 +546,7 @@ def run_sweep(root: str, seeds: list[int], lr: float, preset: str, budget: float
   the lowest mean final loss over all seeds (final loss, not the FLOPs ratio, ranks: the ratio
   is ∞ for every cell that misses the target and cannot order them)."""
   from flmjax import curves
-  cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset == 'smoke')
+  cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset)
   grid = [(o, sh) for o in operators for sh in shares]
   done: dict = {}
   train_all = lambda jobs: done.update(
@@ -621,7 +627,8 @@ def main(argv=None) -> int:
                   help='peak LRs swept on the scratch arm; a best value at the grid\'s edge '
                        'extends the grid by ×3 beyond it (at most twice)')
   ap.add_argument('--preset', default='full',
-                  help="experiments/growth_evidence.py preset: 'full' (the protocol) or "
+                  help="experiments/growth_evidence.py preset: 'full' (the protocol), "
+                       "'double' (2x the tokens), 'd64x8' (issue 40's second size) or "
                        "'first_run' (the first run's 1.3M-token budget, for like-for-like reruns)")
   ap.add_argument('--operators', default=','.join(f'{w}+{d}' for w, d in OPERATORS[1:]),
                   help='growth operators beside msg+msg, as width+depth')
@@ -666,7 +673,8 @@ def main(argv=None) -> int:
                   help="a `flmjax plan-growth` workdir: also train its chosen_schedule.py on "
                        "--seeds and compare it with the growth arm (issue 26's check)")
   args = ap.parse_args(argv)
-  preset = 'smoke' if args.smoke else args.preset
+  # --smoke: the smoke preset; with --preset d64x8 its CI-sized twin (the same shape ratios)
+  preset = ({'d64x8': 'smoke_d64x8'}.get(args.preset, 'smoke') if args.smoke else args.preset)
   if args.smoke:  # CI: every code path once, in about a minute (nothing is measured)
     args.seeds = '0,1' if args.seeds == ap.get_default('seeds') else args.seeds
     args.lrs = '1e-2' if args.lrs == ap.get_default('lrs') else args.lrs
@@ -747,7 +755,8 @@ def main(argv=None) -> int:
         json.dump({'preset': preset, 'seed': lr_seed, 'lr': lr,
                    'sweep': {f'{k:g}': v for k, v in sweep.items()}}, f, indent=1)
       print(f'headline: LR sweep on the scratch arm (preset {preset}, seed {lr_seed}): best peak '
-            f'lr {lr:g}, final val loss {sweep[lr]:.4f}')
+            f'lr {lr:g} (final val loss {sweep[lr]:.4f}) ÷ the d32×L4 sweep\'s {FIRST_SIZE_LR:g} '
+            f'(µP transfer: 1x) = {lr / FIRST_SIZE_LR:.3g}x')
       return 0
 
   # 2. the three arms, seed by seed (a partial run still has whole seeds); the growth arm runs

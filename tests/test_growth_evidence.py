@@ -276,7 +276,7 @@ def test_continuation_is_the_growth_arm_without_the_growth():
 @pytest.mark.parametrize('share', ['0.125', '0.5'])
 def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
   bench = _benchmark_module()
-  width, depth, recipe = bench.sweep_cell(operator, share, 'lr_after=flops', smoke=False)
+  width, depth, recipe = bench.sweep_cell(operator, share, 'lr_after=flops', 'full')
   cfg, st = _plan(f'growth,width={width},depth={depth},{recipe}')
   assert experiment.validate(cfg, num_devices=None)
   _, sc = _plan('scratch')
@@ -287,6 +287,18 @@ def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
   if 'depth only' in operator:
     assert st[0].model.d_model == st[1].model.d_model
     assert st[1].model.n_layers // st[0].model.n_layers == int(operator.split('x')[1][0])
+
+
+def test_sweep_cells_stack_from_the_presets_own_final_size():
+  """The stacks grow from the final width with 1/2 or 1/4 of its layers at every preset (the
+  recipes of issue 25's runs at 'full' unchanged; issue 40's d64x8: 64x4 and 64x2)."""
+  bench = _benchmark_module()
+  first = lambda op, preset: bench.sweep_cell(op, '0.5', '', preset)[2]
+  assert [first(op, 'full') for op in bench.SWEEP_OPERATORS] == [
+      'share=0.5', 'share=0.5,first=32x2', 'share=0.5,first=32x1', 'share=0.5']
+  assert first('stack x2 (depth only)', 'd64x8') == 'share=0.5,first=64x4'
+  assert first('stack x4 (depth only)', 'd64x8') == 'share=0.5,first=64x2'
+  assert first('stack x4 (depth only)', 'smoke') == 'share=0.5,first=32x1'  # L2: at least 1
 
 
 def test_adam_and_mup_suspects_change_only_their_part():
