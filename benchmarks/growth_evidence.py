@@ -315,6 +315,112 @@ def flm_figure(growth_wds: list[str], scratch_wds: list[str], target: float, rat
   return out_path
 
 
+# G_stack's published savings (Du et al. 2024, "Stacking Your Transformers: A Closer Look at
+# Model Growth for Efficient LLM Pre-Training", NeurIPS 2024, arXiv:2405.15319), as
+# (parameters, their speedup s, where it is stated).  Their speedup is s = D_scratch / D_G_stack
+# − 1 at equal loss, D in training tokens of the grown model's run; plotted as 1 / (1 + s), the
+# share of scratch's budget G_stack needed, beside our FLOPs-to-equal-loss ratios.  Only the
+# numbers the paper states in text are here (its 410M and 1.1B runs are shown as curves only).
+GSTACK_PUBLISHED = (
+    (3e9, 0.486, 'Fig. 4 caption: 3B, at 180B tokens'),
+    (3e9, 0.545, 'Fig. 4 caption: 3B, at 240B tokens'),
+    (7e9, 0.546, 'abstract: 7B, 194B tokens vs scratch 300B'),
+)
+
+
+def size_point(json_path: str, preset: str) -> dict:
+  """One size's held-out result (a `growth_evidence.json` of the three-arm protocol) as
+  {'preset', 'params', 'ratio', 'low', 'high', 'paired', 'seeds'}: the FLOPs-to-equal-loss
+  ratio's mean and 95% interval over seeds (and the paired one where the JSON has it)."""
+  from flmjax import curves, experiment
+  from flmjax.config import ModelConfig
+  with open(json_path) as f:
+    result = json.load(f)
+  if not result.get('ratios'):
+    raise SystemExit(f'{json_path}: no held-out ratios (expected a growth_evidence.json)')
+  model = experiment.load_config(f'{EXPERIMENT}:scratch,preset={preset}').model
+  m, lo, hi = curves.mean_interval(result['ratios'])
+  paired = (curves.mean_interval(result['paired_ratios']) if result.get('paired_ratios')
+            else None)
+  return {'preset': preset, 'params': ModelConfig.from_dict(model.to_dict()).param_count(),
+          'ratio': m, 'low': lo, 'high': hi, 'paired': paired, 'seeds': len(result['ratios'])}
+
+
+def saving_vs_size(points: list[dict], out_path: str,
+                   published: tuple = GSTACK_PUBLISHED) -> str:
+  """Issue 40's trend figure: our held-out FLOPs-to-equal-loss ratio at each size (mean, 95%
+  interval over seeds; an interval open at the top, a seed that never reached the target, is
+  drawn to the frame with an arrow) and G_stack's published savings beside them, labelled as
+  theirs.  Below 1.0: growth reaches scratch's final loss with less compute."""
+  from flmjax.plot import plt
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  top = 1.3
+  pts = sorted(points, key=lambda p: p['params'])
+  xs = [p['params'] for p in pts]
+  for p in pts:
+    m, lo, hi = p['ratio'], p['low'], p['high']
+    shown = min(m, top)
+    ax.errorbar([p['params']], [shown], fmt='o', color='C0', capsize=4,
+                yerr=[[shown - max(lo, 0.0) if math.isfinite(lo) else 0.0],
+                      [min(hi, top) - shown]])
+    if math.isinf(hi):
+      ax.annotate('', (p['params'], top), (p['params'], shown),
+                  arrowprops=dict(arrowstyle='->', color='C0'))
+    ax.annotate(f"{p['preset']}: {fmt(m, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]",
+                (p['params'], shown), textcoords='offset points', xytext=(8, -4), fontsize=8)
+  if len(pts) > 1:
+    ax.plot(xs, [min(p['ratio'], top) for p in pts], '-', color='C0', alpha=0.5)
+  ax.plot([], [], 'o-', color='C0',
+          label=f"flmjax held-out (mean, 95% interval over {pts[0]['seeds'] if pts else 0} seeds)")
+  for i, (params, speedup, where) in enumerate(published):
+    ax.plot([params], [1 / (1 + speedup)], 's', color='C3', mfc='none',
+            label=('G_stack, published (Du et al. 2024, arXiv:2405.15319): 1/(1+speedup), '
+                   'tokens to equal loss' if i == 0 else None))
+  ax.axhline(1.0, color='gray', linewidth=1, label='no saving (= scratch)')
+  ax.axhline(TARGET, color='black', linestyle='--', linewidth=1, label=f'target {TARGET:.2f}')
+  ax.set_xscale('log')
+  ax.set_ylim(0.0, top)
+  ax.set_xlabel('parameters of the final model')
+  ax.set_ylabel("FLOPs to reach scratch's final loss ÷ scratch's FLOPs")
+  ax.set_title('saving vs model size (lower is better)', fontsize=10)
+  ax.legend(fontsize=7, loc='lower left')
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def report_sizes(spec: str, root: str) -> int:
+  """--saving_vs_size: the table and figure of the held-out ratio at each size."""
+  points = []
+  for item in (x for x in spec.split(',') if x):
+    preset, sep, path = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--saving_vs_size: {item!r}: expected PRESET=JSON')
+    points.append(size_point(path, preset))
+  points.sort(key=lambda p: p['params'])
+  rows = [[p['preset'], f"{p['params']:,}", p['seeds'],
+           f"{fmt(p['ratio'], 3)} [{fmt(p['low'], 3)}, {fmt(p['high'], 3)}]",
+           '-' if p['paired'] is None else
+           f"{fmt(p['paired'][0], 3)} [{fmt(p['paired'][1], 3)}, {fmt(p['paired'][2], 3)}]"]
+          for p in points]
+  common.print_table(['preset', 'parameters', 'seeds', 'FLOPs to reach (2) ÷ (2) [95% CI]',
+                      'paired by seed'], rows, title='saving vs model size (held-out seeds)')
+  for params, speedup, where in GSTACK_PUBLISHED:
+    print(f'G_stack (theirs, arXiv:2405.15319 {where}): speedup {speedup:.3f} -> '
+          f'{1 / (1 + speedup):.3f} of scratch\'s tokens')
+  plots = os.path.join(root, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  path = saving_vs_size(points, os.path.join(plots, 'saving_vs_size.png'))
+  big = points[-1]
+  print(f'plot: {path}')
+  print(f"headline: held-out growth FLOPs to reach scratch's final / scratch FLOPs at the largest "
+        f"size ({big['preset']}, {big['params']:,} parameters) = {fmt(big['ratio'], 3)}"
+        f"{'' if math.isinf(big['ratio']) else 'x'} (95% CI [{fmt(big['low'], 3)}, "
+        f"{fmt(big['high'], 3)}])")
+  return 0
+
+
 def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, float]:
   """{lr: loss} over `lrs`; while the best lr sits at the grid's edge (its optimum may lie beyond,
   as the first run of this benchmark found at 1e-2), add the next ×3 step past that edge.  The
@@ -669,6 +775,11 @@ def main(argv=None) -> int:
                   help='K/N: train only every N-th run from the K-th (0-based) and stop; run '
                        'without it afterwards to read everything back (the three-arm '
                        'protocol needs --lr with it)')
+  ap.add_argument('--saving_vs_size', default='',
+                  help="PRESET=JSON,... (each a growth_evidence.json of the held-out protocol at "
+                       "that preset, e.g. full=benchmarks/results/growth_evidence_heldout.json,"
+                       "d64x8=W/growth_evidence.json): print each size's ratio and draw saving vs "
+                       'model size with G_stack\'s published points (instead of training)')
   ap.add_argument('--plan_pick', default='',
                   help="a `flmjax plan-growth` workdir: also train its chosen_schedule.py on "
                        "--seeds and compare it with the growth arm (issue 26's check)")
@@ -709,6 +820,8 @@ def main(argv=None) -> int:
 
   from flmjax.scaling.sweep import parse_shard  # the sweep's K/N, one spelling
   shard = parse_shard(args.shard) if args.shard else None
+  if args.saving_vs_size:
+    return report_sizes(args.saving_vs_size, root)
   if args.diagnose:
     lr = args.lr or 1e-2
     seeds_d = [int(s) for s in args.diagnose_seeds.split(',') if s]
@@ -845,7 +958,8 @@ def main(argv=None) -> int:
     pick = plan_pick_report(args.plan_pick, [train_pick(root, args.plan_pick, s) for s in seeds],
                             wds['growth'], seeds, target, budget)
   with open(os.path.join(root, 'growth_evidence.json'), 'w') as f:
-    json.dump({'lr': lr, 'sweep': {f'{k:g}': v for k, v in sweep.items()}, 'seeds': seeds,
+    json.dump({'preset': preset, 'lr': lr, 'sweep': {f'{k:g}': v for k, v in sweep.items()},
+               'seeds': seeds,
                'budget': budget, 'finals': finals, 'target': target, 'ratios': ratios,
                'paired_ratios': paired,
                'operators': {f'{w}+{d}': [final_loss(x) for x in v]

@@ -444,3 +444,28 @@ def test_three_arm_shards_split_every_run_once(monkeypatch, tmp_path, capsys):
   with pytest.raises(SystemExit):
     mod.main(['--smoke', '--workdir', str(tmp_path), '--shard', '0/2'])
   assert '--shard in the three-arm protocol needs --lr' in capsys.readouterr().err
+
+
+def test_saving_vs_size_reads_each_sizes_held_out_ratios_and_draws_them(tmp_path, capsys):
+  """Issue 40's trend figure, on the committed d32×L4 held-out result and a synthetic larger
+  size whose second seed never reached the target (an interval open at the top)."""
+  bench = _benchmark_module()
+  committed = os.path.join(ROOT, 'benchmarks', 'results', 'growth_evidence_heldout.json')
+  big = tmp_path / 'big.json'
+  big.write_text(json.dumps({'ratios': [0.6, math.inf, 0.55], 'paired_ratios': [0.58, 0.9, 0.5]}))
+  p = bench.size_point(committed, 'full')
+  assert p['params'] == 116416 and p['seeds'] == 3
+  assert (round(p['ratio'], 3), round(p['low'], 3), round(p['high'], 3)) == (0.707, 0.649, 0.766)
+  q = bench.size_point(str(big), 'd64x8')
+  assert q['params'] == 531072 and (q['ratio'], q['low'], q['high']) == (math.inf, 0.55, math.inf)
+  assert bench.main(['--saving_vs_size', f'd64x8={big},full={committed}',
+                     '--workdir', str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert 'saving vs model size' in out and 'G_stack (theirs, arXiv:2405.15319' in out
+  assert out.strip().splitlines()[-1].startswith(
+      "headline: held-out growth FLOPs to reach scratch's final / scratch FLOPs at the largest "
+      'size (d64x8, 531,072 parameters) = inf (95% CI [0.550, inf])')
+  assert os.path.getsize(tmp_path / 'plots' / 'saving_vs_size.png') > 1000
+  (tmp_path / 'empty.json').write_text('{}')
+  with pytest.raises(SystemExit, match='no held-out ratios'):
+    bench.size_point(str(tmp_path / 'empty.json'), 'full')
