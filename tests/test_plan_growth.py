@@ -118,6 +118,11 @@ def test_two_growth_chains_and_their_candidates():
            for op in gp.default_chains(base)}
     assert got == {'stack2>stack2': (first_stack, 'msg', 'stack', middle, 'msg', 'stack'),
                    'msg>stack2': (first_msg, 'msg', 'msg', middle, 'msg', 'stack')}
+  # beside the default two: FLM-101B-style MSG twice and a narrow stack then MSG (d64x8 here)
+  more = {op.name: (shape(op.first_model()), shape(op.middle_model()), op.middle_depth, op.depth)
+          for op in gp.chain_operators(base) if op.name not in gp.DEFAULT_CHAINS}
+  assert more == {'msg>msg': ((16, 2), (32, 4), 'msg', 'msg'),
+                  'stack2>msg': ((32, 2), (32, 4), 'stack', 'msg')}
   ops = gp.default_operators(base) + gp.default_chains(base)
   grid = gp.candidate_grid(ops, [0.125, 0.25, 0.5], first_shares=[0.125])
   assert [c.name for c in grid if c.operator.middle] == [

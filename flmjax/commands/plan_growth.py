@@ -32,15 +32,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--candidates', default='',
                  help='OPERATOR@SHARE[:lrM],... (operators: msg, stack2, stack4, tile_stack; '
                       "SHARE: the share of the budget before the growth) and CHAIN@FIRST>SECOND "
-                      '(two growths: stack2>stack2, msg>stack2); :lrM = the LR after the '
+                      '(two growths: stack2>stack2, msg>stack2, msg>msg, stack2>msg); :lrM = the LR after the '
                       'growths at M x the peak; default: every operator x --shares and every '
                       'chain x --chain_first x the later --shares')
   p.add_argument('--shares', default='0.125,0.25,0.333,0.5',
                  help='growth points of the default grid, as shares of the budget')
   p.add_argument('--chains', default='',
-                 help='two-growth operators of the default grid (stack2>stack2, msg>stack2; '
-                      "default: those the target's layers allow, i.e. a multiple of 4; 'none': "
-                      'one growth only, the plans before issue 40)')
+                 help='two-growth operators of the default grid: stack2>stack2, msg>stack2, '
+                      "msg>msg, stack2>msg (default: the first two, where the target's layers "
+                      "divide by 4; 'none': one growth only, the plans before issue 40)")
   p.add_argument('--chain_first', default='0.125',
                  help="the chains' first growth points (shares of the budget); their second "
                       'is each later --shares point')
@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
   cfg = experiment.load_config(config_path, getattr(args, 'config_overrides', ()))
   base = gp.read_base(cfg, lag)
   budget = args.budget_flops or plan.flops_summary(plan.stage_plan(cfg))['growth_flops']
-  chains = {op.name: op for op in gp.default_chains(base)}
+  chains = {op.name: op for op in gp.chain_operators(base)}
   operators = gp.default_operators(base) + list(chains.values())
-  chain_names = ([] if args.chains == 'none' else
-                 [x for x in args.chains.split(',') if x] or list(chains))
+  chain_names = ([] if args.chains == 'none' else [x for x in args.chains.split(',') if x]
+                 or [op.name for op in gp.default_chains(base)])
   for name in chain_names:
     if name not in chains:
       raise ConfigError(f'--chains: {name!r} is not a two-growth operator of this target '

@@ -180,20 +180,41 @@ def default_operators(base: Base) -> list[Operator]:
   return ops
 
 
-def default_chains(base: Base) -> list[Operator]:
-  """Two-growth operators (where the target's layers divide by 4): progressive stacking at the
-  target width (L/4 → L/2 → L, G_stack's ×2 twice), and MSG width + depth into the middle
-  stage (width/2 × L/4 → width × L/2, FLM-101B's width growth) followed by a stack ×2."""
+DEFAULT_CHAINS = ('stack2>stack2', 'msg>stack2')
+
+
+def chain_operators(base: Base) -> list[Operator]:
+  """Every two-growth operator this target allows (its layers must divide by 4): progressive
+  stacking at the target width (`stack2>stack2`: L/4 → L/2 → L, G_stack's ×2 twice); MSG width +
+  depth into the middle stage, then a stack ×2 (`msg>stack2`: width/2 × L/4 → width × L/2 → L);
+  and, where the width divides by 4, FLM-101B-style MSG twice (`msg>msg`: width/4 × L/4 →
+  width/2 × L/2 → width × L) and a stack ×2 at half the width, then MSG (`stack2>msg`)."""
   final = _resolved(base, base.final)
-  if final.n_layers % 4 or final.d_model % 2 or final.n_heads % 2 or final.d_ff % 2:
+  if final.n_layers % 4:
     return []
+  shape = lambda div, layers: tuple(sorted({
+      **base.final, 'n_layers': layers, 'd_model': final.d_model // div,
+      'n_heads': final.n_heads // div, 'd_ff': final.d_ff // div}.items()))
+  divides = lambda k: not (final.d_model % k or final.n_heads % k or final.d_ff % k)
   quarter, half = final.n_layers // 4, final.n_layers // 2
-  middle = tuple(sorted({**base.final, 'n_layers': half}.items()))
-  stacked = tuple(sorted({**base.final, 'n_layers': quarter}.items()))
-  narrow = tuple(sorted({**base.final, 'n_layers': quarter, 'd_model': final.d_model // 2,
-                         'n_heads': final.n_heads // 2, 'd_ff': final.d_ff // 2}.items()))
-  return [Operator('stack2>stack2', 'msg', 'stack', stacked, middle, 'msg', 'stack'),
-          Operator('msg>stack2', 'msg', 'stack', narrow, middle, 'msg', 'msg')]
+  out = [Operator('stack2>stack2', 'msg', 'stack', shape(1, quarter), shape(1, half), 'msg',
+                  'stack')]
+  if divides(2):
+    out.append(Operator('msg>stack2', 'msg', 'stack', shape(2, quarter), shape(1, half), 'msg',
+                        'msg'))
+  if divides(4):
+    out.append(Operator('msg>msg', 'msg', 'msg', shape(4, quarter), shape(2, half), 'msg',
+                        'msg'))
+  if divides(2):
+    out.append(Operator('stack2>msg', 'msg', 'msg', shape(2, quarter), shape(2, half), 'msg',
+                        'stack'))
+  return out
+
+
+def default_chains(base: Base) -> list[Operator]:
+  """The chains of the default grid (`DEFAULT_CHAINS`, where the target allows them): the
+  stacking that won at one growth, twice, and FLM-101B's width growth followed by it."""
+  return [op for op in chain_operators(base) if op.name in DEFAULT_CHAINS]
 
 
 def _check_share(s: float) -> None:
