@@ -42,6 +42,10 @@ TARGET = 0.60
 OPERATORS = (('msg', 'msg'), ('tile', 'msg'), ('msg', 'identity'), ('msg', 'stack'),
              ('msg', 'interleave'), ('tile', 'stack'))
 SWEEP_SEED = 100  # the learning rate is chosen on this seed, which no reported number uses
+# Issue 40's second size sweeps its LR on a seed of its own: seed 100's sweep is reported above
+# (BUILD.md › Performance), so it is no longer a seed that no reported number uses.
+SWEEP_SEEDS = {'d64x8': 200, 'smoke_d64x8': 200}
+FIRST_SIZE_LR = 1e-2  # what the sweep on seed 100 chose at d32×L4 (BUILD.md › Performance)
 # Issue 25's diagnosis of the idle phase: each suspect changed alone in the growth arm (MSG
 # width + depth), each beside the un-grown continuation of the small model on the same batches
 # and LR where the LR is what changes.  Fixed before any of its runs.
@@ -65,12 +69,14 @@ SUSPECTS = (
 IDLE_MARGIN = 0.01  # the grown model "learns" once it is this far below the continuation
 # Issue 25's sweep: operator × growth point, each cell the growth arm with one recipe on the
 # same FLOPs budget.  Run as two rounds (--sweep_top 2): every cell on seed 0, then the two with
-# the lowest final loss on seeds 1 and 2; the choice is the lowest mean final loss over 0-2.  (width, depth, first-stage shape: '' = the preset's d16×L2); the depth-only
-# stacks keep the final width (G_stack: ×2 from half the layers, ×4 from a quarter).
-SWEEP_OPERATORS = {'msg (width+depth)': ('msg', 'msg', ''),
-                   'stack x2 (depth only)': ('msg', 'stack', '32x2'),
-                   'stack x4 (depth only)': ('msg', 'stack', '32x1'),
-                   'tile+stack (width+depth)': ('tile', 'stack', '')}
+# the lowest final loss on seeds 1 and 2; the choice is the lowest mean final loss over 0-2.
+# (width, depth, stack factor: 0 = from the preset's first stage, d16×L2 at 'full'; k = from
+# the final width with 1/k of its layers, at least one); the depth-only stacks keep the final
+# width (G_stack: ×2 from half the layers, ×4 from a quarter: 32x2 and 32x1 at 'full').
+SWEEP_OPERATORS = {'msg (width+depth)': ('msg', 'msg', 0),
+                   'stack x2 (depth only)': ('msg', 'stack', 2),
+                   'stack x4 (depth only)': ('msg', 'stack', 4),
+                   'tile+stack (width+depth)': ('tile', 'stack', 0)}
 SWEEP_SHARES = ('0.125', '0.25', '0.333', '0.5')  # the first stage's share of the FLOPs budget
 # The grown stage's LR rule for the sweep, set from the diagnosis before the sweep by a rule fixed
 # in advance: the LR suspect (steps | flops | peak) with the lowest mean final loss on the
@@ -309,6 +315,112 @@ def flm_figure(growth_wds: list[str], scratch_wds: list[str], target: float, rat
   return out_path
 
 
+# G_stack's published savings (Du et al. 2024, "Stacking Your Transformers: A Closer Look at
+# Model Growth for Efficient LLM Pre-Training", NeurIPS 2024, arXiv:2405.15319), as
+# (parameters, their speedup s, where it is stated).  Their speedup is s = D_scratch / D_G_stack
+# − 1 at equal loss, D in training tokens of the grown model's run; plotted as 1 / (1 + s), the
+# share of scratch's budget G_stack needed, beside our FLOPs-to-equal-loss ratios.  Only the
+# numbers the paper states in text are here (its 410M and 1.1B runs are shown as curves only).
+GSTACK_PUBLISHED = (
+    (3e9, 0.486, 'Fig. 4 caption: 3B, at 180B tokens'),
+    (3e9, 0.545, 'Fig. 4 caption: 3B, at 240B tokens'),
+    (7e9, 0.546, 'abstract: 7B, 194B tokens vs scratch 300B'),
+)
+
+
+def size_point(json_path: str, preset: str) -> dict:
+  """One size's held-out result (a `growth_evidence.json` of the three-arm protocol) as
+  {'preset', 'params', 'ratio', 'low', 'high', 'paired', 'seeds'}: the FLOPs-to-equal-loss
+  ratio's mean and 95% interval over seeds (and the paired one where the JSON has it)."""
+  from flmjax import curves, experiment
+  from flmjax.config import ModelConfig
+  with open(json_path) as f:
+    result = json.load(f)
+  if not result.get('ratios'):
+    raise SystemExit(f'{json_path}: no held-out ratios (expected a growth_evidence.json)')
+  model = experiment.load_config(f'{EXPERIMENT}:scratch,preset={preset}').model
+  m, lo, hi = curves.mean_interval(result['ratios'])
+  paired = (curves.mean_interval(result['paired_ratios']) if result.get('paired_ratios')
+            else None)
+  return {'preset': preset, 'params': ModelConfig.from_dict(model.to_dict()).param_count(),
+          'ratio': m, 'low': lo, 'high': hi, 'paired': paired, 'seeds': len(result['ratios'])}
+
+
+def saving_vs_size(points: list[dict], out_path: str,
+                   published: tuple = GSTACK_PUBLISHED) -> str:
+  """Issue 40's trend figure: our held-out FLOPs-to-equal-loss ratio at each size (mean, 95%
+  interval over seeds; an interval open at the top, a seed that never reached the target, is
+  drawn to the frame with an arrow) and G_stack's published savings beside them, labelled as
+  theirs.  Below 1.0: growth reaches scratch's final loss with less compute."""
+  from flmjax.plot import plt
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  top = 1.3
+  pts = sorted(points, key=lambda p: p['params'])
+  xs = [p['params'] for p in pts]
+  for p in pts:
+    m, lo, hi = p['ratio'], p['low'], p['high']
+    shown = min(m, top)
+    ax.errorbar([p['params']], [shown], fmt='o', color='C0', capsize=4,
+                yerr=[[shown - max(lo, 0.0) if math.isfinite(lo) else 0.0],
+                      [min(hi, top) - shown]])
+    if math.isinf(hi):
+      ax.annotate('', (p['params'], top), (p['params'], shown),
+                  arrowprops=dict(arrowstyle='->', color='C0'))
+    ax.annotate(f"{p['preset']}: {fmt(m, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]",
+                (p['params'], shown), textcoords='offset points', xytext=(8, -4), fontsize=8)
+  if len(pts) > 1:
+    ax.plot(xs, [min(p['ratio'], top) for p in pts], '-', color='C0', alpha=0.5)
+  ax.plot([], [], 'o-', color='C0',
+          label=f"flmjax held-out (mean, 95% interval over {pts[0]['seeds'] if pts else 0} seeds)")
+  for i, (params, speedup, where) in enumerate(published):
+    ax.plot([params], [1 / (1 + speedup)], 's', color='C3', mfc='none',
+            label=('G_stack, published (Du et al. 2024, arXiv:2405.15319): 1/(1+speedup), '
+                   'tokens to equal loss' if i == 0 else None))
+  ax.axhline(1.0, color='gray', linewidth=1, label='no saving (= scratch)')
+  ax.axhline(TARGET, color='black', linestyle='--', linewidth=1, label=f'target {TARGET:.2f}')
+  ax.set_xscale('log')
+  ax.set_ylim(0.0, top)
+  ax.set_xlabel('parameters of the final model')
+  ax.set_ylabel("FLOPs to reach scratch's final loss ÷ scratch's FLOPs")
+  ax.set_title('saving vs model size (lower is better)', fontsize=10)
+  ax.legend(fontsize=7, loc='lower left')
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
+def report_sizes(spec: str, root: str) -> int:
+  """--saving_vs_size: the table and figure of the held-out ratio at each size."""
+  points = []
+  for item in (x for x in spec.split(',') if x):
+    preset, sep, path = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--saving_vs_size: {item!r}: expected PRESET=JSON')
+    points.append(size_point(path, preset))
+  points.sort(key=lambda p: p['params'])
+  rows = [[p['preset'], f"{p['params']:,}", p['seeds'],
+           f"{fmt(p['ratio'], 3)} [{fmt(p['low'], 3)}, {fmt(p['high'], 3)}]",
+           '-' if p['paired'] is None else
+           f"{fmt(p['paired'][0], 3)} [{fmt(p['paired'][1], 3)}, {fmt(p['paired'][2], 3)}]"]
+          for p in points]
+  common.print_table(['preset', 'parameters', 'seeds', 'FLOPs to reach (2) ÷ (2) [95% CI]',
+                      'paired by seed'], rows, title='saving vs model size (held-out seeds)')
+  for params, speedup, where in GSTACK_PUBLISHED:
+    print(f'G_stack (theirs, arXiv:2405.15319 {where}): speedup {speedup:.3f} -> '
+          f'{1 / (1 + speedup):.3f} of scratch\'s tokens')
+  plots = os.path.join(root, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  path = saving_vs_size(points, os.path.join(plots, 'saving_vs_size.png'))
+  big = points[-1]
+  print(f'plot: {path}')
+  print(f"headline: held-out growth FLOPs to reach scratch's final / scratch FLOPs at the largest "
+        f"size ({big['preset']}, {big['params']:,} parameters) = {fmt(big['ratio'], 3)}"
+        f"{'' if math.isinf(big['ratio']) else 'x'} (95% CI [{fmt(big['low'], 3)}, "
+        f"{fmt(big['high'], 3)}])")
+  return 0
+
+
 def sweep_lr(loss_at, lrs: list[float], extensions: int = 2) -> dict[float, float]:
   """{lr: loss} over `lrs`; while the best lr sits at the grid's edge (its optimum may lie beyond,
   as the first run of this benchmark found at 1e-2), add the next ×3 step past that edge.  The
@@ -490,11 +602,14 @@ def diagnose(root: str, wds: dict[tuple[str, int, str], str], seeds: list[int], 
   return 0
 
 
-def sweep_cell(operator: str, share: str, lr_rule: str, smoke: bool) -> tuple[str, str, str]:
-  """(width, depth, recipe) of one sweep cell."""
-  width, depth, first = SWEEP_OPERATORS[operator]
-  if first and smoke:  # the smoke preset's final size is d32×L2: ×2 / ×1 layers
-    first = {'32x2': '32x1', '32x1': '32x1'}[first]
+def sweep_cell(operator: str, share: str, lr_rule: str, preset: str) -> tuple[str, str, str]:
+  """(width, depth, recipe) of one sweep cell at the preset's sizes."""
+  from flmjax import experiment
+  width, depth, factor = SWEEP_OPERATORS[operator]
+  first = ''
+  if factor:
+    final = experiment.load_config(f'{EXPERIMENT}:scratch,preset={preset}').model
+    first = f'{final.d_model}x{max(1, final.n_layers // factor)}'
   recipe = ','.join(x for x in (f'share={share}', f'first={first}' if first else '', lr_rule) if x)
   return width, depth, recipe
 
@@ -537,7 +652,7 @@ def run_sweep(root: str, seeds: list[int], lr: float, preset: str, budget: float
   the lowest mean final loss over all seeds (final loss, not the FLOPs ratio, ranks: the ratio
   is ∞ for every cell that misses the target and cannot order them)."""
   from flmjax import curves
-  cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset == 'smoke')
+  cell_of = lambda o, sh: sweep_cell(o, sh, lr_rule, preset)
   grid = [(o, sh) for o in operators for sh in shares]
   done: dict = {}
   train_all = lambda jobs: done.update(
@@ -618,7 +733,8 @@ def main(argv=None) -> int:
                   help='peak LRs swept on the scratch arm; a best value at the grid\'s edge '
                        'extends the grid by ×3 beyond it (at most twice)')
   ap.add_argument('--preset', default='full',
-                  help="experiments/growth_evidence.py preset: 'full' (the protocol) or "
+                  help="experiments/growth_evidence.py preset: 'full' (the protocol), "
+                       "'double' (2x the tokens), 'd64x8' (issue 40's second size) or "
                        "'first_run' (the first run's 1.3M-token budget, for like-for-like reruns)")
   ap.add_argument('--operators', default=','.join(f'{w}+{d}' for w, d in OPERATORS[1:]),
                   help='growth operators beside msg+msg, as width+depth')
@@ -647,17 +763,29 @@ def main(argv=None) -> int:
   ap.add_argument('--lr_rule', default=None,
                   help="the grown stage's LR in the sweep (a recipe fragment, e.g. "
                        "'lr_after=flops'; default: the diagnosis' choice, LR_RULE)")
+  ap.add_argument('--lr_seed', type=int, default=None,
+                  help='the seed of the LR sweep on the scratch arm (default: SWEEP_SEEDS of the '
+                       'preset, else SWEEP_SEED)')
+  ap.add_argument('--lr_sweep_only', action='store_true',
+                  help='stop after the LR sweep (its runs are long at the larger presets; the '
+                       'arms run later with --lr)')
   ap.add_argument('--lr', type=float, default=0.0,
                   help='use this peak LR instead of sweeping (the recorded sweep chose 1e-2)')
   ap.add_argument('--shard', default='',
                   help='K/N: train only every N-th run from the K-th (0-based) and stop; run '
                        'without it afterwards to read everything back (the three-arm '
                        'protocol needs --lr with it)')
+  ap.add_argument('--saving_vs_size', default='',
+                  help="PRESET=JSON,... (each a growth_evidence.json of the held-out protocol at "
+                       "that preset, e.g. full=benchmarks/results/growth_evidence_heldout.json,"
+                       "d64x8=W/growth_evidence.json): print each size's ratio and draw saving vs "
+                       'model size with G_stack\'s published points (instead of training)')
   ap.add_argument('--plan_pick', default='',
                   help="a `flmjax plan-growth` workdir: also train its chosen_schedule.py on "
                        "--seeds and compare it with the growth arm (issue 26's check)")
   args = ap.parse_args(argv)
-  preset = 'smoke' if args.smoke else args.preset
+  # --smoke: the smoke preset; with --preset d64x8 its CI-sized twin (the same shape ratios)
+  preset = ({'d64x8': 'smoke_d64x8'}.get(args.preset, 'smoke') if args.smoke else args.preset)
   if args.smoke:  # CI: every code path once, in about a minute (nothing is measured)
     args.seeds = '0,1' if args.seeds == ap.get_default('seeds') else args.seeds
     args.lrs = '1e-2' if args.lrs == ap.get_default('lrs') else args.lrs
@@ -692,6 +820,8 @@ def main(argv=None) -> int:
 
   from flmjax.scaling.sweep import parse_shard  # the sweep's K/N, one spelling
   shard = parse_shard(args.shard) if args.shard else None
+  if args.saving_vs_size:
+    return report_sizes(args.saving_vs_size, root)
   if args.diagnose:
     lr = args.lr or 1e-2
     seeds_d = [int(s) for s in args.diagnose_seeds.split(',') if s]
@@ -726,13 +856,21 @@ def main(argv=None) -> int:
     sweep, lr = {}, args.lr
     print(f'peak lr {lr:g} given (--lr): no sweep')
   else:
-    sweep = sweep_lr(lambda x: final_loss(train_arm(root, 'scratch', SWEEP_SEED, x, preset)),
-                     lrs)
+    lr_seed = SWEEP_SEEDS.get(preset, SWEEP_SEED) if args.lr_seed is None else args.lr_seed
+    sweep = sweep_lr(lambda x: final_loss(train_arm(root, 'scratch', lr_seed, x, preset)), lrs)
     lr = min(sweep, key=sweep.get)
-    common.print_table(['peak lr', f'scratch final val loss (seed {SWEEP_SEED})'],
+    common.print_table(['peak lr', f'scratch final val loss (seed {lr_seed})'],
                        [[f'{k:g}' + (' *' if k == lr else ''), fmt(v)] for k, v in sweep.items()],
                        title='learning-rate sweep on arm (2), held-out seed; * = used for all '
                              'arms')
+    if args.lr_sweep_only:
+      with open(os.path.join(root, 'lr_sweep.json'), 'w') as f:
+        json.dump({'preset': preset, 'seed': lr_seed, 'lr': lr,
+                   'sweep': {f'{k:g}': v for k, v in sweep.items()}}, f, indent=1)
+      print(f'headline: LR sweep on the scratch arm (preset {preset}, seed {lr_seed}): best peak '
+            f'lr {lr:g} (final val loss {sweep[lr]:.4f}) ÷ the d32×L4 sweep\'s {FIRST_SIZE_LR:g} '
+            f'(µP transfer: 1x) = {lr / FIRST_SIZE_LR:.3g}x')
+      return 0
 
   # 2. the three arms, seed by seed (a partial run still has whole seeds); the growth arm runs
   # the recipe chosen on the development seeds (CHOSEN, unless --recipe says otherwise)
@@ -820,7 +958,8 @@ def main(argv=None) -> int:
     pick = plan_pick_report(args.plan_pick, [train_pick(root, args.plan_pick, s) for s in seeds],
                             wds['growth'], seeds, target, budget)
   with open(os.path.join(root, 'growth_evidence.json'), 'w') as f:
-    json.dump({'lr': lr, 'sweep': {f'{k:g}': v for k, v in sweep.items()}, 'seeds': seeds,
+    json.dump({'preset': preset, 'lr': lr, 'sweep': {f'{k:g}': v for k, v in sweep.items()},
+               'seeds': seeds,
                'budget': budget, 'finals': finals, 'target': target, 'ratios': ratios,
                'paired_ratios': paired,
                'operators': {f'{w}+{d}': [final_loss(x) for x in v]

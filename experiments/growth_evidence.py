@@ -8,8 +8,8 @@
 The argument is comma-separated: the arm, then key=value options, e.g.
   flmjax train --config 'experiments/growth_evidence.py:growth,width=tile,depth=stack,seed=1'
 Options: width (msg | tile), depth (msg | identity | stack | interleave), seed (init and data
-order), lr (peak learning rate, the same for every arm and stage), preset (full | first_run |
-smoke), and for the growth arm (issue 25's diagnosis and sweep; defaults = the protocol of
+order), lr (peak learning rate, the same for every arm and stage), preset (full | double |
+first_run | d64x8 | smoke | smoke_d64x8), and for the growth arm (issue 25's diagnosis and sweep; defaults = the protocol of
 issue 17):
   lr_after    the LR the grown stage starts at, from which it decays to lr/10 over its steps:
               steps (default: where one cosine over all *steps* stands at the growth), flops
@@ -66,8 +66,20 @@ PRESETS = {
                    evals=16, eval_batches=4),
     'first_run': dict(first=(16, 2), final=(32, 4), seq=128, batch=32, final_tokens=1_300_000,
                       evals=16, eval_batches=4),
+    # Issue 40's second size: twice the width and depth of 'full' (8x its blocks' matrices; 7.86x
+    # its block parameters with biases and norms, 4.6x in all), the first stage d32×L4 (the
+    # 'full' preset's final size, so µP's base width is 32), and the same tokens per parameter
+    # (18M tokens on 531k parameters: 33.9, 'full' has 34.4).  Scratch and small runs take hours
+    # on one core here, so they checkpoint every 200 steps and resume.
+    'd64x8': dict(first=(32, 4), final=(64, 8), seq=128, batch=32, final_tokens=18_000_000,
+                  evals=16, eval_batches=4, ckpt_every=200),
     'smoke': dict(first=(16, 1), final=(32, 2), seq=16, batch=8, final_tokens=2_048,
                   evals=4, eval_batches=1),
+    # d64x8's code paths in seconds (CI): its shape ratios (twice the width and depth of the
+    # first stage, 8 = 2 × 4 layers at full size: 4 here, so chains of two stacks fit), its
+    # checkpointing, on the smoke's synthetic data.
+    'smoke_d64x8': dict(first=(16, 2), final=(32, 4), seq=16, batch=8, final_tokens=4_096,
+                        evals=4, eval_batches=1, ckpt_every=4),
 }
 HEAD_DIM = 8
 FIRST_STAGE_FLOPS_SHARE = 1 / 3  # fixed before any run; FLM-101B spent ~45% in its first stage
@@ -142,7 +154,7 @@ def base_config(preset: str, seed: int, lr: float) -> ml_collections.ConfigDict:
   c.model.update(vocab_size=2048, head_dim=HEAD_DIM, max_len=p['seq'], use_mup=True,
                  mup_base_width=p['first'][0], attn_scale='1/d_head', output_mult=2.0,
                  init_std=1.6e-2, **model_shape(*p['final']))
-  if preset == 'smoke':
+  if preset.startswith('smoke'):
     c.data.source = 'synthetic'
     c.data.synthetic.update(vocab_size=64, min_doc_len=4, max_doc_len=12)
     c.model.vocab_size = 128
@@ -155,6 +167,8 @@ def base_config(preset: str, seed: int, lr: float) -> ml_collections.ConfigDict:
                  clip=1.0)
   c.train.update(seq_len=p['seq'], global_batch_size=p['batch'], seed=seed, log_every=10,
                  eval_every=0, eval_batches=p['eval_batches'], ckpt_every=0, keep=1)
+  if p.get('ckpt_every'):  # (only where the preset asks: configs of earlier runs stay as they were)
+    c.train.update(ckpt_every=p['ckpt_every'], keep=2)
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   return c
 

@@ -188,3 +188,20 @@ def test_growth_evidence_diagnosis_and_sweep_smoke(tmp_path):
   assert 'operator × growth point sweep' in out and 'stack x2 (depth only)' in out
   assert os.path.getsize(tmp_path / 'plots' / 'sweep_heatmap.png') > 1000
   assert json.load(open(tmp_path / 'sweep.json'))['best'][1] == '0.5'
+
+
+@pytest.mark.slow
+def test_growth_evidence_second_size_lr_sweep_smoke(tmp_path):
+  """Issue 40's second size (--preset d64x8; --smoke: its CI-sized twin smoke_d64x8): the LR
+  sweep on the scratch arm alone, on the size's own seed, checkpointing as it goes (the long
+  run resumes), stopping before any arm."""
+  out = _run('growth_evidence.py', '--workdir', str(tmp_path), '--preset', 'd64x8',
+             '--lr_sweep_only')
+  assert 'learning-rate sweep on arm (2)' in out and 'three arms' not in out
+  sweep = json.load(open(tmp_path / 'lr_sweep.json'))
+  assert (sweep['preset'], sweep['seed'], sweep['lr']) == ('smoke_d64x8', 200, 0.01)
+  run = tmp_path / 'scratch_lr0.01_s200'
+  config = json.load(open(run / 'summary.json'))['config']
+  assert config['model']['d_model'] == 32 and config['model']['n_layers'] == 4
+  assert config['model']['mup_base_width'] == 16 and config['train']['ckpt_every'] == 4
+  assert os.listdir(run / 'stage_0')  # checkpoints kept to resume from

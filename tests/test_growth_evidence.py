@@ -276,7 +276,7 @@ def test_continuation_is_the_growth_arm_without_the_growth():
 @pytest.mark.parametrize('share', ['0.125', '0.5'])
 def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
   bench = _benchmark_module()
-  width, depth, recipe = bench.sweep_cell(operator, share, 'lr_after=flops', smoke=False)
+  width, depth, recipe = bench.sweep_cell(operator, share, 'lr_after=flops', 'full')
   cfg, st = _plan(f'growth,width={width},depth={depth},{recipe}')
   assert experiment.validate(cfg, num_devices=None)
   _, sc = _plan('scratch')
@@ -287,6 +287,18 @@ def test_every_sweep_cell_spends_the_scratch_budget(operator, share):
   if 'depth only' in operator:
     assert st[0].model.d_model == st[1].model.d_model
     assert st[1].model.n_layers // st[0].model.n_layers == int(operator.split('x')[1][0])
+
+
+def test_sweep_cells_stack_from_the_presets_own_final_size():
+  """The stacks grow from the final width with 1/2 or 1/4 of its layers at every preset (the
+  recipes of issue 25's runs at 'full' unchanged; issue 40's d64x8: 64x4 and 64x2)."""
+  bench = _benchmark_module()
+  first = lambda op, preset: bench.sweep_cell(op, '0.5', '', preset)[2]
+  assert [first(op, 'full') for op in bench.SWEEP_OPERATORS] == [
+      'share=0.5', 'share=0.5,first=32x2', 'share=0.5,first=32x1', 'share=0.5']
+  assert first('stack x2 (depth only)', 'd64x8') == 'share=0.5,first=64x4'
+  assert first('stack x4 (depth only)', 'd64x8') == 'share=0.5,first=64x2'
+  assert first('stack x4 (depth only)', 'smoke') == 'share=0.5,first=32x1'  # L2: at least 1
 
 
 def test_adam_and_mup_suspects_change_only_their_part():
@@ -432,3 +444,28 @@ def test_three_arm_shards_split_every_run_once(monkeypatch, tmp_path, capsys):
   with pytest.raises(SystemExit):
     mod.main(['--smoke', '--workdir', str(tmp_path), '--shard', '0/2'])
   assert '--shard in the three-arm protocol needs --lr' in capsys.readouterr().err
+
+
+def test_saving_vs_size_reads_each_sizes_held_out_ratios_and_draws_them(tmp_path, capsys):
+  """Issue 40's trend figure, on the committed d32×L4 held-out result and a synthetic larger
+  size whose second seed never reached the target (an interval open at the top)."""
+  bench = _benchmark_module()
+  committed = os.path.join(ROOT, 'benchmarks', 'results', 'growth_evidence_heldout.json')
+  big = tmp_path / 'big.json'
+  big.write_text(json.dumps({'ratios': [0.6, math.inf, 0.55], 'paired_ratios': [0.58, 0.9, 0.5]}))
+  p = bench.size_point(committed, 'full')
+  assert p['params'] == 116416 and p['seeds'] == 3
+  assert (round(p['ratio'], 3), round(p['low'], 3), round(p['high'], 3)) == (0.707, 0.649, 0.766)
+  q = bench.size_point(str(big), 'd64x8')
+  assert q['params'] == 531072 and (q['ratio'], q['low'], q['high']) == (math.inf, 0.55, math.inf)
+  assert bench.main(['--saving_vs_size', f'd64x8={big},full={committed}',
+                     '--workdir', str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert 'saving vs model size' in out and 'G_stack (theirs, arXiv:2405.15319' in out
+  assert out.strip().splitlines()[-1].startswith(
+      "headline: held-out growth FLOPs to reach scratch's final / scratch FLOPs at the largest "
+      'size (d64x8, 531,072 parameters) = inf (95% CI [0.550, inf])')
+  assert os.path.getsize(tmp_path / 'plots' / 'saving_vs_size.png') > 1000
+  (tmp_path / 'empty.json').write_text('{}')
+  with pytest.raises(SystemExit, match='no held-out ratios'):
+    bench.size_point(str(tmp_path / 'empty.json'), 'full')

@@ -8,7 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_growth_demo_notebook_executes(tmp_path):
+def test_growth_demo_notebook_executes(tmp_path, monkeypatch):
+  monkeypatch.setenv('FLMJAX_DEMO_PRESET', 'smoke')  # section 6 trains CPU-sized in CI
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
   nb = nbformat.read(os.path.join(ROOT, 'notebooks', 'growth_demo.ipynb'), as_version=4)
@@ -22,5 +23,14 @@ def test_growth_demo_notebook_executes(tmp_path):
   assert float(diff_line[0].split(':')[1]) <= 1e-5
   images = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])
             if 'image/png' in o.get('data', {})]
-  assert len(images) == 2
+  # section 3's two PNGs, and sections 5 and 6 drawn after `%matplotlib inline` (flmjax.plot
+  # selects Agg, under which plt.show() showed nothing)
+  assert len(images) == 4
   assert "'The function" in text and "'中国的" in text
+  assert 'FLOPs to reach the scratch final loss / scratch FLOPs:' in text
+  stdout = '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
+                     for o in c.get('outputs', []) if o.get('name') == 'stdout')
+  assert 'flmjax from this clone' in stdout and ROOT not in stdout  # no developer's path
+  saved = nbformat.read(os.path.join(ROOT, 'notebooks', 'growth_demo.ipynb'), as_version=4)
+  assert not [o for c in saved.cells if c.cell_type == 'code' for o in c.get('outputs', [])
+              if o.get('name') == 'stderr']  # saved without stderr noise

@@ -3,6 +3,7 @@
 
   flmjax plan-growth --config 'experiments/growth_evidence.py:growth,lr_after=peak' \
       --budget_flops 3.6e13 --workdir W [--candidates msg@0.25,stack2@0.5] [--shard K/N] \
+      [--chains stack2>stack2,msg>stack2] [--chain_first 0.125] [--lr_after 2] \
       [--pod_plan plan.json]
 
 Writes W/plan.json (every candidate: probe loss, cost) and W/chosen_schedule.py (the pick as an
@@ -17,8 +18,8 @@ import json
 import math
 import os
 
-SMOKE_CONFIG = 'growth,preset=smoke,lr_after=peak'
-SMOKE_CANDIDATES = 'msg@0.25,tile_stack@0.25,msg@0.5'
+SMOKE_CONFIG = 'growth,preset=smoke_d64x8,lr_after=peak'  # d16×L2 → d32×L4: chains fit
+SMOKE_CANDIDATES = 'msg@0.25,tile_stack@0.25,msg@0.5,stack2>stack2@0.25>0.5'
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -29,11 +30,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--budget_flops', type=float, default=0.0,
                  help="the FLOPs budget of the schedule (default: the experiment's own total)")
   p.add_argument('--candidates', default='',
-                 help='OPERATOR@SHARE,... (operators: msg, stack2, stack4, tile_stack; SHARE: '
-                      "the first stage's share of the budget); default: every operator x "
-                      '--shares')
+                 help='OPERATOR@SHARE[:lrM],... (operators: msg, stack2, stack4, tile_stack; '
+                      "SHARE: the share of the budget before the growth) and CHAIN@FIRST>SECOND "
+                      '(two growths: stack2>stack2, msg>stack2, msg>msg, stack2>msg); :lrM = the LR after the '
+                      'growths at M x the peak; default: every operator x --shares and every '
+                      'chain x --chain_first x the later --shares')
   p.add_argument('--shares', default='0.125,0.25,0.333,0.5',
                  help='growth points of the default grid, as shares of the budget')
+  p.add_argument('--chains', default='',
+                 help='two-growth operators of the default grid: stack2>stack2, msg>stack2, '
+                      "msg>msg, stack2>msg (default: the first two, where the target's layers "
+                      "divide by 4; 'none': one growth only, the plans before issue 40)")
+  p.add_argument('--chain_first', default='0.125',
+                 help="the chains' first growth points (shares of the budget); their second "
+                      'is each later --shares point')
+  p.add_argument('--lr_after', default='2',
+                 help="the LR round: each growth point's winner again with the LR after its "
+                      "growths at M x the peak, for each M ('none': the peak only); the peak is "
+                      "the experiment's LR, i.e. the scratch arm's tuned optimum in "
+                      'growth_evidence')
   p.add_argument('--lag', type=float, default=None,
                  help='the probes\' lag after each growth, a share of the budget (default 1/24); '
                       'C_probe = the latest growth point + LAG')
@@ -78,20 +93,28 @@ def run(args: argparse.Namespace) -> int:
   cfg = experiment.load_config(config_path, getattr(args, 'config_overrides', ()))
   base = gp.read_base(cfg, lag)
   budget = args.budget_flops or plan.flops_summary(plan.stage_plan(cfg))['growth_flops']
-  operators = gp.default_operators(base)
+  chains = {op.name: op for op in gp.chain_operators(base)}
+  operators = gp.default_operators(base) + list(chains.values())
+  chain_names = ([] if args.chains == 'none' else [x for x in args.chains.split(',') if x]
+                 or [op.name for op in gp.default_chains(base)])
+  for name in chain_names:
+    if name not in chains:
+      raise ConfigError(f'--chains: {name!r} is not a two-growth operator of this target '
+                        f'(known here: {sorted(chains) or "none: its layers do not divide by 4"})')
   if candidates_text:
     candidates = gp.parse_candidates(candidates_text, operators)
   else:
-    try:
-      shares = [float(s) for s in shares_text.split(',') if s.strip()]
-    except ValueError:
-      raise ConfigError(f'--shares: expected comma-separated numbers, got {shares_text!r}') \
-          from None
-    candidates = gp.candidate_grid(operators, shares)
+    shares = _numbers('--shares', shares_text)
+    candidates = gp.candidate_grid(
+        gp.default_operators(base) + [chains[n] for n in chain_names], shares,
+        _numbers('--chain_first', args.chain_first))
+  lr_after = [] if args.lr_after == 'none' else _numbers('--lr_after', args.lr_after)
+  if any(m <= 0 for m in lr_after):
+    raise ConfigError(f'--lr_after: expected multiples of the peak LR > 0, got {args.lr_after!r}')
   shard = parse_shard(args.shard)
   os.makedirs(args.workdir, exist_ok=True)
   result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
-                       dry_run=args.dry_run, sweep_runs=args.sweep_runs,
+                       dry_run=args.dry_run, sweep_runs=args.sweep_runs, lr_after=lr_after,
                        log=lambda m: print(m, flush=True))
   days = None
   if args.pod_plan:
@@ -111,15 +134,20 @@ def run(args: argparse.Namespace) -> int:
           'the shards are done) to rank the candidates and write the plan', flush=True)
     return 0
   best = result['rows'][0]
-  chosen = next(c for c in candidates if c.name == best['candidate'])
+  chosen = next(c for c in gp.with_lr_round(candidates, result) if c.name == best['candidate'])
   full = gp.full_config(base, chosen, budget)
   path = os.path.join(args.workdir, 'chosen_schedule.py')
+  op = chosen.operator
+  grown = (f"grown after {best['growth_step']} steps" if not op.middle else
+           f"grown to {op.middle_model()} ({op.middle_width}/{op.middle_depth}) after "
+           f"{best['growth_steps'][0]} steps and to the target after {best['growth_steps'][1]}")
+  after = ('then a cosine' if chosen.lr_after == 1.0 else
+           f'then {chosen.lr_after:g}x the peak after each growth, held, and a cosine from it')
   note = (f"The schedule `flmjax plan-growth` chose: {chosen.name} (operator width="
-          f"{chosen.operator.width}, depth={chosen.operator.depth}, first stage "
-          f"{chosen.operator.first_model()}), grown after {best['growth_step']} steps, on a "
+          f"{op.width}, depth={op.depth}, first stage {op.first_model()}), {grown}, on a "
           f"budget of {budget:.4g} FLOPs;\nprobe loss {best['probe_loss']:.4f} at C_probe "
           f"{result['probe_flops']:.4g} FLOPs (see plan.json beside this file).\nLR: warm-up, "
-          f"the peak {base.lr:g} held through the first stage, then a cosine to {base.end_lr:g}.")
+          f"the peak {base.lr:g} held through the first stage, {after} to {base.end_lr:g}.")
   with open(path, 'w') as f:
     f.write(gp.experiment_file_text(full, note))
   with open(os.path.join(args.workdir, 'plan.json'), 'w') as f:
@@ -136,3 +164,11 @@ def run(args: argparse.Namespace) -> int:
           f'val loss {loss}', flush=True)
     return 0 if finite else 1
   return 0
+
+
+def _numbers(flag: str, text: str) -> list[float]:
+  from flmjax.config import ConfigError
+  try:
+    return [float(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    raise ConfigError(f'{flag}: expected comma-separated numbers, got {text!r}') from None
