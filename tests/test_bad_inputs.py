@@ -149,6 +149,34 @@ def world(tmp_path_factory):
         c.model.vocab_size = 512
         return c
   ''')
+  w['exit_exp'] = _experiment(str(base / 'exit_exp.py'), '''
+      sys.exit(0)
+  ''')
+  w['three_stage_exp'] = _experiment(str(base / 'three_stage_exp.py'), '''
+      def get_config():
+        stages = tiny_stages((2, 2))
+        stages.append(dict(name='bigger', model=dict(d_model=128, n_heads=8, d_ff=256), steps=2,
+                           growth=dict(width='msg', depth='msg', ramp_steps=2)))
+        return tiny_config(0, stages=stages)
+  ''')
+  w['utf16'] = str(base / 'utf16.txt')
+  with open(w['utf16'], 'w', encoding='utf-16') as f:
+    f.write('a line of text\n' * 400)
+  w['nul'] = str(base / 'nul.txt')  # UTF-16 without its byte-order mark: a NUL after each letter
+  with open(w['nul'], 'w', encoding='utf-16-le') as f:
+    f.write('a line of text\n' * 400)
+  for name in ('utf16', 'nul'):
+    w[name + '_exp'] = _experiment(str(base / (name + '_exp.py')), f'''
+        def get_config():
+          c = tiny_config(2)
+          c.data.source = 'bilingual'
+          c.data.vocab.model_file = {w['spm']!r}
+          c.data.cache_dir = {str(base / 'cache')!r}
+          c.data.en.kind = 'files'
+          c.data.en.files = [{w[name]!r}]
+          c.model.vocab_size = 512
+          return c
+    ''')
   # a workdir whose lock is held by a live process (a `sleep`)
   w['locked'] = str(base / 'locked')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
@@ -252,6 +280,27 @@ CASES = [
     ('sample-top-p-without-temperature', lambda w: ['sample', '--checkpoint', w['ckpt'],
                                                     '--prompt_ids', '1', '--top_p', '0.5'], 2,
      lambda w: '--top_p 0.5 needs --temperature > 0'),
+    ('experiment-exits-at-import', _train('exit_exp'), 2,
+     lambda w: f'{w["exit_exp"]}:5: it called sys.exit(0) while being loaded'),
+    ('utf16-corpus', _train('utf16_exp'), 1,
+     lambda w: f'{w["utf16"]}: UTF-16 text (byte-order mark fffe)'),
+    ('nul-corpus', _train('nul_exp'), 1,
+     lambda w: f'{w["nul"]}: no usable line (first bad line {w["nul"]}:1)'),
+    ('ramp-longer-than-stage', _train('three_stage_exp', '--config.stages.1.growth.ramp_steps=1000'),
+     2, lambda w: "stages[1].growth.ramp_steps=1000 is longer than the stage 'big' (2 steps)"),
+    ('steps-past-int32', _train('tiny_exp', '--config.train.steps=99999999999999999999'), 2,
+     lambda w: 'train.steps = 99999999999999999999 steps is more than a run can count'),
+    ('lr-hex', _train('tiny_exp', '--config.optim.lr=0x10'), 2,
+     lambda w: "--config.optim.lr: expected a float, got '0x10'"),
+    ('spike-window-0', _train('tiny_exp', '--config.faults.spike_window=0'), 2,
+     lambda w: 'faults.spike_window must be >= 1, got 0'),
+    ('validation-fraction-0', _train('tiny_exp', '--config.data.validation_fraction=0'), 2,
+     lambda w: 'data.validation_fraction must be > 0'),
+    ('workdir-empty', lambda w: ['train', '--config', w['tiny_exp'], '--workdir', ''], 2,
+     lambda w: "--workdir '' is empty"),
+    ('eval-shots-negative', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'iq',
+                                       '--shots', 'counting=-1'], 2,
+     lambda w: "integer k >= 0 (the number of examples before each item), got 'counting=-1'"),
 ]
 
 

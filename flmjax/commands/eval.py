@@ -97,7 +97,8 @@ def _parse_shots(spec: str) -> dict[str, int]:
   for part in filter(None, (p.strip() for p in spec.split(','))):
     name, _, k = part.partition('=')
     if not k.strip().isdigit():
-      raise ValueError(f'--shots: expected task=k, got {part!r}')
+      raise ValueError(f'--shots: expected task=k with an integer k >= 0 (the number of '
+                       f'examples before each item), got {part!r}')
     out[name.strip()] = int(k)
   return out
 

@@ -192,8 +192,14 @@ def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int,
   first_bad = None
   with open(path, 'rb') as f:
     for i, raw in enumerate(f, start=1):
+      if i == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')):
+        raise DataError(f'{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); data files must '
+                        f'be UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8')
       try:
         line = raw.decode('utf-8')
+        if '\x00' in line:  # valid UTF-8, but UTF-16 without a mark or binary, not text
+          raise UnicodeDecodeError('utf-8', raw, raw.index(b'\x00'), raw.index(b'\x00') + 1,
+                                   'NUL byte: UTF-16 or binary, not UTF-8 text')
       except UnicodeDecodeError as e:
         where = f'{path}:{i}'
         if strict:
