@@ -7,6 +7,7 @@ larger than the model's vocabulary, a workdir held by a live process."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
@@ -177,6 +178,23 @@ def world(tmp_path_factory):
           c.model.vocab_size = 512
           return c
     ''')
+  # evaluation release files that are not clean text (knowledge: MMLU, ARC; bAbI)
+  w['latin1'] = str(base / 'latin1')
+  os.makedirs(os.path.join(w['latin1'], 'mmlu', 'test'))
+  w['latin1_csv'] = os.path.join(w['latin1'], 'mmlu', 'test', 'anatomy_test.csv')
+  with open(w['latin1_csv'], 'wb') as f:
+    f.write(b'What is 1?,a,b,c,d,A\nCaf\xe9?,a,b,c,d,A\n')
+  w['gz'] = str(base / 'gz')
+  w['gz_jsonl'] = os.path.join(w['gz'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl')
+  os.makedirs(os.path.dirname(w['gz_jsonl']))
+  with open(w['gz_jsonl'], 'wb') as f:
+    f.write(gzip.compress(b'{"question": "q"}\n' * 50))
+  w['dir_csv'] = str(base / 'dircsv')
+  os.makedirs(os.path.join(w['dir_csv'], 'mmlu', 'test', 'anatomy_test.csv'))
+  w['babi_nosep'] = str(base / 'babi')
+  os.makedirs(w['babi_nosep'])
+  with open(os.path.join(w['babi_nosep'], 'qa1_single-supporting-fact_test.txt'), 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora? cellar 1\n')
   # a workdir whose lock is held by a live process (a `sleep`)
   w['locked'] = str(base / 'locked')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
@@ -301,6 +319,21 @@ CASES = [
     ('eval-shots-negative', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'iq',
                                        '--shots', 'counting=-1'], 2,
      lambda w: "integer k >= 0 (the number of examples before each item), got 'counting=-1'"),
+    ('eval-latin1-csv', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'knowledge',
+                                   '--data_dir', w['latin1'], '--tasks', 'mmlu'], 2,
+     lambda w: f'{w["latin1_csv"]}:2: knowledge/mmlu: not UTF-8 text (byte e9 at column 4)'),
+    ('eval-gzip-jsonl', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'knowledge',
+                                   '--data_dir', w['gz'], '--tasks', 'arc_easy'], 2,
+     lambda w: f'{w["gz_jsonl"]}:1: knowledge/arc_easy: not UTF-8 text'),
+    ('eval-directory-for-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
+                                           'knowledge', '--data_dir', w['dir_csv'], '--tasks',
+                                           'mmlu'], 2,
+     lambda w: 'anatomy_test.csv: knowledge/mmlu: is a directory, expected a data file'),
+    ('eval-babi-question-without-answer', lambda w: [
+        'eval', '--checkpoint', w['ckpt'], '--suite', 'iq', '--babi_dir', w['babi_nosep'],
+        '--tasks', 'single_supporting_fact', '--shots', 'single_supporting_fact=0'], 2,
+     lambda w: f'qa1_single-supporting-fact_test.txt:2: anti_interference (bAbI): a question '
+               f'without its answer'),
 ]
 
 
@@ -367,3 +400,44 @@ def test_lock_holder_is_named_and_the_workdir_untouched(world):
 def test_case_count_is_in_build_md():
   text = open(os.path.join(ROOT, 'BUILD.md'), encoding='utf-8').read()
   assert f'{len(CASES)} bad inputs' in text, len(CASES)
+
+
+def _eval_args(*argv: str):
+  from flmjax.commands import eval as eval_command
+  parser = cli.build_parser('eval')
+  return parser.parse_args(['eval', '--checkpoint', 'unused', *argv])
+
+
+def test_unreadable_eval_file_is_skippable_and_the_good_task_runs(world):
+  """--skip_missing skips a task whose file is not text (or a folder), not the whole suite."""
+  from flmjax.commands import eval as eval_command
+  base = world['base']
+  good = os.path.join(base, 'mixed', 'mmlu', 'test')
+  os.makedirs(good)
+  with open(os.path.join(good, 'anatomy_test.csv'), 'w') as f:
+    f.write('What is 1?,a,b,c,d,A\n')
+  os.makedirs(os.path.join(base, 'mixed', 'arc', 'ARC-Easy'))
+  shutil.copy(world['gz_jsonl'], os.path.join(base, 'mixed', 'arc', 'ARC-Easy'))
+  os.makedirs(os.path.join(base, 'mixed', 'arc', 'ARC-Challenge', 'ARC-Challenge-Test.jsonl'))
+  tasks, skipped = eval_command.build_tasks(_eval_args(
+      '--suite', 'knowledge', '--data_dir', os.path.join(base, 'mixed'), '--skip_missing',
+      '--tasks', 'mmlu,arc_easy,arc_challenge', '--shots', 'mmlu=0,arc_easy=0,arc_challenge=0'))
+  assert [t.name for t in tasks] == ['mmlu']
+  assert 'not UTF-8 text' in skipped['knowledge']['arc_easy']
+  assert 'is a directory' in skipped['knowledge']['arc_challenge']
+
+
+def test_glob_characters_in_data_dirs_are_names(world):
+  """A release under a folder named like a glob pattern (d2[1]) is found as it is named."""
+  from flmjax.commands import eval as eval_command
+  root = os.path.join(world['base'], 'd2[1]')
+  os.makedirs(os.path.join(root, 'mmlu', 'test'))
+  with open(os.path.join(root, 'mmlu', 'test', 'anatomy_test.csv'), 'w') as f:
+    f.write('What is 1?,a,b,c,d,A\n')
+  with open(os.path.join(root, 'qa1_single-supporting-fact_test.txt'), 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora?\tcellar\t1\n')
+  tasks, skipped = eval_command.build_tasks(_eval_args(
+      '--suite', 'all', '--data_dir', root, '--babi_dir', root, '--tasks',
+      'mmlu,single_supporting_fact', '--shots', 'mmlu=0,single_supporting_fact=0'))
+  assert sorted(t.name for t in tasks) == ['mmlu', 'single_supporting_fact'], skipped
+  assert tasks[0].source.startswith(root) or tasks[1].source.startswith(root)
