@@ -109,11 +109,19 @@ class StageCheckpointer:
     self.directory = os.path.abspath(directory)
     self._async = async_save
     self._in_flight: Optional[int] = None
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
-        read_only=read_only,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit))
-    self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    absl_log = logging.getLogger('absl')
+    quiet = _ReadOnlyNotes() if read_only else None
+    if quiet:  # orbax notes three times that a reader's manager is read-only, on every load
+      absl_log.addFilter(quiet)
+    try:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
+          read_only=read_only,
+          async_options=ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit))
+      self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    finally:
+      if quiet:
+        absl_log.removeFilter(quiet)
     self._unmanifested: list[int] = []
     self._manifester: Optional[threading.Thread] = None
     self._primary = jax.process_index() == 0
@@ -253,6 +261,14 @@ def _is_abandoned_read(text: str) -> bool:
   or was cut short, or its callback finding the event loop already closed)."""
   return any(s in text for s in ('TensorStore', 'Event loop is closed', '_read_array',
                                  'OCDBT', 'reading array index'))
+
+
+class _ReadOnlyNotes(logging.Filter):
+  """Drops orbax's warnings that a read-only manager is read-only (what a reader asked for)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not ('read_only=True' in msg or 'directory is read only' in msg)
 
 
 class _AbandonedReadFilter(logging.Filter):
@@ -466,11 +482,24 @@ def resolve_step_dir(path: str) -> str:
     return path
   steps = steps_in(path)
   if steps:
-    return os.path.join(path, str(steps[-1]))
+    return _note_skipped(path, steps[-1])
   found = latest(path)
   if found:
-    return os.path.join(stage_dir(path, found[0]), str(found[1]))
+    return _note_skipped(stage_dir(path, found[0]), found[1])
   raise CheckpointError(f'no complete checkpoint found under {path}')
+
+
+def _note_skipped(directory: str, step: int) -> str:
+  """The dir of `step`, saying on stderr which newer step dirs were passed over and why (a step
+  without `meta/` is not a complete checkpoint; reading the one before it silently would look
+  like the newest model)."""
+  newer = sorted(int(n) for n in os.listdir(directory)
+                 if n.isdigit() and int(n) > step and not os.path.isdir(
+                     os.path.join(directory, n, 'meta')))
+  for n in newer:
+    print(f'note: step {n} skipped ({os.path.join(directory, str(n))} has no meta/, so it is not '
+          f'a complete checkpoint); reading step {step}', file=sys.stderr)
+  return os.path.join(directory, str(step))
 
 
 def dir_bytes(path: str) -> int:

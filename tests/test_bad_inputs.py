@@ -195,6 +195,29 @@ def world(tmp_path_factory):
   os.makedirs(w['babi_nosep'])
   with open(os.path.join(w['babi_nosep'], 'qa1_single-supporting-fact_test.txt'), 'w') as f:
     f.write('1 Nora went to the cellar.\n2 Where is Nora? cellar 1\n')
+  for name, content in (('empty_metrics', b''), ('garbage_metrics', bytes(range(256)) * 4)):
+    w[name] = str(base / name)
+    os.makedirs(w[name])
+    with open(os.path.join(w[name], 'metrics.jsonl'), 'wb') as f:
+      f.write(content)
+  w['fifo'] = str(base / 'fifo.txt')
+  os.mkfifo(w['fifo'])
+  w['fifo_exp'] = _experiment(str(base / 'fifo_exp.py'), f'''
+      def get_config():
+        c = tiny_config(2)
+        c.data.source = 'bilingual'
+        c.data.vocab.model_file = {w['spm']!r}
+        c.data.cache_dir = {str(base / 'cache')!r}
+        c.data.en.kind = 'files'
+        c.data.en.files = [{w['fifo']!r}]
+        c.model.vocab_size = 512
+        return c
+  ''')
+  w['arc_test_only'] = str(base / 'arc_test_only')
+  os.makedirs(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy'))
+  with open(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl'), 'w') as f:
+    f.write('{"question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, '
+            '{"text": "b", "label": "B"}]}, "answerKey": "A"}\n')
   # a workdir whose lock is held by a live process (a `sleep`)
   w['locked'] = str(base / 'locked')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
@@ -334,6 +357,19 @@ CASES = [
         '--tasks', 'single_supporting_fact', '--shots', 'single_supporting_fact=0'], 2,
      lambda w: f'qa1_single-supporting-fact_test.txt:2: anti_interference (bAbI): a question '
                f'without its answer'),
+    ('plot-empty-metrics', lambda w: ['plot', '--workdir', w['empty_metrics']], 1,
+     lambda w: 'empty_metrics: metrics.jsonl has no val_loss* records to plot (none logged yet'),
+    ('plot-garbage-metrics', lambda w: ['plot', '--workdir', w['garbage_metrics']], 1,
+     lambda w: f'{w["garbage_metrics"]}/metrics.jsonl:1: not valid JSON (Expecting value); '
+               f'is it a metrics.jsonl written by flmjax train?'),
+    ('fifo-as-data-file', _train('fifo_exp'), 1,
+     lambda w: f'{w["fifo"]} is not a regular file (a FIFO, socket or device)'),
+    ('eval-arc-without-train-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
+                                               'knowledge', '--data_dir', w['arc_test_only'],
+                                               '--tasks', 'arc_easy'], 2,
+     lambda w: 'knowledge/arc_easy: 25-shot needs the train file '
+               f'{w["arc_test_only"]}/arc/ARC-Easy/ARC-Easy-Train.jsonl, which is missing (or run '
+               '0-shot with --shots arc_easy=0)'),
 ]
 
 
@@ -441,3 +477,28 @@ def test_glob_characters_in_data_dirs_are_names(world):
       'mmlu,single_supporting_fact', '--shots', 'mmlu=0,single_supporting_fact=0'))
   assert sorted(t.name for t in tasks) == ['mmlu', 'single_supporting_fact'], skipped
   assert tasks[0].source.startswith(root) or tasks[1].source.startswith(root)
+
+
+def test_a_step_without_meta_is_named_when_skipped_and_read_only_loads_are_quiet(world, capfd):
+  """A reader passes over a step dir without meta/ (not complete) and says so; orbax's notes
+  that a reader's manager is read-only are not printed."""
+  ckpt = os.path.join(world['base'], 'no-meta')
+  shutil.copytree(world['ckpt'], ckpt)
+  shutil.rmtree(os.path.join(ckpt, 'stage_0', '2', 'meta'))
+  assert cli.main(['sample', '--checkpoint', ckpt, '--prompt_ids', '1', '--max_new_tokens',
+                   '1']) == 0
+  err = capfd.readouterr().err
+  assert (f'note: step 2 skipped ({ckpt}/stage_0/2 has no meta/, so it is not a complete '
+          f'checkpoint); reading step 1') in err, err
+  assert 'read only' not in err and 'read_only' not in err, err
+
+
+def test_babi_report_says_its_items_are_a_seeded_sample(tmp_path):
+  from flmjax.evaluation import iq_interference
+  with open(tmp_path / 'qa1_single-supporting-fact_test.txt', 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora?\tcellar\t1\n'
+            '3 Nora went to the attic.\n4 Where is Nora?\tattic\t3\n')
+  task = iq_interference.babi_task('single_supporting_fact', str(tmp_path), n_items=1, seed=3,
+                                   k_shot=0)
+  assert task.notes == ("a seeded random sample (seed 3) of 1 of the test file's 2 questions "
+                        '(--n_items, --limit)',)

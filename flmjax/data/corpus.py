@@ -171,8 +171,13 @@ def expand_globs(patterns: Sequence[str], what: str) -> list[str]:
   """Sorted files matching the globs; a glob matching nothing or an empty file is an error."""
   files = []
   for pattern in patterns:
-    found = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                   if os.path.isfile(p))
+    matched = glob.glob(os.path.expanduser(pattern), recursive=True)
+    special = [p for p in matched if os.path.exists(p) and not os.path.isfile(p)
+               and not os.path.isdir(p)]
+    if special:  # a FIFO or /dev/zero: it exists, so "matches no file" would mislead
+      raise DataError(f'{what}: {special[0]} is not a regular file (a FIFO, socket or device); '
+                      f'data files are read more than once and must be regular files')
+    found = sorted(p for p in matched if os.path.isfile(p))
     if not found:
       raise DataError(f'{what}: glob {pattern!r} matches no file')
     for p in found:

@@ -269,6 +269,9 @@ def babi_task(name: str, babi_dir: str, n_items: int = 300, seed: int = 0,
     def pick(story):
       pool = [(p, a) for s, p, a in test if s != story]
       return rng.sample(pool, min(k, len(pool)))
+  if len(questions) < len(test):
+    notes += (f'a seeded random sample (seed {seed}) of {len(questions)} of the test file\'s '
+              f'{len(test)} questions (--n_items, --limit)',)
   items = tuple(Item(prompt=format_shots(pick(story)) + p, answer=a) for story, p, a in questions)
   return Task(name=name, category=CATEGORY, items=items, k_shot=k,
               source=f'bAbI {BABI_TASKS[name]} release file {test_path}', paper_k=1,
