@@ -153,7 +153,7 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
   work = tmp_path / 'plan'
   argv = ['plan-growth', '--config', exp, '--budget_flops', str(budget), '--workdir', str(work),
           '--candidates', 'msg@0.25,msg@0.5', '--lag', '0.125']
-  assert cli.main([*argv, '--dry_run']) == 0 and not os.listdir(work)  # trains nothing
+  assert cli.main([*argv, '--dry_run']) == 0 and not os.path.exists(work)  # writes nothing
   assert cli.main(argv) == 0
   with open(work / 'plan.json') as f:
     result = json.load(f)
@@ -216,7 +216,8 @@ def test_dry_run_prints_cost_and_pod_days_and_refuses_a_one_stage_experiment(tmp
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
   assert 'stack4@0.125' in out and '% of the full sweep (20 runs' in out and 'days' in out
-  assert not os.listdir(tmp_path / 'w')
+  assert 'dry run: nothing was trained and nothing written' in out
+  assert not os.path.exists(tmp_path / 'w')  # not even an empty workdir
   assert cli.main(['plan-growth', '--config', os.path.join(ROOT, 'experiments', 'tiny_scratch.py'),
                    '--workdir', str(tmp_path / 'w')]) == 2
   assert 'two stages' in capsys.readouterr().err

@@ -269,6 +269,9 @@ def eval_main(args: argparse.Namespace) -> int:
   print(report.format_table(results, skipped, limit=args.limit, seed=args.seed, failed=failed))
   if args.output:
     print(f'report written to {args.output}', file=sys.stderr)
+  else:  # nothing is written anywhere by default
+    print('note: the table above is the only report: pass --output R.json to keep the JSON '
+          'report (per-item scores, sources, notes)', file=sys.stderr)
   named = set(filter(None, (x.strip() for x in args.tasks.split(','))))
   not_run = sorted(n for reasons in skipped.values() for n in reasons if n in named)
   if failed or not_run:
