@@ -26,6 +26,7 @@ A workdir that holds checkpoints of a *different* model is refused; with
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -109,6 +110,9 @@ class StageCheckpointer:
     self.directory = os.path.abspath(directory)
     self._async = async_save
     self._in_flight: Optional[int] = None
+    self._failed: Optional[CheckpointError] = None  # a save failed: `close` keeps its error
+    _quiet_abandoned_reads()  # a write that fails (a full disk) leaves TensorStore callbacks
+    # finding the event loop closed, as failed reads do: 20-60 tracebacks before the error line
     absl_log = logging.getLogger('absl')
     quiet = _ReadOnlyNotes() if read_only else None
     if quiet:  # orbax notes three times that a reader's manager is read-only, on every load
@@ -159,10 +163,18 @@ class StageCheckpointer:
     left = (f'; the unfinished {", ".join(partial)} in it is removed when the run restarts'
             if partial else '')
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
-    return CheckpointError(
+    if is_disk_full(e):  # the cause's text is orbax's path dump, cut mid-word: say what it means
+      self._failed = CheckpointError(
+          f'saving checkpoint step {step} in {self.directory} failed: No space left on device. '
+          f'Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; free '
+          f'space there, then run the same command again to resume from the newest complete '
+          f'one (--debug shows the details).')
+      return self._failed
+    self._failed = CheckpointError(
         f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: '
         f'{reason}. Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; '
         'check disk space and permissions, then restart to resume from the newest complete one.')
+    return self._failed
 
   def check(self, step: int) -> None:
     """Raise `CheckpointError` as soon as the in-flight async save has failed; called after
@@ -230,7 +242,27 @@ class StageCheckpointer:
     try:
       self.wait(manifests='now')
     finally:
-      self.mngr.close()
+      try:
+        self.mngr.close()
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax re-raises the failed save's own OSError here; raised from `finally` it would
+        # replace the CheckpointError that names the step (as the caller's error would be)
+        if self._failed is None:
+          raise self._save_error(self._in_flight, e) from e
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether a failed write (or its cause) is a full disk or quota: ENOSPC/EDQUOT, or the
+  text TensorStore and orbax put it in (`RESOURCE_EXHAUSTED`, `No space left on device`)."""
+  x, seen = e, 0
+  while x is not None and seen < 10:
+    if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(s in str(x) for s in ('RESOURCE_EXHAUSTED', 'No space left on device',
+                                 'Disk quota exceeded')):
+      return True
+    x, seen = x.__cause__ or x.__context__, seen + 1
+  return False
 
 
 def _write_manifests(step_dirs: list[str]) -> None:

@@ -218,9 +218,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 class _LogWithoutTracebacks(logging.Filter):
   """Keep library log lines but drop their tracebacks: the error that ends the command is
-  reported once, in one line, by `main` (`--debug` keeps them)."""
+  reported once, in one line, by `main` (`--debug` keeps them).  orbax's own ERROR records are
+  dropped too: a failed save logs one per background thread (5 to 60 lines, each repeating the
+  cause), and the save's failure always reaches flmjax as the CheckpointError that ends the
+  command in its one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and str(record.msg).startswith('[process='):
+      return False  # orbax's prefix (absl names its own file as the record's pathname)
     record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
 

@@ -502,3 +502,95 @@ def test_babi_report_says_its_items_are_a_seeded_sample(tmp_path):
                                    k_shot=0)
   assert task.notes == ("a seeded random sample (seed 3) of 1 of the test file's 2 questions "
                         '(--n_items, --limit)',)
+
+
+_EXHAUSTED = ('RESOURCE_EXHAUSTED: Error writing "grow_step/0" in OCDBT database at local file '
+              '"/w/stage_0/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
+              'Failed writing: "/w/stage_0/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+              'ocdbt.process_0/d/9ce5ec62e6c')  # cut mid-path, as the reported message was
+
+
+class _ExhaustedLater:
+  """A commit future of orbax's background write failing as TensorStore reports a full disk."""
+
+  def result(self, timeout=None):
+    raise ValueError(_EXHAUSTED)
+
+  def cancel(self):
+    pass
+
+
+def _fill_disk_at_step_2(monkeypatch):
+  """A fault-injected writer (no tmpfs needed): step 2's array write fails with a full disk."""
+  import re
+  from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import \
+      BasePyTreeCheckpointHandler as Handler
+  orig = Handler.async_save
+
+  async def fills_the_disk(self, directory, *a, **k):
+    futures = await orig(self, directory, *a, **k)
+    if re.search(r'/2(\.orbax[^/]*)?/state', str(directory)):
+      futures = list(futures or []) + [_ExhaustedLater()]
+    return futures
+  monkeypatch.setattr(Handler, 'async_save', fills_the_disk)
+
+
+def test_full_disk_during_a_save_is_the_checkpoint_line_alone(world, monkeypatch, capfd):
+  """TensorStore's RESOURCE_EXHAUSTED is a full disk: one line naming the step, the complete
+  steps kept and 'No space left on device'; orbax's per-thread ERROR records and tracebacks
+  are not printed; --debug raises with the details."""
+  _fill_disk_at_step_2(monkeypatch)
+  workdir = os.path.join(world['base'], 'full-disk')
+  argv = ['train', '--config', world['tiny_exp'], '--workdir', workdir,
+          '--config.train.ckpt_every=1']
+  assert cli.main(argv) == 1
+  err = capfd.readouterr().err
+  ours = [l for l in err.splitlines() if l.strip() and not l.startswith('stage ')]
+  assert len(ours) == 1, err
+  assert ours[0].startswith(f'flmjax train: saving checkpoint step 2 in {workdir}/stage_0 '
+                            'failed: No space left on device. Earlier checkpoints are kept '
+                            '(complete steps here: [1])'), ours[0]
+  assert 'Traceback' not in err and 'RESOURCE_EXHAUSTED' not in err, err
+  shutil.rmtree(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match='No space left on device') as e:
+    cli.main(argv + ['--debug'])
+  assert _EXHAUSTED in repr(e.value.__cause__) or _EXHAUSTED in str(e.value.__context__)
+
+
+def test_closing_after_a_failed_save_keeps_the_checkpoint_error(tmp_path, monkeypatch):
+  """orbax's close re-raises the failed save's OSError; from `close`'s finally it used to replace
+  the CheckpointError naming the step (a bare 'OSError: No space left on device')."""
+  ckptr = checkpoint.StageCheckpointer(str(tmp_path / 'stage_0'))
+  def full(*a, **k):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ckptr.mngr, 'wait_until_finished', full)
+  monkeypatch.setattr(ckptr.mngr, 'close', full)
+  ckptr._unmanifested = [1]  # a save of step 1 in flight
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'saving checkpoint step 1 .* failed: No space left on device'):
+    ckptr.close()
+  assert checkpoint.is_disk_full(ValueError(_EXHAUSTED))
+  assert not checkpoint.is_disk_full(ValueError('INVALID_ARGUMENT: bad shape'))
+
+
+@pytest.mark.slow
+def test_real_full_disk_before_the_first_checkpoint_is_one_line(world, tmp_path):
+  """`flmjax train` on a 300 KiB tmpfs (when the tests may mount one): the first checkpoint
+  cannot be written; stderr holds the checkpoint line and nothing else (no orbax records, no
+  tracebacks from its threads at exit)."""
+  from conftest import subprocess_env
+  from test_faults import _mount_tmpfs
+  disk = str(tmp_path / 'disk')
+  _mount_tmpfs(disk, '300k')
+  try:
+    r = subprocess.run([sys.executable, '-m', 'flmjax.cli', 'train', '--config', world['tiny_exp'],
+                        '--workdir', os.path.join(disk, 'w'), '--config.train.ckpt_every=1',
+                        '--config.faults.min_free_bytes=0'],
+                       capture_output=True, text=True, timeout=300, env=subprocess_env(1))
+  finally:
+    subprocess.run(['umount', '-l', disk], capture_output=True)
+  lines = [l for l in r.stderr.replace('\r', '\n').splitlines()
+           if l.strip() and not l.startswith('stage ')]
+  assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+  assert ('saving checkpoint step 1' in lines[0] and 'failed: No space left on device' in lines[0]
+          and '(complete steps here: none)' in lines[0]), lines[0]
