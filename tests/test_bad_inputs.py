@@ -32,6 +32,24 @@ def _experiment(path: str, body: str) -> str:
   return path
 
 
+def _text_experiment(path: str, spm_model: str, cache: str, en_file: str,
+                     zh_file: str = '') -> str:
+  """An experiment training on the given text file(s) with a ready SentencePiece model."""
+  zh = (f"\n        c.data.zh.kind = 'files'\n        c.data.zh.files = [{zh_file!r}]"
+        if zh_file else '')
+  return _experiment(path, f'''
+      def get_config():
+        c = tiny_config(2)
+        c.data.source = 'bilingual'
+        c.data.vocab.model_file = {spm_model!r}
+        c.data.cache_dir = {cache!r}
+        c.data.en.kind = 'files'
+        c.data.en.files = [{en_file!r}]{zh}
+        c.model.vocab_size = 512
+        return c
+  ''')
+
+
 def _state_files(step_dir: str) -> list[str]:
   """The array data files of a checkpoint's `state` item, largest first."""
   out = []
@@ -125,19 +143,8 @@ def world(tmp_path_factory):
     for _ in range(40):  # binary junk with one line that decodes (as a wrong file would)
       f.write(bytes(range(128, 256)) * 8 + b'\n')
     f.write(b'%%%% ~~~~ @@@@\n')
-  w['text_exp'] = _experiment(str(base / 'text_exp.py'), f'''
-      def get_config():
-        c = tiny_config(2)
-        c.data.source = 'bilingual'
-        c.data.vocab.model_file = {w['spm']!r}
-        c.data.cache_dir = {str(base / 'cache')!r}
-        c.data.en.kind = 'files'
-        c.data.en.files = [{w['garbage']!r}]
-        c.data.zh.kind = 'files'
-        c.data.zh.files = [{w['garbage']!r}]
-        c.model.vocab_size = 512
-        return c
-  ''')
+  w['text_exp'] = _text_experiment(str(base / 'text_exp.py'), w['spm'], str(base / 'cache'),
+                                   w['garbage'], w['garbage'])
   w['tfds_exp'] = _experiment(str(base / 'tfds_exp.py'), f'''
       def get_config():
         c = tiny_config(2)
@@ -167,17 +174,8 @@ def world(tmp_path_factory):
   with open(w['nul'], 'w', encoding='utf-16-le') as f:
     f.write('a line of text\n' * 400)
   for name in ('utf16', 'nul'):
-    w[name + '_exp'] = _experiment(str(base / (name + '_exp.py')), f'''
-        def get_config():
-          c = tiny_config(2)
-          c.data.source = 'bilingual'
-          c.data.vocab.model_file = {w['spm']!r}
-          c.data.cache_dir = {str(base / 'cache')!r}
-          c.data.en.kind = 'files'
-          c.data.en.files = [{w[name]!r}]
-          c.model.vocab_size = 512
-          return c
-    ''')
+    w[name + '_exp'] = _text_experiment(str(base / (name + '_exp.py')), w['spm'],
+                                        str(base / 'cache'), w[name])
   # evaluation release files that are not clean text (knowledge: MMLU, ARC; bAbI)
   w['latin1'] = str(base / 'latin1')
   os.makedirs(os.path.join(w['latin1'], 'mmlu', 'test'))
@@ -202,17 +200,8 @@ def world(tmp_path_factory):
       f.write(content)
   w['fifo'] = str(base / 'fifo.txt')
   os.mkfifo(w['fifo'])
-  w['fifo_exp'] = _experiment(str(base / 'fifo_exp.py'), f'''
-      def get_config():
-        c = tiny_config(2)
-        c.data.source = 'bilingual'
-        c.data.vocab.model_file = {w['spm']!r}
-        c.data.cache_dir = {str(base / 'cache')!r}
-        c.data.en.kind = 'files'
-        c.data.en.files = [{w['fifo']!r}]
-        c.model.vocab_size = 512
-        return c
-  ''')
+  w['fifo_exp'] = _text_experiment(str(base / 'fifo_exp.py'), w['spm'], str(base / 'cache'),
+                                   w['fifo'])
   w['arc_test_only'] = str(base / 'arc_test_only')
   os.makedirs(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy'))
   with open(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl'), 'w') as f:
@@ -327,8 +316,8 @@ CASES = [
      lambda w: f'{w["utf16"]}: UTF-16 text (byte-order mark fffe)'),
     ('nul-corpus', _train('nul_exp'), 1,
      lambda w: f'{w["nul"]}: no usable line (first bad line {w["nul"]}:1)'),
-    ('ramp-longer-than-stage', _train('three_stage_exp', '--config.stages.1.growth.ramp_steps=1000'),
-     2, lambda w: "stages[1].growth.ramp_steps=1000 is longer than the stage 'big' (2 steps)"),
+    ('ramp-longer-than-stage',
+     _train('three_stage_exp', '--config.stages.1.growth.ramp_steps=1000'), 2, lambda w: "stages[1].growth.ramp_steps=1000 is longer than the stage 'big' (2 steps)"),
     ('steps-past-int32', _train('tiny_exp', '--config.train.steps=99999999999999999999'), 2,
      lambda w: 'train.steps = 99999999999999999999 steps is more than a run can count'),
     ('lr-hex', _train('tiny_exp', '--config.optim.lr=0x10'), 2,
