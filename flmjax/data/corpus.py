@@ -197,7 +197,7 @@ def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int,
   first_bad = None
   with open(path, 'rb') as f:
     for i, raw in enumerate(f, start=1):
-      if i == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')):
+      if i == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')) and b'\x00' in raw:  # BOM + NULs
         raise DataError(f'{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); data files must '
                         f'be UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8')
       try:
