@@ -26,6 +26,7 @@ A workdir that holds checkpoints of a *different* model is refused; with
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -109,11 +110,22 @@ class StageCheckpointer:
     self.directory = os.path.abspath(directory)
     self._async = async_save
     self._in_flight: Optional[int] = None
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
-        read_only=read_only,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit))
-    self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self._failed: Optional[CheckpointError] = None  # a save failed: `close` keeps its error
+    _quiet_abandoned_reads()  # a write that fails (a full disk) leaves TensorStore callbacks
+    # finding the event loop closed, as failed reads do: 20-60 tracebacks before the error line
+    absl_log = logging.getLogger('absl')
+    quiet = _ReadOnlyNotes() if read_only else None
+    if quiet:  # orbax notes three times that a reader's manager is read-only, on every load
+      absl_log.addFilter(quiet)
+    try:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep, enable_async_checkpointing=True, create=not read_only,
+          read_only=read_only,
+          async_options=ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit))
+      self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    finally:
+      if quiet:
+        absl_log.removeFilter(quiet)
     self._unmanifested: list[int] = []
     self._manifester: Optional[threading.Thread] = None
     self._primary = jax.process_index() == 0
@@ -151,10 +163,18 @@ class StageCheckpointer:
     left = (f'; the unfinished {", ".join(partial)} in it is removed when the run restarts'
             if partial else '')
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
-    return CheckpointError(
+    if is_disk_full(e):  # the cause's text is orbax's path dump, cut mid-word: say what it means
+      self._failed = CheckpointError(
+          f'saving checkpoint step {step} in {self.directory} failed: No space left on device. '
+          f'Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; free '
+          f'space there, then run the same command again to resume from the newest complete '
+          f'one (--debug shows the details).')
+      return self._failed
+    self._failed = CheckpointError(
         f'saving checkpoint step {step} in {self.directory} failed: {type(e).__name__}: '
         f'{reason}. Earlier checkpoints are kept (complete steps here: {kept or "none"}){left}; '
         'check disk space and permissions, then restart to resume from the newest complete one.')
+    return self._failed
 
   def check(self, step: int) -> None:
     """Raise `CheckpointError` as soon as the in-flight async save has failed; called after
@@ -222,7 +242,27 @@ class StageCheckpointer:
     try:
       self.wait(manifests='now')
     finally:
-      self.mngr.close()
+      try:
+        self.mngr.close()
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax re-raises the failed save's own OSError here; raised from `finally` it would
+        # replace the CheckpointError that names the step (as the caller's error would be)
+        if self._failed is None:
+          raise self._save_error(self._in_flight, e) from e
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether a failed write (or its cause) is a full disk or quota: ENOSPC/EDQUOT, or the
+  text TensorStore and orbax put it in (`RESOURCE_EXHAUSTED`, `No space left on device`)."""
+  x, seen = e, 0
+  while x is not None and seen < 10:
+    if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(s in str(x) for s in ('RESOURCE_EXHAUSTED', 'No space left on device',
+                                 'Disk quota exceeded')):
+      return True
+    x, seen = x.__cause__ or x.__context__, seen + 1
+  return False
 
 
 def _write_manifests(step_dirs: list[str]) -> None:
@@ -253,6 +293,14 @@ def _is_abandoned_read(text: str) -> bool:
   or was cut short, or its callback finding the event loop already closed)."""
   return any(s in text for s in ('TensorStore', 'Event loop is closed', '_read_array',
                                  'OCDBT', 'reading array index'))
+
+
+class _ReadOnlyNotes(logging.Filter):
+  """Drops orbax's warnings that a read-only manager is read-only (what a reader asked for)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not ('read_only=True' in msg or 'directory is read only' in msg)
 
 
 class _AbandonedReadFilter(logging.Filter):
@@ -466,11 +514,24 @@ def resolve_step_dir(path: str) -> str:
     return path
   steps = steps_in(path)
   if steps:
-    return os.path.join(path, str(steps[-1]))
+    return _note_skipped(path, steps[-1])
   found = latest(path)
   if found:
-    return os.path.join(stage_dir(path, found[0]), str(found[1]))
+    return _note_skipped(stage_dir(path, found[0]), found[1])
   raise CheckpointError(f'no complete checkpoint found under {path}')
+
+
+def _note_skipped(directory: str, step: int) -> str:
+  """The dir of `step`, saying on stderr which newer step dirs were passed over and why (a step
+  without `meta/` is not a complete checkpoint; reading the one before it silently would look
+  like the newest model)."""
+  newer = sorted(int(n) for n in os.listdir(directory)
+                 if n.isdigit() and int(n) > step and not os.path.isdir(
+                     os.path.join(directory, n, 'meta')))
+  for n in newer:
+    print(f'note: step {n} skipped ({os.path.join(directory, str(n))} has no meta/, so it is not '
+          f'a complete checkpoint); reading step {step}', file=sys.stderr)
+  return os.path.join(directory, str(step))
 
 
 def dir_bytes(path: str) -> int:

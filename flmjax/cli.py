@@ -122,7 +122,7 @@ def _command_name(argv: Sequence[str]) -> Optional[str]:
 DEBUG_ENV = 'FLMJAX_DEBUG'
 # flmjax's own errors: their message already names the file / field and what to do.
 _OWN_ERRORS = ('CheckpointError', 'DataError', 'PreflightError', 'DivergedError',
-               'WorkdirLockedError', 'ConfigError', 'MetricsError')
+               'WorkdirLockedError', 'ConfigError', 'MetricsError', 'PlotError')
 
 
 def _one_line(text: str, limit: int = 800) -> str:
@@ -218,9 +218,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 class _LogWithoutTracebacks(logging.Filter):
   """Keep library log lines but drop their tracebacks: the error that ends the command is
-  reported once, in one line, by `main` (`--debug` keeps them)."""
+  reported once, in one line, by `main` (`--debug` keeps them).  orbax's own ERROR records are
+  dropped too: a failed save logs one per background thread (5 to 60 lines, each repeating the
+  cause), and the save's failure always reaches flmjax as the CheckpointError that ends the
+  command in its one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR and str(record.msg).startswith('[process='):
+      return False  # orbax's prefix (absl names its own file as the record's pathname)
     record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
 

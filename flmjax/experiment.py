@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import math
 import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
@@ -78,8 +79,8 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
       cfg = ml_collections.ConfigDict(cfg)
   except ConfigError:
     raise
-  except Exception as e:  # pylint: disable=broad-except  (the user's code: any error)
-    raise ConfigError(_user_code_error(path, e)) from e
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except  (the user's code: any
+    raise ConfigError(_user_code_error(path, e)) from e  # error; sys.exit(0) would end with 0)
   apply_overrides(cfg, overrides)
   return cfg
 
@@ -97,6 +98,9 @@ def _user_code_error(path: str, e: BaseException) -> str:
     except OSError:
       pass
     tb = tb.tb_next
+  if isinstance(e, SystemExit):
+    return (f'error in the experiment file {where}: it called sys.exit({e.code!r}) while being '
+            f'loaded; an experiment file must only define get_config()')
   msg = e.msg if isinstance(e, SyntaxError) else str(e)
   return f'error in the experiment file {where}: {type(e).__name__}: {msg}'
 
@@ -114,6 +118,9 @@ def load_tool_config(path: str, overrides: Sequence[str], section: str,
   if unknown:
     raise ConfigError(f'{section}: unknown field(s) {unknown}; known: {sorted(defaults)}')
   return cfg
+
+
+_DECIMAL = re.compile(r'[+-]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][+-]?\d+)?')
 
 
 def _parse_value(text: str, old: Any, field: str) -> Any:
@@ -139,7 +146,8 @@ def _parse_value(text: str, old: Any, field: str) -> Any:
     return v
   if isinstance(old, float):
     v = literal()
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
+    if (not isinstance(v, (int, float)) or isinstance(v, bool)
+        or not _DECIMAL.fullmatch(text.strip())):  # 0x10 would be 16.0: a typo, not an LR
       raise ConfigError(f'--config.{field}: expected a float, got {text!r}')
     return float(v)
   if isinstance(old, str):

@@ -70,6 +70,9 @@ def as_dict(x: Any) -> dict:
   return dict(x.to_dict() if hasattr(x, 'to_dict') else (x or {}))
 
 
+MAX_STEPS = 2**31 - 1  # the step counters (TrainState.step, optax's count) are int32
+
+
 def _steps_from(where: str, steps: Any, tokens: Any, tokens_per_step: int) -> int:
   steps = steps or 0
   tokens = tokens or 0
@@ -80,7 +83,12 @@ def _steps_from(where: str, steps: Any, tokens: Any, tokens_per_step: int) -> in
   if bool(steps) == bool(tokens):
     raise ConfigError(f'{where}: set exactly one of steps or tokens (got steps={steps!r}, '
                       f'tokens={tokens!r})')
-  return steps or math.ceil(tokens / tokens_per_step)
+  n = steps or math.ceil(tokens / tokens_per_step)
+  if n > MAX_STEPS:
+    field = 'steps' if steps else f'tokens={tokens!r} / {tokens_per_step} tokens per step'
+    raise ConfigError(f'{where}.{field} = {n} steps is more than a run can count (the step '
+                      f'counter is int32: at most {MAX_STEPS})')
+  return n
 
 
 def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
@@ -126,9 +134,24 @@ def stage_plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
     out.append(Stage(k, name, model, steps, start, float(get('lr', o.lr)), warmup, end_lr,
                      int(batch), int(t.seq_len), _growth_spec(growth, where)))
     start += steps
+    if start > MAX_STEPS:
+      raise ConfigError(f'{where}: the run would end at step {start}, more than the int32 step '
+                        f'counter holds ({MAX_STEPS})')
+  _check_ramps(out)
   if mode == 'continue':  # a stage ends where the next one starts
     out = [dataclasses.replace(s, end_lr=nxt.lr) for s, nxt in zip(out, out[1:])] + out[-1:]
   return out
+
+
+def _check_ramps(stages: Sequence[Stage]) -> None:
+  """A growth inside the previous growth's mask ramp is not function-preserving (`flmjax grow`
+  refuses such a checkpoint), so a ramp must end within its stage when another growth follows."""
+  for s, nxt in zip(stages, stages[1:]):
+    if s.growth and nxt.growth and s.growth.ramp_steps > s.steps:
+      raise ConfigError(f'stages[{s.index}].growth.ramp_steps={s.growth.ramp_steps} is longer '
+                        f'than the stage {s.name!r} ({s.steps} steps): stage {nxt.name!r} would '
+                        f'grow mid-ramp, which is not function-preserving; use at most '
+                        f'{s.steps} ramp steps')
 
 
 def _continued(where: str, k: int, n: int, s: Mapping[str, Any], warmup: int,

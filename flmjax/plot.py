@@ -18,28 +18,40 @@ from flmjax import curves  # noqa: E402
 from flmjax.metrics import current_records  # noqa: E402
 
 
+class PlotError(ValueError):
+  """A metrics file that cannot be plotted (empty, not JSON lines); the message names it."""
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of `W/metrics.jsonl`; a malformed line is an error naming file and line."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no metrics file (is {workdir!r} an flmjax workdir?)')
   rows = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
+  with open(path, 'rb') as f:
+    for lineno, raw in enumerate(f, 1):
+      if not raw.strip():
         continue
       try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{lineno}: not valid JSON ({e.msg})') from None
+        rec = json.loads(raw.decode('utf-8'))
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else 'not UTF-8 text'
+        raise PlotError(f'{path}:{lineno}: not valid JSON ({why}); is it a metrics.jsonl '
+                        f'written by flmjax train?') from None
+      if not isinstance(rec, dict):
+        raise PlotError(f'{path}:{lineno}: expected a JSON object per line, got '
+                        f'{type(rec).__name__}')
+      rows.append(rec)
   return current_records(rows)
 
 
 def _dedupe_by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """A resumed run re-logs steps after its checkpoint; keep the last record of each step."""
+  """A resumed run re-logs steps after its checkpoint; keep the last record of each step.  The
+  grown model's evaluation at the growth step (`after_growth`) is left out: that step belongs to
+  the old stage, whose last step is always logged."""
   by_step: dict[int, dict[str, Any]] = {}
   for r in rows:
-    if 'step' in r:
+    if 'step' in r and not r.get('after_growth'):
       by_step.setdefault(int(r['step']), {}).update(r)
   return [by_step[s] for s in sorted(by_step)]
 
@@ -56,15 +68,16 @@ def val_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float,
 
 
 def growth_events(rows: list[dict[str, Any]]) -> list[tuple[float, float, Any]]:
-  """(flops, tokens, new stage) at each step where the `stage` field changes."""
+  """(flops, tokens, new stage) at each growth: the old stage's last step (the trainer always
+  logs it), not the new stage's first logged record, up to `log_every` steps later."""
   events, last = [], None
   for r in _dedupe_by_step(rows):
     stage = r.get('stage')
     if stage is None:
       continue
-    if last is not None and stage != last:
-      events.append((float(r.get('flops', 0.0)), float(r.get('tokens', 0.0)), stage))
-    last = stage
+    if last is not None and stage != last.get('stage'):
+      events.append((float(last.get('flops', 0.0)), float(last.get('tokens', 0.0)), stage))
+    last = r
   return events
 
 
@@ -82,7 +95,9 @@ def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = No
       style = '-' if run_i == 0 else '--'
       series = val_series(rows)
       if not series:
-        raise ValueError(f'{name}: metrics.jsonl has no val_loss* records to plot')
+        raise PlotError(f'{name}: metrics.jsonl has no val_loss* records to plot (none '
+                        f'logged yet: a run evaluates every train.eval_every steps and at the end '
+                        f'of each stage)')
       for metric, pts in sorted(series.items()):
         ax.plot([p[xi] for p in pts], [p[2] for p in pts], style, marker='.',
                 label=f'{name}: {metric}')
@@ -117,7 +132,7 @@ def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | Non
     runs = [curves.val_curve(r) for r in records]
     for w, c in zip(workdirs, runs):
       if not c:
-        raise ValueError(f'{w}: metrics.jsonl has no val_loss* records to plot')
+        raise PlotError(f'{w}: metrics.jsonl has no val_loss* records to plot')
     grid, mean, _ = curves.mean_curve(runs)
     lo = [min(curves.at_flops(c, f) for c in runs) for f in grid]
     hi = [max(curves.at_flops(c, f) for c in runs) for f in grid]

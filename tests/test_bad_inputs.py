@@ -7,6 +7,7 @@ larger than the model's vocabulary, a workdir held by a live process."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
@@ -29,6 +30,24 @@ def _experiment(path: str, body: str) -> str:
     f.write(f'import sys\nsys.path.insert(0, {TESTS!r})\nfrom conftest import tiny_config, '
             f'tiny_stages\n' + textwrap.dedent(body))
   return path
+
+
+def _text_experiment(path: str, spm_model: str, cache: str, en_file: str,
+                     zh_file: str = '') -> str:
+  """An experiment training on the given text file(s) with a ready SentencePiece model."""
+  zh = (f"\n        c.data.zh.kind = 'files'\n        c.data.zh.files = [{zh_file!r}]"
+        if zh_file else '')
+  return _experiment(path, f'''
+      def get_config():
+        c = tiny_config(2)
+        c.data.source = 'bilingual'
+        c.data.vocab.model_file = {spm_model!r}
+        c.data.cache_dir = {cache!r}
+        c.data.en.kind = 'files'
+        c.data.en.files = [{en_file!r}]{zh}
+        c.model.vocab_size = 512
+        return c
+  ''')
 
 
 def _state_files(step_dir: str) -> list[str]:
@@ -124,19 +143,8 @@ def world(tmp_path_factory):
     for _ in range(40):  # binary junk with one line that decodes (as a wrong file would)
       f.write(bytes(range(128, 256)) * 8 + b'\n')
     f.write(b'%%%% ~~~~ @@@@\n')
-  w['text_exp'] = _experiment(str(base / 'text_exp.py'), f'''
-      def get_config():
-        c = tiny_config(2)
-        c.data.source = 'bilingual'
-        c.data.vocab.model_file = {w['spm']!r}
-        c.data.cache_dir = {str(base / 'cache')!r}
-        c.data.en.kind = 'files'
-        c.data.en.files = [{w['garbage']!r}]
-        c.data.zh.kind = 'files'
-        c.data.zh.files = [{w['garbage']!r}]
-        c.model.vocab_size = 512
-        return c
-  ''')
+  w['text_exp'] = _text_experiment(str(base / 'text_exp.py'), w['spm'], str(base / 'cache'),
+                                   w['garbage'], w['garbage'])
   w['tfds_exp'] = _experiment(str(base / 'tfds_exp.py'), f'''
       def get_config():
         c = tiny_config(2)
@@ -149,6 +157,56 @@ def world(tmp_path_factory):
         c.model.vocab_size = 512
         return c
   ''')
+  w['exit_exp'] = _experiment(str(base / 'exit_exp.py'), '''
+      sys.exit(0)
+  ''')
+  w['three_stage_exp'] = _experiment(str(base / 'three_stage_exp.py'), '''
+      def get_config():
+        stages = tiny_stages((2, 2))
+        stages.append(dict(name='bigger', model=dict(d_model=128, n_heads=8, d_ff=256), steps=2,
+                           growth=dict(width='msg', depth='msg', ramp_steps=2)))
+        return tiny_config(0, stages=stages)
+  ''')
+  w['utf16'] = str(base / 'utf16.txt')
+  with open(w['utf16'], 'w', encoding='utf-16') as f:
+    f.write('a line of text\n' * 400)
+  w['nul'] = str(base / 'nul.txt')  # UTF-16 without its byte-order mark: a NUL after each letter
+  with open(w['nul'], 'w', encoding='utf-16-le') as f:
+    f.write('a line of text\n' * 400)
+  for name in ('utf16', 'nul'):
+    w[name + '_exp'] = _text_experiment(str(base / (name + '_exp.py')), w['spm'],
+                                        str(base / 'cache'), w[name])
+  # evaluation release files that are not clean text (knowledge: MMLU, ARC; bAbI)
+  w['latin1'] = str(base / 'latin1')
+  os.makedirs(os.path.join(w['latin1'], 'mmlu', 'test'))
+  w['latin1_csv'] = os.path.join(w['latin1'], 'mmlu', 'test', 'anatomy_test.csv')
+  with open(w['latin1_csv'], 'wb') as f:
+    f.write(b'What is 1?,a,b,c,d,A\nCaf\xe9?,a,b,c,d,A\n')
+  w['gz'] = str(base / 'gz')
+  w['gz_jsonl'] = os.path.join(w['gz'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl')
+  os.makedirs(os.path.dirname(w['gz_jsonl']))
+  with open(w['gz_jsonl'], 'wb') as f:
+    f.write(gzip.compress(b'{"question": "q"}\n' * 50))
+  w['dir_csv'] = str(base / 'dircsv')
+  os.makedirs(os.path.join(w['dir_csv'], 'mmlu', 'test', 'anatomy_test.csv'))
+  w['babi_nosep'] = str(base / 'babi')
+  os.makedirs(w['babi_nosep'])
+  with open(os.path.join(w['babi_nosep'], 'qa1_single-supporting-fact_test.txt'), 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora? cellar 1\n')
+  for name, content in (('empty_metrics', b''), ('garbage_metrics', bytes(range(256)) * 4)):
+    w[name] = str(base / name)
+    os.makedirs(w[name])
+    with open(os.path.join(w[name], 'metrics.jsonl'), 'wb') as f:
+      f.write(content)
+  w['fifo'] = str(base / 'fifo.txt')
+  os.mkfifo(w['fifo'])
+  w['fifo_exp'] = _text_experiment(str(base / 'fifo_exp.py'), w['spm'], str(base / 'cache'),
+                                   w['fifo'])
+  w['arc_test_only'] = str(base / 'arc_test_only')
+  os.makedirs(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy'))
+  with open(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl'), 'w') as f:
+    f.write('{"question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, '
+            '{"text": "b", "label": "B"}]}, "answerKey": "A"}\n')
   # a workdir whose lock is held by a live process (a `sleep`)
   w['locked'] = str(base / 'locked')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
@@ -252,6 +310,55 @@ CASES = [
     ('sample-top-p-without-temperature', lambda w: ['sample', '--checkpoint', w['ckpt'],
                                                     '--prompt_ids', '1', '--top_p', '0.5'], 2,
      lambda w: '--top_p 0.5 needs --temperature > 0'),
+    ('experiment-exits-at-import', _train('exit_exp'), 2,
+     lambda w: f'{w["exit_exp"]}:5: it called sys.exit(0) while being loaded'),
+    ('utf16-corpus', _train('utf16_exp'), 1,
+     lambda w: f'{w["utf16"]}: UTF-16 text (byte-order mark fffe)'),
+    ('nul-corpus', _train('nul_exp'), 1,
+     lambda w: f'{w["nul"]}: no usable line (first bad line {w["nul"]}:1)'),
+    ('ramp-longer-than-stage',
+     _train('three_stage_exp', '--config.stages.1.growth.ramp_steps=1000'), 2, lambda w: "stages[1].growth.ramp_steps=1000 is longer than the stage 'big' (2 steps)"),
+    ('steps-past-int32', _train('tiny_exp', '--config.train.steps=99999999999999999999'), 2,
+     lambda w: 'train.steps = 99999999999999999999 steps is more than a run can count'),
+    ('lr-hex', _train('tiny_exp', '--config.optim.lr=0x10'), 2,
+     lambda w: "--config.optim.lr: expected a float, got '0x10'"),
+    ('spike-window-0', _train('tiny_exp', '--config.faults.spike_window=0'), 2,
+     lambda w: 'faults.spike_window must be >= 1, got 0'),
+    ('validation-fraction-0', _train('tiny_exp', '--config.data.validation_fraction=0'), 2,
+     lambda w: 'data.validation_fraction must be > 0'),
+    ('workdir-empty', lambda w: ['train', '--config', w['tiny_exp'], '--workdir', ''], 2,
+     lambda w: "--workdir '' is empty"),
+    ('eval-shots-negative', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'iq',
+                                       '--shots', 'counting=-1'], 2,
+     lambda w: "integer k >= 0 (the number of examples before each item), got 'counting=-1'"),
+    ('eval-latin1-csv', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'knowledge',
+                                   '--data_dir', w['latin1'], '--tasks', 'mmlu'], 2,
+     lambda w: f'{w["latin1_csv"]}:2: knowledge/mmlu: not UTF-8 text (byte e9 at column 4)'),
+    ('eval-gzip-jsonl', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite', 'knowledge',
+                                   '--data_dir', w['gz'], '--tasks', 'arc_easy'], 2,
+     lambda w: f'{w["gz_jsonl"]}:1: knowledge/arc_easy: not UTF-8 text'),
+    ('eval-directory-for-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
+                                           'knowledge', '--data_dir', w['dir_csv'], '--tasks',
+                                           'mmlu'], 2,
+     lambda w: 'anatomy_test.csv: knowledge/mmlu: is a directory, expected a data file'),
+    ('eval-babi-question-without-answer', lambda w: [
+        'eval', '--checkpoint', w['ckpt'], '--suite', 'iq', '--babi_dir', w['babi_nosep'],
+        '--tasks', 'single_supporting_fact', '--shots', 'single_supporting_fact=0'], 2,
+     lambda w: f'qa1_single-supporting-fact_test.txt:2: anti_interference (bAbI): a question '
+               f'without its answer'),
+    ('plot-empty-metrics', lambda w: ['plot', '--workdir', w['empty_metrics']], 1,
+     lambda w: 'empty_metrics: metrics.jsonl has no val_loss* records to plot (none logged yet'),
+    ('plot-garbage-metrics', lambda w: ['plot', '--workdir', w['garbage_metrics']], 1,
+     lambda w: f'{w["garbage_metrics"]}/metrics.jsonl:1: not valid JSON (Expecting value); '
+               f'is it a metrics.jsonl written by flmjax train?'),
+    ('fifo-as-data-file', _train('fifo_exp'), 1,
+     lambda w: f'{w["fifo"]} is not a regular file (a FIFO, socket or device)'),
+    ('eval-arc-without-train-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
+                                               'knowledge', '--data_dir', w['arc_test_only'],
+                                               '--tasks', 'arc_easy'], 2,
+     lambda w: 'knowledge/arc_easy: 25-shot needs the train file '
+               f'{w["arc_test_only"]}/arc/ARC-Easy/ARC-Easy-Train.jsonl, which is missing (or run '
+               '0-shot with --shots arc_easy=0)'),
 ]
 
 
@@ -318,3 +425,161 @@ def test_lock_holder_is_named_and_the_workdir_untouched(world):
 def test_case_count_is_in_build_md():
   text = open(os.path.join(ROOT, 'BUILD.md'), encoding='utf-8').read()
   assert f'{len(CASES)} bad inputs' in text, len(CASES)
+
+
+def _eval_args(*argv: str):
+  from flmjax.commands import eval as eval_command
+  parser = cli.build_parser('eval')
+  return parser.parse_args(['eval', '--checkpoint', 'unused', *argv])
+
+
+def test_unreadable_eval_file_is_skippable_and_the_good_task_runs(world):
+  """--skip_missing skips a task whose file is not text (or a folder), not the whole suite."""
+  from flmjax.commands import eval as eval_command
+  base = world['base']
+  good = os.path.join(base, 'mixed', 'mmlu', 'test')
+  os.makedirs(good)
+  with open(os.path.join(good, 'anatomy_test.csv'), 'w') as f:
+    f.write('What is 1?,a,b,c,d,A\n')
+  os.makedirs(os.path.join(base, 'mixed', 'arc', 'ARC-Easy'))
+  shutil.copy(world['gz_jsonl'], os.path.join(base, 'mixed', 'arc', 'ARC-Easy'))
+  os.makedirs(os.path.join(base, 'mixed', 'arc', 'ARC-Challenge', 'ARC-Challenge-Test.jsonl'))
+  tasks, skipped = eval_command.build_tasks(_eval_args(
+      '--suite', 'knowledge', '--data_dir', os.path.join(base, 'mixed'), '--skip_missing',
+      '--tasks', 'mmlu,arc_easy,arc_challenge', '--shots', 'mmlu=0,arc_easy=0,arc_challenge=0'))
+  assert [t.name for t in tasks] == ['mmlu']
+  assert 'not UTF-8 text' in skipped['knowledge']['arc_easy']
+  assert 'is a directory' in skipped['knowledge']['arc_challenge']
+
+
+def test_glob_characters_in_data_dirs_are_names(world):
+  """A release under a folder named like a glob pattern (d2[1]) is found as it is named."""
+  from flmjax.commands import eval as eval_command
+  root = os.path.join(world['base'], 'd2[1]')
+  os.makedirs(os.path.join(root, 'mmlu', 'test'))
+  with open(os.path.join(root, 'mmlu', 'test', 'anatomy_test.csv'), 'w') as f:
+    f.write('What is 1?,a,b,c,d,A\n')
+  with open(os.path.join(root, 'qa1_single-supporting-fact_test.txt'), 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora?\tcellar\t1\n')
+  tasks, skipped = eval_command.build_tasks(_eval_args(
+      '--suite', 'all', '--data_dir', root, '--babi_dir', root, '--tasks',
+      'mmlu,single_supporting_fact', '--shots', 'mmlu=0,single_supporting_fact=0'))
+  assert sorted(t.name for t in tasks) == ['mmlu', 'single_supporting_fact'], skipped
+  assert tasks[0].source.startswith(root) or tasks[1].source.startswith(root)
+
+
+def test_a_step_without_meta_is_named_when_skipped_and_read_only_loads_are_quiet(world, capfd):
+  """A reader passes over a step dir without meta/ (not complete) and says so; orbax's notes
+  that a reader's manager is read-only are not printed."""
+  ckpt = os.path.join(world['base'], 'no-meta')
+  shutil.copytree(world['ckpt'], ckpt)
+  shutil.rmtree(os.path.join(ckpt, 'stage_0', '2', 'meta'))
+  assert cli.main(['sample', '--checkpoint', ckpt, '--prompt_ids', '1', '--max_new_tokens',
+                   '1']) == 0
+  err = capfd.readouterr().err
+  assert (f'note: step 2 skipped ({ckpt}/stage_0/2 has no meta/, so it is not a complete '
+          f'checkpoint); reading step 1') in err, err
+  assert 'read only' not in err and 'read_only' not in err, err
+
+
+def test_babi_report_says_its_items_are_a_seeded_sample(tmp_path):
+  from flmjax.evaluation import iq_interference
+  with open(tmp_path / 'qa1_single-supporting-fact_test.txt', 'w') as f:
+    f.write('1 Nora went to the cellar.\n2 Where is Nora?\tcellar\t1\n'
+            '3 Nora went to the attic.\n4 Where is Nora?\tattic\t3\n')
+  task = iq_interference.babi_task('single_supporting_fact', str(tmp_path), n_items=1, seed=3,
+                                   k_shot=0)
+  assert task.notes == ("a seeded random sample (seed 3) of 1 of the test file's 2 questions "
+                        '(--n_items, --limit)',)
+
+
+_EXHAUSTED = ('RESOURCE_EXHAUSTED: Error writing "grow_step/0" in OCDBT database at local file '
+              '"/w/stage_0/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
+              'Failed writing: "/w/stage_0/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+              'ocdbt.process_0/d/9ce5ec62e6c')  # cut mid-path, as the reported message was
+
+
+class _ExhaustedLater:
+  """A commit future of orbax's background write failing as TensorStore reports a full disk."""
+
+  def result(self, timeout=None):
+    raise ValueError(_EXHAUSTED)
+
+  def cancel(self):
+    pass
+
+
+def _fill_disk_at_step_2(monkeypatch):
+  """A fault-injected writer (no tmpfs needed): step 2's array write fails with a full disk."""
+  import re
+  from orbax.checkpoint._src.handlers.base_pytree_checkpoint_handler import \
+      BasePyTreeCheckpointHandler as Handler
+  orig = Handler.async_save
+
+  async def fills_the_disk(self, directory, *a, **k):
+    futures = await orig(self, directory, *a, **k)
+    if re.search(r'/2(\.orbax[^/]*)?/state', str(directory)):
+      futures = list(futures or []) + [_ExhaustedLater()]
+    return futures
+  monkeypatch.setattr(Handler, 'async_save', fills_the_disk)
+
+
+def test_full_disk_during_a_save_is_the_checkpoint_line_alone(world, monkeypatch, capfd):
+  """TensorStore's RESOURCE_EXHAUSTED is a full disk: one line naming the step, the complete
+  steps kept and 'No space left on device'; orbax's per-thread ERROR records and tracebacks
+  are not printed; --debug raises with the details."""
+  _fill_disk_at_step_2(monkeypatch)
+  workdir = os.path.join(world['base'], 'full-disk')
+  argv = ['train', '--config', world['tiny_exp'], '--workdir', workdir,
+          '--config.train.ckpt_every=1']
+  assert cli.main(argv) == 1
+  err = capfd.readouterr().err
+  ours = [l for l in err.splitlines() if l.strip() and not l.startswith('stage ')]
+  assert len(ours) == 1, err
+  assert ours[0].startswith(f'flmjax train: saving checkpoint step 2 in {workdir}/stage_0 '
+                            'failed: No space left on device. Earlier checkpoints are kept '
+                            '(complete steps here: [1])'), ours[0]
+  assert 'Traceback' not in err and 'RESOURCE_EXHAUSTED' not in err, err
+  shutil.rmtree(workdir)
+  with pytest.raises(checkpoint.CheckpointError, match='No space left on device') as e:
+    cli.main(argv + ['--debug'])
+  assert _EXHAUSTED in repr(e.value.__cause__) or _EXHAUSTED in str(e.value.__context__)
+
+
+def test_closing_after_a_failed_save_keeps_the_checkpoint_error(tmp_path, monkeypatch):
+  """orbax's close re-raises the failed save's OSError; from `close`'s finally it used to replace
+  the CheckpointError naming the step (a bare 'OSError: No space left on device')."""
+  ckptr = checkpoint.StageCheckpointer(str(tmp_path / 'stage_0'))
+  def full(*a, **k):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ckptr.mngr, 'wait_until_finished', full)
+  monkeypatch.setattr(ckptr.mngr, 'close', full)
+  ckptr._unmanifested = [1]  # a save of step 1 in flight
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'saving checkpoint step 1 .* failed: No space left on device'):
+    ckptr.close()
+  assert checkpoint.is_disk_full(ValueError(_EXHAUSTED))
+  assert not checkpoint.is_disk_full(ValueError('INVALID_ARGUMENT: bad shape'))
+
+
+@pytest.mark.slow
+def test_real_full_disk_before_the_first_checkpoint_is_one_line(world, tmp_path):
+  """`flmjax train` on a 300 KiB tmpfs (when the tests may mount one): the first checkpoint
+  cannot be written; stderr holds the checkpoint line and nothing else (no orbax records, no
+  tracebacks from its threads at exit)."""
+  from conftest import subprocess_env
+  from test_faults import _mount_tmpfs
+  disk = str(tmp_path / 'disk')
+  _mount_tmpfs(disk, '300k')
+  try:
+    r = subprocess.run([sys.executable, '-m', 'flmjax.cli', 'train', '--config', world['tiny_exp'],
+                        '--workdir', os.path.join(disk, 'w'), '--config.train.ckpt_every=1',
+                        '--config.faults.min_free_bytes=0'],
+                       capture_output=True, text=True, timeout=300, env=subprocess_env(1))
+  finally:
+    subprocess.run(['umount', '-l', disk], capture_output=True)
+  lines = [l for l in r.stderr.replace('\r', '\n').splitlines()
+           if l.strip() and not l.startswith('stage ')]
+  assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+  assert ('saving checkpoint step 1' in lines[0] and 'failed: No space left on device' in lines[0]
+          and '(complete steps here: none)' in lines[0]), lines[0]

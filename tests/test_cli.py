@@ -106,3 +106,23 @@ def test_cpu_command_prints_no_libtpu_lines(tmp_path):
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [
       'flmjax train: config error: optim.lr must be > 0, got -1.0'], proc.stderr
+
+
+def test_readme_what_next_commands_run_in_a_new_shell_and_parse():
+  """Every command of README's "What next" is written `.venv/bin/flmjax ...` (a new shell has no
+  `flmjax` on PATH) and its flags parse (a bare `flmjax mup-check` exits 2: --config needed)."""
+  import re
+  import shlex
+  text = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+  section = text[text.index('## What next'):text.index('`.venv/bin/flmjax --help`')]
+  commands = re.findall(r'`((?:\.venv/bin/)?flmjax [^`]*)`', section)
+  assert len(commands) >= 8, commands
+  for command in commands:
+    assert command.startswith('.venv/bin/flmjax '), command
+    argv = shlex.split(command)[1:]
+    overrides, others = cli.split_overrides(argv)
+    parser = cli.build_parser(cli._command_name(others))
+    try:
+      parser.parse_args(others)
+    except SystemExit as e:
+      pytest.fail(f'README command does not parse ({e.code}): {command}')

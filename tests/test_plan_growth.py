@@ -249,7 +249,7 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
   chain = 'stack2>stack2@0.25>0.5:lr2'  # two growths, the LR after them at 2x the peak
   argv = ['plan-growth', '--config', exp, '--budget_flops', str(budget), '--workdir', str(work),
           '--candidates', f'msg@0.25,msg@0.5,{chain}', '--lag', '0.125', '--lr_after', '2']
-  assert cli.main([*argv, '--dry_run']) == 0 and not os.listdir(work)  # trains nothing
+  assert cli.main([*argv, '--dry_run']) == 0 and not os.path.exists(work)  # writes nothing
   assert cli.main(argv) == 0
   with open(work / 'plan.json') as f:
     result = json.load(f)
@@ -339,7 +339,8 @@ def test_dry_run_prints_cost_and_pod_days_and_refuses_a_one_stage_experiment(tmp
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
   assert 'stack4@0.125' in out and '% of the full sweep (20 runs' in out and 'days' in out
-  assert not os.listdir(tmp_path / 'w')
+  assert 'dry run: nothing was trained and nothing written' in out
+  assert not os.path.exists(tmp_path / 'w')  # not even an empty workdir
   assert cli.main(['plan-growth', '--config', os.path.join(ROOT, 'experiments', 'tiny_scratch.py'),
                    '--workdir', str(tmp_path / 'w')]) == 2
   assert 'two stages' in capsys.readouterr().err

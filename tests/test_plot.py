@@ -31,7 +31,7 @@ def test_growth_events_and_series(tmp_path):
   rows = _run([0, 1, 2])
   events = plot.growth_events(rows)
   assert [e[2] for e in events] == [1, 2]
-  assert [e[1] for e in events] == [5000.0, 9000.0]
+  assert [e[1] for e in events] == [4000.0, 8000.0]  # at the growth step: the old stage's last
   series = plot.val_series(rows)
   assert set(series) == {'val_loss_en', 'val_loss_zh'} and len(series['val_loss_en']) == 6
 
@@ -62,3 +62,15 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path):
 def test_missing_workdir_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no metrics file'):
     plot.read_metrics(str(tmp_path / 'nope'))
+
+
+def test_growth_is_marked_at_the_growth_step_not_the_next_logged_record(tmp_path):
+  """log_every=10, growth at step 25 (the old stage's last step is always logged), the new
+  stage's first regular record at step 30; the grown model's `after_growth` evaluation at 25."""
+  rows = [{'step': s, 'stage': 0, 'tokens': s * 100, 'flops': s * 1e9, 'val_loss_en': 3.0}
+          for s in (10, 20, 25)]
+  rows += [{'step': 25, 'stage': 1, 'tokens': 2500, 'flops': 25e9, 'after_growth': 1.0,
+            'val_loss_en': 3.0},
+           {'step': 30, 'stage': 1, 'tokens': 3000, 'flops': 30e9, 'val_loss_en': 2.9}]
+  assert plot.growth_events(rows) == [(25e9, 2500.0, 1)]
+  assert plot.growth_events([r for r in rows if not r.get('after_growth')]) == [(25e9, 2500.0, 1)]

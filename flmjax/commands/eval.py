@@ -97,7 +97,8 @@ def _parse_shots(spec: str) -> dict[str, int]:
   for part in filter(None, (p.strip() for p in spec.split(','))):
     name, _, k = part.partition('=')
     if not k.strip().isdigit():
-      raise ValueError(f'--shots: expected task=k, got {part!r}')
+      raise ValueError(f'--shots: expected task=k with an integer k >= 0 (the number of '
+                       f'examples before each item), got {part!r}')
     out[name.strip()] = int(k)
   return out
 
@@ -268,6 +269,9 @@ def eval_main(args: argparse.Namespace) -> int:
   print(report.format_table(results, skipped, limit=args.limit, seed=args.seed, failed=failed))
   if args.output:
     print(f'report written to {args.output}', file=sys.stderr)
+  else:  # nothing is written anywhere by default
+    print('note: the table above is the only report: pass --output R.json to keep the JSON '
+          'report (per-item scores, sources, notes)', file=sys.stderr)
   named = set(filter(None, (x.strip() for x in args.tasks.split(','))))
   not_run = sorted(n for reasons in skipped.values() for n in reasons if n in named)
   if failed or not_run:

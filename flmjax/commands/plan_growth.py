@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
   if any(m <= 0 for m in lr_after):
     raise ConfigError(f'--lr_after: expected multiples of the peak LR > 0, got {args.lr_after!r}')
   shard = parse_shard(args.shard)
-  os.makedirs(args.workdir, exist_ok=True)
+  if not args.dry_run:  # a dry run writes nothing, not even an empty workdir
+    os.makedirs(args.workdir, exist_ok=True)
   result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
                        dry_run=args.dry_run, sweep_runs=args.sweep_runs, lr_after=lr_after,
                        log=lambda m: print(m, flush=True))
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
           f"the probes: {result['probe_cost_flops'] * rate[0] / 86400:.2f} days", flush=True)
   print(gp.format_table(result, days), flush=True)
   if args.dry_run:
+    print(f'plan-growth: dry run: nothing was trained and nothing written ({args.workdir} is '
+          f'untouched); drop --dry_run to train the probes and rank the candidates', flush=True)
     return 0
   if result['waiting']:
     print(f"plan-growth: waiting for the run they branch from: {', '.join(result['waiting'])}; "

@@ -74,6 +74,13 @@ def sample_main(args: argparse.Namespace) -> int:
   prompts = [list(vocab.encode(p)) for p in args.prompt]
   outs = generate(params, cfg, prompts, args.max_new_tokens, temperature=args.temperature,
                   top_p=args.top_p, seed=args.seed, eos_id=vocab.eos_id)
-  for prompt, out in zip(args.prompt, outs):
-    print(f'{prompt}{vocab.decode(out)}')
+  print(format_samples([f'{p}{vocab.decode(out)}' for p, out in zip(args.prompt, outs)]))
   return 0
+
+
+SEPARATOR = '-' * 40
+
+
+def format_samples(texts: list[str]) -> str:
+  """One text as it is; several separated by a line of dashes, or they would run together."""
+  return f'\n{SEPARATOR}\n'.join(texts)

@@ -37,6 +37,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+  if not args.workdir.strip():
+    from flmjax.config import ConfigError
+    raise ConfigError(f'--workdir {args.workdir!r} is empty; give the directory for checkpoints '
+                      f'and metrics')
   init_distributed(args)
   from flmjax import experiment
   from flmjax.training.loop import train

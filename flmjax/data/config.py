@@ -210,6 +210,9 @@ def validate_data_config(cfg: Any) -> ml_collections.ConfigDict:
     err('instruct_rate', '+ data.teacher_rate must be < 1')
   boolean('prompt_loss')
   number('validation_fraction', 0, 0.5)
+  if merged['validation_fraction'] == 0:  # the validation split would be empty: found only
+    err('validation_fraction', 'must be > 0 (the held-out split is what train.eval_every and '
+        'the final evaluation read)')  # minutes later, after the corpus is tokenized
   integer('eval_batches', 1)
   string('cache_dir')
   boolean('strict')

@@ -171,8 +171,13 @@ def expand_globs(patterns: Sequence[str], what: str) -> list[str]:
   """Sorted files matching the globs; a glob matching nothing or an empty file is an error."""
   files = []
   for pattern in patterns:
-    found = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                   if os.path.isfile(p))
+    matched = glob.glob(os.path.expanduser(pattern), recursive=True)
+    special = [p for p in matched if os.path.exists(p) and not os.path.isfile(p)
+               and not os.path.isdir(p)]
+    if special:  # a FIFO or /dev/zero: it exists, so "matches no file" would mislead
+      raise DataError(f'{what}: {special[0]} is not a regular file (a FIFO, socket or device); '
+                      f'data files are read more than once and must be regular files')
+    found = sorted(p for p in matched if os.path.isfile(p))
     if not found:
       raise DataError(f'{what}: glob {pattern!r} matches no file')
     for p in found:
@@ -192,8 +197,14 @@ def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int,
   first_bad = None
   with open(path, 'rb') as f:
     for i, raw in enumerate(f, start=1):
+      if i == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')) and b'\x00' in raw:  # BOM + NULs
+        raise DataError(f'{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); data files must '
+                        f'be UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8')
       try:
         line = raw.decode('utf-8')
+        if '\x00' in line:  # valid UTF-8, but UTF-16 without a mark or binary, not text
+          raise UnicodeDecodeError('utf-8', raw, raw.index(b'\x00'), raw.index(b'\x00') + 1,
+                                   'NUL byte: UTF-16 or binary, not UTF-8 text')
       except UnicodeDecodeError as e:
         where = f'{path}:{i}'
         if strict:

@@ -127,9 +127,15 @@ def load_stores(cfg: Any, split: str,
   if not os.path.isfile(path):
     stats = ReadStats()
     t0 = time.time()
+    vocab.progress(f'building the {split} token cache (first run only; {path}): reading the '
+                   f'corpus ...')
     examples = source_examples(cfg, split, sources, stats)
     encode, eos_id = vocab.batch_encoder(cfg)
-    stores = {s: tokenize(encode, examples[s], cfg.tokenize_threads, eos_id) for s in sources}
+    stores = {}
+    for i, s in enumerate(sources, start=1):
+      vocab.progress(f'tokenizing {split} source {i}/{len(sources)} {s!r}: '
+                     f'{len(examples[s])} documents ...')
+      stores[s] = tokenize(encode, examples[s], cfg.tokenize_threads, eos_id)
     meta = {'key': key, 'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
             'build_seconds': time.time() - t0}
     arrays = {f'{s}.{f}': getattr(st, f) for s, st in stores.items() for f in Store._fields}
@@ -137,6 +143,7 @@ def load_stores(cfg: Any, split: str,
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     vocab.atomic_write(path, buf.getvalue())
+    vocab.progress(f'{split} token cache built in {time.time() - t0:.0f} s')
   with np.load(path) as z:
     meta = json.loads(z['meta'].tobytes().decode())
     stores = {s: Store(*(z[f'{s}.{f}'] for f in Store._fields)) for s in sources}

@@ -17,7 +17,9 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
+import time
 from typing import Any, Callable, Sequence
 
 import sentencepiece as spm
@@ -77,6 +79,12 @@ def _training_lines(cfg: Any) -> list[str]:
   if not out:
     raise DataError('data.vocab: the configured corpus has no text to train a vocabulary on')
   return out
+
+
+def progress(message: str) -> None:
+  """A line on stderr while a cache is built once (vocabulary, token stores): without it a first
+  run is silent for minutes before its first training step."""
+  print(f'data: {message}', file=sys.stderr, flush=True)
 
 
 def train_model_bytes(cfg: Any) -> bytes:
@@ -160,8 +168,12 @@ def vocabulary_path(cfg: Any) -> str:
     check_special_tokens(cfg.vocab.model_file)
     return cfg.vocab.model_file
   path = os.path.join(cache_root(cfg), 'vocab', vocab_key(cfg), 'spm.model')
-  if not os.path.isfile(path):
+  if not os.path.isfile(path):  # minutes on the full corpus: say what the wait is for
+    t0 = time.time()
+    progress(f'training the {cfg.vocab.size}-piece SentencePiece vocabulary (first run only; '
+             f'cached at {path}) ...')
     atomic_write(path, train_model_bytes(cfg))
+    progress(f'vocabulary trained in {time.time() - t0:.0f} s')
   check_special_tokens(path)
   return path
 

@@ -27,7 +27,8 @@ import string
 from typing import Optional
 
 from flmjax.evaluation import words
-from flmjax.evaluation.tasks import EvalDataError, Item, Task, format_shots, sample_limit
+from flmjax.evaluation.tasks import (EvalDataError, Item, Task, format_shots, sample_limit,
+                                     text_lines)
 
 CATEGORY = 'anti_interference'
 TASKS = ('multiple_key_retrieval', 'single_supporting_fact', 'two_supporting_facts')
@@ -175,28 +176,31 @@ def parse_babi_stories(path: str) -> list[tuple[int, str, str]]:
   out: list[tuple[int, str, str]] = []
   story: list[str] = []
   last, n_story = 0, -1
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{lineno}: {CATEGORY} (bAbI)'
-      num, _, text = line.strip().partition(' ')
-      if not num.isdigit():
-        raise EvalDataError(f'{where}: expected a line number, got {line.strip()[:40]!r}')
-      if int(num) == 1:
-        story, n_story = [], n_story + 1
-      elif int(num) != last + 1:
-        raise EvalDataError(f'{where}: line number {num} does not follow {last}')
-      last = int(num)
-      sep = '\t' if '\t' in text else '|' if '|' in text else None
-      if sep is None:
-        story.append(text.strip())
-        continue
-      fields = [x.strip() for x in text.split(sep)]
-      if len(fields) < 2 or not fields[0] or not fields[1]:
-        raise EvalDataError(f'{where}: a question line needs "question{sep!r}answer"')
-      question, answer = fields[0], fields[1]
-      out.append((n_story, f"{' '.join(story)}\nQuestion: {question}\nAnswer:", ' ' + answer))
+  for lineno, line in enumerate(text_lines(path, f'{CATEGORY} (bAbI)'), start=1):
+    if not line.strip():
+      continue
+    where = f'{path}:{lineno}: {CATEGORY} (bAbI)'
+    num, _, text = line.strip().partition(' ')
+    if not num.isdigit():
+      raise EvalDataError(f'{where}: expected a line number, got {line.strip()[:40]!r}')
+    if int(num) == 1:
+      story, n_story = [], n_story + 1
+    elif int(num) != last + 1:
+      raise EvalDataError(f'{where}: line number {num} does not follow {last}')
+    last = int(num)
+    sep = '\t' if '\t' in text else '|' if '|' in text else None
+    if sep is None and '?' in text:  # bAbI's story lines are statements, never questions
+      raise EvalDataError(f'{where}: a question without its answer (expected '
+                          f'"question<TAB>answer<TAB>supporting ids"); it would become story '
+                          f'text and leak into later questions')
+    if sep is None:
+      story.append(text.strip())
+      continue
+    fields = [x.strip() for x in text.split(sep)]
+    if len(fields) < 2 or not fields[0] or not fields[1]:
+      raise EvalDataError(f'{where}: a question line needs "question{sep!r}answer"')
+    question, answer = fields[0], fields[1]
+    out.append((n_story, f"{' '.join(story)}\nQuestion: {question}\nAnswer:", ' ' + answer))
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY} (bAbI): no question in the file')
   return out
@@ -213,8 +217,9 @@ def babi_search_paths(babi_dir: str, qa: str, split: str) -> list[str]:
 
 def find_babi_file(babi_dir: str, qa: str, split: str) -> Optional[str]:
   """The qaN file of a split under babi_dir, its en/ folder, or the release's folder layout."""
-  for pattern in babi_search_paths(babi_dir, qa, split):
-    found = sorted(glob.glob(pattern))
+  for sub in _BABI_SUBDIRS:  # the folder escaped: a babi_dir named d2[1] is a name, not a glob
+    found = sorted(glob.glob(os.path.join(glob.escape(os.path.join(babi_dir, sub)),
+                                          f'{qa}_*_{split}.txt')))
     if found:
       return found[0]
   return None
@@ -264,6 +269,9 @@ def babi_task(name: str, babi_dir: str, n_items: int = 300, seed: int = 0,
     def pick(story):
       pool = [(p, a) for s, p, a in test if s != story]
       return rng.sample(pool, min(k, len(pool)))
+  if len(questions) < len(test):
+    notes += (f'a seeded random sample (seed {seed}) of {len(questions)} of the test file\'s '
+              f'{len(test)} questions (--n_items, --limit)',)
   items = tuple(Item(prompt=format_shots(pick(story)) + p, answer=a) for story, p, a in questions)
   return Task(name=name, category=CATEGORY, items=items, k_shot=k,
               source=f'bAbI {BABI_TASKS[name]} release file {test_path}', paper_k=1,

@@ -41,7 +41,8 @@ import random
 import re
 from typing import Any, Optional, Sequence
 
-from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, sample_limit
+from flmjax.evaluation.tasks import (EvalDataError, Item, Task, read_json_lines, sample_limit,
+                                     text_lines)
 
 CATEGORY = 'knowledge'
 TASKS = ('mmlu', 'ceval', 'arc_easy', 'arc_challenge', 'hellaswag', 'truthfulqa_mc1',
@@ -106,6 +107,18 @@ def _err(task: str, msg: str) -> EvalDataError:
   return EvalDataError(f'{CATEGORY}/{task}: {msg}')
 
 
+def _need_file(task: str, path: str, shots: int = 0, split: str = 'train') -> None:
+  """A missing file (or a folder in its place) is an error naming it; for the file of k-shot
+  demonstrations (`split`) it also says how to run without one."""
+  if os.path.isfile(path):
+    return
+  what = 'is a directory, not the data file' if os.path.isdir(path) else 'is missing'
+  if shots:
+    raise _err(task, f'{shots}-shot needs the {split} file {path}, which {what} (or run '
+                     f'0-shot with --shots {task}=0)')
+  raise _err(task, f'missing {path}' if what == 'is missing' else f'{path} {what}')
+
+
 def _root(task: str, data_dir: Optional[str], names: Sequence[str], probe: str) -> str:
   """The first of data_dir/<name> holding `probe` (a path or glob); the error lists every path
   searched, so a release unpacked one folder too deep or too shallow is easy to place."""
@@ -114,7 +127,7 @@ def _root(task: str, data_dir: Optional[str], names: Sequence[str], probe: str) 
                      f'nothing is downloaded')
   tried = [os.path.join(data_dir, n, probe) for n in names]
   for n, path in zip(names, tried):
-    if glob.glob(path):
+    if glob.glob(os.path.join(glob.escape(os.path.join(data_dir, n)), probe)):  # D may hold [
       return os.path.join(data_dir, n)
   raise _err(task, f'data not found under {data_dir!r}; looked for {", ".join(tried)}')
 
@@ -150,35 +163,34 @@ def _csv_rows(task: str, path: str, header: bool) -> list[tuple[str, dict[str, s
   as A-D or choice0..choice3; other columns, such as an index or the subject, are ignored).
   """
   out = []
-  with open(path, encoding='utf-8-sig', newline='') as f:
-    reader = csv.reader(f)
-    cols = None
-    for row in reader:
-      where = f'{path}:{reader.line_num}: {CATEGORY}/{task}'
-      if not row or not any(c.strip() for c in row):
-        continue
-      if cols is None and not out and (header or _is_header(row)):
-        cols = [_COLUMN_ALIASES.get(c.strip().lower(), c.strip()) for c in row]
-        missing = [c for c in _MC_COLUMNS if c not in cols]
-        if missing:
-          raise EvalDataError(f'{where}: header lacks column(s) {missing} (has {row}); expected '
-                              f'{",".join(_MC_COLUMNS)} or question,choice0..choice3,answer')
-        continue
-      if cols is not None:
-        if len(row) != len(cols):
-          raise EvalDataError(f'{where}: {len(row)} fields, header has {len(cols)}')
-        rec = dict(zip(cols, row))
-      else:
-        if len(row) != 6:
-          raise EvalDataError(f'{where}: expected 6 fields (question,A,B,C,D,answer), got '
-                              f'{len(row)}')
-        rec = dict(zip(_MC_COLUMNS, row))
-      letter = _answer_letter(rec['answer'])
-      if letter is None:
-        raise EvalDataError(f'{where}: answer {rec["answer"]!r} is not one of A, B, C, D '
-                            f'(or 0-3)')
-      rec['answer'] = letter
-      out.append((where, rec))
+  reader = csv.reader(text_lines(path, f'{CATEGORY}/{task}'))
+  cols = None
+  for row in reader:
+    where = f'{path}:{reader.line_num}: {CATEGORY}/{task}'
+    if not row or not any(c.strip() for c in row):
+      continue
+    if cols is None and not out and (header or _is_header(row)):
+      cols = [_COLUMN_ALIASES.get(c.strip().lower(), c.strip()) for c in row]
+      missing = [c for c in _MC_COLUMNS if c not in cols]
+      if missing:
+        raise EvalDataError(f'{where}: header lacks column(s) {missing} (has {row}); expected '
+                            f'{",".join(_MC_COLUMNS)} or question,choice0..choice3,answer')
+      continue
+    if cols is not None:
+      if len(row) != len(cols):
+        raise EvalDataError(f'{where}: {len(row)} fields, header has {len(cols)}')
+      rec = dict(zip(cols, row))
+    else:
+      if len(row) != 6:
+        raise EvalDataError(f'{where}: expected 6 fields (question,A,B,C,D,answer), got '
+                            f'{len(row)}')
+      rec = dict(zip(_MC_COLUMNS, row))
+    letter = _answer_letter(rec['answer'])
+    if letter is None:
+      raise EvalDataError(f'{where}: answer {rec["answer"]!r} is not one of A, B, C, D '
+                          f'(or 0-3)')
+    rec['answer'] = letter
+    out.append((where, rec))
   if not out:
     raise EvalDataError(f'{path}: {CATEGORY}/{task}: no question in the file')
   return out
@@ -204,11 +216,10 @@ def _ceval_mapping(task: str, root: str) -> Optional[dict[str, Any]]:
   mpath = os.path.join(root, 'subject_mapping.json')
   if not os.path.isfile(mpath):
     return None
-  with open(mpath, encoding='utf-8') as f:
-    try:
-      mapping = json.load(f)
-    except ValueError as e:
-      raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: invalid JSON ({e})') from None
+  try:
+    mapping = json.loads(''.join(text_lines(mpath, f'{CATEGORY}/{task}')))
+  except json.JSONDecodeError as e:
+    raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: invalid JSON ({e})') from None
   if not isinstance(mapping, dict):
     raise EvalDataError(f'{mpath}: {CATEGORY}/{task}: expected an object subject -> [en, zh, '
                         f'category]')
@@ -231,7 +242,8 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
   names = (('ceval', 'ceval-exam', 'ceval/ceval-exam', 'C-Eval') if zh
            else ('mmlu', 'MMLU', 'mmlu/data'))
   root = _root(task, data_dir, names, os.path.join(eval_split, f'*_{eval_split}.csv'))
-  files = sorted(glob.glob(os.path.join(root, eval_split, f'*_{eval_split}.csv')))
+  files = sorted(glob.glob(os.path.join(glob.escape(os.path.join(root, eval_split)),
+                                      f'*_{eval_split}.csv')))
   mapping = None
   if zh:  # subject_mapping.json ships beside the exam folder in C-Eval's repository
     mapping = _ceval_mapping(task, root) or _ceval_mapping(task, os.path.dirname(root))
@@ -242,8 +254,7 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
     shots = []
     if k:
       dev = os.path.join(root, 'dev', f'{subject}_dev.csv')
-      if not os.path.isfile(dev):
-        raise _err(task, f'{k}-shot needs the dev file {dev}, which is missing')
+      _need_file(task, dev, k, 'dev')
       shots = [r for _, r in _csv_rows(task, dev, header=zh)[:k]]
     if zh:
       group, name = _ceval_subject(subject, mapping)
@@ -283,8 +294,7 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     answerKey; a Hugging Face export (question text, choices {text: [...], label: [...]}) too.
     Text is kept exactly, whitespace included, as the harness's 'Question: {{question}}'."""
     path = os.path.join(root, f'ARC-{part}', f'ARC-{part}-{split}.jsonl')
-    if not os.path.isfile(path):
-      raise _err(task, f'missing {path}')
+    _need_file(task, path, k if split == 'Train' else 0)
     out = []
     for rec in _jsonl(task, path, ('question', 'answerKey')):
       q = rec['question']
@@ -331,8 +341,7 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
 
   def read(split: str):
     path = os.path.join(root, f'hellaswag_{split}.jsonl')
-    if not os.path.isfile(path):
-      raise _err(task, f'missing {path}')
+    _need_file(task, path, k if split == 'train' else 0)
     out = []
     for rec in _jsonl(task, path, ('ctx_a', 'ctx_b', 'activity_label', 'endings', 'label')):
       endings, label = rec['endings'], rec['label']
@@ -394,14 +403,12 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
   root = _root(task, data_dir, ('truthfulqa', 'TruthfulQA', 'truthfulqa/data', 'TruthfulQA/data'),
                'mc_task.json')
   path = os.path.join(root, 'mc_task.json')
-  if not os.path.isfile(path):
-    raise _err(task, f'missing {path}')
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except ValueError as e:
-      raise EvalDataError(f'{path}: line {e.lineno}: {CATEGORY}/{task}: invalid JSON '
-                          f'({e.msg})') from None
+  _need_file(task, path)
+  try:
+    data = json.loads(''.join(text_lines(path, f'{CATEGORY}/{task}')))
+  except json.JSONDecodeError as e:
+    raise EvalDataError(f'{path}: line {e.lineno}: {CATEGORY}/{task}: invalid JSON '
+                        f'({e.msg})') from None
   if not isinstance(data, list):
     raise EvalDataError(f'{path}: {CATEGORY}/{task}: expected a JSON list of questions')
   key = 'mc1_targets' if task == 'truthfulqa_mc1' else 'mc2_targets'

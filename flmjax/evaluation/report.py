@@ -148,9 +148,10 @@ def cut_warning(result: TaskResult, max_len: int) -> Optional[str]:
   fixes = ['a model with a longer context']
   if result.k_shot > result.min_k:
     base = result.name.split('.')[0]
-    fewer = (f'{result.min_k}' if result.k_shot - 1 == result.min_k
-             else f'{result.min_k}..{result.k_shot - 1}')
-    fixes.append(f'fewer shots (--shots {base}=k with k in {fewer})')
+    if result.k_shot - 1 == result.min_k:  # one value left: name it, not "k in 0"
+      fixes.append(f'fewer shots (--shots {base}={result.min_k})')
+    else:
+      fixes.append(f'fewer shots (--shots {base}=k with k in {result.min_k}..{result.k_shot - 1})')
   return (f'{result.name}: context {max_len} tokens: {result.cut_summary()}; the row is marked '
           f'not comparable and left out of averages and the paper comparison. Use '
           f'{" or ".join(fixes)}.')
@@ -304,10 +305,8 @@ def _skip_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
 def _footer(results: Sequence[TaskResult], ref: dict[str, Any], limit: Optional[int],
             seed: int) -> list[str]:
   lines = []
-  over = [f'{r.name} {r.over_length}/{r.n}' for r in results if r.over_length]
-  if over:
-    lines.append('over: prompts longer than the model context, their beginning cut off: '
-                 + ', '.join(over))
+  # the `over` column counts cut prompts; what was cut is said once per row (and once on stderr
+  # while the task ran), not again in an 'over:' line
   lines += [f'not comparable: {r.name}: {r.cut_summary()}' for r in results if not r.comparable]
   lines += [f'{r.name}: no reference numbers: {r.comparison()}' for r in results
             if r.comparable and r.comparison() and task_reference(r.name, ref)[1]]

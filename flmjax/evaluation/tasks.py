@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from typing import Iterator, Sequence, TypeVar
 
@@ -85,24 +86,44 @@ def format_shots(shots: Sequence[tuple[str, str]], sep: str = '\n\n') -> str:
   return ''.join(p + a + sep for p, a in shots)
 
 
+def text_lines(path: str, label: str) -> list[str]:
+  """The lines of a UTF-8 text file (line ends kept, a leading BOM dropped), for every reader of
+  release files: bytes that are not UTF-8 (a Latin-1 CSV, a gzip saved as .jsonl), a directory or
+  a special file are an EvalDataError naming file, line and task — skippable with --skip_missing
+  — instead of a bare decode error or an OSError naming neither."""
+  if os.path.isdir(path):
+    raise EvalDataError(f'{path}: {label}: is a directory, expected a data file')
+  if os.path.exists(path) and not os.path.isfile(path):
+    raise EvalDataError(f'{path}: {label}: not a regular file (a FIFO or device?)')
+  lines = []
+  with open(path, 'rb') as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        lines.append(raw.decode('utf-8-sig' if lineno == 1 else 'utf-8'))
+      except UnicodeDecodeError as e:
+        raise EvalDataError(f'{path}:{lineno}: {label}: not UTF-8 text (byte '
+                            f'{raw[e.start:e.start + 1].hex()} at column {e.start + 1}); '
+                            f'release files are UTF-8') from None
+  return lines
+
+
 def read_json_lines(path: str, label: str, fields: Sequence[str]
                     ) -> Iterator[tuple[str, dict]]:
   """(where, record) for each non-blank line of a JSON-lines file, `where` = 'file:line: label'.
 
   A line that is not a JSON object, or lacks one of `fields`, is an error naming file and line.
   """
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{lineno}: {label}'
-      try:
-        rec = json.loads(line)
-      except ValueError as e:
-        raise EvalDataError(f'{where}: invalid JSON ({e})') from None
-      if not isinstance(rec, dict):
-        raise EvalDataError(f'{where}: expected a JSON object, got {type(rec).__name__}')
-      missing = [k for k in fields if k not in rec]
-      if missing:
-        raise EvalDataError(f'{where}: missing field(s) {missing} (has {sorted(rec)})')
-      yield where, rec
+  for lineno, line in enumerate(text_lines(path, label), start=1):
+    if not line.strip():
+      continue
+    where = f'{path}:{lineno}: {label}'
+    try:
+      rec = json.loads(line)
+    except ValueError as e:
+      raise EvalDataError(f'{where}: invalid JSON ({e})') from None
+    if not isinstance(rec, dict):
+      raise EvalDataError(f'{where}: expected a JSON object, got {type(rec).__name__}')
+    missing = [k for k in fields if k not in rec]
+    if missing:
+      raise EvalDataError(f'{where}: missing field(s) {missing} (has {sorted(rec)})')
+    yield where, rec

@@ -55,6 +55,8 @@ def validate_faults_config(f: Any) -> Any:
   for k in ('max_bad_steps', 'spike_window', 'spike_min_steps', 'max_rollbacks'):
     if f[k] < 0:
       raise ConfigError(f'faults.{k} must be >= 0, got {f[k]!r}')
+  if f.spike_window < 1:  # a mean over no loss: the spike check would compare with nothing
+    raise ConfigError(f'faults.spike_window must be >= 1, got {f.spike_window!r}')
   if f.spike_factor != 0 and f.spike_factor <= 1:
     raise ConfigError(f'faults.spike_factor must be 0 (off) or > 1, got {f.spike_factor!r}')
   if not 0 < f.rollback_lr_factor <= 1:

@@ -36,10 +36,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              f"{r['wall_time_s']:.1f}"] + [f"{r['val_loss'].get(k, float('nan')):.4f}"
                                           for k in langs]
     lines.append('  '.join(f'{c:>12}' for c in cells))
-  lines.append(
-      f"growth FLOPs {summary['growth_flops']:.4g} vs final model from scratch on the same "
-      f"{summary['tokens']:.4g} tokens {summary['scratch_flops']:.4g}: "
-      f"{100 * summary['saved_fraction']:.1f}% saved")
+  if summary['saved_fraction'] > 1e-9:  # else the model never grew: there is nothing saved
+    lines.append(
+        f"growth FLOPs {summary['growth_flops']:.4g} vs final model from scratch on the same "
+        f"{summary['tokens']:.4g} tokens {summary['scratch_flops']:.4g}: "
+        f"{100 * summary['saved_fraction']:.1f}% saved")
+  else:
+    lines.append(f"FLOPs {summary['growth_flops']:.4g} on {summary['tokens']:.4g} tokens (no "
+                 f"growth: the model never changed size)")
   return '\n'.join(lines)
 
 
