@@ -37,11 +37,16 @@ def run_data(args: argparse.Namespace) -> int:
     raise DataError(f"data.source = {cfg.source!r}: only 'bilingual' data has a token store")
   if args.unit_mb < 1:
     raise DataError(f'--unit_mb must be >= 1, got {args.unit_mb}')
+  root_logger = logging.getLogger()
+  level = root_logger.level
+  root_logger.setLevel(logging.ERROR)   # Beam's import warns about GCP clients it does not need
   try:
     from flmjax.data import beam_build  # Beam is the optional extra flmjax[beam]
   except ImportError as e:
     raise DataError(f'flmjax data build needs Apache Beam (pip install -e ".[beam]"): {e}') \
         from None
+  finally:
+    root_logger.setLevel(level)
   beam_args = ['--runner', args.runner, *args.extra_args]
   if args.runner == 'DirectRunner':
     beam_args += ['--direct_num_workers', str(args.direct_num_workers),
