@@ -7,8 +7,8 @@ A store is a directory (any `etils.epath` path, so object storage works through 
   <split>/<source>/u00007.offsets.npy    int64 [n + 1]: doc i is tokens[offsets[i]:offsets[i+1]]
   <split>/<source>/u00007.prompt.npy     int32 [n]: leading tokens that carry no (LM) loss
 A source's documents are its shards' documents in unit order. `SourceReader` reads a document by
-seeking into its shard (no mmap, nothing of the corpus kept): a process holds the offsets of at
-most `_OPEN_SHARDS` shards and that many open files, whatever the corpus size.
+seeking into its shard's files (no mmap, nothing of the corpus kept): a process holds at most
+`_OPEN_SHARDS` shards' files open and a few thousand documents' offsets, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from flmjax.data.corpus import DataError
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
 SHARD_FILES = {'tokens': np.int32, 'offsets': np.int64, 'prompt': np.int32}
-_OPEN_SHARDS = 32
+_OPEN_SHARDS = 64
+_MEMO = 4096
 
 
 class Store(NamedTuple):
@@ -167,16 +168,16 @@ def _npy_data_offset(f: Any, path: epath.Path, dtype: Any) -> tuple[int, int]:
 
 
 class _OpenShard(NamedTuple):
-  offsets: np.ndarray
-  prompt: np.ndarray
-  tokens_file: Any
-  tokens_at: int
+  files: dict[str, tuple[Any, int]]   # kind -> (open file, byte offset of its data)
+  tokens: int
 
 
 class SourceReader:
   """One (split, source) of a store: the packer's document interface (num_docs, doc_len,
-  doc_prompt_len, doc_tokens) over its shards, opening a shard when a document of it is first
-  needed and keeping at most `_OPEN_SHARDS` open (least recently used closed first)."""
+  doc_prompt_len, doc_tokens) over its shards. A document costs three small reads (its two
+  offsets, its prompt length, its tokens) in files opened when first needed; at most
+  `_OPEN_SHARDS` shards stay open (least recently used closed first) and the last `_MEMO`
+  documents' offsets are remembered, so memory does not grow with the corpus."""
 
   def __init__(self, root: epath.Path, shards: list[Mapping[str, Any]]):
     self._root = root
@@ -185,72 +186,85 @@ class SourceReader:
     np.cumsum([s['docs'] for s in shards], out=self._first_doc[1:])
     self.num_tokens = int(sum(s['tokens'] for s in shards))
     self._open: collections.OrderedDict[int, _OpenShard] = collections.OrderedDict()
+    self._memo: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
 
   @property
   def num_docs(self) -> int:
     return int(self._first_doc[-1])
 
-  def _locate(self, d: int) -> tuple[_OpenShard, int]:
-    k = int(np.searchsorted(self._first_doc, d, side='right')) - 1
+  def _shard(self, k: int) -> _OpenShard:
     shard = self._open.get(k)
     if shard is None:
       shard = self._open_shard(k)
       self._open[k] = shard
       while len(self._open) > _OPEN_SHARDS:
-        self._open.popitem(last=False)[1].tokens_file.close()
+        for f, _ in self._open.popitem(last=False)[1].files.values():
+          f.close()
     else:
       self._open.move_to_end(k)
-    return shard, d - int(self._first_doc[k])
+    return shard
 
   def _open_shard(self, k: int) -> _OpenShard:
+    """Opens a shard's files, checking them against the manifest (presence, size, array
+    header); the full sha256 check is `verify_checksums`, run when a build reuses a store."""
     rec = self._shards[k]
-    name = rec['name']
-    small = {}
-    for kind in ('offsets', 'prompt'):
-      path = self._root / f'{name}.{kind}.npy'
-      data = self._read_checked(path, rec, kind)
-      if hashlib.sha256(data).hexdigest() != rec['files'][kind]['sha256']:
-        raise DataError(f'store {self._root}: shard file {name}.{kind}.npy is corrupt (sha256 '
-                        f'differs from the manifest); rebuild the store')
-      small[kind] = np.load(io.BytesIO(data), allow_pickle=False)
-    path = self._root / f'{name}.tokens.npy'
-    self._check_size(path, rec, 'tokens')
-    f = path.open('rb')
-    at, n = _npy_data_offset(f, path, np.int32)
-    if n != rec['tokens'] or len(small['offsets']) != rec['docs'] + 1 or \
-        int(small['offsets'][-1]) != n:
-      f.close()
-      raise DataError(f'store {self._root}: shard {name} does not match the manifest '
-                      f'({n} tokens, manifest {rec["tokens"]}); rebuild the store')
-    return _OpenShard(small['offsets'], small['prompt'], f, at)
+    files = {}
+    want = {'tokens': rec['tokens'], 'offsets': rec['docs'] + 1, 'prompt': rec['docs']}
+    for kind, dtype in SHARD_FILES.items():
+      path = self._root / f'{rec["name"]}.{kind}.npy'
+      if not path.exists():
+        raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is missing')
+      size = path.stat().length
+      if size != rec['files'][kind]['bytes']:
+        raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is corrupt '
+                        f'({size} bytes, the manifest says {rec["files"][kind]["bytes"]})')
+      f = path.open('rb')
+      at, n = _npy_data_offset(f, path, dtype)
+      if n != want[kind]:
+        f.close()
+        raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is corrupt '
+                        f'({n} entries, the manifest says {want[kind]})')
+      files[kind] = (f, at)
+    return _OpenShard(files, rec['tokens'])
 
-  def _check_size(self, path: epath.Path, rec: Mapping[str, Any], kind: str) -> None:
-    if not path.exists():
-      raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is missing')
-    size = path.stat().length
-    if size != rec['files'][kind]['bytes']:
-      raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is corrupt '
-                      f'({size} bytes, the manifest says {rec["files"][kind]["bytes"]})')
+  @staticmethod
+  def _read(shard: _OpenShard, kind: str, dtype: Any, first: int, count: int) -> np.ndarray:
+    f, at = shard.files[kind]
+    size = np.dtype(dtype).itemsize
+    f.seek(at + size * first)
+    return np.frombuffer(f.read(size * count), dtype)
 
-  def _read_checked(self, path: epath.Path, rec: Mapping[str, Any], kind: str) -> bytes:
-    self._check_size(path, rec, kind)
-    return path.read_bytes()
+  def _doc(self, d: int) -> tuple[_OpenShard, int, int]:
+    """(shard, start, end) of document d in its shard's tokens."""
+    hit = self._memo.get(d)
+    if hit is not None:
+      return self._shard(hit[0]), hit[1], hit[2]   # reopened if closed since
+    if not 0 <= d < self.num_docs:
+      raise IndexError(f'document {d} of {self.num_docs}')
+    k = int(np.searchsorted(self._first_doc, d, side='right')) - 1
+    shard = self._shard(k)
+    i = d - int(self._first_doc[k])
+    start, end = (int(x) for x in self._read(shard, 'offsets', np.int64, i, 2))
+    if not 0 <= start <= end <= shard.tokens:
+      raise DataError(f'store {self._root}: shard {self._shards[k]["name"]} is corrupt (document '
+                      f'{i} spans tokens {start}:{end} of {shard.tokens}); rebuild the store')
+    self._memo[d] = (k, start, end)
+    if len(self._memo) > _MEMO:
+      self._memo.popitem(last=False)
+    return shard, start, end
 
   def doc_len(self, d: int) -> int:
-    shard, i = self._locate(d)
-    return int(shard.offsets[i + 1] - shard.offsets[i])
+    _, start, end = self._doc(d)
+    return end - start
 
   def doc_prompt_len(self, d: int) -> int:
-    shard, i = self._locate(d)
-    return int(shard.prompt[i])
+    k = int(np.searchsorted(self._first_doc, d, side='right')) - 1
+    return int(self._read(self._shard(k), 'prompt', np.int32, d - int(self._first_doc[k]), 1)[0])
 
   def doc_tokens(self, d: int, lo: int, hi: int) -> np.ndarray:
-    shard, i = self._locate(d)
-    start = int(shard.offsets[i]) + lo
-    n = max(0, min(hi, int(shard.offsets[i + 1] - shard.offsets[i])) - lo)
-    shard.tokens_file.seek(shard.tokens_at + 4 * start)
-    data = shard.tokens_file.read(4 * n)
-    return np.frombuffer(data, np.int32)
+    shard, start, end = self._doc(d)
+    hi = min(hi, end - start)
+    return self._read(shard, 'tokens', np.int32, start + lo, max(0, hi - lo))
 
   def read_all(self) -> Store:
     """The whole source in memory (small stores, tests): not for training at scale."""
@@ -263,8 +277,10 @@ class SourceReader:
 
   def close(self) -> None:
     for shard in self._open.values():
-      shard.tokens_file.close()
+      for f, _ in shard.files.values():
+        f.close()
     self._open.clear()
+    self._memo.clear()
 
 
 def open_sources(root: epath.Path, manifest: Mapping[str, Any], split: str,
