@@ -269,3 +269,31 @@ def test_beam_build_with_two_workers_writes_the_in_process_shards(setup, tmp_pat
   a = json.loads(open(os.path.join(out, 'manifest.json')).read())
   b = json.loads(open(os.path.join(local, 'manifest.json')).read())
   assert a['key'] == b['key'] and a['splits'] == b['splits']
+
+
+def test_vocabulary_training_stops_at_sigterm_in_one_line(tmp_path):
+  """SentencePiece's C++ trainer ignores Python's handlers: it runs in a child, so SIGTERM during
+  `flmjax vocab` (or `train`'s first use) ends it at once, in one line."""
+  import signal   # noqa: PLC0415
+  import time   # noqa: PLC0415
+  files = write_corpus(str(tmp_path), n_docs=20000)
+  cfg = make_cfg(str(tmp_path), files, **{'vocab.size': 3000, 'vocab.max_sentences': 40000})
+  code = f'''
+import logging, ml_collections
+logging.basicConfig(level=logging.INFO)
+import flmjax.data as D
+D.train_vocabulary(ml_collections.ConfigDict({cfg.to_dict()!r}), {str(tmp_path / 'v')!r})
+'''
+  proc = subprocess.Popen([sys.executable, '-c', code], env=_env(), cwd=ROOT,
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if 'training SentencePiece' in line:
+      break
+  time.sleep(1.0)
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.stderr.read()
+  assert proc.wait(60) != 0, 'the trainer finished before the signal: make the corpus bigger'
+  assert time.time() - t0 < 10
+  assert 'stopped by signal 15 while training the vocabulary' in rest, rest[-2000:]
+  assert not (tmp_path / 'v' / 'spm.model').exists()

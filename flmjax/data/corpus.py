@@ -317,6 +317,11 @@ def tfds_documents(spec: Any, split: str, stats: ReadStats, what: str) -> Iterat
 
 def language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> list[Doc]:
   """Clean, chunked documents of one language and split ('train' or 'validation')."""
+  return list(iter_language_documents(cfg, lang, split, stats))
+
+
+def iter_language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> Iterator[Doc]:
+  """language_documents, one at a time (a pass over a corpus that does not fit in memory)."""
   spec = cfg[lang]
   what = f'data.{lang}'
   hashed = True
@@ -330,14 +335,14 @@ def language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> lis
       hashed = False
       tsplit = spec.tfds_train_split if split == 'train' else spec.tfds_validation_split
     raw = tfds_documents(spec, tsplit, stats, what)
-  out = []
+  n = 0
   for doc in raw:
-    if spec.max_documents and len(out) >= spec.max_documents:
+    if spec.max_documents and n >= spec.max_documents:
       break
     for doc_split, piece in split_chunks(cfg, doc, hashed):
       if doc_split in (split, None):
-        out.append(piece)
-  return out
+        n += 1
+        yield piece
 
 
 def split_chunks(cfg: Any, doc: Doc, hashed: bool = True) -> list[tuple[str | None, Doc]]:
