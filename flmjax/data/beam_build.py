@@ -38,7 +38,7 @@ class _BuildUnit(beam.DoFn):
     u = store_build.Unit(*unit)
     marker = store_build.build_unit(self._cfg, epath.Path(self._root), u, self._key,
                                     self._encoder)
-    yield sum(r['tokens'] for r in marker['shards'].values())
+    yield store_build.unit_tokens(marker)
 
 
 def beam_runner(beam_args: Sequence[str]) -> store_build.RunUnits:

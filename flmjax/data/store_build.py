@@ -1,10 +1,10 @@
 """Building the sharded token store (`flmjax.data.store`): read sources, tokenize, write shards.
 
 The work is cut into units: a `files` source into byte ranges of at most `unit_bytes` of text
-(lines that begin in the range), every other source (embedded text, TFDS, a `max_documents` cap,
-the instruction and teacher-signal tasks) into one unit. A unit reads its documents, splits them
-into train / validation by hash, tokenizes them with the experiment's vocabulary and writes one
-shard per split, then a marker `units/unit-NNNNN.json`; the manifest is assembled from the markers
+(lines that begin in the range), every other source (embedded text, TFDS, a `max_documents` cap)
+into one unit, and the instruction and teacher-signal tasks into one more. A unit reads its
+documents, splits them into train / validation by hash, tokenizes them with the experiment's
+vocabulary and writes one shard per split and source, then a marker `units/unit-NNNNN.json`; the manifest is assembled from the markers
 once every unit is done. The same `build_unit` runs in-process (`build_store` without a runner:
 the embedded default on first use) and inside Beam's workers (`flmjax.data.beam_build`), so a
 killed build of either kind resumes from its markers.
@@ -30,13 +30,14 @@ from flmjax.data.corpus import DataError, ReadStats
 SOURCES = ('en', 'zh', 'instruct', 'teacher')
 LM_SOURCES = ('en', 'zh')
 SPLITS = ('train', 'validation')
+TASKS = 'tasks'   # the unit of the instruction and teacher-signal sources (one read of en/zh)
 UNIT_BYTES = 64 << 20   # text per build unit: bounds a shard (~4 bytes of int32 per ~4 chars)
 log = logging.getLogger(__name__)
 
 
 class Unit(NamedTuple):
-  """One build unit: a source, and for a `files` source a file and a byte range (end -1: to its
-  end; path '' : the whole source)."""
+  """One build unit: a source (en, zh, or `TASKS`: instruct and teacher), and for a `files`
+  source a file and a byte range (end -1: to its end; path '': the whole source)."""
   index: int
   source: str
   path: str = ''
@@ -134,8 +135,7 @@ def plan_units(cfg: Any, unit_bytes: int = UNIT_BYTES) -> list[Unit]:
         continue
       for start in range(0, size, unit_bytes):
         units.append(Unit(len(units), lang, path, start, min(size, start + unit_bytes)))
-  for part in ('instruct', 'teacher'):
-    units.append(Unit(len(units), part))
+  units.append(Unit(len(units), TASKS))
   return units
 
 
@@ -167,13 +167,16 @@ def _unit_documents(cfg: Any, unit: Unit, stats: ReadStats) -> dict[str, list[co
   return out
 
 
-def unit_examples(cfg: Any, unit: Unit, stats: ReadStats) -> dict[str, list[instruct.Example]]:
-  """A unit's examples per split (bad lines counted once, in `stats`)."""
+def unit_examples(cfg: Any, unit: Unit,
+                  stats: ReadStats) -> dict[str, dict[str, list[instruct.Example]]]:
+  """A unit's examples per split and source (bad lines counted once, in `stats`)."""
   if unit.source in LM_SOURCES:
     docs = _unit_documents(cfg, unit, stats)
-    return {s: [instruct.Example('', d.text, True) for d in docs[s]] for s in SPLITS}
-  return {s: source_examples(cfg, s, [unit.source], stats if s == 'train' else ReadStats(),
-                             docs_stats=ReadStats())[unit.source] for s in SPLITS}
+    return {s: {unit.source: [instruct.Example('', d.text, True) for d in docs[s]]}
+            for s in SPLITS}
+  return {s: source_examples(cfg, s, ['instruct', 'teacher'],
+                             stats if s == 'train' else ReadStats(), docs_stats=ReadStats())
+          for s in SPLITS}
 
 
 def _marker(root: epath.Path, index: int) -> epath.Path:
@@ -187,16 +190,21 @@ def build_unit(cfg: Any, root: epath.Path, unit: Unit, key: str,
   stats = ReadStats()
   examples = unit_examples(cfg, unit, stats)
   encode, eos_id = encoder
-  shards = {}
+  shards: dict[str, dict[str, Any]] = {}
   for split in SPLITS:
-    tokens = tokenize(encode, examples[split], cfg.tokenize_threads, eos_id)
-    shards[split] = store.write_shard(root, store.shard_name(split, unit.source, unit.index),
-                                      tokens)
+    for source, ex in examples[split].items():
+      tokens = tokenize(encode, ex, cfg.tokenize_threads, eos_id)
+      shards.setdefault(split, {})[source] = store.write_shard(
+          root, store.shard_name(split, source, unit.index), tokens)
   marker = {'key': key, 'unit': unit._asdict(), 'shards': shards,
             'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
             'seconds': time.time() - t0}
   store.atomic_write(_marker(root, unit.index), json.dumps(marker).encode())
   return marker
+
+
+def unit_tokens(marker: dict[str, Any]) -> int:
+  return sum(r['tokens'] for per in marker['shards'].values() for r in per.values())
 
 
 def _read_marker(root: epath.Path, index: int) -> dict[str, Any] | None:
@@ -235,11 +243,12 @@ def finish_store(root: epath.Path, units: Sequence[Unit], identity: dict[str, An
     marker = _read_marker(root, u.index)
     if marker is None:
       raise DataError(f'{root}: build unit {u.index} has no marker: the build did not finish')
-    for split, rec in marker['shards'].items():
-      entry = splits[split][u.source]
-      entry['docs'] += rec['docs']
-      entry['tokens'] += rec['tokens']
-      entry['shards'].append(rec)
+    for split, per_source in marker['shards'].items():
+      for source, rec in per_source.items():
+        entry = splits[split][source]
+        entry['docs'] += rec['docs']
+        entry['tokens'] += rec['tokens']
+        entry['shards'].append(rec)
     skipped += marker['skipped_lines']
     reasons.extend(marker['skipped_reasons'])
   manifest = {'format': store.FORMAT_VERSION, 'key': identity_key(identity),
@@ -269,7 +278,7 @@ def run_in_process(cfg: Any, root: epath.Path, units: list[Unit], key: str) -> N
   encoder = vocab.batch_encoder(cfg)
   for i, u in enumerate(units):
     marker = build_unit(cfg, root, u, key, encoder)
-    toks = sum(r['tokens'] for r in marker['shards'].values())
+    toks = unit_tokens(marker)
     log.info('data store %s: unit %d/%d (%s%s) %d tokens in %.1fs', root, i + 1, len(units),
              u.source, f' {u.path}[{u.start}:{u.end}]' if u.path else '', toks,
              marker['seconds'])
