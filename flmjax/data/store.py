@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import uuid
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from etils import epath
@@ -115,9 +115,10 @@ def _flat(d: Any, prefix: str = '') -> dict[str, Any]:
 
 
 def identity_difference(built: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
-  """The first identity field that differs, as 'field: store has X, the experiment Y'."""
+  """The first identity field that differs, as 'field: store has X, the experiment Y' (a
+  source's settings before its fingerprint: other files is not 'the same files changed')."""
   a, b = _flat(built), _flat(wanted)
-  for k in sorted(set(a) | set(b)):
+  for k in sorted(set(a) | set(b), key=lambda k: (k.endswith('.fingerprint'), k)):
     if a.get(k) != b.get(k):
       return f'{k}: the store has {str(a.get(k))[:160]}, the experiment {str(b.get(k))[:160]}'
   return None
@@ -284,7 +285,7 @@ class SourceReader:
 
 
 def open_sources(root: epath.Path, manifest: Mapping[str, Any], split: str,
-                 sources: Iterator[str] | list[str] | tuple[str, ...]) -> dict[str, SourceReader]:
+                 sources: Sequence[str]) -> dict[str, SourceReader]:
   """Readers of a split's sources; nothing is read until a document is."""
   per_source = manifest['splits'].get(split, {})
   out = {}
