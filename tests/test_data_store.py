@@ -297,3 +297,12 @@ D.train_vocabulary(ml_collections.ConfigDict({cfg.to_dict()!r}), {str(tmp_path /
   assert time.time() - t0 < 10
   assert 'stopped by signal 15 while training the vocabulary' in rest, rest[-2000:]
   assert not (tmp_path / 'v' / 'spm.model').exists()
+
+
+def test_vocabulary_sample_is_the_same_streamed(setup, monkeypatch):
+  """A corpus too big to keep is read twice instead: the same lines, so the same model bytes."""
+  _, _, cfg = setup
+  cfg = D.validate_data_config(cfg)
+  kept = D.vocab._training_lines(cfg)
+  monkeypatch.setattr(D.vocab, '_IN_MEMORY_CHARS', 100)
+  assert D.vocab._training_lines(cfg) == kept and len(kept) > 100
