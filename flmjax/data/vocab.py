@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -142,7 +143,9 @@ def _train_in_child(cfg: Any, lines: list[str]) -> bytes:
   """SentencePiece's trainer in a child process: it is C++ that ignores Python's signal handlers
   for its whole run, so the parent waits, and a SIGTERM (or Ctrl-C) stops the child at once and
   ends with a one-line error instead of after the trainer returns."""
-  ctx = multiprocessing.get_context('fork')   # no re-import: the child starts at once
+  # fork starts the child at once (nothing re-imported); a process running JAX's threads is not
+  # safe to fork, so there (training's first use) the child is spawned.
+  ctx = multiprocessing.get_context('spawn' if 'jax' in sys.modules else 'fork')
   parent, child = ctx.Pipe(duplex=False)
   proc = ctx.Process(target=_child_train, args=(cfg.to_dict(), lines, child), daemon=True)
 
