@@ -126,16 +126,20 @@ def identity_difference(built: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
 
 def check_identity(root: epath.Path, manifest: Mapping[str, Any],
                    wanted: Mapping[str, Any]) -> None:
-  """Refuses a store built from other sources, another vocabulary or other settings."""
-  diff = identity_difference(manifest['identity'], wanted)
-  if diff is None:
-    return
-  field = diff.split(':', 1)[0]
-  if field.startswith('sources.') and field.endswith('.fingerprint'):
-    raise DataError(f'data.{field.split(".")[1]}: a source changed after the store {root} was '
-                    f'built ({diff}); rebuild it with `flmjax data build`')
-  raise DataError(f'store {root} was built for other data, field {diff}; build one for this '
-                  f'experiment with `flmjax data build --config X --out DIR`')
+  """Refuses a store built from other sources, another vocabulary or other settings; a source
+  with the same settings whose files changed is named first (a vocabulary trained on the
+  changed files differs too, as a consequence)."""
+  built = manifest['identity']
+  for name, source in wanted.get('sources', {}).items():
+    old = built.get('sources', {}).get(name, {})
+    if old.get('spec') == source['spec'] and old.get('fingerprint') != source['fingerprint']:
+      diff = identity_difference(old, source)
+      raise DataError(f'data.{name}: a source changed after the store {root} was built '
+                      f'(sources.{name}.{diff}); rebuild it with `flmjax data build`')
+  diff = identity_difference(built, wanted)
+  if diff is not None:
+    raise DataError(f'store {root} was built for other data, field {diff}; build one for this '
+                    f'experiment with `flmjax data build --config X --out DIR`')
 
 
 def verify_checksums(root: epath.Path, manifest: Mapping[str, Any]) -> None:
@@ -169,7 +173,8 @@ def _npy_data_offset(f: Any, path: epath.Path, dtype: Any) -> tuple[int, int]:
 
 
 class _OpenShard(NamedTuple):
-  files: dict[str, tuple[Any, int]]   # kind -> (open file, byte offset of its data)
+  index: int
+  files: dict[str, tuple[Any, int]]   # kind -> (open file, byte offset of its data), when needed
   tokens: int
 
 
@@ -206,12 +211,11 @@ class SourceReader:
     return shard
 
   def _open_shard(self, k: int) -> _OpenShard:
-    """Opens a shard's files, checking them against the manifest (presence, size, array
-    header); the full sha256 check is `verify_checksums`, run when a build reuses a store."""
+    """A shard's files checked against the manifest (presence, size); each is opened, and its
+    array header checked, when first read, so a process opens the token files of its own rows
+    only. The full sha256 check is `verify_checksums`, run when a build reuses a store."""
     rec = self._shards[k]
-    files = {}
-    want = {'tokens': rec['tokens'], 'offsets': rec['docs'] + 1, 'prompt': rec['docs']}
-    for kind, dtype in SHARD_FILES.items():
+    for kind in SHARD_FILES:
       path = self._root / f'{rec["name"]}.{kind}.npy'
       if not path.exists():
         raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is missing')
@@ -219,21 +223,28 @@ class SourceReader:
       if size != rec['files'][kind]['bytes']:
         raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is corrupt '
                         f'({size} bytes, the manifest says {rec["files"][kind]["bytes"]})')
+    return _OpenShard(k, {}, rec['tokens'])
+
+  def _file(self, shard: _OpenShard, kind: str) -> tuple[Any, int]:
+    opened = shard.files.get(kind)
+    if opened is None:
+      rec = self._shards[shard.index]
+      want = {'tokens': rec['tokens'], 'offsets': rec['docs'] + 1, 'prompt': rec['docs']}[kind]
+      path = self._root / f'{rec["name"]}.{kind}.npy'
       f = path.open('rb')
-      at, n = _npy_data_offset(f, path, dtype)
-      if n != want[kind]:
+      at, n = _npy_data_offset(f, path, SHARD_FILES[kind])
+      if n != want:
         f.close()
         raise DataError(f'store {self._root}: shard file {rec["name"]}.{kind}.npy is corrupt '
-                        f'({n} entries, the manifest says {want[kind]})')
-      files[kind] = (f, at)
-    return _OpenShard(files, rec['tokens'])
+                        f'({n} entries, the manifest says {want})')
+      shard.files[kind] = opened = (f, at)
+    return opened
 
-  @staticmethod
-  def _read(shard: _OpenShard, kind: str, dtype: Any, first: int, count: int) -> np.ndarray:
-    f, at = shard.files[kind]
-    size = np.dtype(dtype).itemsize
-    f.seek(at + size * first)
-    return np.frombuffer(f.read(size * count), dtype)
+  def _read(self, shard: _OpenShard, kind: str, first: int, count: int) -> np.ndarray:
+    f, at = self._file(shard, kind)
+    dtype = np.dtype(SHARD_FILES[kind])
+    f.seek(at + dtype.itemsize * first)
+    return np.frombuffer(f.read(dtype.itemsize * count), dtype)
 
   def _doc(self, d: int) -> tuple[_OpenShard, int, int]:
     """(shard, start, end) of document d in its shard's tokens."""
@@ -245,7 +256,7 @@ class SourceReader:
     k = int(np.searchsorted(self._first_doc, d, side='right')) - 1
     shard = self._shard(k)
     i = d - int(self._first_doc[k])
-    start, end = (int(x) for x in self._read(shard, 'offsets', np.int64, i, 2))
+    start, end = (int(x) for x in self._read(shard, 'offsets', i, 2))
     if not 0 <= start <= end <= shard.tokens:
       raise DataError(f'store {self._root}: shard {self._shards[k]["name"]} is corrupt (document '
                       f'{i} spans tokens {start}:{end} of {shard.tokens}); rebuild the store')
@@ -260,12 +271,12 @@ class SourceReader:
 
   def doc_prompt_len(self, d: int) -> int:
     k = int(np.searchsorted(self._first_doc, d, side='right')) - 1
-    return int(self._read(self._shard(k), 'prompt', np.int32, d - int(self._first_doc[k]), 1)[0])
+    return int(self._read(self._shard(k), 'prompt', d - int(self._first_doc[k]), 1)[0])
 
   def doc_tokens(self, d: int, lo: int, hi: int) -> np.ndarray:
     shard, start, end = self._doc(d)
     hi = min(hi, end - start)
-    return self._read(shard, 'tokens', np.int32, start + lo, max(0, hi - lo))
+    return self._read(shard, 'tokens', start + lo, max(0, hi - lo))
 
   def read_all(self) -> Store:
     """The whole source in memory (small stores, tests): not for training at scale."""
