@@ -34,6 +34,7 @@ class Command:
   add_args: Optional[str] = None  # 'module:function', function(parser) -> None
   config_overrides: bool = False
   allow_abbrev: bool = True       # False: only the declared flags (no argparse prefixes)
+  extra_args: bool = False        # True: undeclared flags go to args.extra_args (Beam's options)
 
 
 COMMANDS: dict[str, Command] = {
@@ -68,6 +69,9 @@ COMMANDS: dict[str, Command] = {
     'plan-growth': Command('choose how and when to grow from short probes on a FLOPs budget',
                            'flmjax.commands.plan_growth:run',
                            'flmjax.commands.plan_growth:add_args', config_overrides=True),
+    'data': Command('build the tokenized, sharded store of an experiment\'s data (Apache Beam)',
+                    'flmjax.commands.data:run_data', 'flmjax.commands.data:add_data_args',
+                    config_overrides=True, allow_abbrev=False, extra_args=True),
     'plot': Command('plot validation loss vs FLOPs and tokens, growth marked, runs compared',
                     'flmjax.commands.plot:plot_main', 'flmjax.commands.plot:add_plot_arguments'),
 }
@@ -191,7 +195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = [a for a in argv if a != '--debug']
   overrides, others = split_overrides(argv)
   parser = build_parser(_command_name(others))
-  args = parser.parse_args(others)
+  name = _command_name(others)
+  if name and COMMANDS[name].extra_args:
+    args, extra = parser.parse_known_args(others)
+    args.extra_args = extra
+  else:
+    args = parser.parse_args(others)
   cmd = COMMANDS[args.command]
   if overrides and not cmd.config_overrides:
     parser.error(f'{args.command} takes no --config.* overrides (got --config.{overrides[0]})')

@@ -156,6 +156,14 @@ def test_packing_vs_seqio_smoke():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not _has('apache_beam'), reason='the Beam build needs the extra flmjax[beam]')
+def test_data_scale_smoke():
+  out = _run('data_scale.py')
+  assert '2 workers / 1 worker:' in out and 'peak RSS MB' in out and '101B stage need' in out
+  assert 'FLM-101B: 311.54B tokens' in out
+
+
+@pytest.mark.slow
 def test_pod_plan_smoke():  # needs the tpu extra (libtpu), which .ci/run installs
   out = _run('pod_plan.py')
   assert 'pod plan for v5e:2x2 (4 chips)' in out and 'growth' in out

@@ -46,7 +46,7 @@ def test_building_the_token_cache_says_what_it_builds(tmp_path, capfd):
   pipeline.load_stores(cfg, 'validation', ('en',))
   err = capfd.readouterr().err
   assert 'data: training the 400-piece SentencePiece vocabulary (first run only' in err, err
-  assert 'data: building the validation token cache (first run only' in err
-  assert "data: tokenizing validation source 1/1 'en'" in err
+  assert 'data: building the token store (first run only' in err
+  assert 'data: token store unit 1/' in err and 'data: token store built in' in err
   pipeline.load_stores(cfg, 'validation', ('en',))
   assert 'data:' not in capfd.readouterr().err  # cached: silent

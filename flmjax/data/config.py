@@ -37,6 +37,9 @@ FIELD_DOCS: dict[str, str] = {
     'eval_batches': 'Number of validation batches per language returned by make_eval_batches.',
     'cache_dir': "Where vocabularies and tokenized corpora are cached; '' means $FLMJAX_CACHE or "
                  '~/.cache/flmjax.',
+    'store_dir': "A token store built by `flmjax data build` (local or any etils.epath path); it "
+                 'must match this section (sources, vocabulary, settings). \'\' = a store in the '
+                 'cache dir, built on first use.',
     'strict': 'If True, the first bad line of a user file is an error; if False it is skipped and '
               "counted (iterator.stats()['skipped_lines']).",
     'tokenize_threads': 'Threads SentencePiece may use when tokenizing the corpus once.',
@@ -109,6 +112,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       'validation_fraction': 0.01,
       'eval_batches': 4,
       'cache_dir': '',
+      'store_dir': '',
       'strict': False,
       'tokenize_threads': 2,
       'max_chars_per_doc': 4000,
@@ -215,6 +219,7 @@ def validate_data_config(cfg: Any) -> ml_collections.ConfigDict:
         'the final evaluation read)')  # minutes later, after the corpus is tokenized
   integer('eval_batches', 1)
   string('cache_dir')
+  string('store_dir')
   boolean('strict')
   integer('tokenize_threads', 1)
   integer('max_chars_per_doc', 64)

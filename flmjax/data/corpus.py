@@ -191,13 +191,29 @@ def is_jsonl(path: str) -> bool:
   return path.endswith(('.jsonl', '.json', '.jsonl.txt'))
 
 
-def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int, str]]:
-  """(line number, text) of the non-blank lines; invalid UTF-8 is skipped+counted or an error."""
+def read_lines(path: str, stats: ReadStats, strict: bool, start: int = 0,
+               end: int | None = None) -> Iterator[tuple[int | str, str]]:
+  """(line number, text) of the non-blank lines; invalid UTF-8 is skipped+counted or an error.
+
+  With a byte range [start, end) (a build unit of `flmjax.data.store_build`), only the lines that
+  begin inside it, and a line is named by its byte offset ('byte N'): the number of the lines
+  before it is unknown without reading them.
+  """
+  whole = start == 0 and end is None
   good = 0
   first_bad = None
   with open(path, 'rb') as f:
+    pos = start
+    if start > 0:
+      f.seek(start - 1)
+      pos = start - 1 + len(f.readline())   # the line that began before start is not ours
     for i, raw in enumerate(f, start=1):
-      if i == 1 and raw.startswith((b'\xff\xfe', b'\xfe\xff')) and b'\x00' in raw:  # BOM + NULs
+      line_at = pos
+      pos += len(raw)
+      if end is not None and line_at >= end:
+        break
+      where_line = i if whole else f'byte {line_at}'
+      if line_at == 0 and raw.startswith((b'\xff\xfe', b'\xfe\xff')) and b'\x00' in raw:
         raise DataError(f'{path}: UTF-16 text (byte-order mark {raw[:2].hex()}); data files must '
                         f'be UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8')
       try:
@@ -206,7 +222,7 @@ def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int,
           raise UnicodeDecodeError('utf-8', raw, raw.index(b'\x00'), raw.index(b'\x00') + 1,
                                    'NUL byte: UTF-16 or binary, not UTF-8 text')
       except UnicodeDecodeError as e:
-        where = f'{path}:{i}'
+        where = f'{path}:{where_line}'
         if strict:
           raise DataError(f'{where}: invalid UTF-8 ({e.reason} at byte {e.start})') from None
         first_bad = first_bad or where
@@ -215,17 +231,17 @@ def read_lines(path: str, stats: ReadStats, strict: bool) -> Iterator[tuple[int,
       line = line.strip()
       if line:
         good += 1
-        yield i, line
-  if not good:
+        yield where_line, line
+  if not good and whole:
     raise DataError(f'{path}: no usable line' + (f' (first bad line {first_bad})' if first_bad
                                                   else ''))
 
 
-def jsonl_records(path: str, fields: Sequence[str], stats: ReadStats,
-                  strict: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+def jsonl_records(path: str, fields: Sequence[str], stats: ReadStats, strict: bool,
+                  start: int = 0, end: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
   """('file:line', record) of JSON lines that hold every field; others skipped+counted or error."""
   good = 0
-  for i, line in read_lines(path, stats, strict):
+  for i, line in read_lines(path, stats, strict, start, end):
     where = f'{path}:{i}'
     try:
       rec = json.loads(line)
@@ -243,25 +259,31 @@ def jsonl_records(path: str, fields: Sequence[str], stats: ReadStats,
     if strict:
       raise DataError(f'{where}: {why}')
     stats.skip(where, why)
-  if not good:
+  if not good and start == 0 and end is None:
     raise DataError(f'{path}: no line has the field(s) {list(fields)}')
 
 
 def file_documents(patterns: Sequence[str], field: str, stats: ReadStats, strict: bool,
                    what: str) -> Iterator[Doc]:
   for path in expand_globs(patterns, what):
-    if is_jsonl(path):
-      for where, rec in jsonl_records(path, [field], stats, strict):
-        if not isinstance(rec[field], str):
-          why = f'field {field!r} is not a string'
-          if strict:
-            raise DataError(f'{where}: {why}')
-          stats.skip(where, why)
-          continue
-        yield Doc(rec[field])
-    else:
-      for _, line in read_lines(path, stats, strict):
-        yield Doc(line)
+    yield from file_range_documents(path, field, stats, strict)
+
+
+def file_range_documents(path: str, field: str, stats: ReadStats, strict: bool, start: int = 0,
+                         end: int | None = None) -> Iterator[Doc]:
+  """The documents of one file, or of the lines that begin in its byte range [start, end)."""
+  if is_jsonl(path):
+    for where, rec in jsonl_records(path, [field], stats, strict, start, end):
+      if not isinstance(rec[field], str):
+        why = f'field {field!r} is not a string'
+        if strict:
+          raise DataError(f'{where}: {why}')
+        stats.skip(where, why)
+        continue
+      yield Doc(rec[field])
+  else:
+    for _, line in read_lines(path, stats, strict, start, end):
+      yield Doc(line)
 
 
 def files_fingerprint(patterns: Sequence[str], what: str) -> list[Any]:
@@ -306,6 +328,11 @@ def tfds_documents(spec: Any, split: str, stats: ReadStats, what: str) -> Iterat
 
 def language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> list[Doc]:
   """Clean, chunked documents of one language and split ('train' or 'validation')."""
+  return list(iter_language_documents(cfg, lang, split, stats))
+
+
+def iter_language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> Iterator[Doc]:
+  """language_documents, one at a time (a pass over a corpus that does not fit in memory)."""
   spec = cfg[lang]
   what = f'data.{lang}'
   hashed = True
@@ -319,17 +346,25 @@ def language_documents(cfg: Any, lang: str, split: str, stats: ReadStats) -> lis
       hashed = False
       tsplit = spec.tfds_train_split if split == 'train' else spec.tfds_validation_split
     raw = tfds_documents(spec, tsplit, stats, what)
-  out = []
+  n = 0
   for doc in raw:
-    if spec.max_documents and len(out) >= spec.max_documents:
+    if spec.max_documents and n >= spec.max_documents:
       break
-    text = clean(doc.text)
-    if not text:
-      continue
-    if hashed and is_validation(text, cfg.validation_fraction) != (split == 'validation'):
-      continue
-    out.extend(Doc(t, doc.tag) for t in chunk(text, cfg.max_chars_per_doc))
-  return out
+    for doc_split, piece in split_chunks(cfg, doc, hashed):
+      if doc_split in (split, None):
+        n += 1
+        yield piece
+
+
+def split_chunks(cfg: Any, doc: Doc, hashed: bool = True) -> list[tuple[str | None, Doc]]:
+  """(split, piece) of a raw document: cleaned, assigned to a split by its hash (None: not hashed,
+  it belongs to the split it was read for) and chunked; [] for a document with no text."""
+  text = clean(doc.text)
+  if not text:
+    return []
+  split = ('validation' if is_validation(text, cfg.validation_fraction) else 'train') if hashed \
+      else None
+  return [(split, Doc(t, doc.tag)) for t in chunk(text, cfg.max_chars_per_doc)]
 
 
 def language_fingerprint(cfg: Any, lang: str) -> Any:

@@ -1,12 +1,13 @@
 """Tokenize once, then mix, pack and batch in numpy with an exact, O(1) resumable state.
 
-Each source (en, zh, instruct, teacher) is tokenized once per split into a flat token array with
-document offsets and cached under the cache dir. The iterator then
+Each source (en, zh, instruct, teacher) is tokenized once per split into the sharded token store
+(`flmjax.data.store`, built by `flmjax.data.store_build` in-process on first use or by `flmjax data
+build` with Beam) and read from it document by document. The iterator then
   * mixes by token share: the next document comes from the source furthest below its target share
     (deterministic stride scheduling, so every batch holds each source in proportion - the teacher
     signal is mixed into every batch, not alternated);
-  * orders each source by a seeded permutation per epoch, so over an epoch every document is used
-    exactly once;
+  * orders each source by a seeded permutation per epoch, computed one index at a time
+    (`permuted_index`, a Feistel network), so over an epoch every document is used exactly once;
   * packs documents into rows with segment ids and per-document positions. A document's first
     input is BOS (`flmjax.config.BOS_ID`, as in evaluation and sampling). Plain text is cut at row
     ends and continues in the next row (its first input is then the real previous token);
@@ -15,139 +16,88 @@ document offsets and cached under the cache dir. The iterator then
   * teacher-signal label tokens are marked in `teacher_weights` (their own loss term in the
     trainer, `optim.teacher_loss`), not in `loss_weights`.
 The state is a few integers per source plus the document left half-placed, so set_state resumes
-exactly. All processes plan the same global rows; each materialises only its own slice.
+exactly. All processes plan the same global rows; each materialises only its own rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import os
-import time
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from flmjax.config import BOS_ID
-from flmjax.data import corpus, instruct, vocab
+from flmjax.data import store_build
 from flmjax.data.config import validate_data_config
-from flmjax.data.corpus import DataError, ReadStats
+from flmjax.data.corpus import DataError
+from flmjax.data.store import SourceReader, Store, open_sources
+from flmjax.data.store_build import LM_SOURCES, SOURCES, source_examples, tokenize
 
-SOURCES = ('en', 'zh', 'instruct', 'teacher')
-LM_SOURCES = ('en', 'zh')
-_STORE_VERSION = 1
 Batch = dict[str, np.ndarray]
+__all__ = ['DataIterator', 'Store', 'load_stores', 'make_eval_batches', 'make_train_iterator',
+           'mixture_rates', 'open_stores', 'permuted_index', 'source_examples', 'tokenize']
 
 
-class Store(NamedTuple):
-  """One tokenized source: doc i is tokens[offsets[i]:offsets[i+1]]."""
-  tokens: np.ndarray       # int32 [T]
-  offsets: np.ndarray      # int64 [N+1]
-  prompt_len: np.ndarray   # int32 [N]: leading tokens that carry loss only if prompt_loss
+class Documents(Protocol):
+  """What the packer reads of a source: `Store` (in memory) or `SourceReader` (a token store)."""
+  num_docs: int
 
-  @property
-  def num_docs(self) -> int:
-    return len(self.offsets) - 1
-
-  @property
-  def num_tokens(self) -> int:
-    return int(self.offsets[-1])
+  def doc_len(self, d: int) -> int: ...
+  def doc_prompt_len(self, d: int) -> int: ...
+  def doc_tokens(self, d: int, lo: int, hi: int) -> np.ndarray: ...
 
 
-# ---- building the tokenized stores ---------------------------------------------------------
+# ---- opening the token store ---------------------------------------------------------------
 
-def source_examples(cfg: Any, split: str, sources: Sequence[str],
-                    stats: ReadStats) -> dict[str, list[instruct.Example]]:
-  """The (inputs, targets) examples of each requested source for one split."""
-  docs = {lang: corpus.language_documents(cfg, lang, split, stats) for lang in LM_SOURCES
-          if lang in sources or (cfg.instruct.generated and 'instruct' in sources)
-          or (cfg.teacher.generated and 'teacher' in sources)}
-  out = {}
-  for lang in LM_SOURCES:
-    if lang in sources:
-      out[lang] = [instruct.Example('', d.text, True) for d in docs[lang]]
-  if 'instruct' in sources:
-    ex = instruct.generated_instructions(docs, cfg.seed) if cfg.instruct.generated else []
-    if cfg.instruct.files:
-      ex.extend(instruct.file_instructions(cfg, stats))
-    out['instruct'] = ex
-  if 'teacher' in sources:
-    ex = instruct.generated_teacher(docs, cfg.seed) if cfg.teacher.generated else []
-    if cfg.teacher.files:
-      ex.extend(instruct.file_teacher(cfg, stats))
-    out['teacher'] = ex
-  return out
-
-
-def tokenize(sp: Any, examples: Sequence[instruct.Example], threads: int = 1,
-             eos_id: int = vocab.EOS_ID) -> Store:
-  """`sp`: a SentencePieceProcessor, or any `encode(texts, threads) -> ids per text`."""
-  encode = sp if callable(sp) else (
-      lambda texts, n: sp.encode(list(texts), num_threads=n))
-  ins = encode([e.inputs for e in examples], threads) if examples else []
-  tgs = encode([e.targets for e in examples], threads) if examples else []
-  lens = np.fromiter((len(a) + len(b) + e.add_eos for a, b, e in zip(ins, tgs, examples)),
-                     dtype=np.int64, count=len(examples))
-  offsets = np.zeros(len(examples) + 1, np.int64)
-  np.cumsum(lens, out=offsets[1:])
-  tokens = np.empty(int(offsets[-1]), np.int32)
-  for i, (a, b, e) in enumerate(zip(ins, tgs, examples)):
-    o = offsets[i]
-    tokens[o:o + len(a)] = a
-    tokens[o + len(a):o + len(a) + len(b)] = b
-    if e.add_eos:
-      tokens[offsets[i + 1] - 1] = eos_id
-  prompt_len = np.fromiter((len(a) for a in ins), dtype=np.int32, count=len(examples))
-  return Store(tokens, offsets, prompt_len)
-
-
-def _store_key(cfg: Any, vocab_path: str, split: str, sources: Sequence[str]) -> str:
-  with open(vocab_path, 'rb') as f:
-    vocab_hash = hashlib.sha256(f.read()).hexdigest()
-  ident = {
-      'version': _STORE_VERSION, 'split': split, 'sources': list(sources), 'vocab': vocab_hash,
-      'seed': cfg.seed, 'validation_fraction': cfg.validation_fraction,
-      'max_chars_per_doc': cfg.max_chars_per_doc, 'strict': cfg.strict,
-      'corpora': {l: [cfg[l].to_dict(), corpus.language_fingerprint(cfg, l)] for l in LM_SOURCES},
-      'instruct': [cfg.instruct.to_dict(),
-                   corpus.files_fingerprint(cfg.instruct.files, 'data.instruct.files')],
-      'teacher': [cfg.teacher.to_dict(),
-                  corpus.files_fingerprint(cfg.teacher.files, 'data.teacher.files')],
-  }
-  return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+def open_stores(cfg: Any, split: str, sources: Sequence[str] = SOURCES
+                ) -> tuple[dict[str, SourceReader], dict[str, Any]]:
+  """Readers of a split's sources in the experiment's token store (built on first use unless
+  data.store_dir names one) and its build metadata (key, skipped lines)."""
+  root, manifest = store_build.cached_store(cfg)
+  meta = {'key': manifest['key'], 'skipped_lines': manifest['skipped_lines'],
+          'skipped_reasons': manifest['skipped_reasons']}
+  return open_sources(root, manifest, split, sources), meta
 
 
 def load_stores(cfg: Any, split: str,
                 sources: Sequence[str] = SOURCES) -> tuple[dict[str, Store], dict[str, Any]]:
-  """Tokenized stores of a split (built and cached on first use) and their build metadata."""
-  vocab_path = vocab.vocabulary_path(cfg)
-  key = _store_key(cfg, vocab_path, split, sources)
-  path = os.path.join(vocab.cache_root(cfg), 'tokens', f'{split}-{key}.npz')
-  if not os.path.isfile(path):
-    stats = ReadStats()
-    t0 = time.time()
-    vocab.progress(f'building the {split} token cache (first run only; {path}): reading the '
-                   f'corpus ...')
-    examples = source_examples(cfg, split, sources, stats)
-    encode, eos_id = vocab.batch_encoder(cfg)
-    stores = {}
-    for i, s in enumerate(sources, start=1):
-      vocab.progress(f'tokenizing {split} source {i}/{len(sources)} {s!r}: '
-                     f'{len(examples[s])} documents ...')
-      stores[s] = tokenize(encode, examples[s], cfg.tokenize_threads, eos_id)
-    meta = {'key': key, 'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
-            'build_seconds': time.time() - t0}
-    arrays = {f'{s}.{f}': getattr(st, f) for s, st in stores.items() for f in Store._fields}
-    arrays['meta'] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    vocab.atomic_write(path, buf.getvalue())
-    vocab.progress(f'{split} token cache built in {time.time() - t0:.0f} s')
-  with np.load(path) as z:
-    meta = json.loads(z['meta'].tobytes().decode())
-    stores = {s: Store(*(z[f'{s}.{f}'] for f in Store._fields)) for s in sources}
-  return stores, meta
+  """A split's sources read whole into memory (small corpora, tests): training uses open_stores."""
+  readers, meta = open_stores(cfg, split, sources)
+  return {s: r.read_all() for s, r in readers.items()}, meta
+
+
+# ---- the lazy document order ---------------------------------------------------------------
+
+def _mix64(x: int) -> int:
+  """splitmix64's finaliser: a 64-bit bijective hash."""
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+  return x ^ (x >> 31)
+
+
+def permutation_key(seed: int, source: int, epoch: int) -> int:
+  digest = hashlib.blake2b(f'{seed}/{source}/{epoch}'.encode(), digest_size=8).digest()
+  return int.from_bytes(digest, 'little')
+
+
+def permuted_index(i: int, n: int, key: int) -> int:
+  """The i-th element of a keyed pseudo-random permutation of range(n), computed alone: a
+  4-round Feistel network on the next even power of two >= n, cycle-walking back into range
+  (fewer than 4 rounds of walking on average). No array of n ids is ever built."""
+  if n <= 1:
+    return i
+  bits = max(2, (n - 1).bit_length())
+  bits += bits & 1
+  half = bits // 2
+  mask = (1 << half) - 1
+  x = i
+  while True:
+    left, right = x >> half, x & mask
+    for r in range(4):
+      left, right = right, left ^ (_mix64(key + r * 0x9E3779B97F4A7C15 + right) & mask)
+    x = (left << half) | right
+    if x < n:
+      return x
 
 
 # ---- planning and packing ------------------------------------------------------------------
@@ -163,12 +113,15 @@ class DataIterator:
   """Infinite iterator of packed [B, L] batches (the trainer's batch contract) with exact resume.
 
   Batches: inputs/targets/segment_ids/positions int32, loss_weights float32, all [B, L] with
-  B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B).
+  B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B),
+  or the global rows named by `rows` (then B = len(rows)). Every process plans all the global
+  rows (document lengths only); it reads the tokens of its own rows alone.
   """
 
-  def __init__(self, stores: dict[str, Store], rates: dict[str, float], *, seq_len: int,
+  def __init__(self, stores: Mapping[str, Documents], rates: dict[str, float], *, seq_len: int,
                global_batch_size: int, seed: int, prompt_loss: bool = False,
-               process_index: int = 0, process_count: int = 1, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1,
+               rows: Sequence[int] | None = None, shuffle: bool = True,
                finite: bool = False, fingerprint: str = '', stats: dict[str, Any] | None = None):
     if seq_len < 2:
       raise DataError(f'seq_len must be >= 2, got {seq_len}')
@@ -191,12 +144,17 @@ class DataIterator:
     self._prompt_loss = [prompt_loss and s == 'instruct' or s in LM_SOURCES for s in self._names]
     self._teacher = [s == 'teacher' for s in self._names]
     self.seq_len, self.global_batch_size = seq_len, global_batch_size
-    self.batch_size = global_batch_size // process_count
-    self._row0 = process_index * self.batch_size
+    if rows is None:
+      b = global_batch_size // process_count
+      rows = range(process_index * b, (process_index + 1) * b)
+    self._rows = {int(r): i for i, r in enumerate(rows)}   # global row -> row of this batch
+    if len(self._rows) != len(rows) or any(not 0 <= r < global_batch_size for r in self._rows):
+      raise DataError(f'rows {list(rows)[:8]} must be distinct rows of [0, global_batch_size='
+                      f'{global_batch_size})')
+    self.batch_size = len(self._rows)
     self._seed, self._shuffle, self._finite = seed, shuffle, finite
     self._fingerprint = fingerprint
     self._static_stats = dict(stats or {})
-    self._perm_cache: dict[int, tuple[int, np.ndarray]] = {}
     self._exhausted = False
     self.set_state(None)
 
@@ -251,16 +209,6 @@ class DataIterator:
     return list(self._static_stats.get('skipped_reasons', []))
 
   # -- planning --
-  def _perm(self, s: int) -> np.ndarray | None:
-    if not self._shuffle:
-      return None
-    cached = self._perm_cache.get(s)
-    if cached is None or cached[0] != self._epoch[s]:
-      rng = np.random.default_rng([self._seed, s, self._epoch[s]])
-      cached = (self._epoch[s], rng.permutation(self._stores[s].num_docs))
-      self._perm_cache[s] = cached
-    return cached[1]
-
   def _next_doc(self, s: int) -> int | None:
     st = self._stores[s]
     if self._cursor[s] >= st.num_docs:
@@ -268,10 +216,11 @@ class DataIterator:
         return None
       self._epoch[s] += 1
       self._cursor[s] = 0
-    perm = self._perm(s)
     c = self._cursor[s]
     self._cursor[s] += 1
-    return int(perm[c]) if perm is not None else c
+    if not self._shuffle:
+      return c
+    return permuted_index(c, st.num_docs, permutation_key(self._seed, s, self._epoch[s]))
 
   def _pick_source(self) -> int:
     if len(self._names) == 1:
@@ -291,8 +240,7 @@ class DataIterator:
           self._exhausted = True
           break
         off = 0
-      st = self._stores[s]
-      n = int(st.offsets[d + 1] - st.offsets[d])
+      n = self._stores[s].doc_len(d)
       if not self._splittable[s]:
         off = max(off, n - L)            # keep the end: the response or the label
         if n - off > rem:
@@ -310,17 +258,17 @@ class DataIterator:
     c = 0
     for k, (s, d, off, take) in enumerate(spans):
       st = self._stores[s]
-      o = int(st.offsets[d]) + off
-      out['targets'][r, c:c + take] = st.tokens[o:o + take]
-      out['inputs'][r, c] = st.tokens[o - 1] if off > 0 else BOS_ID
-      out['inputs'][r, c + 1:c + take] = st.tokens[o:o + take - 1]
+      seg = st.doc_tokens(d, max(off - 1, 0), off + take)   # with the token before, if any
+      out['targets'][r, c:c + take] = seg[-take:]
+      out['inputs'][r, c] = seg[0] if off > 0 else BOS_ID
+      out['inputs'][r, c + 1:c + take] = seg[-take:-1]
       out['segment_ids'][r, c:c + take] = k + 1
       out['positions'][r, c:c + take] = np.arange(take, dtype=np.int32)
       weights = out['teacher_weights'] if self._teacher[s] else out['loss_weights']
       if self._prompt_loss[s]:
         weights[r, c:c + take] = 1.0
       else:
-        first = max(0, int(st.prompt_len[d]) - off)
+        first = max(0, st.doc_prompt_len(d) - off)
         weights[r, c + min(first, take):c + take] = 1.0
       c += take
 
@@ -339,14 +287,13 @@ class DataIterator:
     if self._exhausted:
       raise StopIteration
     out = self.empty_batch()
-    lo, hi = self._row0, self._row0 + self.batch_size
     produced = 0
     for r in range(self.global_batch_size):
       spans = self._plan_row()
       if spans:
         produced += 1
-      if lo <= r < hi:
-        self._fill_row(spans, out, r - lo)
+      if r in self._rows:
+        self._fill_row(spans, out, self._rows[r])
       if self._exhausted:
         break
     if not produced:
@@ -381,8 +328,10 @@ def mixture_rates(cfg: Any) -> dict[str, float]:
 
 
 def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
-                        process_index: int = 0, process_count: int = 1):
-  """The training batch iterator for an experiment's data section (see DataIterator)."""
+                        process_index: int = 0, process_count: int = 1,
+                        rows: Sequence[int] | None = None):
+  """The training batch iterator for an experiment's data section (see DataIterator): fed by the
+  token store, read per document (host memory does not grow with the corpus)."""
   if data_cfg.get('source', 'bilingual') == 'synthetic':
     from flmjax import synthetic_data
     return synthetic_data.make_synthetic_iterator(
@@ -391,13 +340,14 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
   cfg = validate_data_config(data_cfg)
   rates = mixture_rates(cfg)
   sources = [s for s in SOURCES if rates[s] > 0]
-  stores, meta = load_stores(cfg, 'train', sources)
+  stores, meta = open_stores(cfg, 'train', sources)
   for s in sources:
     if stores[s].num_docs == 0:
       raise DataError(f'data.{s}: the train split has no documents{_source_note(cfg, s, meta)}')
   return DataIterator(stores, rates, seq_len=seq_len, global_batch_size=global_batch_size,
                       seed=cfg.seed, prompt_loss=cfg.prompt_loss, process_index=process_index,
-                      process_count=process_count, fingerprint=meta['key'], stats=meta)
+                      process_count=process_count, rows=rows, fingerprint=meta['key'],
+                      stats=meta)
 
 
 def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,
@@ -412,7 +362,7 @@ def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,
   cfg = validate_data_config(data_cfg)
   if split not in ('train', 'validation'):
     raise DataError(f"split must be 'train' or 'validation', got {split!r}")
-  stores, meta = load_stores(cfg, split, LM_SOURCES)
+  stores, meta = open_stores(cfg, split, LM_SOURCES)
   out = {}
   for lang in LM_SOURCES:
     if stores[lang].num_docs == 0:

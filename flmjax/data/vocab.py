@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import logging
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import sentencepiece as spm
 
@@ -34,6 +39,8 @@ _VERSION = 2   # bump when training inputs or flags change: old cached models ar
 # data order out, so a seed taken from it would let whichever run trained first decide the file.
 # 1 is what data.seed + 1 gave for the default data.seed 0, so default models keep their bytes.
 _SENTENCEPIECE_SEED = 1
+_IN_MEMORY_CHARS = 64 << 20   # a corpus's lines kept from the counting pass up to this size
+log = logging.getLogger(__name__)
 
 
 def cache_root(cfg: Any) -> str:
@@ -65,17 +72,41 @@ def vocab_key(cfg: Any) -> str:
   return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _lines(cfg: Any, lang: str) -> Iterator[str]:
+  """The non-blank lines (cut at 2000 characters) of a language's train documents, streamed."""
+  for d in corpus.iter_language_documents(cfg, lang, 'train', corpus.ReadStats()):
+    for line in d.text.split('\n'):
+      line = line.strip()
+      if line:
+        yield line[:2000]
+
+
 def _training_lines(cfg: Any) -> list[str]:
-  """Up to vocab.max_sentences lines, half per language, sampled at an even stride."""
+  """Up to vocab.max_sentences lines, half per language, sampled at an even stride.
+
+  One pass counts the lines (keeping them while they fit in `_IN_MEMORY_CHARS`), a second pass,
+  only for a larger corpus, takes every stride-th: memory is bounded by the sample, not the
+  corpus.
+  """
   out = []
   per_lang = cfg.vocab.max_sentences // 2
   for lang in ('en', 'zh'):
-    stats = corpus.ReadStats()
-    lines = [l.strip() for d in corpus.language_documents(cfg, lang, 'train', stats)
-             for l in d.text.split('\n')]
-    lines = [l[:2000] for l in lines if l.strip()]
-    stride = max(1, len(lines) // per_lang) if per_lang else 1
-    out.extend(lines[::stride][:per_lang])
+    t0 = time.time()
+    kept: list[str] | None = []
+    chars = total = 0
+    for line in _lines(cfg, lang):
+      total += 1
+      if kept is not None:
+        chars += len(line)
+        kept.append(line)
+        if chars > _IN_MEMORY_CHARS:
+          kept = None
+    stride = max(1, total // per_lang) if per_lang else 1
+    source = kept if kept is not None else _lines(cfg, lang)
+    sample = list(itertools.islice(itertools.islice(source, 0, None, stride), per_lang))
+    log.info('vocabulary: %s: %d lines, every %d-th taken: %d lines (%.1fs)', lang, total,
+             stride, len(sample), time.time() - t0)
+    out.extend(sample)
   if not out:
     raise DataError('data.vocab: the configured corpus has no text to train a vocabulary on')
   return out
@@ -90,10 +121,10 @@ def progress(message: str) -> None:
 def train_model_bytes(cfg: Any) -> bytes:
   """Trains the SentencePiece model on the configured corpus and returns the model file bytes."""
   lines = _training_lines(cfg)
-  buf = io.BytesIO()
-  spm.set_random_generator_seed(_SENTENCEPIECE_SEED)
+  log.info('vocabulary: training SentencePiece (%d pieces) on %d lines, %d characters', cfg.vocab.size,
+           len(lines), sum(map(len, lines)))
   try:
-    _train_sentencepiece(cfg, lines, buf)
+    return _train_in_child(cfg, lines)
   except RuntimeError as e:
     if 'required_chars' in str(e):  # more distinct characters to cover than pieces allowed
       raise DataError(
@@ -102,7 +133,60 @@ def train_model_bytes(cfg: Any) -> bytes:
           f'Raise data.vocab.size or lower data.vocab.character_coverage (e.g. 0.98: rarer '
           f'characters then fall back to bytes).') from None
     raise
-  return buf.getvalue()
+
+
+def _child_train(cfg_dict: dict, lines: list[str], conn: Any) -> None:
+  try:
+    buf = io.BytesIO()
+    spm.set_random_generator_seed(_SENTENCEPIECE_SEED)
+    _train_sentencepiece(validate_data_config(cfg_dict), lines, buf)
+    conn.send(('ok', buf.getvalue()))
+  except RuntimeError as e:
+    conn.send(('error', str(e)))
+
+
+def _train_in_child(cfg: Any, lines: list[str]) -> bytes:
+  """SentencePiece's trainer in a child process: it is C++ that ignores Python's signal handlers
+  for its whole run, so the parent waits, and a SIGTERM (or Ctrl-C) stops the child at once and
+  ends with a one-line error instead of after the trainer returns."""
+  # fork starts the child at once (nothing re-imported); a process running JAX's threads is not
+  # safe to fork, so there (training's first use) the child is spawned.
+  ctx = multiprocessing.get_context('spawn' if 'jax' in sys.modules else 'fork')
+  parent, child = ctx.Pipe(duplex=False)
+  proc = ctx.Process(target=_child_train, args=(cfg.to_dict(), lines, child), daemon=True)
+
+  stopped: list[int] = []
+
+  def stop(signum, frame):
+    del frame
+    stopped.append(signum)
+
+  main = threading.current_thread() is threading.main_thread()
+  old = signal.signal(signal.SIGTERM, stop) if main else None
+  t0 = time.time()
+  try:
+    proc.start()
+    child.close()
+    while not stopped and not parent.poll(0.2):
+      if not proc.is_alive():
+        raise DataError(f'data.vocab: the SentencePiece trainer died (exit status '
+                        f'{proc.exitcode})')
+      if time.time() - t0 > 60:
+        log.info('vocabulary: SentencePiece still training (%.0fs)', time.time() - t0)
+        t0 = time.time()
+    if stopped:
+      raise DataError(f'data.vocab: stopped by signal {stopped[0]} while training the '
+                      'vocabulary; nothing was written')
+    status, payload = parent.recv()
+  finally:
+    if proc.is_alive():
+      proc.kill()
+    proc.join()
+    if main:
+      signal.signal(signal.SIGTERM, old)
+  if status == 'error':
+    raise RuntimeError(payload)
+  return payload
 
 
 def _train_sentencepiece(cfg: Any, lines: list[str], buf: io.BytesIO) -> None:
