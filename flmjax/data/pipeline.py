@@ -33,6 +33,7 @@ from flmjax.config import BOS_ID
 from flmjax.data import corpus, instruct, vocab
 from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import DataError, ReadStats
+from flmjax.synthetic_data import batch_rows
 
 SOURCES = ('en', 'zh', 'instruct', 'teacher')
 LM_SOURCES = ('en', 'zh')
@@ -156,19 +157,22 @@ class DataIterator:
   """Infinite iterator of packed [B, L] batches (the trainer's batch contract) with exact resume.
 
   Batches: inputs/targets/segment_ids/positions int32, loss_weights float32, all [B, L] with
-  B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B).
+  B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B),
+  or, given `rows` (sorted global row indices: those its devices hold), exactly those rows.  Every
+  process plans the whole global batch, so the stream and its resume state are global.
   """
 
   def __init__(self, stores: dict[str, Store], rates: dict[str, float], *, seq_len: int,
                global_batch_size: int, seed: int, prompt_loss: bool = False,
                process_index: int = 0, process_count: int = 1, shuffle: bool = True,
-               finite: bool = False, fingerprint: str = '', stats: dict[str, Any] | None = None):
+               finite: bool = False, fingerprint: str = '', stats: dict[str, Any] | None = None,
+               rows: Sequence[int] | None = None):
     if seq_len < 2:
       raise DataError(f'seq_len must be >= 2, got {seq_len}')
     if process_count < 1 or not 0 <= process_index < process_count:
       raise DataError(f'process_index {process_index} must be in [0, process_count='
                       f'{process_count})')
-    if global_batch_size < 1 or global_batch_size % process_count:
+    if rows is None and (global_batch_size < 1 or global_batch_size % process_count):
       raise DataError(f'global_batch_size {global_batch_size} must be a positive multiple of '
                       f'process_count {process_count}')
     self._names = [s for s in stores if rates.get(s, 0) > 0]
@@ -184,8 +188,13 @@ class DataIterator:
     self._prompt_loss = [prompt_loss and s == 'instruct' or s in LM_SOURCES for s in self._names]
     self._teacher = [s == 'teacher' for s in self._names]
     self.seq_len, self.global_batch_size = seq_len, global_batch_size
-    self.batch_size = global_batch_size // process_count
-    self._row0 = process_index * self.batch_size
+    try:
+      rows = batch_rows(global_batch_size, process_index, process_count, rows)
+    except ValueError as e:
+      raise DataError(f'data iterator: {e}') from None
+    self.batch_size = len(rows)
+    self._slot = np.full(global_batch_size, -1, np.int64)  # global row -> row of this batch
+    self._slot[rows] = np.arange(len(rows))
     self._seed, self._shuffle, self._finite = seed, shuffle, finite
     self._fingerprint = fingerprint
     self._static_stats = dict(stats or {})
@@ -332,14 +341,13 @@ class DataIterator:
     if self._exhausted:
       raise StopIteration
     out = self.empty_batch()
-    lo, hi = self._row0, self._row0 + self.batch_size
     produced = 0
     for r in range(self.global_batch_size):
       spans = self._plan_row()
       if spans:
         produced += 1
-      if lo <= r < hi:
-        self._fill_row(spans, out, r - lo)
+      if self._slot[r] >= 0:
+        self._fill_row(spans, out, int(self._slot[r]))
       if self._exhausted:
         break
     if not produced:
@@ -374,13 +382,14 @@ def mixture_rates(cfg: Any) -> dict[str, float]:
 
 
 def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
-                        process_index: int = 0, process_count: int = 1):
+                        process_index: int = 0, process_count: int = 1,
+                        rows: Sequence[int] | None = None):
   """The training batch iterator for an experiment's data section (see DataIterator)."""
   if data_cfg.get('source', 'bilingual') == 'synthetic':
     from flmjax import synthetic_data
     return synthetic_data.make_synthetic_iterator(
         data_cfg, seq_len=seq_len, global_batch_size=global_batch_size,
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count, rows=rows)
   cfg = validate_data_config(data_cfg)
   rates = mixture_rates(cfg)
   sources = [s for s in SOURCES if rates[s] > 0]
@@ -390,7 +399,7 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
       raise DataError(f'data.{s}: the train split has no documents{_source_note(cfg, s, meta)}')
   return DataIterator(stores, rates, seq_len=seq_len, global_batch_size=global_batch_size,
                       seed=cfg.seed, prompt_loss=cfg.prompt_loss, process_index=process_index,
-                      process_count=process_count, fingerprint=meta['key'], stats=meta)
+                      process_count=process_count, fingerprint=meta['key'], stats=meta, rows=rows)
 
 
 def make_eval_batches(data_cfg: Any, *, seq_len: int, batch_size: int,

@@ -187,6 +187,9 @@ class Row:
   paper_days: Optional[float] = None
   compile_s: float = 0.0
   error: str = ''
+  rows_per_host: int = 0       # train rows: global batch rows each host feeds per step
+  hosts_per_shard: int = 0     # train rows: hosts that feed the same batch shard (model axes
+                               # spanning hosts)
 
   @property
   def ratio(self) -> float:
@@ -259,8 +262,7 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
   from flmjax.training.runtime import StageRuntime
 
   devices = topology_devices(sl)
-  hosts = len({(getattr(d, 'slice_index', 0), d.process_index) for d in devices})
-  stages = experiment.validate(config, len(devices), hosts)
+  stages = experiment.validate(config, len(devices))
   names = [s.name for s in stages]
   if stage is not None and stage not in names:
     from flmjax.config import ConfigError
@@ -315,6 +317,12 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
                 opt_bytes=_chip_bytes(abstract.opt_state), flops_per_step=flops,
                 steps=st.steps, step_s=step_s, days=st.steps * step_s / 86400,
                 paper_days=PAPER_DAYS.get((st.model.d_model, st.model.n_layers)))
+    feed = host_feeding(rt.batch_sh, st.global_batch_size, accum,
+                        experiment.batch_field(config, k))
+    log(f'feeding {st.name}: {feed["hosts"]} hosts × {feed["chips_per_host"]} chips; each host '
+        f'feeds {feed["rows_per_host"]} of the {st.global_batch_size} rows of a step '
+        f'({feed["hosts_per_shard"]} host(s) feed each of the {feed["shards"]} batch shards)')
+    step.update(rows_per_host=feed['rows_per_host'], hosts_per_shard=feed['hosts_per_shard'])
     batch = _abstract_batch(st.global_batch_size, st.seq_len, rt.batch_sh)
     variants = [(None, 'train')]
     if mask_shapes:  # the first ramp_steps steps after a growth carry the masks
@@ -329,6 +337,29 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
       compile_row(Row('eval', st.name, **base, param_bytes=step['param_bytes'],
                       opt_bytes=step['opt_bytes']), jitted, abstract, eval_batch)
   return rows
+
+
+def host_feeding(sharding_: Any, global_rows: int, grad_accum: int, what: str) -> dict[str, int]:
+  """How the slice's hosts (its devices' processes) feed one stage's batches: the trainer's own
+  rule (`batches.host_rows`: each host feeds the rows its chips hold).  Refuses (ConfigError,
+  naming `what` and the batch axes) a batch that does not split over the batch shards, and a
+  layout that would leave a row unfed or feed hosts unequal shares."""
+  import numpy as np
+  from flmjax.config import ConfigError
+  from flmjax.training import batches
+  rows = batches.host_rows(sharding_, global_rows, grad_accum=grad_accum, what=what)
+  fed = np.unique(np.concatenate(list(rows.values())))
+  counts = sorted({len(r) for r in rows.values()})
+  if len(fed) != global_rows or len(counts) != 1:
+    raise ConfigError(f'{what}={global_rows}: the hosts would feed {len(fed)} distinct rows in '
+                      f'shares of {counts} rows: the batch sharding does not tile the hosts')
+  chips: dict[Any, int] = {}
+  for d in sharding_.mesh.devices.flat:
+    chips[batches.host_key(d)] = chips.get(batches.host_key(d), 0) + 1
+  _, shards = batches.batch_axes_of(sharding_)
+  first = global_rows // shards  # hosts feeding shard 0 (rows [0, first))
+  return {'hosts': len(rows), 'chips_per_host': max(chips.values()), 'rows_per_host': counts[0],
+          'shards': shards, 'hosts_per_shard': sum(1 for r in rows.values() if r[0] < first)}
 
 
 def _abstract_batch(rows: int, seq_len: int, sharding_: Any) -> dict[str, Any]:
