@@ -107,7 +107,7 @@ def check_batch(batch: Mapping[str, np.ndarray], rows: int, seq_len: int) -> Non
   for k in BATCH_KEYS + tuple(k for k in OPTIONAL_KEYS if k in batch):
     if tuple(batch[k].shape) != (rows, seq_len):
       raise ValueError(f'data: batch[{k!r}] has shape {tuple(batch[k].shape)}, expected '
-                       f'{(rows, seq_len)} (per-process batch × train.seq_len)')
+                       f'{(rows, seq_len)} (the rows this process feeds × train.seq_len)')
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding_: NamedSharding,
