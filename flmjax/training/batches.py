@@ -111,14 +111,16 @@ def check_batch(batch: Mapping[str, np.ndarray], rows: int, seq_len: int) -> Non
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding_: NamedSharding,
-              global_rows: int) -> dict[str, Array]:
+              global_rows: Optional[int] = None) -> dict[str, Array]:
   """This process's rows (`process_rows`, in that order) → one [global_rows, ·] jax.Array per
-  field.  The global shape is given, never inferred from the local rows: JAX lays the sorted
-  local rows onto the devices' slices of it (and a process holding every row feeds them all)."""
+  field; `global_rows` None: `batch` is the whole global batch.  The global shape is given, never
+  inferred from the local rows: JAX lays the sorted local rows onto the devices' slices of it (and
+  a process holding every row feeds them all)."""
   out = {}
   for k in BATCH_KEYS + OPTIONAL_KEYS:
     if k in batch:
       x = np.asarray(batch[k])
-      out[k] = jax.make_array_from_process_local_data(sharding_, x, (global_rows, *x.shape[1:]))
+      shape = (x.shape[0] if global_rows is None else global_rows, *x.shape[1:])
+      out[k] = jax.make_array_from_process_local_data(sharding_, x, shape)
   return out
 
