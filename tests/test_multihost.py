@@ -122,6 +122,7 @@ def test_fsdp_shard_spanning_both_processes_matches_single_process(tmp_path):
   assert read_losses(wd) == pytest.approx(read_losses(want_wd), rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_over_the_shards_is_refused_in_one_line(tmp_path):
   """6 rows over fsdp=4 spanning both processes: `flmjax train` on each host stops before any
   step with one line naming the field and the mesh axes."""
