@@ -38,7 +38,9 @@ What changed to fit TPU v5p, and why (`flmjax compile --config experiments/flm10
 Checked slices (all stages and both growths under 90% of HBM): v5p-512 (v5p:4x8x8, 256 chips;
 largest: the 101B train step at 72.4% of HBM) and v5p-1024 (v5p:8x8x8, 512 chips; 36.5%).
 TPU v4 (30.75 GiB per chip) needs more: on v4-1024 (v4:8x8x8, 512 chips) the 101B stage fits with
-`--config.optim.grad_accum=4 --config.stages.2.global_batch_size=2304` (BUILD.md, Pod readiness).
+`--config.optim.grad_accum=4 --config.stages.2.global_batch_size=2304` (BUILD.md, Pod readiness);
+on v6e-256 (31.25 GiB) with `--config.optim.grad_accum=8 --config.stages.2.global_batch_size=2304`
+(89.1% of HBM).  v5e-256 (15.75 GiB) has no fitting plan for the 101B stage.
 """
 
 from flmjax import experiment

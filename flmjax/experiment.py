@@ -216,8 +216,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
 
 # ---- validation ------------------------------------------------------------------------
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
-             process_count: int = 1) -> list[Stage]:
+def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> list[Stage]:
   """Check the whole experiment config; returns the stage plan.  Device checks need
   `num_devices` (skipped when None, e.g. for a config meant for a pod)."""
   defaults = default_config()
@@ -284,7 +283,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     if vs > s.model.vocab_size:
       raise ConfigError(f'{field}={vs} exceeds {where}.vocab_size={s.model.vocab_size}: ids past '
                         f'it would index padding rows; raise {where}.vocab_size to at least {vs}')
-    _check_batch(s, o.grad_accum, process_count, where)
+    _check_batch(s, o.grad_accum, where)
     _check_schedule(cfg, s, where)
 
   if num_devices is not None:
@@ -296,9 +295,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
     shards = sharding.batch_shards(mesh_sizes, rules)
     for s in stages:
       micro = s.global_batch_size // o.grad_accum
-      field = ('train.global_batch_size' if not cfg.get('stages') or
-               not as_dict(cfg.stages[s.index]).get('global_batch_size')
-               else f'stages[{s.index}].global_batch_size')
+      field = batch_field(cfg, s.index)
       if micro % shards:
         raise ConfigError(
             f'{field}={s.global_batch_size} / optim.grad_accum={o.grad_accum} = {micro} is not '
@@ -308,6 +305,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: Optional[int] = None,
       sharding.check_divisible(s.model, mesh_sizes, rules,
                                stage=s.name if len(stages) > 1 else None)
   return stages
+
+
+def batch_field(cfg: ml_collections.ConfigDict, k: int) -> str:
+  """The config field that sets stage k's global batch (for error messages)."""
+  own = cfg.get('stages') and as_dict(cfg.stages[k]).get('global_batch_size')
+  return f'stages[{k}].global_batch_size' if own else 'train.global_batch_size'
 
 
 def _vocab_file_size(data: Any) -> int:
@@ -347,11 +350,9 @@ def _check_schedule(cfg: ml_collections.ConfigDict, s: Stage, where: str) -> Non
                       f'schedule would climb to it instead of decaying; set end_lr <= lr')
 
 
-def _check_batch(s: Stage, grad_accum: int, process_count: int, where: str) -> None:
+def _check_batch(s: Stage, grad_accum: int, where: str) -> None:
+  """(No process-count rule: a process feeds the rows its devices hold, however many that is.)"""
   b = s.global_batch_size
   if b % grad_accum:
     raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by '
                       f'optim.grad_accum={grad_accum}')
-  if b % process_count:
-    raise ConfigError(f'global_batch_size={b} ({where}) is not divisible by the process count '
-                      f'{process_count}')

@@ -11,7 +11,7 @@ for any number of processes, which the multi-host and resume tests rely on.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -66,24 +66,47 @@ def make_row(seed: int, row: int, seq_len: int, table: np.ndarray, min_doc: int,
           'positions': positions}
 
 
-def make_batch(data_cfg: Mapping[str, Any], first_row: int, batch_size: int,
-               seq_len: int) -> dict[str, np.ndarray]:
+def make_rows(data_cfg: Mapping[str, Any], rows: Sequence[int],
+              seq_len: int) -> dict[str, np.ndarray]:
+  """Stream rows `rows` (global indices), stacked in that order."""
   syn = _syn(data_cfg)
   seed = int(data_cfg['seed'])
   table = successor_table(seed, int(syn['vocab_size']), int(syn['branching']))
-  rows = [make_row(seed, first_row + i, seq_len, table, int(syn['min_doc_len']),
-                   int(syn['max_doc_len'])) for i in range(batch_size)]
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  made = [make_row(seed, int(r), seq_len, table, int(syn['min_doc_len']),
+                   int(syn['max_doc_len'])) for r in rows]
+  return {k: np.stack([r[k] for r in made]) for k in made[0]}
 
 
-class SyntheticIterator:
-  """Yields this process's rows of each global batch; state = global stream position (rows)."""
+def make_batch(data_cfg: Mapping[str, Any], first_row: int, batch_size: int,
+               seq_len: int) -> dict[str, np.ndarray]:
+  return make_rows(data_cfg, range(first_row, first_row + batch_size), seq_len)
 
-  def __init__(self, data_cfg: Mapping[str, Any], *, seq_len: int, global_batch_size: int,
-               process_index: int = 0, process_count: int = 1):
+
+def batch_rows(global_batch_size: int, process_index: int, process_count: int,
+               rows: Optional[Sequence[int]]) -> np.ndarray:
+  """The global rows of each batch an iterator yields: `rows` (sorted, distinct, in range), or
+  else process `process_index`'s contiguous 1/process_count of the batch."""
+  if rows is None:
     if global_batch_size % process_count:
       raise ValueError(f'train.global_batch_size={global_batch_size} is not divisible by the '
                        f'process count {process_count}')
+    local = global_batch_size // process_count
+    return np.arange(process_index * local, (process_index + 1) * local)
+  out = np.asarray(rows, np.int64).reshape(-1)
+  if not len(out) or (np.diff(out) <= 0).any() or out[0] < 0 or out[-1] >= global_batch_size:
+    raise ValueError(f'rows must be sorted, distinct global rows in [0, {global_batch_size}), '
+                     f'got {out.tolist()[:8]}')
+  return out
+
+
+class SyntheticIterator:
+  """Yields this process's rows of each global batch (`rows`, or its contiguous share); state =
+  global stream position (rows)."""
+
+  def __init__(self, data_cfg: Mapping[str, Any], *, seq_len: int, global_batch_size: int,
+               process_index: int = 0, process_count: int = 1,
+               rows: Optional[Sequence[int]] = None):
+    self.rows = batch_rows(global_batch_size, process_index, process_count, rows)
     syn = _syn(data_cfg)
     if syn['min_doc_len'] < 1 or syn['max_doc_len'] < syn['min_doc_len']:
       raise ValueError(f"data.synthetic: need 1 <= min_doc_len <= max_doc_len, got "
@@ -91,16 +114,13 @@ class SyntheticIterator:
     self.data_cfg = data_cfg
     self.seq_len = seq_len
     self.global_batch_size = global_batch_size
-    self.local = global_batch_size // process_count
-    self.process_index = process_index
     self.row = 0
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    start = self.row + self.process_index * self.local
-    batch = make_batch(self.data_cfg, start, self.local, self.seq_len)
+    batch = make_rows(self.data_cfg, self.row + self.rows, self.seq_len)
     self.row += self.global_batch_size
     return batch
 
@@ -114,9 +134,10 @@ class SyntheticIterator:
 
 
 def make_synthetic_iterator(data_cfg: Mapping[str, Any], *, seq_len: int, global_batch_size: int,
-                            process_index: int = 0, process_count: int = 1) -> SyntheticIterator:
+                            process_index: int = 0, process_count: int = 1,
+                            rows: Optional[Sequence[int]] = None) -> SyntheticIterator:
   return SyntheticIterator(data_cfg, seq_len=seq_len, global_batch_size=global_batch_size,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count, rows=rows)
 
 
 def make_synthetic_eval_batches(data_cfg: Mapping[str, Any], *, seq_len: int, batch_size: int,

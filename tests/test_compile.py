@@ -95,6 +95,71 @@ def test_footer_names_the_stages_it_summed():
   assert last.startswith('training days (all stages: 16B, 101B; at 52% MFU): 3.50'), last
 
 
+def test_footer_sums_only_the_stages_that_fit():
+  sl = aot.parse_slice('v6e-256')
+  rows = [_row('train', '16B', 1.0, 9.63), _row('growth', '16B -> 51B'),
+          _row('train', '51B', 2.0, 5.37), _row('train', '101B', 2.5, 6.54)]
+  rows[1].error = 'out of HBM'  # the growth into 51B fails: 51B does not fit
+  rows[3].error = 'out of HBM'
+  last = aot.format_table(rows, sl, 0.52).splitlines()[-3]
+  assert last.startswith('training days (all stages: 16B, 51B, 101B; at 52% MFU): n/a: 2 stages '
+                         '(51B, 101B) do not fit; 16B, which fits: 1.00'), last
+  for r in rows:
+    r.error = 'out of HBM'
+  last = aot.days_footer(rows, 0.52)
+  assert 'n/a: 3 stages (16B, 51B, 101B) do not fit; paper' in last, last
+
+
+def _plan_config(**mesh):
+  from flmjax import experiment
+  c = experiment.default_config()
+  c.mesh.update(mesh)
+  c.train.update(global_batch_size=2176, steps=10)
+  c.optim.grad_accum = 2
+  return c
+
+
+def test_each_host_feeds_the_rows_its_chips_hold_on_real_host_layouts():
+  """libtpu's devices carry their host (process): with tensor=8 a tensor group spans hosts of 4
+  chips, so several hosts feed the same batch shard (never batch // hosts rows each)."""
+  from flmjax import sharding
+  from flmjax.config import ConfigError
+  for name, hosts, rows, per_shard in (('v5p-16', 2, 2176, 2), ('v5p-512', 64, 136, 4),
+                                       ('v6e-256', 64, 68, 2)):
+    devices = aot.topology_devices(aot.parse_slice(name))
+    mesh = sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 8}, devices)
+    sh = sharding.batch_sharding(mesh, sharding.logical_rules({}))
+    feed = aot.host_feeding(sh, 2176, 2, 'stages[2].global_batch_size')
+    assert (feed['hosts'], feed['chips_per_host']) == (hosts, 4), name
+    assert (feed['rows_per_host'], feed['hosts_per_shard']) == (rows, per_shard), (name, feed)
+    assert feed['rows_per_host'] * feed['hosts'] == 2176 * feed['hosts_per_shard']
+  with pytest.raises(ConfigError, match=r'stages\[2\].global_batch_size=2176 / optim.grad_accum=8 '
+                                        r'does not split evenly over the batch shards data×fsdp = 32'):
+    aot.host_feeding(sh, 2176, 8, 'stages[2].global_batch_size')
+
+
+def test_to_fix_names_only_the_knobs_that_can_help():
+  big = aot.Row('train', '101B', (1, 4, 2), 10 ** 11, param_bytes=30 * aot.GiB,
+                opt_bytes=60 * aot.GiB, capacity=int(95.74 * aot.GiB), global_batch=2176,
+                batch_shards=4)
+  tip = aot.oom_advice(_plan_config(), big)  # the state alone fills the chip
+  assert 'use more chips' in tip and 'raise optim.grad_accum' not in tip, tip
+  act = aot.Row('train', '101B', (1, 32, 8), 10 ** 11, param_bytes=aot.GiB, opt_bytes=aot.GiB,
+                capacity=int(95.74 * aot.GiB), global_batch=2176, batch_shards=32)
+  tip = aot.oom_advice(_plan_config(), act)
+  assert tip.startswith('raise optim.grad_accum (now 2) to 4 or more'), tip
+  act.batch_shards = 1088  # one sequence per shard already: grad_accum cannot help
+  assert 'grad_accum' not in aot.oom_advice(_plan_config(), act)
+  sl = aot.parse_slice('v5p-8')  # 4 chips: tensor=8 cannot be laid out; only the mesh helps
+  fix = aot.config_fix(_plan_config(data=1, fsdp=-1, tensor=8), sl)
+  assert 'mesh.tensor must divide 4' in fix and 'grad_accum' not in fix and 'batch' not in fix
+  c = _plan_config(data=1, fsdp=-1, tensor=1)  # 64 batch shards: 2176 / 4 = 544 does not divide
+  c.optim.grad_accum = 4
+  fix = aot.config_fix(c, aot.parse_slice('v5p:4x4x4'))
+  assert fix.startswith('optim.grad_accum one of [1, 2, 17, 34]; or train.global_batch_size a '
+                        'multiple of 256 (2048, 2304)'), fix
+
+
 def test_without_libtpu_says_how_to_install(monkeypatch, capsys, tmp_path):
   import importlib.util
   real = importlib.util.find_spec
@@ -172,7 +237,7 @@ def test_too_large_is_out_of_hbm(tmp_path):
   assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
   assert 'out of HBM' in proc.stdout and 'FAILED train main' in proc.stdout
   assert 'raise optim.grad_accum' in proc.stdout and "model.remat='full'" in proc.stdout
-  assert 'mesh.rules.act_length=tensor' in proc.stdout
+  assert 'act_length' not in proc.stdout  # tensor=1: sequence parallelism would split nothing
 
 
 def test_batch_that_does_not_divide_names_the_field(tmp_path):
@@ -180,7 +245,9 @@ def test_batch_that_does_not_divide_names_the_field(tmp_path):
                      '--config.train.global_batch_size=6')  # 4 batch shards
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'train.global_batch_size=6' in proc.stderr and 'batch shards' in proc.stderr
-  assert 'optim.grad_accum' in proc.stderr and 'mesh' in proc.stderr
+  fix = proc.stderr.split('To fix: ')[1]  # 6 rows never split over 4 shards: grad_accum can't help
+  assert 'grad_accum' not in fix and 'train.global_batch_size a multiple of 4 (4, 8)' in fix, fix
+  assert 'mesh.data × mesh.fsdp dividing 6' in fix
 
 
 def test_multislice_mesh_puts_only_data_across_slices():

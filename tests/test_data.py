@@ -406,6 +406,13 @@ def test_processes_split_the_global_batch(setup):
       np.testing.assert_array_equal(np.concatenate([p[i][k] for p in parts]), whole[i][k])
   with pytest.raises(D.DataError, match='multiple of process_count'):
     D.make_train_iterator(cfg, seq_len=64, global_batch_size=5, process_count=3)
+  # any sorted rows (those a process's devices hold, `flmjax.training.batches.process_rows`)
+  some = _take(D.make_train_iterator(cfg, seq_len=64, global_batch_size=6, rows=[1, 2, 5]), 3)
+  for i in range(3):
+    for k in whole[i]:
+      np.testing.assert_array_equal(some[i][k], whole[i][k][[1, 2, 5]])
+  with pytest.raises(D.DataError, match='sorted, distinct'):
+    D.make_train_iterator(cfg, seq_len=64, global_batch_size=6, rows=[2, 1])
 
 
 # ---- instruction data and teacher signal ---------------------------------------------------

@@ -51,16 +51,15 @@ def run(args: argparse.Namespace) -> int:
                               eval_step=not args.no_eval,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
   except experiment.ConfigError as e:
-    fix = (' To fix: change the batch size (train.global_batch_size / '
-           'stages[k].global_batch_size), optim.grad_accum or the mesh (mesh.data/fsdp/tensor) '
-           'so that they divide.' if 'divisible' in str(e) else '')
-    print(f'flmjax compile: config error for {sl}: {e}.{fix}', file=sys.stderr)
+    fix = aot.config_fix(config, sl)
+    print(f'flmjax compile: config error for {sl}: {e}.' + (f' To fix: {fix}.' if fix else ''),
+          file=sys.stderr)
     return 2
   print(aot.format_table(rows, sl, mfu, all_stages=args.stage is None), flush=True)
   over = [r for r in rows if not r.error and r.ratio > args.max_hbm_fraction]
   for r in over:
     print(f'OVER {r.kind} {r.name}: {100 * r.ratio:.1f}% of HBM > --max_hbm_fraction='
-          f'{args.max_hbm_fraction}. To fit: {aot.oom_advice(config, r.kind)}',
+          f'{args.max_hbm_fraction}. To fit: {aot.oom_advice(config, r)}',
           file=sys.stderr)
   if args.output:
     with open(args.output, 'w') as f:

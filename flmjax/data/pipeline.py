@@ -32,6 +32,7 @@ from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import DataError
 from flmjax.data.store import SourceReader, Store, open_sources
 from flmjax.data.store_build import LM_SOURCES, SOURCES, source_examples, tokenize
+from flmjax.synthetic_data import batch_rows
 
 Batch = dict[str, np.ndarray]
 __all__ = ['DataIterator', 'Store', 'load_stores', 'make_eval_batches', 'make_train_iterator',
@@ -114,8 +115,9 @@ class DataIterator:
 
   Batches: inputs/targets/segment_ids/positions int32, loss_weights float32, all [B, L] with
   B = global_batch_size // process_count; this process gets rows [index * B, (index + 1) * B),
-  or the global rows named by `rows` (then B = len(rows)). Every process plans all the global
-  rows (document lengths only); it reads the tokens of its own rows alone.
+  or, given `rows` (distinct global row indices: those its devices hold), exactly those rows.
+  Every process plans all the global rows (document lengths only), so the stream and its
+  resume state are global; it reads the tokens of its own rows alone.
   """
 
   def __init__(self, stores: Mapping[str, Documents], rates: dict[str, float], *, seq_len: int,
@@ -128,7 +130,7 @@ class DataIterator:
     if process_count < 1 or not 0 <= process_index < process_count:
       raise DataError(f'process_index {process_index} must be in [0, process_count='
                       f'{process_count})')
-    if global_batch_size < 1 or global_batch_size % process_count:
+    if rows is None and (global_batch_size < 1 or global_batch_size % process_count):
       raise DataError(f'global_batch_size {global_batch_size} must be a positive multiple of '
                       f'process_count {process_count}')
     self._names = [s for s in stores if rates.get(s, 0) > 0]
@@ -144,14 +146,13 @@ class DataIterator:
     self._prompt_loss = [prompt_loss and s == 'instruct' or s in LM_SOURCES for s in self._names]
     self._teacher = [s == 'teacher' for s in self._names]
     self.seq_len, self.global_batch_size = seq_len, global_batch_size
-    if rows is None:
-      b = global_batch_size // process_count
-      rows = range(process_index * b, (process_index + 1) * b)
-    self._rows = {int(r): i for i, r in enumerate(rows)}   # global row -> row of this batch
-    if len(self._rows) != len(rows) or any(not 0 <= r < global_batch_size for r in self._rows):
-      raise DataError(f'rows {list(rows)[:8]} must be distinct rows of [0, global_batch_size='
-                      f'{global_batch_size})')
-    self.batch_size = len(self._rows)
+    try:
+      rows = batch_rows(global_batch_size, process_index, process_count, rows)
+    except ValueError as e:
+      raise DataError(f'data iterator: {e}') from None
+    self.batch_size = len(rows)
+    self._slot = np.full(global_batch_size, -1, np.int64)  # global row -> row of this batch
+    self._slot[rows] = np.arange(len(rows))
     self._seed, self._shuffle, self._finite = seed, shuffle, finite
     self._fingerprint = fingerprint
     self._static_stats = dict(stats or {})
@@ -292,8 +293,8 @@ class DataIterator:
       spans = self._plan_row()
       if spans:
         produced += 1
-      if r in self._rows:
-        self._fill_row(spans, out, self._rows[r])
+      if self._slot[r] >= 0:
+        self._fill_row(spans, out, int(self._slot[r]))
       if self._exhausted:
         break
     if not produced:
@@ -336,7 +337,7 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, global_batch_size: int,
     from flmjax import synthetic_data
     return synthetic_data.make_synthetic_iterator(
         data_cfg, seq_len=seq_len, global_batch_size=global_batch_size,
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count, rows=rows)
   cfg = validate_data_config(data_cfg)
   rates = mixture_rates(cfg)
   sources = [s for s in SOURCES if rates[s] > 0]

@@ -54,8 +54,8 @@ def _width_run(config: Any, width: int, steps: int, seed: int) -> list[dict[str,
   state = TrainState(step=zero, params=params, opt_state=tx.init(params), rng=key,
                      grow_step=zero, ramp_steps=zero)
   it = make_train_iterator(c.data, seq_len=stage.seq_len,
-                           global_batch_size=stage.global_batch_size, process_index=0,
-                           process_count=1)
+                           global_batch_size=stage.global_batch_size,
+                           rows=range(stage.global_batch_size))
   probe = make_eval_batches(c.data, seq_len=stage.seq_len,
                             batch_size=stage.global_batch_size, num_batches=1)
   probe_batch = next(iter(probe.values()))[0]

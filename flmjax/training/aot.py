@@ -187,6 +187,11 @@ class Row:
   paper_days: Optional[float] = None
   compile_s: float = 0.0
   error: str = ''
+  global_batch: int = 0        # the stage's global batch (an eval step takes 1/grad_accum)
+  batch_shards: int = 0
+  rows_per_host: int = 0       # train rows: global batch rows each host feeds per step
+  hosts_per_shard: int = 0     # train rows: hosts that feed the same batch shard (model axes
+                               # spanning hosts)
 
   @property
   def ratio(self) -> float:
@@ -227,22 +232,81 @@ def describe_error(e: BaseException) -> str:
   return (msg.strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def oom_advice(config: Any, kind: str) -> str:
-  """What to change when a program does not fit (the error names the fields)."""
-  if kind == 'growth':
+def next_grad_accum(global_batch: int, batch_shards: int, grad_accum: int) -> Optional[int]:
+  """The smallest grad_accum above `grad_accum` whose micro-batch still divides the batch shards
+  (None when the micro-batch is already one row per shard)."""
+  per_shard = global_batch // batch_shards if batch_shards else 0
+  return next((a for a in range(grad_accum + 1, per_shard + 1)
+               if global_batch % (batch_shards * a) == 0), None)
+
+
+def oom_advice(config: Any, row: Row) -> str:
+  """What can make `row`'s program fit, and only that, most effective first.  When the state alone
+  (params, gradients of a train step, optimizer state) fills the chip, nothing that shrinks
+  activations helps: only more chips do."""
+  if row.kind == 'growth':
     return ('the growth holds the old and the new state at once: use more chips (a larger slice '
             'or mesh.fsdp) or shard more of the state (mesh.rules)')
+  train = row.kind.startswith('train')
+  state = row.param_bytes * (2 if train else 1) + row.opt_bytes
+  if row.capacity and state >= 0.9 * row.capacity:
+    what = 'parameters, gradients and optimizer state' if train else 'parameters and optimizer state'
+    return (f'{what} alone need {_gib(state)} per chip of {_gib(row.capacity)}: use more chips '
+            f'(a larger slice; mesh.fsdp=-1 takes them), which shards the state further; '
+            f'optim.grad_accum, remat and sequence parallelism only shrink activations')
   rules = config.mesh.get('rules') or {}
   sp = tuple(rules.get('act_length') or ()) == ('tensor',)
-  tips = [f'raise optim.grad_accum (now {config.optim.grad_accum}; activations shrink with the '
-          f'micro-batch, the global batch / grad_accum must still divide the batch shards)']
-  if config.model.get('remat', 'none') != 'full':
+  accum = int(config.optim.grad_accum)
+  tips = []
+  more = next_grad_accum(row.global_batch, row.batch_shards, accum)
+  if more:
+    tips.append(f'raise optim.grad_accum (now {accum}) to {more} or more (activations shrink with '
+                f'the micro-batch; global_batch_size / grad_accum must still divide the '
+                f'{row.batch_shards} batch shards)')
+  if train and config.model.get('remat', 'none') != 'full':
     tips.append(f"set model.remat='full' (now {config.model.get('remat')!r})")
-  if not sp:
+  if not sp and config.mesh.get('tensor', 1) != 1:
     tips.append("shard the residual stream over tensor (sequence parallelism): "
                 "--config.mesh.rules.act_length=tensor")
-  tips.append('lower the global_batch_size, or use more chips')
+  tips.append('use more chips' + ('' if more else ' or a smaller global_batch_size (the '
+                                  'micro-batch is already one sequence per batch shard)'))
   return '; '.join(tips)
+
+
+def config_fix(config: Any, sl: Slice) -> str:
+  """'To fix' for a config error of `compile_stages`, naming only the knobs that can help: a mesh
+  that does not tile the slice's chips, or a batch that does not split over the batch shards."""
+  from flmjax import experiment, plan, sharding
+  from flmjax.config import ConfigError
+  try:
+    shape = sharding.mesh_shape(config.mesh, sl.chips)
+  except ConfigError:
+    return (f'set mesh.data × mesh.fsdp × mesh.tensor to the slice\'s {sl.chips} chips (one may '
+            f'be -1; mesh.tensor must divide {sl.chips})')
+  try:
+    shards = sharding.batch_shards(dict(zip(sharding.MESH_AXES, shape)),
+                                   sharding.logical_rules(config.mesh))
+    stages = plan.stage_plan(config)
+  except ConfigError:
+    return ''
+  accum = int(config.optim.grad_accum)
+  for s in stages:
+    b = s.global_batch_size
+    if b % accum == 0 and (b // accum) % shards == 0:
+      continue
+    step = shards * accum
+    lo, hi = b // step * step, (b // step + 1) * step
+    field = experiment.batch_field(config, s.index)
+    tips = []
+    accums = [a for a in range(1, b // shards + 1) if b % (shards * a) == 0] if b % shards == 0 \
+        else []
+    if accums:
+      tips.append(f'optim.grad_accum one of {accums[:8]}')
+    tips.append(f'{field} a multiple of {step} ({", ".join(str(x) for x in (lo, hi) if x)})')
+    tips.append(f'fewer batch shards (mesh.data × mesh.fsdp dividing {b // accum if b % accum == 0 else b}, '
+                f'mesh.tensor taking the rest)')
+    return '; or '.join(tips)
+  return ''
 
 
 def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
@@ -256,11 +320,11 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
   import jax.numpy as jnp
   from flmjax import experiment, growth, optimizer, sharding
   from flmjax.params import flatten_paths
+  from flmjax.training import batches
   from flmjax.training.runtime import StageRuntime
 
   devices = topology_devices(sl)
-  hosts = len({(getattr(d, 'slice_index', 0), d.process_index) for d in devices})
-  stages = experiment.validate(config, len(devices), hosts)
+  stages = experiment.validate(config, len(devices))
   names = [s.name for s in stages]
   if stage is not None and stage not in names:
     from flmjax.config import ConfigError
@@ -271,6 +335,14 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   accum = int(config.optim.grad_accum)
   rows: list[Row] = []
+  feeds = {}  # before compiling anything: each host's rows, as the trainer will feed them
+  for k, st in enumerate(stages):
+    if stage is None or st.name == stage:
+      feed = feeds[k] = host_feeding(sharding.batch_sharding(mesh, rules), st.global_batch_size,
+                                     accum, experiment.batch_field(config, k))
+      log(f'feeding {st.name}: {feed["hosts"]} hosts × {feed["chips_per_host"]} chips; each '
+          f'host feeds {feed["rows_per_host"]} of the {st.global_batch_size} rows of a step '
+          f'({feed["hosts_per_shard"]} host(s) feed each of the {feed["shards"]} batch shards)')
 
   def compile_row(row: Row, fn: Callable, *args) -> None:
     t0 = time.time()
@@ -282,8 +354,7 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
     except Exception as e:  # pylint: disable=broad-except
       row.error = describe_error(e)
       if 'RESOURCE_EXHAUSTED' in str(e):
-        row.error += '. To fit: ' + oom_advice(config, 'growth' if row.kind == 'growth'
-                                               else 'step')
+        row.error += '. To fit: ' + oom_advice(config, row)
     row.compile_s = time.time() - t0
     rows.append(row)
     log(format_row(row) if not row.error else f'  {row.kind} {row.name}: {row.error}')
@@ -293,7 +364,9 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
       continue
     rt = StageRuntime(config, stages, k, mesh, rules, schedule)
     abstract = rt.abstract_state()
-    base = dict(mesh=mesh_shape, params=st.model.param_count(), capacity=sl.chip.hbm_usable)
+    base = dict(mesh=mesh_shape, params=st.model.param_count(), capacity=sl.chip.hbm_usable,
+                global_batch=st.global_batch_size,
+                batch_shards=batches.batch_axes_of(rt.batch_sh)[1])
     mask_shapes = None
     if k > 0:  # the growth into this stage, from the previous stage's final state
       prev = StageRuntime(config, stages, k - 1, mesh, rules, schedule)
@@ -315,6 +388,8 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
                 opt_bytes=_chip_bytes(abstract.opt_state), flops_per_step=flops,
                 steps=st.steps, step_s=step_s, days=st.steps * step_s / 86400,
                 paper_days=PAPER_DAYS.get((st.model.d_model, st.model.n_layers)))
+    step.update(rows_per_host=feeds[k]['rows_per_host'],
+                hosts_per_shard=feeds[k]['hosts_per_shard'])
     batch = _abstract_batch(st.global_batch_size, st.seq_len, rt.batch_sh)
     variants = [(None, 'train')]
     if mask_shapes:  # the first ramp_steps steps after a growth carry the masks
@@ -329,6 +404,29 @@ def compile_stages(config: Any, sl: Slice, *, stage: Optional[str] = None,
       compile_row(Row('eval', st.name, **base, param_bytes=step['param_bytes'],
                       opt_bytes=step['opt_bytes']), jitted, abstract, eval_batch)
   return rows
+
+
+def host_feeding(sharding_: Any, global_rows: int, grad_accum: int, what: str) -> dict[str, int]:
+  """How the slice's hosts (its devices' processes) feed one stage's batches: the trainer's own
+  rule (`batches.host_rows`: each host feeds the rows its chips hold).  Refuses (ConfigError,
+  naming `what` and the batch axes) a batch that does not split over the batch shards, and a
+  layout that would leave a row unfed or feed hosts unequal shares."""
+  import numpy as np
+  from flmjax.config import ConfigError
+  from flmjax.training import batches
+  rows = batches.host_rows(sharding_, global_rows, grad_accum=grad_accum, what=what)
+  fed = np.unique(np.concatenate(list(rows.values())))
+  counts = sorted({len(r) for r in rows.values()})
+  if len(fed) != global_rows or len(counts) != 1:
+    raise ConfigError(f'{what}={global_rows}: the hosts would feed {len(fed)} distinct rows in '
+                      f'shares of {counts} rows: the batch sharding does not tile the hosts')
+  chips: dict[Any, int] = {}
+  for d in sharding_.mesh.devices.flat:
+    chips[batches.host_key(d)] = chips.get(batches.host_key(d), 0) + 1
+  _, shards = batches.batch_axes_of(sharding_)
+  first = global_rows // shards  # hosts feeding shard 0 (rows [0, first))
+  return {'hosts': len(rows), 'chips_per_host': max(chips.values()), 'rows_per_host': counts[0],
+          'shards': shards, 'hosts_per_shard': sum(1 for r in rows.values() if r[0] < first)}
 
 
 def _abstract_batch(rows: int, seq_len: int, sharding_: Any) -> dict[str, Any]:
@@ -372,14 +470,24 @@ def format_row(r: Row) -> str:
 
 def days_footer(rows: Sequence[Row], mfu: float, all_stages: bool = True) -> str:
   """The summed training days, naming the stages summed (a `--stage` plan is one stage, not the
-  run)."""
+  run).  A stage one of whose programs (or the growth into it) failed does not fit: its days
+  would be a plan that cannot run, so they are not summed ("n/a" when no stage fits)."""
   train = [r for r in rows if r.kind == 'train']
+  failed = {r.name.split(' -> ')[-1] for r in rows if r.error}
   names = ', '.join(r.name for r in train)
   what = (f'all stages: {names}' if all_stages else
           f"stage{'s' if len(train) > 1 else ''} {names} only")
+  fit = [r for r in train if r.name not in failed]
+  bad = [r.name for r in train if r.name in failed]
   paper = [r.paper_days for r in train if r.paper_days is not None]
-  return (f'training days ({what}; at {100 * mfu:.0f}% MFU): '
-          f'{sum(r.days for r in train):.2f}'
+  if not bad:
+    days = f'{sum(r.days for r in fit):.2f}'
+  else:
+    n = f"{len(bad)} stage{'s' if len(bad) > 1 else ''}"
+    days = (f"n/a: {n} ({', '.join(bad)}) do{'' if len(bad) > 1 else 'es'} not fit"
+            + (f"; {', '.join(r.name for r in fit)}, which fit{'' if len(fit) > 1 else 's'}: "
+               f'{sum(r.days for r in fit):.2f}' if fit else ''))
+  return (f'training days ({what}; at {100 * mfu:.0f}% MFU): {days}'
           + (f'; paper: {sum(paper):.2f} on 192 A800s' if paper else ''))
 
 

@@ -34,17 +34,25 @@ def evaluate(runtime: StageRuntime, state: TrainState,
              eval_sets: Mapping[str, list[batches.Batch]]) -> dict[str, float]:
   """Mean per-token validation loss per language, `val_loss_<name>`."""
   out = {}
-  pc, pi = jax.process_count(), jax.process_index()
   for name, held_out in eval_sets.items():
     ce_total, n_total = 0.0, 0.0
     for b in held_out:
-      rows = b['inputs'].shape[0] // pc
-      local = {k: np.asarray(b[k])[pi * rows:(pi + 1) * rows] for k in batches.BATCH_KEYS}
-      ce, n = runtime.eval_step(state, batches.to_global(local, runtime.batch_sh))
+      n_rows = b['inputs'].shape[0]
+      rows = batches.process_rows(runtime.batch_sh, n_rows, what='eval batch')
+      local = {k: np.asarray(b[k])[rows] for k in batches.BATCH_KEYS}
+      ce, n = runtime.eval_step(state, batches.to_global(local, runtime.batch_sh, n_rows))
       ce_total += float(ce)
       n_total += float(n)
     out[f'val_loss_{name}'] = ce_total / max(n_total, 1.0)
   return out
+
+
+def stage_rows(runtime: StageRuntime) -> np.ndarray:
+  """The global rows of each of the stage's batches this process feeds (its devices' rows)."""
+  stage = runtime.stage
+  return batches.process_rows(runtime.batch_sh, stage.global_batch_size,
+                              grad_accum=int(runtime.config.optim.grad_accum),
+                              what=experiment.batch_field(runtime.config, stage.index))
 
 
 class StopTraining(Exception):
@@ -62,7 +70,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   section; see `flmjax.training.faults`.  The workdir is locked for the run: a second writer is
   refused with the holder's pid and host.
   """
-  stages = experiment.validate(config, jax.device_count(), jax.process_count())
+  stages = experiment.validate(config, jax.device_count())
   with recovery.workdir_lock(workdir, jax.process_index() == 0):
     return _train(config, workdir, stages, stop_at_step)
 
@@ -153,8 +161,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
         if step < stage.end_step:
           it = batches.make_train_iterator(config.data, seq_len=stage.seq_len,
                                            global_batch_size=stage.global_batch_size,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count())
+                                           rows=stage_rows(runtime))
           if data_state:
             it.set_state(data_state)
           if getattr(it, 'skipped_reasons', None):
@@ -255,7 +262,7 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
   ramp_end = None
   if state.mask_base is not None:
     ramp_end = int(jax.device_get(state.grow_step)) + int(jax.device_get(state.ramp_steps))
-  local_rows = stage.global_batch_size // jax.process_count()
+  local_rows = len(stage_rows(runtime))
   bar = tqdm(total=stage.steps, initial=step - stage.start_step, desc=f'stage {stage.name}',
              disable=not primary, dynamic_ncols=True, file=sys.stderr)
   t_start = t_log = time.time()
@@ -283,7 +290,8 @@ def _run_stage(runtime: StageRuntime, state: TrainState, it, eval_sets, stages, 
       if inject:
         batch = faults.inject(batch, guard.batches, loop.fault_cfg, runtime.cfg.vocab_size)
       batches.check_batch(batch, local_rows, stage.seq_len)
-      state, out = runtime.train_step(state, batches.to_global(batch, runtime.batch_sh))
+      state, out = runtime.train_step(
+          state, batches.to_global(batch, runtime.batch_sh, stage.global_batch_size))
       step += 1
       check_pending()
       pending = (step, out)
