@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from flmjax.metrics import read_metrics
+from flmjax.storage.metrics import read_metrics
 
 Curve = list[tuple[float, float]]  # (cumulative FLOPs, validation loss), FLOPs increasing
 

@@ -15,7 +15,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from flmjax import curves  # noqa: E402
-from flmjax.metrics import current_records  # noqa: E402
+from flmjax.storage.metrics import current_records  # noqa: E402
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ import sys
 import pytest
 
 from conftest import subprocess_env, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, metrics, plan
+from flmjax import experiment, plan
+from flmjax.storage import checkpoint, metrics
 from flmjax.training import faults, loop
-from flmjax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from flmjax.storage.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
 
 
 def _dead_pid() -> int:

@@ -183,7 +183,7 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
     assert json.load(f)['stages'][-1]['val_loss']['val_loss_synthetic'] == early['probe_loss']
 
   # the branches hard-linked the prefix's checkpoints: they are still intact
-  from flmjax import checkpoint
+  from flmjax.storage import checkpoint
   prefix = next(d for d in os.listdir(work) if d.startswith('prefix'))
   stage0 = checkpoint.stage_dir(str(work / prefix), 0)
   assert [r['growth_step'] for r in sorted(rows, key=lambda r: r['share'])] == \

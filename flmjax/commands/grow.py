@@ -69,8 +69,9 @@ def _check_verify_args(args: argparse.Namespace, src: Any, dst: Any) -> None:
 
 
 def grow_main(args: argparse.Namespace) -> int:
-  from flmjax import checkpoint, experiment, plan
-  from flmjax.workdir_lock import WorkdirLock
+  from flmjax import experiment, plan
+  from flmjax.storage import checkpoint
+  from flmjax.storage.workdir_lock import WorkdirLock
 
   path, stage_name = parse_target(args.to)
   config = experiment.load_config(path)
@@ -94,7 +95,8 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
   import jax
   import jax.numpy as jnp
 
-  from flmjax import checkpoint, growth, optimizer, sharding
+  from flmjax import growth, optimizer, sharding
+  from flmjax.storage import checkpoint
   from flmjax.config import ConfigError, ModelConfig
   from flmjax.growth import EXACT_TOL, max_abs_logit_diff
   from flmjax.training.runtime import StageRuntime, load_state, stage_meta

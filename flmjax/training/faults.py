@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flmjax import checkpoint
+from flmjax.storage import checkpoint
 from flmjax.config import ConfigError, check_section
 
 

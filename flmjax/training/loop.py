@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, plan, sharding
+from flmjax import experiment, optimizer, plan, sharding
+from flmjax.storage import checkpoint, metrics as metrics_lib
 from flmjax.distributed import log0
 from flmjax.training import batches, faults, recovery
 from flmjax.training.runtime import StageRuntime, scaled_schedule, stage_meta

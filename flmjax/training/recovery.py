@@ -14,10 +14,10 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from flmjax import checkpoint
+from flmjax.storage import checkpoint
 from flmjax.distributed import all_processes, log0, sync
 from flmjax.training import faults
-from flmjax.workdir_lock import WorkdirLock, WorkdirLockedError
+from flmjax.storage.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
 @contextlib.contextmanager
