@@ -125,9 +125,14 @@ class StageCheckpointer:
     self._primary = jax.process_index() == 0
 
   def _manifest_before_commit(self) -> None:
-    """orbax's callback: the step's data is final, its temporary directory not yet renamed."""
+    """orbax's callback: the step's data is final, its temporary directory not yet renamed.
+    On an object store orbax writes the step in place (no temporary directory): the manifest,
+    written now, is what commits it (`committed`)."""
     step = self._in_flight
     if step is None or not self._primary:
+      return
+    if paths.is_remote(self.directory):
+      write_manifest(paths.join(self.directory, str(step)))
       return
     tmp = [paths.join(self.directory, n) for n in paths.listdir(self.directory)
            if n.startswith(f'{step}{TMP_MARKER}')]

@@ -93,12 +93,6 @@ def split(path: str) -> tuple[str, str]:
   return dirname(path), basename(path)
 
 
-def relpath(path: str, start: str) -> str:
-  if is_remote(path):
-    return posixpath.relpath(path[len(start.rstrip('/')):].lstrip('/') or '.', '.')
-  return os.path.relpath(path, start)
-
-
 def epath_of(path: str) -> epath.Path:
   check_scheme(path)
   return epath.Path(path)
