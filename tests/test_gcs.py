@@ -228,7 +228,12 @@ def test_server_gone_mid_run_stops_in_bounded_time_and_the_last_checkpoint_resum
   body = '''
     c = tiny_config(6, train=dict(eval_batches=1, ckpt_every=2))
     c.faults.stop_timeout_s = 20
-    loop.train(c, sys.argv[1])
+    try:
+      loop.train(c, sys.argv[1])
+    except Exception as e:  # what `flmjax train` (cli.main) prints
+      from flmjax import cli
+      print('flmjax train: ' + cli.describe_error(e), file=sys.stderr)
+      sys.exit(1)
   '''
   proc = _spawn(body, wd, env={'FAULT_TEST_DELAY': '3'})  # 3 s a batch: time to aim
   _wait_for(proc, lambda l: l == 'SAVE stage_0 2')

@@ -203,6 +203,11 @@ class WorkdirLock:
         paths.remove(self.path)
     except FileNotFoundError:
       pass
+    except Exception as e:  # pylint: disable=broad-except  (a server gone: say so, keep the
+      if not paths.is_remote(self.path):  # run's own outcome; the lock is then stale by pid)
+        raise
+      print(f'could not remove the workdir lock {self.path} ({paths.describe_error(e)}); the '
+            'next run takes it over as stale', file=sys.stderr, flush=True)
 
   def __enter__(self) -> 'WorkdirLock':
     return self.acquire()
