@@ -165,3 +165,10 @@ def test_growth_evidence_diagnosis_and_sweep_smoke(tmp_path):
   assert 'operator × growth point sweep' in out and 'stack x2 (depth only)' in out
   assert os.path.getsize(tmp_path / 'plots' / 'sweep_heatmap.png') > 1000
   assert json.load(open(tmp_path / 'sweep.json'))['best'][1] == '0.5'
+
+
+@pytest.mark.slow
+def test_checkpoint_io_smoke():
+  """Save and restore, local vs a GCS server (fake-gcs-server), each side timed."""
+  out = _run('checkpoint_io.py')
+  assert 'local ' in out and 'gs:// ' in out and 'save ms' in out and 'restore ms' in out
