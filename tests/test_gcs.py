@@ -253,3 +253,12 @@ def test_server_gone_mid_run_stops_in_bounded_time_and_the_last_checkpoint_resum
   cfg = tiny_config(6, train=dict(eval_batches=1, ckpt_every=2))
   loop.train(cfg, wd)
   assert read_losses(wd) == want
+
+
+def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  # noqa: F811
+  from flmjax.commands.eval import output_problem
+  from flmjax.evaluation import report
+  assert output_problem(f'{bucket}/reports/r.json') is None
+  report.write_json(f'{bucket}/reports/r.json', {'tasks': {'counting': 0.5}})
+  assert json.loads(paths.read_text(f'{bucket}/reports/r.json')) == {'tasks': {'counting': 0.5}}
+  assert 'no-such-bucket-here' in output_problem('gs://no-such-bucket-here/r.json')
