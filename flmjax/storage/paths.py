@@ -34,6 +34,12 @@ os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 import fsspec  # noqa: E402
 from etils import epath  # noqa: E402  (after the backend choice above)
+from etils.epath import gpath as _gpath  # noqa: E402
+
+# epath decides once per process (functools.cache) and on the first use of *any* path, local
+# ones too: JAX's compilation cache (JAX_COMPILATION_CACHE_DIR) may have asked before flmjax was
+# imported, with the variable unset.  Ask again now that it is set.
+getattr(_gpath._is_tf_installed, 'cache_clear', lambda: None)()  # pylint: disable=protected-access
 
 fsspec.config.conf.setdefault('gs', {}).setdefault('use_listings_cache', False)
 # gcsfs logs each failed retry with its traceback (TensorFlow's absl sets up root logging, so they
