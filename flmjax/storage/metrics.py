@@ -3,7 +3,10 @@
 Writing metrics never blocks or ends training by itself: see `MetricsWriter`.
 
 Only process 0 writes, and only by appending: the file is never replaced, so nothing another
-writer or an earlier run logged is ever lost.
+writer or an earlier run logged is ever lost.  On resume, records after the restored step belong
+to steps that will be re-run; instead of deleting them, a marker `{"resumed_at_step": N}` is
+appended, and `read_metrics` drops the records before a marker whose step is after N, so readers
+never see a trajectory twice.
 
 Object stores (`gs://`) cannot append: there the writer keeps the file's text and uploads it
 whole (one PUT, so a reader sees an old or a new version, never a torn one) at most every
@@ -11,10 +14,7 @@ whole (one PUT, so a reader sees an old or a new version, never a torn one) at m
 behind a checkpoint) and on close; TensorBoard events are written to a local spool folder and
 uploaded the same way.  A crash (`kill -9`) loses the records since the last upload — at most
 `UPLOAD_EVERY_S` seconds, all of them after the last checkpoint, so a resume re-runs and logs
-those steps again.  On resume, records after the restored step belong
-to steps that will be re-run; instead of deleting them, a marker `{"resumed_at_step": N}` is
-appended, and `read_metrics` drops the records before a marker whose step is after N, so readers
-never see a trajectory twice.
+those steps again.
 """
 
 from __future__ import annotations
@@ -110,10 +110,10 @@ class _ObjectFile:
     if self._dirty:
       try:
         paths.write_atomic(self.path, self._text)
-      except OSError:
-        raise
       except Exception as e:  # an HTTP error of the client library: a failed write all the same
-        raise OSError(f'{type(e).__name__}: {str(e).strip()[:200]}') from e
+        if isinstance(e, OSError):
+          raise
+        raise OSError(paths.describe_error(e)) from e
       self._dirty = False
     self._uploaded = time.monotonic()
 
@@ -141,14 +141,14 @@ class _TensorBoard:
     self._pb = event_pb2, summary_pb2
     self._events = EventsWriter(os.path.join(local, 'events'))
     self._flushed = time.monotonic()
-    self.FLUSH_EVERY_S = UPLOAD_EVERY_S if self._spool else self.FLUSH_EVERY_S
+    self._flush_every_s = UPLOAD_EVERY_S if self._spool else self.FLUSH_EVERY_S
 
   def add(self, step: int, scalars: Mapping[str, float]) -> None:
     event_pb2, summary_pb2 = self._pb
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
     self._events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                              summary=summary_pb2.Summary(value=values)))
-    if time.monotonic() - self._flushed > self.FLUSH_EVERY_S:
+    if time.monotonic() - self._flushed > self._flush_every_s:
       self.sync()
 
   def sync(self) -> None:
