@@ -444,7 +444,7 @@ def run_jobs(root: str, jobs: list[tuple], lr: float, preset: str,
   only its share (another process trains the rest; a run being trained elsewhere is skipped),
   plus the other shares' runs that already finished, read back: so a sharded two-round sweep
   passes to its second round once every shard's first round is done."""
-  from flmjax.workdir_lock import WorkdirLockedError
+  from flmjax.storage.workdir_lock import WorkdirLockedError
   out = {}
   for i, job in enumerate(jobs):
     arm, seed = job[0], job[1]
@@ -512,7 +512,7 @@ def gap_to_control(wd: str, control_wd: str) -> tuple[list[tuple[float, float]],
 
 def probe_run(wd: str) -> list[dict]:
   """The growth probe at every checkpoint of the grown stage (flmjax.training.growth_probe)."""
-  from flmjax import checkpoint
+  from flmjax.storage import checkpoint
   from flmjax.training import growth_probe
   cache = os.path.join(wd, 'probe.json')
   if os.path.exists(cache):

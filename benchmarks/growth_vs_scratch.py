@@ -79,7 +79,7 @@ def run(path: str, workdir: str, overrides: Sequence[str], smoke: bool, reuse: b
 
 def val_curve(workdir: str) -> tuple[Curve, dict[str, Curve]]:
   """(mean-over-languages curve, per-language curves) from `workdir/metrics.jsonl`."""
-  from flmjax.metrics import read_metrics
+  from flmjax.storage.metrics import read_metrics
   recs = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   mean: Curve = []
   langs: dict[str, Curve] = {}
@@ -123,7 +123,7 @@ def flops_to_reach(curve: Curve, loss: float) -> Optional[float]:
 
 def stage_starts(workdir: str) -> list[tuple[int, float]]:
   """(stage, FLOPs at its first logged record): where the growths happened."""
-  from flmjax.metrics import read_metrics
+  from flmjax.storage.metrics import read_metrics
   seen, out = set(), []
   for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')):
     s = r.get('stage')

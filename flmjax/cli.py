@@ -126,7 +126,7 @@ def _command_name(argv: Sequence[str]) -> Optional[str]:
 DEBUG_ENV = 'FLMJAX_DEBUG'
 # flmjax's own errors: their message already names the file / field and what to do.
 _OWN_ERRORS = ('CheckpointError', 'DataError', 'PreflightError', 'DivergedError',
-               'WorkdirLockedError', 'ConfigError', 'MetricsError', 'PlotError')
+                'WorkdirLockedError', 'ConfigError', 'MetricsError', 'PlotError', 'StorageError')
 
 
 def _one_line(text: str, limit: int = 800) -> str:

@@ -10,13 +10,13 @@ on hand-made curves without training anything.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from flmjax.metrics import read_metrics
+from flmjax.storage import paths
+from flmjax.storage.metrics import read_metrics
 
 Curve = list[tuple[float, float]]  # (cumulative FLOPs, validation loss), FLOPs increasing
 
@@ -33,7 +33,7 @@ def run_records(workdir: str) -> list[dict[str, Any]]:
   The evaluation of a freshly grown model (`after_growth` records, logged at the growth step
   beside the old stage's own record) is left out: see `after_growth_records`."""
   by_step: dict[int, dict[str, Any]] = {}
-  for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')):
+  for r in read_metrics(paths.join(workdir, 'metrics.jsonl')):
     if 'step' in r and not r.get('after_growth'):
       by_step.setdefault(int(r['step']), {}).update(r)
   return [by_step[s] for s in sorted(by_step)]
@@ -41,7 +41,7 @@ def run_records(workdir: str) -> list[dict[str, Any]]:
 
 def after_growth_records(workdir: str) -> dict[int, dict[str, Any]]:
   """{growth step: the grown model's evaluation before its first update} (the last per step)."""
-  return {int(r['step']): r for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  return {int(r['step']): r for r in read_metrics(paths.join(workdir, 'metrics.jsonl'))
           if r.get('after_growth') and 'step' in r}
 
 

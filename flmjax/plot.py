@@ -5,8 +5,8 @@ Reads only `W/metrics.jsonl`, so it works on a run in progress and on any run th
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any
 
 import matplotlib
@@ -15,7 +15,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from flmjax import curves  # noqa: E402
-from flmjax.metrics import current_records  # noqa: E402
+from flmjax.storage import paths  # noqa: E402
+from flmjax.storage.metrics import current_records  # noqa: E402
 
 
 class PlotError(ValueError):
@@ -24,11 +25,11 @@ class PlotError(ValueError):
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of `W/metrics.jsonl`; a malformed line is an error naming file and line."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'metrics.jsonl')
+  if not paths.exists(path):
     raise FileNotFoundError(f'{path}: no metrics file (is {workdir!r} an flmjax workdir?)')
   rows = []
-  with open(path, 'rb') as f:
+  with paths.open_file(path, 'rb') as f:
     for lineno, raw in enumerate(f, 1):
       if not raw.strip():
         continue
@@ -83,12 +84,12 @@ def growth_events(rows: list[dict[str, Any]]) -> list[tuple[float, float, Any]]:
 
 def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = None) -> list[str]:
   """Writes `val_loss_vs_flops.png` and `val_loss_vs_tokens.png`; returns their paths."""
-  runs = [(os.path.basename(os.path.normpath(workdir)) or workdir, read_metrics(workdir))]
+  runs = [(_run_name(workdir), read_metrics(workdir))]
   if compare:
-    runs.append((os.path.basename(os.path.normpath(compare)) or compare, read_metrics(compare)))
+    runs.append((_run_name(compare), read_metrics(compare)))
   out_dir = out_dir or workdir
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
+  paths.makedirs(out_dir)
+  written = []
   for axis, (xi, xlabel) in {'flops': (0, 'training FLOPs'), 'tokens': (1, 'tokens')}.items():
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run_i, (name, rows) in enumerate(runs):
@@ -111,11 +112,22 @@ def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = No
     ax.set_title(f'validation loss vs {xlabel} (dotted lines: growth)')
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, f'val_loss_vs_{axis}.png')
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths.append(path)
-  return paths
+    path = paths.join(out_dir, f'val_loss_vs_{axis}.png')
+    _save_figure(fig, path)
+    written.append(path)
+  return written
+
+
+def _run_name(workdir: str) -> str:
+  return paths.basename(workdir.rstrip('/')) or workdir
+
+
+def _save_figure(fig: Any, path: str) -> None:
+  """PNG at `path`, local or on an object store (rendered in memory, written in one go)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=110)
+  plt.close(fig)
+  paths.write_atomic(path, buf.getvalue())
 
 
 def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | None = None,
@@ -148,9 +160,8 @@ def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | Non
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
+  paths.makedirs(paths.dirname(paths.absolute(out_path)))
+  _save_figure(fig, out_path)
   return out_path
 
 

@@ -56,8 +56,9 @@ def tiny_stages(steps=(4, 4), ramp_steps: int = 2) -> list[dict]:
 
 
 def read_losses(workdir: str) -> dict[int, float]:
-  from flmjax.metrics import read_metrics
-  return {r['step']: r['loss'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  from flmjax.storage import paths
+  from flmjax.storage.metrics import read_metrics
+  return {r['step']: r['loss'] for r in read_metrics(paths.join(workdir, 'metrics.jsonl'))
           if 'loss' in r}
 
 

@@ -18,9 +18,10 @@ import textwrap
 import pytest
 
 from conftest import ROOT, tiny_config
-from flmjax import checkpoint, cli
+from flmjax import cli
+from flmjax.storage import checkpoint
 from flmjax.training import loop
-from flmjax.workdir_lock import LOCK_NAME, WorkdirLock
+from flmjax.storage.workdir_lock import LOCK_NAME, WorkdirLock
 
 TESTS = os.path.join(ROOT, 'tests')
 

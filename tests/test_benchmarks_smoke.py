@@ -213,3 +213,10 @@ def test_growth_evidence_second_size_lr_sweep_smoke(tmp_path):
   assert config['model']['d_model'] == 32 and config['model']['n_layers'] == 4
   assert config['model']['mup_base_width'] == 16 and config['train']['ckpt_every'] == 4
   assert os.listdir(run / 'stage_0')  # checkpoints kept to resume from
+
+
+@pytest.mark.slow
+def test_checkpoint_io_smoke():
+  """Save and restore, local vs a GCS server (fake-gcs-server), each side timed."""
+  out = _run('checkpoint_io.py')
+  assert 'local ' in out and 'gs:// ' in out and 'save ms' in out and 'restore ms' in out

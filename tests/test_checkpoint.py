@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import read_losses, run_py, tiny_config
-from flmjax import checkpoint, plan
+from flmjax import plan
+from flmjax.storage import checkpoint
 from flmjax.training import loop, runtime
 
 
@@ -70,7 +71,8 @@ def test_save_on_8x1x1_restore_on_2x2x2(baseline):
     import tempfile
     import jax
     from conftest import tiny_config, read_losses
-    from flmjax import checkpoint, plan
+    from flmjax import plan
+    from flmjax.storage import checkpoint
     from flmjax.training import loop, runtime
     wd = tempfile.mkdtemp()
     c = tiny_config(6)

@@ -64,7 +64,7 @@ def test_flmjax_train_tiny_lowers_the_loss_on_both_languages(tmp_path):
   assert rc == 0
   losses = read_losses(wd)
   assert losses[60] < losses[10] - 1.0
-  from flmjax.metrics import read_metrics
+  from flmjax.storage.metrics import read_metrics
   evals = {r['step']: r for r in read_metrics(os.path.join(wd, 'metrics.jsonl'))
            if 'val_loss_en' in r}
   for lang in ('en', 'zh'):

@@ -83,7 +83,8 @@ def flm_checkpoint(tmp_path_factory):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from flmjax import checkpoint, experiment
+  from flmjax import experiment
+  from flmjax.storage import checkpoint
   from flmjax.config import ModelConfig
   from flmjax.model import Transformer
   cfg = ModelConfig(vocab_size=100352, d_model=16, n_heads=2, head_dim=8, d_ff=32, n_layers=1,

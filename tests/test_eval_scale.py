@@ -15,7 +15,8 @@ SHARDED = r'''
 import os, tempfile
 import jax, jax.numpy as jnp, numpy as np
 import flax.linen as nn
-from flmjax import checkpoint, experiment
+from flmjax import experiment
+from flmjax.storage import checkpoint
 from flmjax.config import ModelConfig
 from flmjax.model import Transformer
 from flmjax.commands import eval as eval_command

@@ -20,17 +20,19 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, read_losses, subprocess_env, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, metrics, optimizer, plan
+from flmjax import experiment, optimizer, plan
+from flmjax.storage import checkpoint, metrics
 from flmjax.training import batches, faults, loop, runtime
 from flmjax.config import ConfigError
-from flmjax.metrics import read_metrics
+from flmjax.storage.metrics import read_metrics
 
 # Child prelude: batches are slowed and announced, saves announced, so the parent can aim.
 CHILD = textwrap.dedent('''
   import json, os, sys, time
   sys.path.insert(0, %r)
   from conftest import tiny_config, tiny_stages
-  from flmjax import checkpoint, plan
+  from flmjax import plan
+  from flmjax.storage import checkpoint
   from flmjax.training import batches, loop, runtime
   DELAY = float(os.environ.get('FAULT_TEST_DELAY', '0.3'))
   make = batches.make_train_iterator
@@ -190,7 +192,7 @@ def test_second_train_on_a_running_workdir_is_refused_then_a_killed_run_is_resum
   the running process, before it reads or writes anything; the running run's metrics keep
   every step; after that run is killed (-9), its stale lock is taken over and the resume is
   exact."""
-  from flmjax.workdir_lock import WorkdirLockedError
+  from flmjax.storage.workdir_lock import WorkdirLockedError
   _, want, _ = baseline
   proc = _spawn('''
     loop.train(tiny_config(6, train=dict(ckpt_every=1)), sys.argv[1])

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from flmjax import checkpoint, experiment, growth
+from flmjax import experiment, growth
+from flmjax.storage import checkpoint
 from flmjax.training import loop, runtime
 from flmjax.commands import grow as grow_cmd
 from flmjax.config import ConfigError
@@ -131,7 +132,7 @@ def test_grow_from_a_single_stage_run_resumes_the_stage_at_its_start(source, cap
   `train` runs big's 2 steps at big's LRs (it resumed at step 3 under the schedule of 'small',
   or before the stage with a negative progress bar)."""
   from conftest import read_losses
-  from flmjax.metrics import read_metrics
+  from flmjax.storage.metrics import read_metrics
   exp, _, root = source
   single = experiment.load_config(exp)
   single.stages = []

@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from conftest import tiny_config
-from flmjax import checkpoint, growth
+from flmjax import growth
+from flmjax.storage import checkpoint
 from flmjax.config import ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.params import flatten_paths

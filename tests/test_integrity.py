@@ -14,9 +14,10 @@ import sys
 import pytest
 
 from conftest import subprocess_env, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, metrics, plan
+from flmjax import experiment, plan
+from flmjax.storage import checkpoint, metrics, paths
 from flmjax.training import faults, loop
-from flmjax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from flmjax.storage.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
 
 
 def _dead_pid() -> int:
@@ -133,7 +134,7 @@ def test_leftover_temporaries_are_removed_and_preflight_counts_keep_plus_one(tmp
 
   class Usage:
     free = 3 * one - 1
-  monkeypatch.setattr(faults.shutil, 'disk_usage', lambda _: Usage)
+  monkeypatch.setattr(paths.shutil, 'disk_usage', lambda _: Usage)
   problem = faults.preflight(wd, stages, fcfg, keep=2)
   assert problem and 'train.keep + 1 = 3 checkpoints' in problem
   Usage.free = 3 * one
@@ -155,7 +156,7 @@ def test_preflight_counts_the_runs_own_checkpoints_so_a_rerun_after_freeing_spac
 
   class Usage:
     free = 3 * one  # keep + 1 = 4 checkpoints at the peak, one of them already there
-  monkeypatch.setattr(faults.shutil, 'disk_usage', lambda _: Usage)
+  monkeypatch.setattr(paths.shutil, 'disk_usage', lambda _: Usage)
   loop.train(cfg, wd)  # starts (and, being finished, only writes its summary)
   assert os.path.exists(os.path.join(wd, 'summary.json'))
   problem = faults.preflight(str(tmp_path / 'fresh'), stages, faults.settings(cfg), keep=3)

@@ -305,7 +305,7 @@ def test_plan_growth_end_to_end_branches_exactly_and_writes_a_trainable_schedule
     assert json.load(f)['stages'][-1]['val_loss']['val_loss_synthetic'] == early['probe_loss']
 
   # the branches hard-linked the prefix's checkpoints: they are still intact
-  from flmjax import checkpoint
+  from flmjax.storage import checkpoint
   prefix = gp.prefix_dirname(ops[0])  # msg's, branched at 1/4 and 1/2
   stage0 = checkpoint.stage_dir(str(work / prefix), 0)
   assert [by_name[n]['growth_step'] for n in ('msg@0.25', 'msg@0.5')] == \

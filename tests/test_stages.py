@@ -7,9 +7,10 @@ import shutil
 import pytest
 
 from conftest import read_losses, tiny_config, tiny_stages
-from flmjax import checkpoint, experiment, plan
+from flmjax import experiment, plan
+from flmjax.storage import checkpoint
 from flmjax.training import loop
-from flmjax.metrics import read_metrics
+from flmjax.storage.metrics import read_metrics
 
 pytest.importorskip('flmjax.growth')
 

@@ -195,6 +195,15 @@ def output_problem(path: Optional[str]) -> Optional[str]:
   """Why `--output` cannot be written (checked before the run, not after it), or None."""
   if not path:
     return None
+  if '://' in path:  # an object store: write and delete a small probe object next to it
+    from flmjax.storage import paths
+    probe = f'{path}.probe{os.getpid()}'
+    try:
+      paths.write_atomic(probe, b'')
+      paths.remove(probe)
+    except Exception as e:  # pylint: disable=broad-except  (the client's own error types)
+      return f'--output {path} cannot be written ({paths.describe_error(e)}); choose a writable path'
+    return None
   if os.path.isdir(path):
     return f'--output {path} is a directory; give a file path such as {path}/report.json'
   existed = os.path.exists(path)

@@ -69,20 +69,22 @@ def _check_verify_args(args: argparse.Namespace, src: Any, dst: Any) -> None:
 
 
 def grow_main(args: argparse.Namespace) -> int:
-  from flmjax import checkpoint, experiment, plan
-  from flmjax.workdir_lock import WorkdirLock
+  from flmjax import experiment, plan
+  from flmjax.storage import checkpoint, paths
+  from flmjax.storage.workdir_lock import WorkdirLock
 
   path, stage_name = parse_target(args.to)
   config = experiment.load_config(path)
   stages = plan.stage_plan(config)
   stage = find_stage(stages, stage_name, path)
   out_dir = checkpoint.stage_dir(args.out, stage.index)
-  created = not os.path.exists(args.out)
+  created = not paths.exists(args.out)
   try:
     with WorkdirLock(args.out, 'flmjax grow'):  # one writer per workdir, as for train
       return _grow(args, config, stages, stage, out_dir, path)
   except BaseException:
-    if created and os.path.isdir(args.out) and not os.listdir(args.out):
+    if created and not paths.is_remote(args.out) and os.path.isdir(args.out) \
+        and not os.listdir(args.out):
       os.rmdir(args.out)  # a failed grow (e.g. a damaged source) leaves nothing behind
     raise
 
@@ -94,12 +96,13 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
   import jax
   import jax.numpy as jnp
 
-  from flmjax import checkpoint, growth, optimizer, sharding
+  from flmjax import growth, optimizer, sharding
+  from flmjax.storage import checkpoint, paths
   from flmjax.config import ConfigError, ModelConfig
   from flmjax.growth import EXACT_TOL, max_abs_logit_diff
   from flmjax.training.runtime import StageRuntime, load_state, stage_meta
   from flmjax.training.state import TrainState
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
+  if paths.listdir(out_dir):
     raise checkpoint.CheckpointError(f'refusing to write into {out_dir}: it already holds '
                                      f'checkpoints; choose another --out')
 
@@ -129,7 +132,7 @@ def _grow(args: argparse.Namespace, config: Any, stages: list, stage: Any, out_d
   schedule = optimizer.make_schedule([s.schedule_dict() for s in stages], config.optim.schedule)
   runtime = StageRuntime(config, stages, stage.index, mesh, rules, schedule)
   grown = runtime.grow(src, TrainState.from_dict(state))
-  new_meta = {**stage_meta(stage, grown, start), 'grown_from': os.path.abspath(args.checkpoint),
+  new_meta = {**stage_meta(stage, grown, start), 'grown_from': paths.absolute(args.checkpoint),
               'growth': dataclasses.asdict(spec), 'source_step': step}
   saved = checkpoint.save_state(out_dir, json.loads(config.to_json()), grown.to_dict(),
                                 meta=new_meta, data_state=data_state)

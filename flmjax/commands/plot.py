@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,10 +18,11 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 def plot_main(args: argparse.Namespace) -> int:
   from flmjax import plot
+  from flmjax.storage import paths
   if args.group:
     groups = dict(plot.parse_group(g) for g in args.group)
     out_dir = args.out or args.workdir or '.'
-    print(plot.plot_groups(groups, os.path.join(out_dir, 'val_loss_groups.png'), args.target))
+    print(plot.plot_groups(groups, paths.join(out_dir, 'val_loss_groups.png'), args.target))
     if not args.workdir:
       return 0
   elif not args.workdir:

@@ -26,7 +26,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sample_main(args: argparse.Namespace) -> int:
-  from flmjax import checkpoint
+  from flmjax.storage import checkpoint
   from flmjax.data import get_tokenizer
   from flmjax.sampling import generate
   if bool(args.prompt) == bool(args.prompt_ids):

@@ -14,7 +14,8 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from flmjax import checkpoint, sharding
+from flmjax import sharding
+from flmjax.storage import checkpoint
 from flmjax.config import ConfigError, ModelConfig
 from flmjax.data import get_tokenizer
 from flmjax.evaluation.engine import FlmEngine

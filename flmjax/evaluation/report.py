@@ -16,6 +16,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from flmjax.evaluation.tasks import IQ_CATEGORIES
+from flmjax.storage import paths
 
 Z95 = 1.959963984540054
 REFERENCE_PATH = os.path.join(os.path.dirname(__file__), 'reference_scores.json')
@@ -223,13 +224,10 @@ def to_json(results: Sequence[TaskResult], meta: dict[str, Any],
 
 
 def write_json(path: str, report: dict[str, Any]) -> None:
-  """Writes the report atomically (temporary file + rename): a crash mid-write never leaves a
-  truncated report in place of the last good one."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=1, ensure_ascii=False)
-  os.replace(tmp, path)
+  """Writes the report atomically (temporary file + rename; on an object store one PUT): a
+  crash mid-write never leaves a truncated report in place of the last good one."""
+  paths.makedirs(paths.dirname(paths.absolute(path)))
+  paths.write_atomic(path, json.dumps(report, indent=1, ensure_ascii=False))
 
 
 def _pct(x: Optional[float]) -> str:

@@ -66,7 +66,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
 
-from flmjax import checkpoint, experiment, plan
+from flmjax import experiment, plan
+from flmjax.storage import checkpoint
 from flmjax.config import ConfigError, ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.scaling.sweep import final_loss

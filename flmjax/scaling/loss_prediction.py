@@ -40,7 +40,7 @@ from scipy.optimize import OptimizeWarning
 
 from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
-from flmjax.metrics import read_metrics
+from flmjax.storage.metrics import read_metrics
 from flmjax.scaling import sweep
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
-from flmjax.metrics import read_metrics
+from flmjax.storage.metrics import read_metrics
 from flmjax.training.loop import train_to_end
 from flmjax.training.summary import read_finished
 

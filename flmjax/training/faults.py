@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flmjax import checkpoint
+from flmjax.storage import checkpoint, paths
 from flmjax.config import ConfigError, check_section
 
 
@@ -239,23 +238,22 @@ def preflight(workdir: str, stages: Sequence[Any], fcfg: Mapping[str, Any],
   room for checkpoints (`space_needed`: `keep` + 1 of a stage, less what the run's own
   checkpoints already hold).  Returns an error message, or None when fine (the trainer agrees
   on the answer across processes before raising)."""
-  probe = os.path.join(workdir, f'.write_probe.{jax.process_index()}')
+  probe = paths.join(workdir, f'.write_probe.{jax.process_index()}')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe + '.tmp', 'wb') as f:
-      f.write(b'\0' * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(probe + '.tmp', probe)
-    os.remove(probe)
+    paths.makedirs(workdir)
+    paths.write_atomic(probe, b'\0' * 4096)
+    paths.remove(probe)
   except OSError as e:
     return (f'workdir {workdir} is not writable ({e.strerror or e}: {e.filename or probe}); '
             'fix its permissions or choose another --workdir')
+  except Exception as e:  # pylint: disable=broad-except  (an object store's client error)
+    return (f'workdir {workdir} is not writable ({paths.describe_error(e)}); check the bucket, '
+            'the credentials and the endpoint, or choose another --workdir')
   need, held = int(fcfg['min_free_bytes']), 0
   if need < 0:
     need, held = space_needed(workdir, stages, keep)
-  free = shutil.disk_usage(workdir).free
-  if need and free < need:
+  free = paths.disk_free(workdir)
+  if need and free is not None and free < need:
     own = (f', beyond the {held / 2**20:.1f} MiB its own checkpoints there already hold'
            if held else '')
     return (f'workdir {workdir} has {free / 2**20:.1f} MiB free but checkpoints need about '

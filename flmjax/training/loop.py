@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -22,7 +21,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from flmjax import checkpoint, experiment, metrics as metrics_lib, optimizer, plan, sharding
+from flmjax import experiment, optimizer, plan, sharding
+from flmjax.storage import checkpoint, metrics as metrics_lib, paths
 from flmjax.distributed import log0
 from flmjax.training import batches, faults, recovery
 from flmjax.training.runtime import StageRuntime, scaled_schedule, stage_meta
@@ -137,6 +137,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
         def save(state: TrainState, step: int, it) -> None:
           nonlocal last_saved
           meta = {**stage_meta(stage, state, step), 'run': run_info, 'faults': guard.state_dict()}
+          writer.sync()  # object stores: the bucket's metrics never lag behind a checkpoint
           ckptr.save(step, state.to_dict(), config=config_json, meta=meta,
                      data_state=it.get_state() if it is not None else data_state)
           last_saved = step
@@ -217,10 +218,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stages: list[Stage],
     preempt.cancel_deadline()
   summary = run_summary(stages, run_info)
   if primary:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      # the config rides along, so a tool reading a finished run back can check it is the run
-      # it asked for (`flmjax.training.summary.read_finished`)
-      json.dump({**summary, 'config': config_json}, f, indent=1)
+    # the config rides along, so a tool reading a finished run back can check it is the run
+    # it asked for (`flmjax.training.summary.read_finished`)
+    paths.write_atomic(paths.join(workdir, 'summary.json'),
+                       json.dumps({**summary, 'config': config_json}, indent=1))
     print(format_summary(summary), flush=True)
   return summary
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from flmjax import checkpoint
+from flmjax.storage import checkpoint, paths
 from flmjax.distributed import all_processes, log0, sync
 from flmjax.training import faults
-from flmjax.workdir_lock import WorkdirLock, WorkdirLockedError
+from flmjax.storage.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
 @contextlib.contextmanager
@@ -29,7 +28,7 @@ def workdir_lock(workdir: str, primary: bool, what: str = 'flmjax train') -> Ite
   if primary:
     try:
       lock = WorkdirLock(workdir, what).acquire(log=log0)
-    except WorkdirLockedError as e:
+    except (WorkdirLockedError, paths.StorageError) as e:
       error = e
     except OSError:
       lock = None
@@ -112,7 +111,7 @@ def restore_newest(workdir: str, make_runtime: Callable[[int, float], Any],
     sdir = checkpoint.stage_dir(workdir, k)
     error = None
     try:
-      meta = checkpoint.read_json(os.path.join(sdir, str(step)), 'meta')
+      meta = checkpoint.read_json(paths.join(sdir, str(step)), 'meta')
       runtime = make_runtime(k, float((meta.get('faults') or {}).get('lr_scale', 1.0)))
       ckptr = checkpoint.StageCheckpointer(sdir, read_only=True)
       try:
@@ -124,7 +123,7 @@ def restore_newest(workdir: str, make_runtime: Callable[[int, float], Any],
     if all_processes(error is None):
       return Restored(k, step, runtime, state, meta, data_state)
     if primary:
-      dest = checkpoint.quarantine(os.path.join(sdir, str(step)),
+      dest = checkpoint.quarantine(paths.join(sdir, str(step)),
                                    str(error or 'failed to restore on another process'))
       log0(f'{error}; moved it to {dest} and falling back to the previous checkpoint')
     sync(f'quarantine-{k}-{step}')
@@ -169,7 +168,7 @@ def roll_back(rb: faults.Rollback, k: int, runtime: Any, ckptr, workdir: str,
       break
     ckptr.close()
     if primary:
-      dest = checkpoint.quarantine(os.path.join(sdir, str(to_step)), str(error))
+      dest = checkpoint.quarantine(paths.join(sdir, str(to_step)), str(error))
       log0(f'{error}; moved it to {dest}')
   first_skipped = int((saved or {}).get('batches', 0)) + 1
   guard.reset_to(saved)

@@ -16,7 +16,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from flmjax import checkpoint, growth, optimizer, plan, sharding
+from flmjax import growth, optimizer, plan, sharding
+from flmjax.storage import checkpoint
 from flmjax.config import ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.model import Transformer, abstract_params

@@ -8,12 +8,12 @@ run they asked for: `read_finished`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping, Optional
 
 from flmjax import plan
 from flmjax.config import ConfigError
 from flmjax.plan import Stage
+from flmjax.storage import paths
 
 
 def run_summary(stages: list[Stage], run_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,11 +86,10 @@ def read_finished(workdir: str, config: Any, defaults: Any = None
   losses would silently stand in for the run asked for.  A summary written before summaries
   recorded their config is trusted; `defaults` (the experiment defaults) let a run recorded
   before a field existed stand for that field's default (`config_differences`)."""
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'summary.json')
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    summary = json.load(f)
+  summary = json.loads(paths.read_text(path))
   if 'config' in summary:
     differ = config_differences(summary['config'], json.loads(config.to_json()),
                                 defaults=None if defaults is None else

@@ -7,6 +7,14 @@ writer or an earlier run logged is ever lost.  On resume, records after the rest
 to steps that will be re-run; instead of deleting them, a marker `{"resumed_at_step": N}` is
 appended, and `read_metrics` drops the records before a marker whose step is after N, so readers
 never see a trajectory twice.
+
+Object stores (`gs://`) cannot append: there the writer keeps the file's text and uploads it
+whole (one PUT, so a reader sees an old or a new version, never a torn one) at most every
+`UPLOAD_EVERY_S` seconds, before every checkpoint save (`sync`: the bucket's metrics never lag
+behind a checkpoint) and on close; TensorBoard events are written to a local spool folder and
+uploaded the same way.  A crash (`kill -9`) loses the records since the last upload — at most
+`UPLOAD_EVERY_S` seconds, all of them after the last checkpoint, so a resume re-runs and logs
+those steps again.
 """
 
 from __future__ import annotations
@@ -14,12 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, Optional
 
+from flmjax.storage import paths
+
 
 RESUME_KEY = 'resumed_at_step'
+UPLOAD_EVERY_S = 30.0  # object stores: the longest a record waits before reaching the bucket
 
 
 def current_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,9 +51,9 @@ def read_metrics(path: str, *, raw: bool = False) -> list[dict[str, Any]]:
   """The current records of a metrics.jsonl file (all lines with `raw`, markers included);
   skips a torn line from a crash."""
   out = []
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return out
-  with open(path) as f:
+  with paths.open_file(path) as f:
     for line in f:
       line = line.strip()
       if not line:
@@ -71,6 +84,43 @@ class MetricsError(RuntimeError):
   attempt, with this message saying what happened to both."""
 
 
+class _ObjectFile:
+  """An append-only text file on an object store: the text is kept here and uploaded whole (one
+  PUT) by `flush` at most every UPLOAD_EVERY_S seconds, by `sync` at once.  A failed upload
+  raises OSError, as a failed local write would."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._text = paths.read_text(path) if paths.exists(path) else ''
+    self._uploaded = time.monotonic()
+    self._dirty = False
+
+  def torn(self) -> bool:
+    return bool(self._text) and not self._text.endswith('\n')
+
+  def write(self, s: str) -> None:
+    self._text += s
+    self._dirty = True
+
+  def flush(self) -> None:
+    if self._dirty and time.monotonic() - self._uploaded >= UPLOAD_EVERY_S:
+      self.sync()
+
+  def sync(self) -> None:
+    if self._dirty:
+      try:
+        paths.write_atomic(self.path, self._text)
+      except Exception as e:  # an HTTP error of the client library: a failed write all the same
+        if isinstance(e, OSError):
+          raise
+        raise OSError(paths.describe_error(e)) from e
+      self._dirty = False
+    self._uploaded = time.monotonic()
+
+  def close(self) -> None:
+    self.sync()
+
+
 class _TensorBoard:
   """Scalars as TensorBoard event files, written on the caller's thread.
 
@@ -83,23 +133,39 @@ class _TensorBoard:
   def __init__(self, logdir: str):
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto import event_pb2, summary_pb2
-    os.makedirs(logdir, exist_ok=True)
     self.logdir = logdir
+    # object stores: events go to a local spool folder, uploaded on every flush
+    self._spool = tempfile.mkdtemp(prefix='flmjax-tb-') if paths.is_remote(logdir) else None
+    local = self._spool or logdir
+    os.makedirs(local, exist_ok=True)
     self._pb = event_pb2, summary_pb2
-    self._events = EventsWriter(os.path.join(logdir, 'events'))
+    self._events = EventsWriter(os.path.join(local, 'events'))
     self._flushed = time.monotonic()
+    self._flush_every_s = UPLOAD_EVERY_S if self._spool else self.FLUSH_EVERY_S
 
   def add(self, step: int, scalars: Mapping[str, float]) -> None:
     event_pb2, summary_pb2 = self._pb
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
     self._events.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                              summary=summary_pb2.Summary(value=values)))
-    if time.monotonic() - self._flushed > self.FLUSH_EVERY_S:
-      self._events.flush()
-      self._flushed = time.monotonic()
+    if time.monotonic() - self._flushed > self._flush_every_s:
+      self.sync()
+
+  def sync(self) -> None:
+    self._events.flush()
+    self._flushed = time.monotonic()
+    if self._spool:
+      for name in os.listdir(self._spool):
+        with open(os.path.join(self._spool, name), 'rb') as f:
+          paths.write_atomic(paths.join(self.logdir, name), f.read())
 
   def close(self) -> None:
     self._events.close()
+    if self._spool:
+      try:
+        self.sync()
+      finally:
+        shutil.rmtree(self._spool, ignore_errors=True)
 
 
 def _reason(e: BaseException) -> str:
@@ -117,24 +183,28 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: Optional[int] = None,
                tensorboard: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = paths.join(workdir, 'metrics.jsonl')
     self.failed: Optional[str] = None
     self._tb: Optional[_TensorBoard] = None
     self._file = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     after = [r for r in read_metrics(self.path) if r.get('step', 0) > (resume_step or 0)]
-    torn = os.path.exists(self.path) and os.path.getsize(self.path) and not _ends_with_newline(
-        self.path)
-    self._file = open(self.path, 'a')
+    if paths.is_remote(self.path):
+      self._file = _ObjectFile(self.path)
+      torn = self._file.torn()
+    else:
+      torn = os.path.exists(self.path) and os.path.getsize(self.path) and not _ends_with_newline(
+          self.path)
+      self._file = open(self.path, 'a')
     if torn:  # a crash cut the last line: end it, so the next record is a line of its own
       self._file.write('\n')
     if after:
       self._file.write(json.dumps({RESUME_KEY: int(resume_step or 0)}) + '\n')
       self._file.flush()
     if tensorboard:
-      tb_dir = os.path.join(workdir, 'tb')
+      tb_dir = paths.join(workdir, 'tb')
       try:
         self._tb = _TensorBoard(tb_dir)
       except Exception as e:  # pylint: disable=broad-except  (a sink, not the run)
@@ -158,6 +228,22 @@ class MetricsWriter:
                  if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool)}
       try:
         self._tb.add(int(step), scalars)
+      except Exception as e:  # pylint: disable=broad-except  (a sink, not the run)
+        tb, self._tb = self._tb, None
+        self._close_quietly(tb)
+        self._drop_tensorboard(tb.logdir, e)
+
+  def sync(self) -> None:
+    """Object stores: upload what is not in the bucket yet (the trainer calls it before every
+    checkpoint save); a no-op on local files, which are flushed at every record."""
+    if isinstance(self._file, _ObjectFile):
+      try:
+        self._file.sync()
+      except OSError as e:
+        self.failed = f'cannot upload {self.path}: {_reason(e)}'
+    if self._tb is not None and self._tb._spool:  # pylint: disable=protected-access
+      try:
+        self._tb.sync()
       except Exception as e:  # pylint: disable=broad-except  (a sink, not the run)
         tb, self._tb = self._tb, None
         self._close_quietly(tb)

@@ -30,9 +30,7 @@ import errno
 import gc
 import json
 import logging
-import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -47,11 +45,13 @@ from flax import linen as nn
 
 from flmjax.config import ModelConfig
 from flmjax.model import abstract_params
+from flmjax.storage import paths
 
 ITEMS = ('state', 'config', 'meta', 'data')
 JSON_ITEMS = ('config', 'meta', 'data')
 MANIFEST = 'flmjax_manifest.json'
-# orbax rewrites these while committing (after our manifest is written): not data, not listed.
+# orbax rewrites these while committing (after our manifest is written; on an object store in
+# every item too): not data, not listed.
 _ORBAX_COMMIT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt')
 TMP_MARKER = '.orbax-checkpoint-tmp'
 _STAGE_RE = re.compile(r'^stage_(\d+)$')
@@ -71,29 +71,35 @@ OPT_IN = ('--allow_unverified (flmjax sample, eval, grow) or '
 
 
 def stage_dir(workdir: str, stage: int) -> str:
-  return os.path.join(os.path.abspath(workdir), f'stage_{stage}')
+  return paths.join(paths.absolute(workdir), f'stage_{stage}')
 
 
 def stage_dirs(workdir: str) -> dict[int, str]:
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     return {}
   out = {}
-  for name in os.listdir(workdir):
+  for name in paths.listdir(workdir):
     m = _STAGE_RE.match(name)
-    if m and os.path.isdir(os.path.join(workdir, name)):
-      out[int(m.group(1))] = os.path.join(os.path.abspath(workdir), name)
+    if m and paths.isdir(paths.join(workdir, name)):
+      out[int(m.group(1))] = paths.join(paths.absolute(workdir), name)
   return dict(sorted(out.items()))
 
 
 def steps_in(directory: str) -> list[int]:
-  """Completed steps in a manager directory (orbax renames tmp dirs only when complete)."""
-  if not os.path.isdir(directory):
+  """Completed steps in a manager directory.  Local: orbax renames a temporary directory only
+  when the step is complete.  Object store (no rename; orbax writes the step in place): a step
+  is complete once its manifest, written last, is there (`committed`)."""
+  if not paths.isdir(directory):
     return []
-  steps = []
-  for name in os.listdir(directory):
-    if name.isdigit() and os.path.isdir(os.path.join(directory, name, 'meta')):
-      steps.append(int(name))
-  return sorted(steps)
+  return sorted(int(name) for name in paths.listdir(directory)
+                if name.isdigit() and committed(paths.join(directory, name)))
+
+
+def committed(step_dir: str) -> bool:
+  """Whether a step directory holds a complete checkpoint (see `steps_in`)."""
+  if paths.is_remote(step_dir):
+    return paths.exists(paths.join(step_dir, MANIFEST))
+  return paths.isdir(paths.join(step_dir, 'meta'))
 
 
 class StageCheckpointer:
@@ -107,7 +113,7 @@ class StageCheckpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
     self._async = async_save
     self._in_flight: Optional[int] = None
     self._failed: Optional[CheckpointError] = None  # a save failed: `close` keeps its error
@@ -131,11 +137,16 @@ class StageCheckpointer:
     self._primary = jax.process_index() == 0
 
   def _manifest_before_commit(self) -> None:
-    """orbax's callback: the step's data is final, its temporary directory not yet renamed."""
+    """orbax's callback: the step's data is final, its temporary directory not yet renamed.
+    On an object store orbax writes the step in place (no temporary directory): the manifest,
+    written now, is what commits it (`committed`)."""
     step = self._in_flight
     if step is None or not self._primary:
       return
-    tmp = [os.path.join(self.directory, n) for n in os.listdir(self.directory)
+    if paths.is_remote(self.directory):
+      write_manifest(paths.join(self.directory, str(step)))
+      return
+    tmp = [paths.join(self.directory, n) for n in paths.listdir(self.directory)
            if n.startswith(f'{step}{TMP_MARKER}')]
     if len(tmp) == 1:
       write_manifest(tmp[0])
@@ -158,8 +169,8 @@ class StageCheckpointer:
 
   def _save_error(self, step: int, e: BaseException) -> CheckpointError:
     kept = steps_in(self.directory)
-    partial = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n) \
-        if os.path.isdir(self.directory) else []
+    partial = sorted(n for n in paths.listdir(self.directory) if TMP_MARKER in n) \
+        if paths.isdir(self.directory) else []
     left = (f'; the unfinished {", ".join(partial)} in it is removed when the run restarts'
             if partial else '')
     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
@@ -192,7 +203,7 @@ class StageCheckpointer:
     return self.mngr.latest_step()
 
   def read_json(self, step: int, item: str) -> dict:
-    return read_json(os.path.join(self.directory, str(step)), item)
+    return read_json(paths.join(self.directory, str(step)), item)
 
   def restore_state(self, step: int, abstract_state: Any, partial: bool = False) -> Any:
     """Restore `state` onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
@@ -205,7 +216,7 @@ class StageCheckpointer:
     except Exception as e:  # pylint: disable=broad-except  (tensorstore raises its own types)
       error = CheckpointError(
           f'cannot restore checkpoint step {step}: '
-          f'{os.path.join(self.directory, str(step), "state")}: {_short_reason(e)}')
+          f'{paths.join(self.directory, str(step), "state")}: {_short_reason(e)}')
     if error is not None:  # outside `except`: nothing holds orbax's failed reads any more
       gc.collect()  # finalise them now, quietly, not after the error line or at exit
       raise error
@@ -227,8 +238,8 @@ class StageCheckpointer:
     self._in_flight = None
     if not (self._primary and steps):
       return
-    dirs = [os.path.join(self.directory, str(s)) for s in steps
-            if not os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
+    dirs = [paths.join(self.directory, str(s)) for s in steps
+            if not paths.exists(paths.join(self.directory, str(s), MANIFEST))]
     if not dirs:
       return
     if manifests == 'now':
@@ -358,13 +369,12 @@ def _jsonable(x: Any) -> Any:
 
 def read_json(step_dir: str, item: str) -> dict:
   """Read a JSON item of a step directory directly (no manager, no devices)."""
-  item_dir = os.path.join(step_dir, item)
-  path = os.path.join(item_dir, 'metadata')  # where orbax's JsonCheckpointHandler writes
-  if not os.path.isfile(path):
+  item_dir = paths.join(step_dir, item)
+  path = paths.join(item_dir, 'metadata')  # where orbax's JsonCheckpointHandler writes
+  if not paths.isfile(path):
     raise CheckpointError(f'checkpoint item missing: {path}')
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f'cannot read {path}: {e}') from e
 
@@ -373,32 +383,24 @@ def read_json(step_dir: str, item: str) -> dict:
 
 def _crc32(path: str) -> str:
   crc = 0
-  with open(path, 'rb') as f:
+  with paths.open_file(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 22), b''):
       crc = zlib.crc32(chunk, crc)
   return f'{crc:08x}'
 
 
 def _files(step_dir: str) -> list[str]:
-  out = []
-  for root, _, names in os.walk(step_dir):
-    for n in names:
-      rel = os.path.relpath(os.path.join(root, n), step_dir)
-      if rel != MANIFEST and rel not in _ORBAX_COMMIT_FILES and not rel.endswith('.tmp'):
-        out.append(rel)
-  return sorted(out)
+  return [rel for rel in paths.walk_files(step_dir) if rel != MANIFEST and not rel.endswith('.tmp')
+          and rel.rsplit('/', 1)[-1] not in _ORBAX_COMMIT_FILES]
 
 
 def write_manifest(step_dir: str) -> None:
-  """Record size and CRC32 of every data file of a final checkpoint (tmp file + rename)."""
-  files = {rel: {'size': os.path.getsize(os.path.join(step_dir, rel)),
-                 'crc32': _crc32(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
-  path = os.path.join(step_dir, MANIFEST)
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'version': 1, 'files': files}, f, indent=0)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
+  """Record size and CRC32 of every data file of a final checkpoint (tmp file + rename; on an
+  object store one PUT: the manifest is the step's commit marker there, written last)."""
+  files = {rel: {'size': paths.getsize(paths.join(step_dir, rel)),
+                 'crc32': _crc32(paths.join(step_dir, rel))} for rel in _files(step_dir)}
+  paths.write_atomic(paths.join(step_dir, MANIFEST),
+                     json.dumps({'version': 1, 'files': files}, indent=0))
 
 
 def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool = False
@@ -409,9 +411,9 @@ def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool
   `UnverifiedCheckpointError` (nothing unverified is read) unless `allow_unverified`: then only
   the structure, the JSON items and the listed files are checked.  Returns True when the
   manifest vouched for every file, False otherwise."""
-  step = os.path.basename(step_dir.rstrip('/'))
+  step = paths.basename(step_dir.rstrip('/'))
   def bad(rel: str, why: str) -> CheckpointError:
-    return CheckpointError(f'checkpoint step {step} is damaged: {os.path.join(step_dir, rel)}: '
+    return CheckpointError(f'checkpoint step {step} is damaged: {paths.join(step_dir, rel)}: '
                            f'{why}')
   def unverified(why: str) -> bool:
     if allow_unverified:
@@ -419,27 +421,26 @@ def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool
     raise UnverifiedCheckpointError(
         f'checkpoint {step_dir} {why}, so its bytes cannot be verified; refusing to read it. '
         f'If you trust it (written by another tool or an older flmjax), pass {OPT_IN}')
-  if not os.path.isdir(os.path.join(step_dir, 'state')):
+  if not paths.isdir(paths.join(step_dir, 'state')):
     raise bad('state', 'item directory missing')
   for item in JSON_ITEMS:
     try:
       read_json(step_dir, item)
     except CheckpointError as e:
-      raise bad(os.path.join(item, 'metadata'), str(e).split(': ', 1)[0]
+      raise bad(paths.join(item, 'metadata'), str(e).split(': ', 1)[0]
                 if 'missing' in str(e) else 'unreadable JSON') from e
-  path = os.path.join(step_dir, MANIFEST)
-  if not os.path.exists(path):
+  path = paths.join(step_dir, MANIFEST)
+  if not paths.exists(path):
     return unverified(f'has no manifest ({MANIFEST})')
   try:
-    with open(path) as f:
-      files = json.load(f)['files']
+    files = json.loads(paths.read_text(path))['files']
   except (OSError, ValueError, KeyError) as e:
     raise bad(MANIFEST, f'unreadable manifest ({e})') from e
   for rel, want in sorted(files.items()):
-    full = os.path.join(step_dir, rel)
-    if not os.path.isfile(full):
+    full = paths.join(step_dir, rel)
+    if not paths.isfile(full):
       raise bad(rel, 'file missing')
-    size = os.path.getsize(full)
+    size = paths.getsize(full)
     if size != want['size']:
       raise bad(rel, f'size {size} != {want["size"]} recorded at save (truncated or changed)')
     try:
@@ -451,7 +452,7 @@ def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool
                      'mismatch: bytes changed)')
   unlisted = [rel for rel in _files(step_dir) if rel not in files]
   if unlisted:
-    return unverified(f'holds {os.path.join(step_dir, unlisted[0])}, which its manifest does not '
+    return unverified(f'holds {paths.join(step_dir, unlisted[0])}, which its manifest does not '
                       f'list{f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""}')
   return True
 
@@ -459,15 +460,15 @@ def verify_step(step_dir: str, *, checksums: bool = True, allow_unverified: bool
 def quarantine(step_dir: str, reason: str) -> str:
   """Move a damaged checkpoint aside to `<stage dir>/corrupt-<step>[-n]/` with a note saying
   why; returns the new path.  Never deletes anything."""
-  parent, step = os.path.split(os.path.abspath(step_dir))
-  dest = os.path.join(parent, f'corrupt-{step}')
+  parent, step = paths.split(paths.absolute(step_dir))
+  dest = paths.join(parent, f'corrupt-{step}')
   n = 1
-  while os.path.exists(dest):
-    dest = os.path.join(parent, f'corrupt-{step}-{n}')
+  while paths.exists(dest):
+    dest = paths.join(parent, f'corrupt-{step}-{n}')
     n += 1
-  os.rename(step_dir, dest)
-  with open(os.path.join(dest, 'QUARANTINED.txt'), 'w') as f:
-    f.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} moved here from {step_dir}:\n{reason}\n')
+  paths.move(step_dir, dest)
+  paths.write_atomic(paths.join(dest, 'QUARANTINED.txt'),
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")} moved here from {step_dir}:\n{reason}\n')
   return dest
 
 
@@ -482,7 +483,7 @@ def discard_damaged(directories: Mapping[int, str], *, checksums: bool = True,
     for step in reversed(steps_in(d)):
       if below is not None and step > below:
         continue
-      step_dir = os.path.join(d, str(step))
+      step_dir = paths.join(d, str(step))
       try:
         if not verify_step(step_dir, checksums=checksums, allow_unverified=allow_unverified):
           log(f'checkpoint {step_dir} is not covered by a manifest: checked its structure only '
@@ -509,8 +510,8 @@ def latest(workdir: str) -> Optional[tuple[int, int]]:
 
 def resolve_step_dir(path: str) -> str:
   """A step dir from: a step dir, a stage dir (latest step), or a workdir (latest stage)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'meta')) and os.path.isdir(os.path.join(path, 'state')):
+  path = paths.absolute(path)
+  if paths.isdir(paths.join(path, 'meta')) and paths.isdir(paths.join(path, 'state')):
     return path
   steps = steps_in(path)
   if steps:
@@ -525,18 +526,18 @@ def _note_skipped(directory: str, step: int) -> str:
   """The dir of `step`, saying on stderr which newer step dirs were passed over and why (a step
   without `meta/` is not a complete checkpoint; reading the one before it silently would look
   like the newest model)."""
-  newer = sorted(int(n) for n in os.listdir(directory)
-                 if n.isdigit() and int(n) > step and not os.path.isdir(
-                     os.path.join(directory, n, 'meta')))
+  newer = sorted(int(n) for n in paths.listdir(directory)
+                 if n.isdigit() and int(n) > step and not paths.isdir(
+                     paths.join(directory, n, 'meta')))
   for n in newer:
-    print(f'note: step {n} skipped ({os.path.join(directory, str(n))} has no meta/, so it is not '
+    print(f'note: step {n} skipped ({paths.join(directory, str(n))} has no meta/, so it is not '
           f'a complete checkpoint); reading step {step}', file=sys.stderr)
-  return os.path.join(directory, str(step))
+  return paths.join(directory, str(step))
 
 
 def dir_bytes(path: str) -> int:
   """Bytes of the files under `path` (0 when it is gone)."""
-  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+  return paths.tree_bytes(path)
 
 
 def held_by_run(workdir: str, stage_models: list[ModelConfig]) -> dict[int, list[int]]:
@@ -549,25 +550,28 @@ def held_by_run(workdir: str, stage_models: list[ModelConfig]) -> dict[int, list
     if not steps or k >= len(stage_models):
       continue
     try:
-      saved = read_json(os.path.join(d, str(steps[-1])), 'meta').get('model', {})
+      saved = read_json(paths.join(d, str(steps[-1])), 'meta').get('model', {})
     except CheckpointError:
       continue
     want = stage_models[k].to_dict()
     if all(saved.get(f) == v for f, v in want.items()):
-      out[k] = [dir_bytes(os.path.join(d, str(s))) for s in steps]
+      out[k] = [dir_bytes(paths.join(d, str(s))) for s in steps]
   return out
 
 
 def remove_leftover_temporaries(workdir: str) -> list[tuple[str, int]]:
-  """Delete orbax's temporary step directories left by a save that never finished (a crash, a
-  full disk); only call it while holding the workdir lock.  Returns [(path, bytes)]."""
+  """Delete what a save that never finished (a crash, a full disk) left: orbax's temporary
+  step directories, and on an object store the step directories without a commit marker (their
+  manifest); only call it while holding the workdir lock.  Returns [(path, bytes)]."""
   removed = []
   for d in stage_dirs(workdir).values():
-    for name in sorted(os.listdir(d)):
-      path = os.path.join(d, name)
-      if TMP_MARKER in name and os.path.isdir(path):
+    for name in sorted(paths.listdir(d)):
+      path = paths.join(d, name)
+      unfinished = (TMP_MARKER in name or
+                    (paths.is_remote(path) and name.isdigit() and not committed(path)))
+      if unfinished and paths.isdir(path):
         size = dir_bytes(path)
-        shutil.rmtree(path)
+        paths.rmtree(path)
         removed.append((path, size))
   return removed
 
@@ -583,7 +587,7 @@ def check_workdir(workdir: str, stage_models: list[ModelConfig], *, allow_overwr
     steps = steps_in(d)
     if not steps:
       continue
-    step_dir = os.path.join(d, str(steps[-1]))
+    step_dir = paths.join(d, str(steps[-1]))
     saved = read_json(step_dir, 'meta').get('model', {})
     if k >= len(stage_models):
       mismatch = f'{step_dir} is stage {k} but this config has {len(stage_models)} stage(s)'
@@ -600,12 +604,12 @@ def check_workdir(workdir: str, stage_models: list[ModelConfig], *, allow_overwr
     raise CheckpointError(
         f'refusing workdir {workdir}: {mismatch}. Use another --workdir, or pass '
         f'--config.train.allow_overwrite=True to move the old run aside (nothing is deleted).')
-  dest = os.path.join(workdir, time.strftime('overwritten-%Y%m%d-%H%M%S'))
+  dest = paths.join(workdir, time.strftime('overwritten-%Y%m%d-%H%M%S'))
   if is_primary:
-    os.makedirs(dest, exist_ok=True)
-    for name in os.listdir(workdir):
+    paths.makedirs(dest)
+    for name in paths.listdir(workdir):
       if _STAGE_RE.match(name) or name in ('metrics.jsonl', 'tb', 'summary.json'):
-        shutil.move(os.path.join(workdir, name), os.path.join(dest, name))
+        paths.move(paths.join(workdir, name), paths.join(dest, name))
   return dest
 
 
@@ -640,9 +644,9 @@ def load_params(path: str, shardings: Any = None, *, allow_unverified: bool = Fa
   if shardings is not None:
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
+  mngr = StageCheckpointer(paths.dirname(step_dir), read_only=True)
   try:
-    state = mngr.restore_state(int(os.path.basename(step_dir)), {'params': abstract},
+    state = mngr.restore_state(int(paths.basename(step_dir)), {'params': abstract},
                                partial=True)
   finally:
     mngr.close()
@@ -653,9 +657,9 @@ def restore_step(step_dir: str, abstract_state: Any, *, allow_unverified: bool =
   """Restore the whole state of one step directory into `abstract_state` (read-only), after
   verifying it against its manifest (`verify_step`)."""
   verify_step(step_dir, allow_unverified=allow_unverified)
-  mngr = StageCheckpointer(os.path.dirname(step_dir), read_only=True)
+  mngr = StageCheckpointer(paths.dirname(step_dir), read_only=True)
   try:
-    return mngr.restore_state(int(os.path.basename(step_dir)), abstract_state)
+    return mngr.restore_state(int(paths.basename(step_dir)), abstract_state)
   finally:
     mngr.close()
 
@@ -670,10 +674,10 @@ def save_state(path: str, config: Mapping[str, Any], state: Mapping[str, Any], *
       raise CheckpointError(f'save_state: meta needs {key!r}')
   step = int(np.asarray(jax.device_get(state['step'])))
   if step in steps_in(path):
-    raise CheckpointError(f'save_state: {os.path.join(path, str(step))} already exists')
+    raise CheckpointError(f'save_state: {paths.join(path, str(step))} already exists')
   mngr = StageCheckpointer(path, keep=1 << 30, async_save=False)
   try:
     mngr.save(step, state, config=config, meta=meta, data_state=data_state)
   finally:
     mngr.close()
-  return os.path.join(os.path.abspath(path), str(step))
+  return paths.join(paths.absolute(path), str(step))

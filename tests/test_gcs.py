@@ -1,0 +1,264 @@
+"""Runs on object storage (`gs://`), against a real GCS server (fake-gcs-server, `gcs_server`):
+a growth run across stages, kill -9 mid-save and SIGTERM with exact resumes, the readers
+(sample, grow, plot) on gs://, the one-writer lock by generation preconditions, a
+flipped object refused by every reader, and the faults that must end in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, read_losses, subprocess_env, tiny_config, tiny_stages
+from gcs_server import gcs  # noqa: F401  (the fixture)
+from test_faults import _finish, _spawn, _wait_for
+from flmjax import cli
+from flmjax.storage import checkpoint, paths
+from flmjax.storage.metrics import read_metrics
+from flmjax.storage.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from flmjax.training import loop
+
+# The command of BUILD.md › "Running the paper's configuration on a pod" (object storage), with
+# the bucket the server made: experiments/tiny_growth.py's three stages, shrunk to a few steps.
+POD_COMMAND = (
+    'flmjax train --config experiments/tiny_growth.py --workdir gs://BUCKET/tiny_growth '
+    '--config.data.source=synthetic --config.train.seq_len=32 '
+    '--config.train.global_batch_size=4 --config.train.log_every=1 --config.train.eval_every=2 '
+    '--config.train.eval_batches=1 --config.optim.warmup_steps=1 '
+    '--config.stages.0.warmup_steps=1 --config.stages.0.tokens=512 '
+    '--config.stages.1.tokens=256 --config.stages.2.tokens=256 '
+    '--config.stages.1.growth.ramp_steps=1 --config.stages.2.growth.ramp_steps=1')
+
+
+def _values(records: list[dict]) -> list[dict]:
+  """Every logged value but the clock's (tokens_per_sec, wall times)."""
+  return [{k: v for k, v in r.items() if not re.search(r'per_sec|wall|time', k)}
+          for r in records]
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+  capsys.readouterr()  # only this command's output
+  rc = cli.main(argv)
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+@pytest.fixture(scope='module')
+def bucket(gcs):  # noqa: F811
+  return gcs.bucket('flmjax-test')
+
+
+@pytest.fixture(scope='module')
+def pod_run(gcs, bucket):  # noqa: F811
+  """The documented command, run as a user would (the console entry point, a subprocess)."""
+  argv = shlex.split(POD_COMMAND.replace('gs://BUCKET', bucket))
+  proc = subprocess.run([sys.executable, '-m', 'flmjax.cli', *argv[1:]], cwd=ROOT,
+                        env=subprocess_env(1), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return f'{bucket}/tiny_growth'
+
+
+@pytest.mark.slow
+def test_pod_command_grows_across_stages_on_gs_and_every_reader_reads_it(pod_run, bucket,
+                                                                          tmp_path, capsys):
+  wd = pod_run
+  assert sorted(checkpoint.stage_dirs(wd)) == [0, 1, 2]
+  newest = checkpoint.latest(wd)
+  assert newest is not None and newest[0] == 2
+  step_dir = paths.join(checkpoint.stage_dir(wd, 2), str(newest[1]))
+  assert checkpoint.verify_step(step_dir) is True  # manifest = the commit marker, written last
+  records = read_metrics(paths.join(wd, 'metrics.jsonl'))
+  assert {r.get('stage') for r in records if 'loss' in r} == {0, 1, 2}
+  assert any(n.startswith('events') for n in paths.listdir(paths.join(wd, 'tb')))
+  assert paths.exists(paths.join(wd, 'summary.json'))
+  assert not paths.exists(paths.join(wd, LOCK_NAME))  # released at the end
+
+  rc, out, err = _cli(['sample', '--checkpoint', wd, '--prompt_ids', '1,2,3',
+                       '--max_new_tokens', '4'], capsys)
+  assert rc == 0, err
+  rc, out, err = _cli(['plot', '--workdir', wd], capsys)
+  assert rc == 0, err
+  assert paths.exists(paths.join(wd, 'val_loss_vs_flops.png'))
+  grown = f'{bucket}/regrown'
+  mid = paths.join(checkpoint.stage_dir(wd, 0), str(checkpoint.steps_in(
+      checkpoint.stage_dir(wd, 0))[-1]))
+  rc, out, err = _cli(['grow', '--checkpoint', mid, '--to', 'experiments/tiny_growth.py:mid',
+                       '--out', grown, '--verify', '--verify_len', '16'], capsys)
+  assert rc == 0, err
+  assert checkpoint.latest(grown) is not None and checkpoint.latest(grown)[0] == 1
+
+
+def _grown_config():
+  return tiny_config(stages=tiny_stages((3, 4), ramp_steps=2), train=dict(ckpt_every=1, keep=2))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_save_and_sigterm_on_gs_resume_to_the_local_run_exactly(gcs, bucket,  # noqa: F811
+                                                                           tmp_path):
+  local = str(tmp_path / 'local')
+  loop.train(_grown_config(), local)
+  want = _values(read_metrics(os.path.join(local, 'metrics.jsonl')))
+  wd = f'{bucket}/resume'
+  body = '''
+    c = tiny_config(stages=tiny_stages((3, 4), ramp_steps=2), train=dict(ckpt_every=1, keep=2))
+    loop.train(c, sys.argv[1])
+  '''
+  proc = _spawn(body, wd)  # killed while orbax still writes step 2 into the bucket
+  _wait_for(proc, lambda l: l == 'SAVE stage_0 2')
+  proc.kill()
+  proc.wait()
+  found = checkpoint.latest(wd)  # a committed step (its manifest there) verifies
+  assert found is not None and found <= (0, 2), found
+  assert checkpoint.verify_step(paths.join(checkpoint.stage_dir(wd, found[0]),
+                                           str(found[1]))) is True
+  proc = _spawn(body, wd)  # the stale lock (a dead pid) is taken over; SIGTERM in stage 1
+  seen = _wait_for(proc, lambda l: l.startswith('SAVE stage_1') and int(l.split()[-1]) >= 4)
+  assert any('taking it over' in l for l in seen), seen
+  proc.send_signal(signal.SIGTERM)
+  out, err = _finish(proc)
+  assert proc.returncode == 0 and 'preempted' in out, err[-3000:]
+  loop.train(_grown_config(), wd)
+  assert _values(read_metrics(paths.join(wd, 'metrics.jsonl'))) == want
+  assert read_losses(wd) == read_losses(local)
+
+
+def test_two_writers_are_refused_and_a_stale_lock_is_taken_over(gcs, bucket):  # noqa: F811
+  wd = f'{bucket}/locked'
+  first = WorkdirLock(wd, 'first').acquire()
+  with pytest.raises(WorkdirLockedError, match=f'in use by pid {os.getpid()}'):
+    WorkdirLock(wd, 'second').acquire()
+  first.release()
+  assert not paths.exists(paths.join(wd, LOCK_NAME))
+  lock = paths.join(wd, LOCK_NAME)
+  elsewhere = {'pid': 1, 'host': 'another-host', 'started': '1', 'since': 'then', 'what': 'x'}
+  paths.write_atomic(lock, json.dumps({**elsewhere, 'heartbeat': time.time()}))
+  with pytest.raises(WorkdirLockedError, match='another-host'):  # a live heartbeat
+    WorkdirLock(wd).acquire()
+  paths.write_atomic(lock, json.dumps({**elsewhere, 'heartbeat': time.time() - 3600}))
+  said = []
+  taken = WorkdirLock(wd).acquire(log=said.append)  # its heartbeat stopped an hour ago
+  assert 'taking it over' in said[0]
+  assert json.loads(paths.read_text(lock))['pid'] == os.getpid()
+  taken.release()
+  # the generation precondition, raw: of two create-only writes exactly one succeeds
+  paths.create_exclusive(paths.join(wd, 'once'), b'a')
+  with pytest.raises(FileExistsError):
+    paths.create_exclusive(paths.join(wd, 'once'), b'b')
+  assert paths.read_bytes(paths.join(wd, 'once')) == b'a'
+
+
+def _flip(path: str) -> None:
+  data = bytearray(paths.read_bytes(path))
+  data[len(data) // 2] ^= 0xFF
+  paths.write_atomic(path, bytes(data))
+
+
+@pytest.mark.slow
+def test_a_flipped_object_is_refused_by_every_reader(gcs, bucket, tmp_path, capsys):  # noqa: F811
+  wd = f'{bucket}/flipped'
+  loop.train(tiny_config(4, train=dict(ckpt_every=2)), wd)
+  step_dir = paths.join(checkpoint.stage_dir(wd, 0), '4')
+  files = json.loads(paths.read_text(paths.join(step_dir, checkpoint.MANIFEST)))['files']
+  biggest = max(files, key=lambda f: files[f]['size'])
+  _flip(paths.join(step_dir, biggest))
+  with pytest.raises(checkpoint.CheckpointError, match='CRC32 .* bytes changed'):
+    checkpoint.verify_step(step_dir)
+  with pytest.raises(checkpoint.CheckpointError, match='bytes changed'):
+    checkpoint.load_params(wd)
+  rc, _, err = _cli(['sample', '--checkpoint', wd, '--prompt_ids', '1', '--max_new_tokens',
+                     '2'], capsys)
+  assert rc == 1 and 'bytes changed' in err and len(err.strip().splitlines()) == 1, err
+  rc, _, err = _cli(['grow', '--checkpoint', wd, '--to', 'experiments/tiny_growth.py:mid',
+                     '--out', f'{bucket}/flipped-grown'], capsys)
+  assert rc == 1 and 'bytes changed' in err, err
+  assert checkpoint.latest(f'{bucket}/flipped-grown') is None
+  loop.train(tiny_config(4, train=dict(ckpt_every=2)), wd)  # the trainer moves it aside
+  assert paths.exists(paths.join(checkpoint.stage_dir(wd, 0), 'corrupt-4', 'QUARANTINED.txt'))
+  assert checkpoint.latest(wd) == (0, 4)  # retrained from step 2
+
+
+@pytest.mark.parametrize('workdir, env, message', [
+    ('s3://bucket/x', {}, 'unsupported storage scheme s3://'),
+    ('gs://no-such-bucket-here/x', {}, 'no-such-bucket-here'),
+    ('gs://flmjax-test/x', {'STORAGE_EMULATOR_HOST': 'http://127.0.0.1:9',
+                            'TENSORSTORE_GCS_HTTP_URL': 'http://127.0.0.1:9'}, 'Connect call failed'),
+])
+def test_storage_faults_end_in_one_line_in_bounded_time(gcs, bucket, workdir, env,  # noqa: F811
+                                                        message):
+  t0 = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, '-m', 'flmjax.cli', 'train', '--config', 'experiments/tiny.py',
+       '--workdir', workdir, '--config.train.steps=2', '--config.optim.warmup_steps=1',
+       '--config.data.source=synthetic'],
+      cwd=ROOT, env=subprocess_env(1, env), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and message in err[0] and 'Traceback' not in proc.stderr, proc.stderr
+  assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_their_workdir_on_gs(gcs, bucket, baseline):  # noqa: F811
+  """jax.distributed over gloo, two processes, no shared local folder: the bucket is the
+  workdir (orbax writes each process's shards, process 0 the lock, manifest and metrics)."""
+  from test_multihost import _finish as finish_all, _launch
+  _, want, _ = baseline
+  wd = f'{bucket}/two-processes'
+  result = finish_all(_launch(wd, 6))
+  assert result[0]['stopped_at'] is None
+  assert read_losses(wd) == pytest.approx(want, rel=1e-5, abs=1e-5)
+  assert checkpoint.verify_step(paths.join(checkpoint.stage_dir(wd, 0), '6')) is True
+
+
+@pytest.mark.slow
+def test_server_gone_mid_run_stops_in_bounded_time_and_the_last_checkpoint_resumes(
+    gcs, bucket, baseline):  # noqa: F811
+  """The server stops after step 2's checkpoint: the run ends (bounded by
+  faults.stop_timeout_s: the next save cannot finish) and writes nothing partial that counts;
+  with the server back, the same command resumes to the uninterrupted losses."""
+  _, want, _ = baseline
+  wd = f'{bucket}/server-gone'
+  body = '''
+    c = tiny_config(6, train=dict(eval_batches=1, ckpt_every=2))
+    c.faults.stop_timeout_s = 20
+    try:
+      loop.train(c, sys.argv[1])
+    except Exception as e:  # what `flmjax train` (cli.main) prints
+      from flmjax import cli
+      print('flmjax train: ' + cli.describe_error(e), file=sys.stderr)
+      sys.exit(1)
+  '''
+  proc = _spawn(body, wd, env={'FAULT_TEST_DELAY': '3'})  # 3 s a batch: time to aim
+  _wait_for(proc, lambda l: l == 'SAVE stage_0 2')
+  deadline = time.monotonic() + 60
+  while checkpoint.latest(wd) != (0, 2) and time.monotonic() < deadline:
+    time.sleep(0.2)  # step 2's save finishes and its manifest is written
+  found = checkpoint.latest(wd)
+  gcs.stop()
+  t0 = time.monotonic()
+  try:
+    out, err = _finish(proc, timeout=240)
+  finally:
+    gcs.start()
+  assert proc.returncode != 0 and time.monotonic() - t0 < 200, err[-3000:]
+  assert 'Traceback' not in err, err[-3000:]
+  assert checkpoint.latest(wd) == found == (0, 2)
+  cfg = tiny_config(6, train=dict(eval_batches=1, ckpt_every=2))
+  loop.train(cfg, wd)
+  assert read_losses(wd) == want
+
+
+def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  # noqa: F811
+  from flmjax.commands.eval import output_problem
+  from flmjax.evaluation import report
+  assert output_problem(f'{bucket}/reports/r.json') is None
+  report.write_json(f'{bucket}/reports/r.json', {'tasks': {'counting': 0.5}})
+  assert json.loads(paths.read_text(f'{bucket}/reports/r.json')) == {'tasks': {'counting': 0.5}}
+  assert 'no-such-bucket-here' in output_problem('gs://no-such-bucket-here/r.json')
