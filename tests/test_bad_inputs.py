@@ -208,6 +208,13 @@ def world(tmp_path_factory):
   with open(os.path.join(w['arc_test_only'], 'arc', 'ARC-Easy', 'ARC-Easy-Test.jsonl'), 'w') as f:
     f.write('{"question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, '
             '{"text": "b", "label": "B"}]}, "answerKey": "A"}\n')
+  w['devzero_exp'] = _text_experiment(str(base / 'devzero_exp.py'), w['spm'],
+                                      str(base / 'cache'), '/dev/zero')
+  w['hs_val_only'] = str(base / 'hs_val_only')
+  os.makedirs(os.path.join(w['hs_val_only'], 'hellaswag'))
+  with open(os.path.join(w['hs_val_only'], 'hellaswag', 'hellaswag_val.jsonl'), 'w') as f:
+    f.write('{"ctx_a": "a", "ctx_b": "b", "activity_label": "x", "endings": ["c", "d"], '
+            '"label": 0}\n')
   # a workdir whose lock is held by a live process (a `sleep`)
   w['locked'] = str(base / 'locked')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
@@ -354,6 +361,14 @@ CASES = [
                f'is it a metrics.jsonl written by flmjax train?'),
     ('fifo-as-data-file', _train('fifo_exp'), 1,
      lambda w: f'{w["fifo"]} is not a regular file (a FIFO, socket or device)'),
+    ('dev-zero-as-data-file', _train('devzero_exp'), 1,
+     lambda w: '/dev/zero is not a regular file (a FIFO, socket or device)'),
+    ('eval-hellaswag-without-train-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
+                                                     'knowledge', '--data_dir', w['hs_val_only'],
+                                                     '--tasks', 'hellaswag'], 2,
+     lambda w: 'knowledge/hellaswag: 10-shot needs the train file '
+               f'{w["hs_val_only"]}/hellaswag/hellaswag_train.jsonl, which is missing (or run '
+               '0-shot with --shots hellaswag=0)'),
     ('eval-arc-without-train-file', lambda w: ['eval', '--checkpoint', w['ckpt'], '--suite',
                                                'knowledge', '--data_dir', w['arc_test_only'],
                                                '--tasks', 'arc_easy'], 2,

@@ -73,6 +73,7 @@ def test_grow_verify_and_restore_as_trainer_checkpoint(source, capsys):
   text = capsys.readouterr().out
   assert rc == 0, text
   assert _last_diff(text) <= growth.EXACT_TOL
+  assert f'<= {growth.EXACT_TOL}' in text and 'verify OK: function-preserving' in text  # a verdict
   # The output is a trainer checkpoint of stage 1 right after the growth, grown Adam state in it.
   step_dir = checkpoint.resolve_step_dir(out)
   assert step_dir == os.path.join(os.path.abspath(out), 'stage_1', '2')
