@@ -262,3 +262,52 @@ def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  #
   report.write_json(f'{bucket}/reports/r.json', {'tasks': {'counting': 0.5}})
   assert json.loads(paths.read_text(f'{bucket}/reports/r.json')) == {'tasks': {'counting': 0.5}}
   assert 'no-such-bucket-here' in output_problem('gs://no-such-bucket-here/r.json')
+
+
+_READ_BACK = '''
+import os, sys
+import numpy as np
+import flmjax.data as D
+from flmjax.data import vocab
+from test_data import make_cfg
+cfg = make_cfg(sys.argv[1], {'en': sys.argv[1] + '/en.txt', 'zh': sys.argv[1] + '/zh.jsonl'})
+cfg.cache_dir = sys.argv[2]
+vocab.progress = lambda m: print('BUILT', m, file=sys.stderr)  # a rebuild would say so
+it = D.make_train_iterator(cfg, seq_len=32, global_batch_size=4)
+np.savez(sys.argv[3], **{f'{i}:{k}': v for i in range(4) for k, v in next(it).items()})
+'''
+
+
+def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bucket,  # noqa: F811
+                                                                          tmp_path):
+  """data.cache_dir on gs://: the vocabulary and the token store are built into the bucket; a
+  second process with an empty local temp folder (no mirror of the vocabulary) reads both back,
+  builds nothing, and feeds the same batches as a local cache_dir."""
+  import numpy as np
+  import flmjax.data as D
+  from test_data import make_cfg, write_corpus
+  files = write_corpus(str(tmp_path), n_docs=120)
+  cache = f'{bucket}/data-cache'
+  local = D.make_train_iterator(make_cfg(str(tmp_path), files), seq_len=32, global_batch_size=4)
+  want = [next(local) for _ in range(4)]
+  D.vocab_size(make_cfg(str(tmp_path), files, cache_dir=cache))  # the vocabulary, into the bucket
+  env = {'PYTHONPATH': os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
+                                        os.environ.get('PYTHONPATH', '')])}
+  os.makedirs(tmp_path / 'tmp1')
+  proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
+                         str(tmp_path / 'first.npz')], cwd=ROOT, capture_output=True, text=True,
+                        env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp1')}), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'token store built' in proc.stderr, proc.stderr[-3000:]  # the store, into the bucket
+  assert 'vocabulary trained' not in proc.stderr
+  names = paths.walk_files(cache)
+  assert any(n.startswith('vocab/') and n.endswith('spm.model') for n in names), names
+  assert any(n.startswith('stores/') and n.endswith('manifest.json') for n in names), names
+  proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
+                         str(tmp_path / 'second.npz')], cwd=ROOT, capture_output=True, text=True,
+                        env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp2')}), timeout=300)
+  assert proc.returncode == 0 and 'BUILT' not in proc.stderr, proc.stderr[-3000:]
+  for got in (np.load(tmp_path / 'first.npz'), np.load(tmp_path / 'second.npz')):
+    for i, batch in enumerate(want):
+      for k, v in batch.items():
+        np.testing.assert_array_equal(got[f'{i}:{k}'], v, err_msg=f'batch {i} {k}')

@@ -21,12 +21,14 @@ stores have no rename and no append, so `write_atomic` is one object PUT (atomic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
 import re
 import shutil
+import tempfile
 from typing import IO, Optional
 
 os.environ.setdefault('EPATH_USE_TF', 'false')
@@ -159,11 +161,30 @@ def write_atomic(path: str, data: bytes | str) -> None:
   if is_remote(path):
     epath_of(path).write_bytes(raw)
     return
-  with open(path + '.tmp', 'wb') as f:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.tmp-',
+                             suffix='-' + os.path.basename(path) + '.tmp')
+  with os.fdopen(fd, 'wb') as f:  # a unique name: two concurrent writers never share it
     f.write(raw)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
+  os.replace(tmp, path)
+
+
+def local_copy(path: str) -> str:
+  """A local file with `path`'s bytes, for libraries that open files only by local name
+  (SentencePiece).  A local path is returned as is.  An object is read (it is the source of
+  truth) and mirrored once per content under a per-user temp folder keyed by its SHA-256, so a
+  changed object gets a new copy and a stale copy is never used."""
+  if not is_remote(path):
+    return path
+  raw = read_bytes(path)
+  digest = hashlib.sha256(raw).hexdigest()[:32]
+  uid = os.getuid() if hasattr(os, 'getuid') else 'user'
+  local = os.path.join(tempfile.gettempdir(), f'flmjax-{uid}', 'mirror', digest, basename(path))
+  if not os.path.isfile(local):
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    write_atomic(local, raw)
+  return local
 
 
 def getsize(path: str) -> int:
