@@ -311,3 +311,49 @@ def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bu
     for i, batch in enumerate(want):
       for k, v in batch.items():
         np.testing.assert_array_equal(got[f'{i}:{k}'], v, err_msg=f'batch {i} {k}')
+
+
+@pytest.mark.slow
+def test_plan_growth_and_sweep_with_their_root_on_gs(gcs, bucket, tmp_path, capsys):  # noqa: F811
+  """Drivers that lay out many runs under one root: plan-growth's prefix run, its branches
+  (copied object by object, the manifest last) and the written schedule; a sweep's runs, its
+  shard results and the merge; every file in the bucket, read back by a second call."""
+  from test_plan_growth import _tiny_experiment
+  from flmjax import experiment
+  from flmjax.scaling import growth_planner as gp
+  exp = _tiny_experiment(tmp_path)
+  base = gp.read_base(experiment.load_config(exp))
+  work = f'{bucket}/plan'
+  argv = ['plan-growth', '--config', exp, '--workdir', work, '--candidates', 'msg@0.25,msg@0.5',
+          '--budget_flops', str(gp.flops_per_step(base, base.final) * 12), '--lag', '0.125',
+          '--lr_after', 'none']
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0, err
+  assert 'branched from' in out, out
+  result = json.loads(paths.read_text(paths.join(work, 'plan.json')))
+  assert result['complete'] and result['chosen_schedule'] == paths.join(work, 'chosen_schedule.py')
+  lag = next(r for r in result['rows'] if r['share'] == 0.25)['workdir']
+  assert lag.startswith(work + '/')
+  branched = checkpoint.stage_dir(lag, 0)  # the prefix's step, copied into the lag run
+  assert [checkpoint.verify_step(paths.join(branched, str(s))) for s in
+          checkpoint.steps_in(branched)] == [True]
+  chosen = experiment.load_config(result['chosen_schedule'])  # a gs:// experiment file
+  assert len(chosen.stages) == 2
+  summary = paths.join(lag, 'summary.json')
+  before = paths.generation(summary)
+  rc, out2, err = _cli(argv, capsys)  # every run is read back from the bucket, none retrained
+  assert rc == 0 and paths.generation(summary) == before, err
+
+  sweep = f'{bucket}/sweep'
+  base_argv = ['sweep', '--config', os.path.join(ROOT, 'experiments', 'mup_sweep.py:tiny'),
+               '--workdir', sweep, '--config.sweep.widths=[32]',
+               '--config.experiment.train.steps=2', '--config.sweep.train_target=False']
+  rc, out, err = _cli(base_argv, capsys)
+  assert rc == 0 and 'best at width 32' in out, err
+  assert sorted(n for n in paths.listdir(sweep) if n.endswith('.json')) == [
+      'results_shard0of1.json', 'sweep.json']
+  rows = json.loads(paths.read_text(paths.join(sweep, 'sweep.json')))['rows']
+  assert len(rows) == 2 and all(r['workdir'].startswith(sweep + '/') for r in rows)
+  rc, out, err = _cli([*base_argv, '--merge_only'], capsys)
+  assert rc == 0 and json.loads(paths.read_text(paths.join(sweep, 'sweep.json')))['rows'] == rows
+

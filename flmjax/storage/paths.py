@@ -249,6 +249,23 @@ def move(src: str, dst: str) -> None:
   fs.invalidate_cache()
 
 
+def copy(src: str, dst: str) -> None:
+  """Copy one file: locally a hard link where the file system allows (checkpoint files are
+  never rewritten in place), else a copy; within an object store a server-side copy."""
+  if not is_remote(src) and not is_remote(dst):
+    os.makedirs(os.path.dirname(dst) or '.', exist_ok=True)
+    try:
+      os.link(src, dst)
+    except OSError:
+      shutil.copy2(src, dst)
+  elif scheme(src) == scheme(dst):
+    fs, s = _fs(src)
+    fs.copy(s, _fs(dst)[1])
+  else:
+    makedirs(dirname(dst))
+    write_atomic(dst, read_bytes(src))
+
+
 def create_exclusive(path: str, data: bytes) -> int:
   """Create `path` holding `data` only if it does not exist; FileExistsError if it does.
   Returns the object's generation (0 for a local file).  Local: O_CREAT|O_EXCL (atomic on
