@@ -1,7 +1,8 @@
 """Runs on object storage (`gs://`), against a real GCS server (fake-gcs-server, `gcs_server`):
 a growth run across stages, kill -9 mid-save and SIGTERM with exact resumes, the readers
-(sample, grow, plot) on gs://, the one-writer lock by generation preconditions, a
-flipped object refused by every reader, and the faults that must end in one line."""
+(sample, grow, plot, eval) on gs://, the one-writer lock by generation preconditions, a
+flipped object refused by every reader, the faults that must end in one line, the data cache
+in the bucket, and sweep / plan-growth rooted in it."""
 
 from __future__ import annotations
 
@@ -357,3 +358,25 @@ def test_plan_growth_and_sweep_with_their_root_on_gs(gcs, bucket, tmp_path, caps
   rc, out, err = _cli([*base_argv, '--merge_only'], capsys)
   assert rc == 0 and json.loads(paths.read_text(paths.join(sweep, 'sweep.json')))['rows'] == rows
 
+
+@pytest.mark.slow
+def test_eval_reads_a_text_model_and_its_vocabulary_from_gs(gcs, bucket, tmp_path, capsys):  # noqa: F811
+  """`flmjax eval --checkpoint gs://...` end to end: a tiny bilingual model trained with its
+  workdir and its data cache in the bucket; eval finds the tokenizer through the saved config
+  (the vocabulary object in the bucket) and scores a generated IQ task."""
+  from test_data import write_corpus
+  files = write_corpus(str(tmp_path), n_docs=120)
+  c = tiny_config(2)
+  c.model.update(vocab_size=512, max_len=128)
+  c.data.source = 'bilingual'
+  c.data.cache_dir = f'{bucket}/eval-cache'
+  c.data.vocab.size = 400
+  c.data.en.kind, c.data.en.files = 'files', [files['en']]
+  c.data.zh.kind, c.data.zh.files, c.data.zh.field = 'files', [files['zh']], 'content'
+  wd = f'{bucket}/text-model'
+  loop.train(c, wd)
+  assert any(n.startswith('vocab/') for n in paths.walk_files(f'{bucket}/eval-cache'))
+  rc, out, err = _cli(['eval', '--checkpoint', wd, '--suite', 'iq', '--tasks', 'counting',
+                       '--n_items', '2', '--batch_size', '2'], capsys)
+  assert rc == 0, err
+  assert 'counting' in out, out
