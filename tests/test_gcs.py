@@ -380,3 +380,24 @@ def test_eval_reads_a_text_model_and_its_vocabulary_from_gs(gcs, bucket, tmp_pat
                        '--n_items', '2', '--batch_size', '2'], capsys)
   assert rc == 0, err
   assert 'counting' in out, out
+
+
+@pytest.mark.slow
+def test_predict_loss_with_its_root_on_gs(gcs, bucket, capsys):  # noqa: F811
+  """predict-loss's proxies, prediction.json and figure in the bucket; a second call trains
+  nothing (every proxy's summary read back) and predicts the same."""
+  pred = f'{bucket}/predict'
+  argv = ['predict-loss', '--config', os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny'),
+          '--workdir', pred, '--config.experiment.train.steps=4']
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0, err
+  first = json.loads(paths.read_text(paths.join(pred, 'prediction.json')))
+  assert [r['width'] for r in first['proxies']] == [16, 32, 48]
+  assert all(r['workdir'].startswith(pred + '/') for r in first['proxies'])
+  assert paths.getsize(paths.join(pred, 'loss_prediction.png')) > 10_000
+  summary = paths.join(first['proxies'][0]['workdir'], 'summary.json')
+  before = paths.generation(summary)
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0 and paths.generation(summary) == before, err
+  assert json.loads(paths.read_text(paths.join(pred, 'prediction.json')))['predicted_N'] == \
+      first['predicted_N']
