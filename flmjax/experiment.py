@@ -25,6 +25,7 @@ from flmjax.data.corpus import DataError
 from flmjax.data.vocab import vocab_size
 from flmjax.optimizer import MUP_WEIGHT_DECAY
 from flmjax.plan import Stage, as_dict, stage_plan
+from flmjax.storage import paths
 from flmjax.training import faults
 
 SECTIONS = ('model', 'data', 'optim', 'train', 'mesh', 'stages', 'faults')
@@ -62,7 +63,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   arg = None
   if ':' in os.path.basename(path):
     path, arg = path.rsplit(':', 1)
-  if not os.path.isfile(path):
+  if paths.is_remote(path) and paths.isfile(path):  # e.g. plan-growth's schedule in a bucket
+    path = paths.local_copy(path)
+  if not paths.isfile(path):
     raise ConfigError(f'--config: no such file {path!r}')
   spec = importlib.util.spec_from_file_location(
       'flmjax_experiment_' + os.path.splitext(os.path.basename(path))[0], path)

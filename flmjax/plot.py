@@ -113,7 +113,7 @@ def plot_runs(workdir: str, compare: str | None = None, out_dir: str | None = No
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = paths.join(out_dir, f'val_loss_vs_{axis}.png')
-    _save_figure(fig, path)
+    save_figure(fig, path)
     written.append(path)
   return written
 
@@ -122,7 +122,7 @@ def _run_name(workdir: str) -> str:
   return paths.basename(workdir.rstrip('/')) or workdir
 
 
-def _save_figure(fig: Any, path: str) -> None:
+def save_figure(fig: Any, path: str) -> None:
   """PNG at `path`, local or on an object store (rendered in memory, written in one go)."""
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=110)
@@ -161,7 +161,7 @@ def plot_groups(groups: dict[str, list[str]], out_path: str, target: float | Non
   ax.legend(fontsize=7)
   fig.tight_layout()
   paths.makedirs(paths.dirname(paths.absolute(out_path)))
-  _save_figure(fig, out_path)
+  save_figure(fig, out_path)
   return out_path
 
 

@@ -1,7 +1,8 @@
 """Runs on object storage (`gs://`), against a real GCS server (fake-gcs-server, `gcs_server`):
 a growth run across stages, kill -9 mid-save and SIGTERM with exact resumes, the readers
-(sample, grow, plot) on gs://, the one-writer lock by generation preconditions, a
-flipped object refused by every reader, and the faults that must end in one line."""
+(sample, grow, plot, eval) on gs://, the one-writer lock by generation preconditions, a
+flipped object refused by every reader, the faults that must end in one line, the data cache
+in the bucket, and sweep / plan-growth rooted in it."""
 
 from __future__ import annotations
 
@@ -262,3 +263,141 @@ def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  #
   report.write_json(f'{bucket}/reports/r.json', {'tasks': {'counting': 0.5}})
   assert json.loads(paths.read_text(f'{bucket}/reports/r.json')) == {'tasks': {'counting': 0.5}}
   assert 'no-such-bucket-here' in output_problem('gs://no-such-bucket-here/r.json')
+
+
+_READ_BACK = '''
+import os, sys
+import numpy as np
+import flmjax.data as D
+from flmjax.data import vocab
+from test_data import make_cfg
+cfg = make_cfg(sys.argv[1], {'en': sys.argv[1] + '/en.txt', 'zh': sys.argv[1] + '/zh.jsonl'})
+cfg.cache_dir = sys.argv[2]
+vocab.progress = lambda m: print('BUILT', m, file=sys.stderr)  # a rebuild would say so
+it = D.make_train_iterator(cfg, seq_len=32, global_batch_size=4)
+np.savez(sys.argv[3], **{f'{i}:{k}': v for i in range(4) for k, v in next(it).items()})
+'''
+
+
+def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bucket,  # noqa: F811
+                                                                          tmp_path):
+  """data.cache_dir on gs://: the vocabulary and the token store are built into the bucket; a
+  second process with an empty local temp folder (no mirror of the vocabulary) reads both back,
+  builds nothing, and feeds the same batches as a local cache_dir."""
+  import numpy as np
+  import flmjax.data as D
+  from test_data import make_cfg, write_corpus
+  files = write_corpus(str(tmp_path), n_docs=120)
+  cache = f'{bucket}/data-cache'
+  local = D.make_train_iterator(make_cfg(str(tmp_path), files), seq_len=32, global_batch_size=4)
+  want = [next(local) for _ in range(4)]
+  D.vocab_size(make_cfg(str(tmp_path), files, cache_dir=cache))  # the vocabulary, into the bucket
+  env = {'PYTHONPATH': os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
+                                        os.environ.get('PYTHONPATH', '')])}
+  os.makedirs(tmp_path / 'tmp1')
+  proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
+                         str(tmp_path / 'first.npz')], cwd=ROOT, capture_output=True, text=True,
+                        env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp1')}), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'token store built' in proc.stderr, proc.stderr[-3000:]  # the store, into the bucket
+  assert 'vocabulary trained' not in proc.stderr
+  names = paths.walk_files(cache)
+  assert any(n.startswith('vocab/') and n.endswith('spm.model') for n in names), names
+  assert any(n.startswith('stores/') and n.endswith('manifest.json') for n in names), names
+  proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
+                         str(tmp_path / 'second.npz')], cwd=ROOT, capture_output=True, text=True,
+                        env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp2')}), timeout=300)
+  assert proc.returncode == 0 and 'BUILT' not in proc.stderr, proc.stderr[-3000:]
+  for got in (np.load(tmp_path / 'first.npz'), np.load(tmp_path / 'second.npz')):
+    for i, batch in enumerate(want):
+      for k, v in batch.items():
+        np.testing.assert_array_equal(got[f'{i}:{k}'], v, err_msg=f'batch {i} {k}')
+
+
+@pytest.mark.slow
+def test_plan_growth_and_sweep_with_their_root_on_gs(gcs, bucket, tmp_path, capsys):  # noqa: F811
+  """Drivers that lay out many runs under one root: plan-growth's prefix run, its branches
+  (copied object by object, the manifest last) and the written schedule; a sweep's runs, its
+  shard results and the merge; every file in the bucket, read back by a second call."""
+  from test_plan_growth import _tiny_experiment
+  from flmjax import experiment
+  from flmjax.scaling import growth_planner as gp
+  exp = _tiny_experiment(tmp_path)
+  base = gp.read_base(experiment.load_config(exp))
+  work = f'{bucket}/plan'
+  argv = ['plan-growth', '--config', exp, '--workdir', work, '--candidates', 'msg@0.25,msg@0.5',
+          '--budget_flops', str(gp.flops_per_step(base, base.final) * 12), '--lag', '0.125',
+          '--lr_after', 'none']
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0, err
+  assert 'branched from' in out, out
+  result = json.loads(paths.read_text(paths.join(work, 'plan.json')))
+  assert result['complete'] and result['chosen_schedule'] == paths.join(work, 'chosen_schedule.py')
+  lag = next(r for r in result['rows'] if r['share'] == 0.25)['workdir']
+  assert lag.startswith(work + '/')
+  branched = checkpoint.stage_dir(lag, 0)  # the prefix's step, copied into the lag run
+  assert [checkpoint.verify_step(paths.join(branched, str(s))) for s in
+          checkpoint.steps_in(branched)] == [True]
+  chosen = experiment.load_config(result['chosen_schedule'])  # a gs:// experiment file
+  assert len(chosen.stages) == 2
+  summary = paths.join(lag, 'summary.json')
+  before = paths.generation(summary)
+  rc, out2, err = _cli(argv, capsys)  # every run is read back from the bucket, none retrained
+  assert rc == 0 and paths.generation(summary) == before, err
+
+  sweep = f'{bucket}/sweep'
+  base_argv = ['sweep', '--config', os.path.join(ROOT, 'experiments', 'mup_sweep.py:tiny'),
+               '--workdir', sweep, '--config.sweep.widths=[32]',
+               '--config.experiment.train.steps=2', '--config.sweep.train_target=False']
+  rc, out, err = _cli(base_argv, capsys)
+  assert rc == 0 and 'best at width 32' in out, err
+  assert sorted(n for n in paths.listdir(sweep) if n.endswith('.json')) == [
+      'results_shard0of1.json', 'sweep.json']
+  rows = json.loads(paths.read_text(paths.join(sweep, 'sweep.json')))['rows']
+  assert len(rows) == 2 and all(r['workdir'].startswith(sweep + '/') for r in rows)
+  rc, out, err = _cli([*base_argv, '--merge_only'], capsys)
+  assert rc == 0 and json.loads(paths.read_text(paths.join(sweep, 'sweep.json')))['rows'] == rows
+
+
+@pytest.mark.slow
+def test_eval_reads_a_text_model_and_its_vocabulary_from_gs(gcs, bucket, tmp_path, capsys):  # noqa: F811
+  """`flmjax eval --checkpoint gs://...` end to end: a tiny bilingual model trained with its
+  workdir and its data cache in the bucket; eval finds the tokenizer through the saved config
+  (the vocabulary object in the bucket) and scores a generated IQ task."""
+  from test_data import write_corpus
+  files = write_corpus(str(tmp_path), n_docs=120)
+  c = tiny_config(2)
+  c.model.update(vocab_size=512, max_len=128)
+  c.data.source = 'bilingual'
+  c.data.cache_dir = f'{bucket}/eval-cache'
+  c.data.vocab.size = 400
+  c.data.en.kind, c.data.en.files = 'files', [files['en']]
+  c.data.zh.kind, c.data.zh.files, c.data.zh.field = 'files', [files['zh']], 'content'
+  wd = f'{bucket}/text-model'
+  loop.train(c, wd)
+  assert any(n.startswith('vocab/') for n in paths.walk_files(f'{bucket}/eval-cache'))
+  rc, out, err = _cli(['eval', '--checkpoint', wd, '--suite', 'iq', '--tasks', 'counting',
+                       '--n_items', '2', '--batch_size', '2'], capsys)
+  assert rc == 0, err
+  assert 'counting' in out, out
+
+
+@pytest.mark.slow
+def test_predict_loss_with_its_root_on_gs(gcs, bucket, capsys):  # noqa: F811
+  """predict-loss's proxies, prediction.json and figure in the bucket; a second call trains
+  nothing (every proxy's summary read back) and predicts the same."""
+  pred = f'{bucket}/predict'
+  argv = ['predict-loss', '--config', os.path.join(ROOT, 'experiments', 'mup_proxy.py:tiny'),
+          '--workdir', pred, '--config.experiment.train.steps=4']
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0, err
+  first = json.loads(paths.read_text(paths.join(pred, 'prediction.json')))
+  assert [r['width'] for r in first['proxies']] == [16, 32, 48]
+  assert all(r['workdir'].startswith(pred + '/') for r in first['proxies'])
+  assert paths.getsize(paths.join(pred, 'loss_prediction.png')) > 10_000
+  summary = paths.join(first['proxies'][0]['workdir'], 'summary.json')
+  before = paths.generation(summary)
+  rc, out, err = _cli(argv, capsys)
+  assert rc == 0 and paths.generation(summary) == before, err
+  assert json.loads(paths.read_text(paths.join(pred, 'prediction.json')))['predicted_N'] == \
+      first['predicted_N']

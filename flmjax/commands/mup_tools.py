@@ -65,13 +65,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 def sweep_main(args: argparse.Namespace) -> int:
   from flmjax.scaling.sweep import (collect, format_table, load_sweep_config, parse_shard,
                                     run_point, run_sweep, transfer)
+  from flmjax.storage import paths
   cfg = load_sweep_config(args.config, getattr(args, 'config_overrides', ()))
   shard = parse_shard(args.shard)
-  os.makedirs(args.workdir, exist_ok=True)
+  paths.makedirs(args.workdir)
   if not args.merge_only:
     rows = run_sweep(cfg, args.workdir, shard)
-    with open(os.path.join(args.workdir, f'results_shard{shard[0]}of{shard[1]}.json'), 'w') as f:
-      json.dump(rows, f, indent=1)
+    paths.write_atomic(paths.join(args.workdir, f'results_shard{shard[0]}of{shard[1]}.json'),
+                       json.dumps(rows, indent=1))
   rows = collect(args.workdir)
   if not rows:
     print('sweep: no results yet')
@@ -80,10 +81,10 @@ def sweep_main(args: argparse.Namespace) -> int:
   result = transfer(cfg, rows)
   target_cfg = result.pop('target_config')
   if cfg.sweep.train_target and not args.merge_only:
-    res = run_point(target_cfg, os.path.join(args.workdir, f'target_w{result["target_width"]}'))
+    res = run_point(target_cfg, paths.join(args.workdir, f'target_w{result["target_width"]}'))
     result['target_loss'] = res['loss']
-  with open(os.path.join(args.workdir, 'sweep.json'), 'w') as f:
-    json.dump({'rows': rows, 'transfer': result}, f, indent=1)
+  paths.write_atomic(paths.join(args.workdir, 'sweep.json'),
+                     json.dumps({'rows': rows, 'transfer': result}, indent=1))
   hp = result['hparams']
   print(f"best at width {result['from_width']}: lr {hp['lr']:.3g}, init_std "
         f"{hp['init_std']:.3g}, output_mult {hp['output_mult']:.3g}"
@@ -93,7 +94,7 @@ def sweep_main(args: argparse.Namespace) -> int:
         f"--config.model.n_heads={m['n_heads']} --config.model.d_ff={m['d_ff']} "
         f"--config.optim.lr={hp['lr']:.3g} --config.model.init_std={hp['init_std']:.3g} "
         f"--config.model.output_mult={hp['output_mult']:.3g} "
-        f"(full target config in {os.path.join(args.workdir, 'sweep.json')})")
+        f"(full target config in {paths.join(args.workdir, 'sweep.json')})")
   if 'target_loss' in result:
     print(f"target width {result['target_width']}: loss {result['target_loss']:.4f}")
   return 0
@@ -115,12 +116,12 @@ def predict_loss_main(args: argparse.Namespace) -> int:
   from flmjax.scaling.heldout import choose_for_target
   from flmjax.scaling.loss_prediction import (format_report, load_predict_config, plot,
                                               predict_loss)
+  from flmjax.storage import paths
   cfg = load_predict_config(args.config, getattr(args, 'config_overrides', ()))
   out = predict_loss(cfg, args.workdir, train_target=True if args.train_target else None,
                      choose_law=choose_for_target)
-  with open(os.path.join(args.workdir, 'prediction.json'), 'w') as f:
-    json.dump(out, f, indent=1)
-  path = plot(out, args.plot or os.path.join(args.workdir, 'loss_prediction.png'))
+  paths.write_atomic(paths.join(args.workdir, 'prediction.json'), json.dumps(out, indent=1))
+  path = plot(out, args.plot or paths.join(args.workdir, 'loss_prediction.png'))
   print(format_report(out))
   print(f'wrote {path}')
   return 0

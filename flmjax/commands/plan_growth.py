@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
   from flmjax.config import ConfigError
   from flmjax.scaling import growth_planner as gp
   from flmjax.scaling.sweep import parse_shard
+  from flmjax.storage import paths
   from flmjax.training.loop import train
 
   config_path, candidates_text, shares_text = args.config, args.candidates, args.shares
@@ -113,14 +114,13 @@ def run(args: argparse.Namespace) -> int:
     raise ConfigError(f'--lr_after: expected multiples of the peak LR > 0, got {args.lr_after!r}')
   shard = parse_shard(args.shard)
   if not args.dry_run:  # a dry run writes nothing, not even an empty workdir
-    os.makedirs(args.workdir, exist_ok=True)
+    paths.makedirs(args.workdir)
   result = gp.run_plan(base, candidates, budget, args.workdir, shard=shard,
                        dry_run=args.dry_run, sweep_runs=args.sweep_runs, lr_after=lr_after,
                        log=lambda m: print(m, flush=True))
   days = None
   if args.pod_plan:
-    with open(args.pod_plan) as f:
-      rate = gp.pod_seconds_per_flop(json.load(f))
+    rate = gp.pod_seconds_per_flop(json.loads(paths.read_text(args.pod_plan)))
     days = {c.name: gp.config_days(gp.full_config(base, c, budget), rate) for c in candidates}
     print(f'days: the full schedule of each candidate on the slice of {args.pod_plan}; '
           f"the probes: {result['probe_cost_flops'] * rate[0] / 86400:.2f} days", flush=True)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
   best = result['rows'][0]
   chosen = next(c for c in gp.with_lr_round(candidates, result) if c.name == best['candidate'])
   full = gp.full_config(base, chosen, budget)
-  path = os.path.join(args.workdir, 'chosen_schedule.py')
+  path = paths.join(args.workdir, 'chosen_schedule.py')
   op = chosen.operator
   grown = (f"grown after {best['growth_step']} steps" if not op.middle else
            f"grown to {op.middle_model()} ({op.middle_width}/{op.middle_depth}) after "
@@ -151,16 +151,14 @@ def run(args: argparse.Namespace) -> int:
           f"budget of {budget:.4g} FLOPs;\nprobe loss {best['probe_loss']:.4f} at C_probe "
           f"{result['probe_flops']:.4g} FLOPs (see plan.json beside this file).\nLR: warm-up, "
           f"the peak {base.lr:g} held through the first stage, {after} to {base.end_lr:g}.")
-  with open(path, 'w') as f:
-    f.write(gp.experiment_file_text(full, note))
-  with open(os.path.join(args.workdir, 'plan.json'), 'w') as f:
-    json.dump({**result, 'chosen': best,
-               'chosen_schedule': path, 'days': days}, f, indent=1)
+  paths.write_atomic(path, gp.experiment_file_text(full, note))
+  paths.write_atomic(paths.join(args.workdir, 'plan.json'), json.dumps(
+      {**result, 'chosen': best, 'chosen_schedule': path, 'days': days}, indent=1))
   print(f"chosen: {chosen.name}; train it with: flmjax train --config {path} --workdir <dir>",
         flush=True)
   if args.smoke:
     loaded = experiment.load_config(path)
-    summary = train(loaded, os.path.join(args.workdir, 'chosen_run'))
+    summary = train(loaded, paths.join(args.workdir, 'chosen_run'))
     loss = summary['stages'][-1]['val_loss'] or {}
     finite = all(math.isfinite(float(v)) for v in loss.values())
     print(f'smoke: the written schedule trained: {summary["growth_flops"]:.4g} FLOPs, '

@@ -17,13 +17,14 @@ import collections
 import hashlib
 import io
 import json
-import uuid
+import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from etils import epath
 
 from flmjax.data.corpus import DataError
+from flmjax.storage import paths  # also picks gcsfs, not tf.io.gfile, for gs:// paths
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
@@ -66,11 +67,10 @@ def npy_bytes(a: np.ndarray) -> bytes:
 
 
 def atomic_write(path: epath.Path, data: bytes) -> None:
-  """Temp file + rename, so a killed build never leaves half a shard under its final name."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f'.tmp-{uuid.uuid4().hex}-{path.name}'
-  tmp.write_bytes(data)
-  tmp.rename(path)
+  """Whole or not at all, so a killed build never leaves half a shard under its final name
+  (`storage.paths.write_atomic`: temp file + rename locally, one PUT on an object store)."""
+  paths.makedirs(os.fspath(path.parent))
+  paths.write_atomic(os.fspath(path), data)
 
 
 def shard_name(split: str, source: str, unit: int) -> str:

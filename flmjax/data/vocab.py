@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ import sentencepiece as spm
 from flmjax.data import corpus
 from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
+from flmjax.storage import paths
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 _VERSION = 2   # bump when training inputs or flags change: old cached models are not reused
@@ -44,20 +44,19 @@ log = logging.getLogger(__name__)
 
 
 def cache_root(cfg: Any) -> str:
-  """cfg.cache_dir, else $FLMJAX_CACHE, else ~/.cache/flmjax."""
+  """cfg.cache_dir, else $FLMJAX_CACHE, else ~/.cache/flmjax (a local folder or a `gs://`
+  prefix: every cache file goes through `flmjax.storage.paths`)."""
   root = cfg.cache_dir or os.environ.get('FLMJAX_CACHE') or os.path.join(
       os.path.expanduser('~'), '.cache', 'flmjax')
-  os.makedirs(root, exist_ok=True)
+  root = paths.absolute(root) if paths.is_remote(root) else root
+  paths.makedirs(root)
   return root
 
 
 def atomic_write(path: str, data: bytes) -> None:
-  """Writes via a temp file + rename so concurrent builders never see half a file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
-  with os.fdopen(fd, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+  """Whole or not at all, so concurrent builders never see half a file (one PUT on gs://)."""
+  paths.makedirs(paths.dirname(path))
+  paths.write_atomic(path, data)
 
 
 def vocab_key(cfg: Any) -> str:
@@ -230,9 +229,9 @@ def train_vocabulary(cfg: Any, out_dir: str) -> str:
   if is_tiktoken(cfg):
     raise DataError("data.vocab.kind='tiktoken' uses a fixed rank file "
                     f'({vocabulary_path(cfg)}); there is nothing to train')
-  path = os.path.join(out_dir, 'spm.model')
+  path = paths.join(out_dir, 'spm.model')
   atomic_write(path, train_model_bytes(cfg))
-  check_special_tokens(path)
+  check_special_tokens(paths.local_copy(path))
   return path
 
 
@@ -247,19 +246,21 @@ def vocabulary_path(cfg: Any) -> str:
     from flmjax.data import tiktoken_vocab  # pylint: disable=g-import-not-at-top
     return tiktoken_vocab.tiktoken_path(cfg.vocab)
   if cfg.vocab.model_file:
-    if not os.path.isfile(cfg.vocab.model_file):
+    if not paths.isfile(cfg.vocab.model_file):
       raise DataError(f'data.vocab.model_file: no such file {cfg.vocab.model_file}')
-    check_special_tokens(cfg.vocab.model_file)
-    return cfg.vocab.model_file
-  path = os.path.join(cache_root(cfg), 'vocab', vocab_key(cfg), 'spm.model')
-  if not os.path.isfile(path):  # minutes on the full corpus: say what the wait is for
+    local = paths.local_copy(cfg.vocab.model_file)
+    check_special_tokens(local)
+    return local
+  path = paths.join(cache_root(cfg), 'vocab', vocab_key(cfg), 'spm.model')
+  if not paths.isfile(path):  # minutes on the full corpus: say what the wait is for
     t0 = time.time()
     progress(f'training the {cfg.vocab.size}-piece SentencePiece vocabulary (first run only; '
              f'cached at {path}) ...')
     atomic_write(path, train_model_bytes(cfg))
     progress(f'vocabulary trained in {time.time() - t0:.0f} s')
-  check_special_tokens(path)
-  return path
+  local = paths.local_copy(path)  # SentencePiece opens local files only; gs:// is the truth
+  check_special_tokens(local)
+  return local
 
 
 def get_vocabulary(cfg: Any) -> Any:

@@ -67,7 +67,7 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 
 from flmjax import experiment, plan
-from flmjax.storage import checkpoint
+from flmjax.storage import checkpoint, paths
 from flmjax.config import ConfigError, ModelConfig
 from flmjax.growth_ops import GrowthSpec
 from flmjax.scaling.sweep import final_loss
@@ -446,22 +446,22 @@ def branch(source_workdir: str, stage: int, step: int, workdir: str) -> bool:
   already holds checkpoints (a branch made before: resumed as is)."""
   if checkpoint.latest(workdir) is not None:
     return False
-  src = os.path.join(checkpoint.stage_dir(source_workdir, stage), str(step))
-  if not os.path.isdir(src):
+  src = paths.join(checkpoint.stage_dir(source_workdir, stage), str(step))
+  if not paths.isdir(src):
     raise checkpoint.CheckpointError(f'{src}: the checkpoint to branch from is missing')
   dst_stage = checkpoint.stage_dir(workdir, stage)
-  os.makedirs(dst_stage, exist_ok=True)
-  tmp = os.path.join(dst_stage, f'{step}.branching')
+  if paths.is_remote(dst_stage):
+    # no rename: the manifest, the step's commit marker, is copied last, so a cut copy is a
+    # step without one (uncounted by every reader, removed by the trainer) and is redone here
+    dst = paths.join(dst_stage, str(step))
+    for rel in sorted(paths.walk_files(src), key=lambda r: r == checkpoint.MANIFEST):
+      paths.copy(paths.join(src, rel), paths.join(dst, rel))
+    return True
+  paths.makedirs(dst_stage)
+  tmp = paths.join(dst_stage, f'{step}.branching')
   shutil.rmtree(tmp, ignore_errors=True)
-
-  def link(a: str, b: str) -> None:
-    try:
-      os.link(a, b)
-    except OSError:
-      shutil.copy2(a, b)
-
-  shutil.copytree(src, tmp, copy_function=link)
-  os.rename(tmp, os.path.join(dst_stage, str(step)))  # complete or absent, as orbax's own
+  shutil.copytree(src, tmp, copy_function=paths.copy)
+  os.rename(tmp, paths.join(dst_stage, str(step)))  # complete or absent, as orbax's own
   return True
 
 
@@ -510,7 +510,7 @@ def prefix_jobs(base: Base, candidates: Sequence[Candidate], budget: float, work
   for first, group in shapes.items():
     steps = tuple(sorted({first_steps(base, c, budget) for c in group}))
     cfg = prefix_config(base, group[0].operator, steps[-1], keep=len(steps) + 2)
-    out[first] = Job('prefix', first, cfg, os.path.join(workdir, prefix_dirname(group[0].operator)),
+    out[first] = Job('prefix', first, cfg, paths.join(workdir, prefix_dirname(group[0].operator)),
                      steps=steps)
   middles: dict[tuple, list[Candidate]] = {}
   for c in candidates:
@@ -520,7 +520,7 @@ def prefix_jobs(base: Base, candidates: Sequence[Candidate], budget: float, work
     steps = tuple(sorted({last_growth_step(base, c, budget) for c in group}))
     c = group[0]
     cfg = middle_config(base, c, budget, steps[-1], keep=len(steps) + 2)
-    out[key] = Job('middle', key, cfg, os.path.join(workdir, middle_dirname(c)),
+    out[key] = Job('middle', key, cfg, paths.join(workdir, middle_dirname(c)),
                    (out[c.operator.first].workdir, 0, first_steps(base, c, budget)), steps)
   return out
 
@@ -533,7 +533,7 @@ def prefix_key(c: Candidate) -> tuple:
 def lag_job(base: Base, c: Candidate, budget: float, workdir: str, prefix: Job) -> Job:
   """Round 1: grow at the candidate's (last) point and train the lag at its LR."""
   cfg = probe_config(base, c, budget, lag_flops_for(base, c, budget))
-  return Job('lag', c, cfg, os.path.join(workdir, c.dirname),
+  return Job('lag', c, cfg, paths.join(workdir, c.dirname),
              (prefix.workdir, c.operator.growths - 1, last_growth_step(base, c, budget)))
 
 
@@ -553,16 +553,16 @@ def _run(job: Job, log) -> dict:
   summary = _read(job)
   if summary is None:
     if job.kind in ('prefix', 'middle'):
-      log(f'plan-growth: {job.kind} {os.path.basename(job.workdir)} to step {job.steps[-1]} '
+      log(f'plan-growth: {job.kind} {paths.basename(job.workdir)} to step {job.steps[-1]} '
           f'(branch points {list(job.steps)})')
       if job.source and branch(*job.source, job.workdir):
-        log(f'plan-growth: {os.path.basename(job.workdir)} branched from '
-            f'{os.path.basename(job.source[0])} at step {job.source[2]}')
+        log(f'plan-growth: {paths.basename(job.workdir)} branched from '
+            f'{paths.basename(job.source[0])} at step {job.source[2]}')
       train_prefix(job)
     else:
       if branch(*job.source, job.workdir):
         log(f'plan-growth: {job.key.name}: {job.kind} run branched from '
-            f'{os.path.basename(job.source[0])} at step {job.source[2]}')
+            f'{paths.basename(job.source[0])} at step {job.source[2]}')
       train_to_end(job.config, job.workdir)
     summary = _read(job)
   return summary
@@ -596,7 +596,7 @@ def lr_variants(base: Base, winner: Candidate, lr_after: Sequence[float], budget
     if v.operator.middle:
       t2 = last_growth_step(base, v, budget)
       mid = Job('middle', middle_key(v), middle_config(base, v, budget, t2, keep=3),
-                os.path.join(workdir, middle_dirname(v)),
+                paths.join(workdir, middle_dirname(v)),
                 (prefixes[v.operator.first].workdir, 0, first_steps(base, v, budget)), (t2,))
       jobs.append(mid)
       jobs.append(lag_job(base, v, budget, workdir, mid))
@@ -646,7 +646,7 @@ def run_plan(base: Base, candidates: Sequence[Candidate], budget: float, workdir
       done[job.workdir] = (_run(job, log) if mine(i) and ready else
                            None if dry_run else _read(job))
       if done[job.workdir] is None and mine(i) and not ready:
-        waiting.append(f'{job.kind} {getattr(job.key, "name", os.path.basename(job.workdir))}')
+        waiting.append(f'{job.kind} {getattr(job.key, "name", paths.basename(job.workdir))}')
     return done[job.workdir]
 
   for kind in ('prefix', 'middle'):  # a middle run branches from a prefix

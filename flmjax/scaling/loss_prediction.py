@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -40,6 +39,7 @@ from scipy.optimize import OptimizeWarning
 
 from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
+from flmjax.storage import paths
 from flmjax.storage.metrics import read_metrics
 from flmjax.scaling import sweep
 
@@ -417,7 +417,7 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = (),
     if steps != base:
       c.train.steps = steps
       c.optim.warmup_steps = min(int(c.optim.warmup_steps), steps)
-    runs.append(sweep.run_point(c, os.path.join(workdir, sub)))
+    runs.append(sweep.run_point(c, paths.join(workdir, sub)))
   losses = [r['loss'] for r in runs]
   return {'width': width, **runs[0], 'steps': steps, 'loss': float(np.mean(losses)),
           'loss_std': float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
@@ -426,7 +426,7 @@ def run_width(cfg: Any, width: int, workdir: str, seeds: Sequence[int] = (),
 
 def curve(workdir: str) -> tuple[list[float], list[float]]:
   """(flops, loss) of a run's logged training steps."""
-  recs = [r for r in read_metrics(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
+  recs = [r for r in read_metrics(paths.join(workdir, 'metrics.jsonl')) if 'loss' in r]
   return [r['flops'] for r in recs], [r['loss'] for r in recs]
 
 
@@ -551,6 +551,7 @@ def plot(out: Mapping[str, Any], path: str) -> str:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from flmjax.plot import save_figure  # matplotlib too: only when a figure is drawn
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
   ns = [r['non_embedding_params'] for r in out['proxies']]
   ys = [r['loss'] for r in out['proxies']]
@@ -583,7 +584,6 @@ def plot(out: Mapping[str, Any], path: str) -> str:
   ax1.set_title('L(N) at fixed tokens')
   ax2.set_title('L(C): final losses (markers), training curves (lines)')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  paths.makedirs(paths.dirname(paths.absolute(path)))
+  save_figure(fig, path)
   return path

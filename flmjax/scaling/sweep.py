@@ -22,13 +22,13 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from flmjax import experiment, mup, plan
 from flmjax.config import ConfigError
+from flmjax.storage import paths
 from flmjax.storage.metrics import read_metrics
 from flmjax.training.loop import train_to_end
 from flmjax.training.summary import read_finished
@@ -81,7 +81,7 @@ def final_loss(summary: Mapping[str, Any], workdir: str) -> float:
   if val:
     loss = float(np.mean([float(v) for v in val.values()]))
   else:
-    losses = [r['loss'] for r in read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    losses = [r['loss'] for r in read_metrics(paths.join(workdir, 'metrics.jsonl'))
               if 'loss' in r]
     loss = float(losses[-1]) if losses else float('nan')
   return loss if math.isfinite(loss) else float('inf')
@@ -119,7 +119,7 @@ def run_sweep(cfg: Any, workdir: str, shard: tuple[int, int] = (0, 1)) -> list[d
     if j % shard[1] != shard[0]:
       continue
     run_cfg = mup.with_hparams(cfg.experiment, width=w, **p.hparams())
-    wd = os.path.join(workdir, f'w{w}_p{p.index}')
+    wd = paths.join(workdir, f'w{w}_p{p.index}')
     print(f'sweep: width {w} point {p.index} {p.hparams()}', flush=True)
     res = run_point(run_cfg, wd)
     rows.append({'width': w, 'point': p.index, **p.hparams(), **res})
@@ -129,10 +129,9 @@ def run_sweep(cfg: Any, workdir: str, shard: tuple[int, int] = (0, 1)) -> list[d
 def collect(workdir: str) -> list[dict[str, Any]]:
   """All rows written by any shard in `workdir`."""
   rows = []
-  for name in sorted(os.listdir(workdir)):
+  for name in sorted(paths.listdir(workdir)):
     if name.startswith('results_shard') and name.endswith('.json'):
-      with open(os.path.join(workdir, name)) as f:
-        rows.extend(json.load(f))
+      rows.extend(json.loads(paths.read_text(paths.join(workdir, name))))
   return sorted(rows, key=lambda r: (r['width'], r['point']))
 
 

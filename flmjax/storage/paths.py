@@ -21,12 +21,14 @@ stores have no rename and no append, so `write_atomic` is one object PUT (atomic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
 import re
 import shutil
+import tempfile
 from typing import IO, Optional
 
 os.environ.setdefault('EPATH_USE_TF', 'false')
@@ -159,11 +161,30 @@ def write_atomic(path: str, data: bytes | str) -> None:
   if is_remote(path):
     epath_of(path).write_bytes(raw)
     return
-  with open(path + '.tmp', 'wb') as f:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.tmp-',
+                             suffix='-' + os.path.basename(path) + '.tmp')
+  with os.fdopen(fd, 'wb') as f:  # a unique name: two concurrent writers never share it
     f.write(raw)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
+  os.replace(tmp, path)
+
+
+def local_copy(path: str) -> str:
+  """A local file with `path`'s bytes, for libraries that open files only by local name
+  (SentencePiece).  A local path is returned as is.  An object is read (it is the source of
+  truth) and mirrored once per content under a per-user temp folder keyed by its SHA-256, so a
+  changed object gets a new copy and a stale copy is never used."""
+  if not is_remote(path):
+    return path
+  raw = read_bytes(path)
+  digest = hashlib.sha256(raw).hexdigest()[:32]
+  uid = os.getuid() if hasattr(os, 'getuid') else 'user'
+  local = os.path.join(tempfile.gettempdir(), f'flmjax-{uid}', 'mirror', digest, basename(path))
+  if not os.path.isfile(local):
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    write_atomic(local, raw)
+  return local
 
 
 def getsize(path: str) -> int:
@@ -226,6 +247,23 @@ def move(src: str, dst: str) -> None:
     fs.copy(s, d)
   rmtree(src) if fs.isdir(s) else fs.rm(s)
   fs.invalidate_cache()
+
+
+def copy(src: str, dst: str) -> None:
+  """Copy one file: locally a hard link where the file system allows (checkpoint files are
+  never rewritten in place), else a copy; within an object store a server-side copy."""
+  if not is_remote(src) and not is_remote(dst):
+    os.makedirs(os.path.dirname(dst) or '.', exist_ok=True)
+    try:
+      os.link(src, dst)
+    except OSError:
+      shutil.copy2(src, dst)
+  elif scheme(src) == scheme(dst):
+    fs, s = _fs(src)
+    fs.copy(s, _fs(dst)[1])
+  else:
+    makedirs(dirname(dst))
+    write_atomic(dst, read_bytes(src))
 
 
 def create_exclusive(path: str, data: bytes) -> int:
