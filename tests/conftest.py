@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import traceback
 from typing import Any, Optional
 
 import pytest
@@ -24,6 +26,22 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + FAST_COMPILE)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# CPython 3.11's AST builder keeps its recursion depth in interpreter-wide state, so two threads
+# parsing at once corrupt it: "SystemError: AST constructor recursion depth mismatch" (python/cpython
+# gh-106905 and its threaded reports).  Formatting a traceback parses its source lines (the `^~~`
+# anchors); orbax, TensorStore and pytest's own hooks format tracebacks in background threads while
+# pytest parses a failed test's source in the main one, which crashed an xdist worker in CI and hid
+# the test's own error.  Background threads here get tracebacks without the anchors instead.
+_caret_anchors = getattr(traceback, '_extract_caret_anchors_from_line_segment', None)
+if _caret_anchors is not None:
+
+  def _anchors_in_main_thread_only(segment):
+    if threading.current_thread() is threading.main_thread():
+      return _caret_anchors(segment)
+    return None
+
+  traceback._extract_caret_anchors_from_line_segment = _anchors_in_main_thread_only
 
 
 def tiny_config(steps: int = 6, **sections: dict) -> Any:
