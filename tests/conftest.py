@@ -122,7 +122,12 @@ def compilation_cache(tmp_path_factory):
   """Reuse compiled train steps across the many short runs (resume tests re-run the same
   programs); subprocesses share the cache through the environment."""
   import jax
-  path = str(tmp_path_factory.mktemp('jax_cache'))
+  # one cache for both xdist workers (their base temps share a parent): each compiles the same
+  # tiny programs; JAX writes cache entries atomically, so concurrent writers are safe
+  root = tmp_path_factory.getbasetemp()
+  shared = root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root
+  path = str(shared / 'jax_cache')
+  os.makedirs(path, exist_ok=True)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = path
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
@@ -145,3 +150,13 @@ def baseline(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('baseline') / 'w')
   summary = loop.train(tiny_config(6, train=dict(eval_batches=1)), wd)
   return wd, read_losses(wd), summary
+
+
+# The suite's longest tests (whole benchmark smokes and the notebook, minutes each) go first:
+# with two xdist workers, one of them left to the end would run alone while the other idles.
+LONG_FIRST = ('test_benchmarks_smoke.py', 'test_notebook.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  items.sort(key=lambda item: (item.path.name not in LONG_FIRST,
+                              item.name != 'test_loss_prediction_smoke'))  # the longest of all

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from conftest import FAST_COMPILE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmarks')
 HEADLINE = re.compile(r'^headline: .+ = (inf|[0-9.]+x)\b')
@@ -23,7 +25,8 @@ HEADLINE = re.compile(r'^headline: .+ = (inf|[0-9.]+x)\b')
 def _run(script: str, *args: str, timeout: int = 900) -> str:
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  env.pop('XLA_FLAGS', None)
+  # only the fast-compile flag (conftest.FAST_COMPILE): a smoke's many tiny runs are compile-bound
+  env['XLA_FLAGS'] = FAST_COMPILE
   proc = subprocess.run([sys.executable, os.path.join(BENCH, script), '--smoke', *args],
                         env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
   assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'

@@ -64,9 +64,10 @@ def test_benchmark_smoke_meets_the_10x_bar(capsys):
 
 
 @pytest.mark.slow
-def test_default_bilingual_mixture_end_to_end(tmp_path, monkeypatch):
-  """Trains the default vocabulary on the embedded corpus (~1 min) and decodes a batch."""
-  monkeypatch.setenv('FLMJAX_CACHE', str(tmp_path / 'cache'))
+def test_default_bilingual_mixture_end_to_end():
+  """The default vocabulary on the embedded corpus decodes a batch of both languages.  It shares
+  the user cache with experiments/tiny.py's runs (test_cli, the notebook): one of them trains the
+  vocabulary on a fresh machine (~1 min), the others reuse it."""
   cfg = D.default_data_config()
   it = D.make_train_iterator(cfg, seq_len=256, global_batch_size=8)
   v = D.get_vocabulary(cfg)
