@@ -6,19 +6,22 @@ in the bucket, and sweep / plan-growth rooted in it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from conftest import ROOT, read_losses, subprocess_env, tiny_config, tiny_stages
-from gcs_server import gcs  # noqa: F401  (the fixture)
+from gcs_server import Front, gcs  # noqa: F401  (the fixture)
 from test_faults import _finish, _spawn, _wait_for
 from flmjax import cli
 from flmjax.storage import checkpoint, paths
@@ -185,24 +188,95 @@ def test_a_flipped_object_is_refused_by_every_reader(gcs, bucket, tmp_path, caps
   assert checkpoint.latest(wd) == (0, 4)  # retrained from step 2
 
 
+def _closed_port() -> str:
+  """127.0.0.1:PORT where nothing listens (a refused connection: fails at once)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return f'127.0.0.1:{s.getsockname()[1]}'
+
+
 @pytest.mark.parametrize('workdir, env, message', [
     ('s3://bucket/x', {}, 'unsupported storage scheme s3://'),
     ('gs://no-such-bucket-here/x', {}, 'no-such-bucket-here'),
     ('gs://flmjax-test/x', {'STORAGE_EMULATOR_HOST': 'http://127.0.0.1:9',
                             'TENSORSTORE_GCS_HTTP_URL': 'http://127.0.0.1:9'}, 'Connect call failed'),
+    # every request answered with GCS's 403 (a real HTTP server: fake-gcs-server checks no
+    # permissions), through the real gcsfs client
+    ('gs://flmjax-test/x', 'forbidden', 'gs://flmjax-test/x/.flmjax.lock: permission denied'),
+    # google-auth's own lookup finds nothing: no emulator, no key file, no gcloud config under
+    # an empty HOME, and the metadata server at a closed port (GCE_METADATA_HOST / _IP)
+    ('gs://flmjax-test/x', 'no credentials', 'gs://flmjax-test/x/.flmjax.lock: no Google Cloud '
+                                             'credentials found'),
 ])
 def test_storage_faults_end_in_one_line_in_bounded_time(gcs, bucket, workdir, env,  # noqa: F811
-                                                        message):
-  t0 = time.monotonic()
-  proc = subprocess.run(
-      [sys.executable, '-m', 'flmjax.cli', 'train', '--config', 'experiments/tiny.py',
-       '--workdir', workdir, '--config.train.steps=2', '--config.optim.warmup_steps=1',
-       '--config.data.source=synthetic'],
-      cwd=ROOT, env=subprocess_env(1, env), capture_output=True, text=True, timeout=300)
+                                                        message, tmp_path):
+  with contextlib.ExitStack() as stack:
+    if env == 'forbidden':
+      url = stack.enter_context(Front()).url
+      env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url}
+    elif env == 'no credentials':
+      env = {'HOME': str(tmp_path), 'GCE_METADATA_HOST': _closed_port(),
+             'GCE_METADATA_IP': _closed_port()}
+    env = subprocess_env(1, env)
+    if 'HOME' in env and env['HOME'] == str(tmp_path):
+      for k in ('STORAGE_EMULATOR_HOST', 'TENSORSTORE_GCS_HTTP_URL',
+                'GOOGLE_AUTH_TOKEN_FOR_TESTING', 'GOOGLE_APPLICATION_CREDENTIALS',
+                'CLOUDSDK_CONFIG'):
+        env.pop(k, None)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'flmjax.cli', 'train', '--config', 'experiments/tiny.py',
+         '--workdir', workdir, '--config.train.steps=2', '--config.optim.warmup_steps=1',
+         '--config.data.source=synthetic'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and message in err[0] and 'Traceback' not in proc.stderr, proc.stderr
+  if 'permission denied' in message:  # and what to check
+    assert 'objects in bucket flmjax-test' in err[0], err[0]
+  if 'credentials' in message:
+    assert 'gcloud auth application-default login' in err[0], err[0]
   assert time.monotonic() - t0 < 120
+
+
+_OLD_HOLDER = """
+import sys
+from flmjax.storage.workdir_lock import WorkdirLock
+lock = WorkdirLock(sys.argv[1], 'old holder').acquire()
+print('HELD', flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+def test_a_lock_taken_over_is_never_removed_by_its_old_holder(gcs, bucket):  # noqa: F811
+  """A holder judged stale (frozen past STALE_AFTER_S) wakes up and releases: the run that took
+  the lock over meanwhile keeps it.  The old holder talks to the server through a `Front`, and
+  the takeover lands just before its release's first write reaches the server: between any
+  check and any delete the old holder could make."""
+  lock = paths.join(f'{bucket}/taken-over', LOCK_NAME)
+  taker = {'pid': 1, 'host': 'another-host', 'what': 'taker', 'heartbeat': time.time()}
+  armed, taken = threading.Event(), []
+
+  def take_over_first(method: str, path: str) -> None:
+    if armed.is_set() and method != 'GET' and not taken:
+      taken.append(paths.put_if_generation(lock, json.dumps(taker).encode(),
+                                           paths.generation(lock)))
+
+  with Front(forward_to=gcs.url, before=take_over_first) as front:
+    proc = subprocess.Popen([sys.executable, '-c', _OLD_HOLDER, f'{bucket}/taken-over'],
+                            cwd=ROOT, env=subprocess_env(1, {'STORAGE_EMULATOR_HOST': front.url}),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'HELD', proc.stderr.read()
+    armed.set()
+    _, err = proc.communicate('\n', timeout=60)
+  assert proc.returncode == 0 and taken, err
+  assert json.loads(paths.read_text(lock))['what'] == 'taker'  # not deleted, not overwritten
+  assert 'held by another run now' in err, err
+  # with nobody interfering, the release leaves no lock behind
+  WorkdirLock(f'{bucket}/taken-over-2').acquire().release()
+  assert not paths.exists(paths.join(f'{bucket}/taken-over-2', LOCK_NAME))
 
 
 @pytest.mark.slow

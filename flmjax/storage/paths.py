@@ -35,6 +35,8 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 import fsspec  # noqa: E402
+import google.auth  # noqa: E402
+import google.auth.exceptions  # noqa: E402
 from etils import epath  # noqa: E402  (after the backend choice above)
 from etils.epath import gpath as _gpath  # noqa: E402
 
@@ -103,6 +105,7 @@ def split(path: str) -> tuple[str, str]:
 
 def epath_of(path: str) -> epath.Path:
   check_scheme(path)
+  check_credentials(path)
   return epath.Path(path)
 
 
@@ -316,13 +319,86 @@ def generation(path: str) -> Optional[int]:
 def _fs(path: str):
   """(fsspec filesystem, bucket/key) for an object-store URL."""
   check_scheme(path)
+  check_credentials(path)
   return fsspec.filesystem(scheme(path)), path.split('://', 1)[1].rstrip('/')
+
+
+def delete_if_generation(path: str, generation: int) -> bool:
+  """Object stores: delete `path` only if it is still generation `generation` (one request,
+  `ifGenerationMatch`).  False when it is another generation or gone.  Google's servers honour
+  the precondition; the bundled fake-gcs-server ignores it on delete (callers that must be safe
+  there too first overwrite the object conditionally, see workdir_lock)."""
+  fs, key = _fs(path)
+  bucket, name = key.split('/', 1)
+  try:
+    fs.call('DELETE', 'b/{}/o/{}', bucket, name, ifGenerationMatch=str(generation))
+  except (FileExistsError, FileNotFoundError):  # 412: another generation; 404: gone
+    return False
+  finally:
+    fs.invalidate_cache(posixpath.dirname(key))
+  return True
 
 
 def disk_free(path: str) -> Optional[int]:
   """Free bytes on the local filesystem holding `path`; None on an object store (no limit we
   can see)."""
   return None if is_remote(path) else shutil.disk_usage(path).free
+
+
+_credentials_checked = False
+
+
+def check_credentials(path: str) -> None:
+  """`gs://` against Google (no `STORAGE_EMULATOR_HOST`) needs credentials: without any, gcsfs
+  falls back to anonymous requests, which end in an unclear error after its retries (or wait on
+  an endpoint this host cannot reach).  So Application Default Credentials are looked up once
+  per process, before the first request, and their absence is one line saying what to do.  The
+  lookup is google-auth's own (GOOGLE_APPLICATION_CREDENTIALS, gcloud's file under $HOME or
+  $CLOUDSDK_CONFIG, the metadata server of a GCE / TPU VM; bounded by its timeouts)."""
+  global _credentials_checked  # pylint: disable=global-statement
+  if _credentials_checked or scheme(path) != 'gs' or os.environ.get('STORAGE_EMULATOR_HOST'):
+    return
+  try:
+    google.auth.default()
+  except google.auth.exceptions.DefaultCredentialsError as e:
+    why = ' '.join(str(e).split())[:300]
+    raise StorageError(
+        f'cannot use {path}: no Google Cloud credentials found ({why}); run `gcloud auth '
+        'application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a service-account '
+        'key file, or run on a VM whose service account may use the bucket') from None
+  _credentials_checked = True
+
+
+def _status(e: BaseException) -> Optional[int]:
+  """The HTTP status behind a client's error, where it says one."""
+  code = getattr(e, 'code', None)
+  if isinstance(code, int):
+    return code
+  text = str(e)
+  if text.startswith('Forbidden'):  # gcsfs's 403
+    return 403
+  m = re.search(r'\b(401|403)\b', text)
+  return int(m.group(1)) if m else None
+
+
+def storage_error(path: str, e: BaseException, doing: str) -> StorageError:
+  """One line for a failed request on an object store: what failed, why, and what to check (a
+  refused permission says so and names the bucket)."""
+  if isinstance(e, StorageError):
+    return e
+  why = describe_error(e)
+  status = _status(e)
+  bucket = path.split('://', 1)[-1].split('/', 1)[0]
+  if status == 403 or isinstance(e, PermissionError):
+    return StorageError(f'cannot {doing} {path}: permission denied ({why}); check that the '
+                        f'account of your credentials may create, read and delete objects in '
+                        f'bucket {bucket} (e.g. roles/storage.objectAdmin on it)')
+  if status == 401:
+    return StorageError(f'cannot {doing} {path}: the credentials were refused ({why}); renew '
+                        'them (`gcloud auth application-default login`) or check '
+                        'GOOGLE_APPLICATION_CREDENTIALS')
+  return StorageError(f'cannot {doing} {path} ({why}); check that the bucket exists, the '
+                      'credentials and the endpoint')
 
 
 def describe_error(e: BaseException) -> str:
