@@ -330,6 +330,24 @@ def test_server_gone_mid_run_stops_in_bounded_time_and_the_last_checkpoint_resum
   assert read_losses(wd) == want
 
 
+_COMPILE = """
+import os, jax
+from flmjax.storage import paths  # what flmjax.cli imports before any compile
+print(int(jax.jit(lambda x: x * 2 + 1)(3)))
+"""
+
+
+def test_jax_compilation_cache_on_gs(gcs, bucket):  # noqa: F811
+  """JAX's persistent compilation cache writes through etils.epath, so a gs:// cache dir is
+  shared by the hosts of a pod (epath on gcsfs, as storage.paths sets it)."""
+  cache = f'{bucket}/jax-cache'
+  proc = subprocess.run([sys.executable, '-c', _COMPILE], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120,
+                        env=subprocess_env(1, {'JAX_COMPILATION_CACHE_DIR': cache}))
+  assert proc.returncode == 0 and proc.stdout.split() == ['7'], proc.stderr[-3000:]
+  assert any(n.endswith('-cache') for n in paths.walk_files(cache)), paths.walk_files(cache)
+
+
 def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  # noqa: F811
   from flmjax.commands.eval import output_problem
   from flmjax.evaluation import report
@@ -345,7 +363,7 @@ import numpy as np
 import flmjax.data as D
 from flmjax.data import vocab
 from test_data import make_cfg
-cfg = make_cfg(sys.argv[1], {'en': sys.argv[1] + '/en.txt', 'zh': sys.argv[1] + '/zh.jsonl'})
+cfg = make_cfg(sys.argv[1], {'en': sys.argv[4] + '/en.txt', 'zh': sys.argv[4] + '/zh.jsonl'})
 cfg.cache_dir = sys.argv[2]
 vocab.progress = lambda m: print('BUILT', m, file=sys.stderr)  # a rebuild would say so
 it = D.make_train_iterator(cfg, seq_len=32, global_batch_size=4)
@@ -355,22 +373,27 @@ np.savez(sys.argv[3], **{f'{i}:{k}': v for i in range(4) for k, v in next(it).it
 
 def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bucket,  # noqa: F811
                                                                           tmp_path):
-  """data.cache_dir on gs://: the vocabulary and the token store are built into the bucket; a
-  second process with an empty local temp folder (no mirror of the vocabulary) reads both back,
-  builds nothing, and feeds the same batches as a local cache_dir."""
+  """data.cache_dir and the corpus files (data.*.files) on gs://: the vocabulary and the token
+  store are built into the bucket from the corpus objects; a second process with an empty local
+  temp folder (no mirror of the vocabulary) reads both back, builds nothing, and feeds the same
+  batches as local files with a local cache_dir."""
   import numpy as np
   import flmjax.data as D
   from test_data import make_cfg, write_corpus
   files = write_corpus(str(tmp_path), n_docs=120)
+  corpus = f'{bucket}/corpus'
+  for f in files.values():
+    paths.copy(f, paths.join(corpus, os.path.basename(f)))
   cache = f'{bucket}/data-cache'
   local = D.make_train_iterator(make_cfg(str(tmp_path), files), seq_len=32, global_batch_size=4)
   want = [next(local) for _ in range(4)]
-  D.vocab_size(make_cfg(str(tmp_path), files, cache_dir=cache))  # the vocabulary, into the bucket
+  on_gs = {k: paths.join(corpus, os.path.basename(f)) for k, f in files.items()}
+  D.vocab_size(make_cfg(str(tmp_path), on_gs, cache_dir=cache))  # the vocabulary, into the bucket
   env = {'PYTHONPATH': os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
                                         os.environ.get('PYTHONPATH', '')])}
   os.makedirs(tmp_path / 'tmp1')
   proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
-                         str(tmp_path / 'first.npz')], cwd=ROOT, capture_output=True, text=True,
+                         str(tmp_path / 'first.npz'), corpus], cwd=ROOT, capture_output=True, text=True,
                         env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp1')}), timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'token store built' in proc.stderr, proc.stderr[-3000:]  # the store, into the bucket
@@ -379,7 +402,7 @@ def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bu
   assert any(n.startswith('vocab/') and n.endswith('spm.model') for n in names), names
   assert any(n.startswith('stores/') and n.endswith('manifest.json') for n in names), names
   proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
-                         str(tmp_path / 'second.npz')], cwd=ROOT, capture_output=True, text=True,
+                         str(tmp_path / 'second.npz'), corpus], cwd=ROOT, capture_output=True, text=True,
                         env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp2')}), timeout=300)
   assert proc.returncode == 0 and 'BUILT' not in proc.stderr, proc.stderr[-3000:]
   for got in (np.load(tmp_path / 'first.npz'), np.load(tmp_path / 'second.npz')):

@@ -21,6 +21,7 @@ stores have no rename and no append, so `write_atomic` is one object PUT (atomic
 
 from __future__ import annotations
 
+import glob as _glob
 import hashlib
 import json
 import logging
@@ -190,6 +191,27 @@ def local_copy(path: str) -> str:
   return local
 
 
+def glob(pattern: str) -> list[str]:
+  """Paths matching a glob (`**` recursive), unsorted; `~` expands locally.  On an object store
+  the matches are `scheme://bucket/key` URLs."""
+  if not is_remote(pattern):
+    return _glob.glob(os.path.expanduser(pattern), recursive=True)
+  fs, key = _fs(pattern)
+  return [f'{scheme(pattern)}://{k}' for k in fs.glob(key)]
+
+
+def stat_key(path: str) -> tuple[str, int, int]:
+  """What identifies a file's content for cache keys: its absolute path, size, and modification
+  time in ns (an object's generation, which every write changes)."""
+  if not is_remote(path):
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+  fs, key = _fs(path)
+  fs.invalidate_cache(key)
+  info = fs.info(key)
+  return path, int(info.get('size', 0)), int(info.get('generation') or 0)
+
+
 def getsize(path: str) -> int:
   return os.path.getsize(path) if not is_remote(path) else epath_of(path).stat().length
 
@@ -267,6 +289,17 @@ def copy(src: str, dst: str) -> None:
   else:
     makedirs(dirname(dst))
     write_atomic(dst, read_bytes(src))
+
+
+def copytree(src: str, dst: str, last: Optional[str] = None) -> None:
+  """Copy every file under `src` to `dst` (hard links where a local file system allows, see
+  `copy`).  Object stores: object by object, the file named `last` (a commit marker) copied
+  last, so a cut copy lacks it."""
+  if not is_remote(src) and not is_remote(dst):
+    shutil.copytree(src, dst, copy_function=copy)
+    return
+  for rel in sorted(walk_files(src), key=lambda r: r == last):
+    copy(join(src, rel), join(dst, rel))
 
 
 def create_exclusive(path: str, data: bytes) -> int:
@@ -374,11 +407,7 @@ def _status(e: BaseException) -> Optional[int]:
   code = getattr(e, 'code', None)
   if isinstance(code, int):
     return code
-  text = str(e)
-  if text.startswith('Forbidden'):  # gcsfs's 403
-    return 403
-  m = re.search(r'\b(401|403)\b', text)
-  return int(m.group(1)) if m else None
+  return 403 if str(e).startswith('Forbidden') else None  # gcsfs's 403 is a bare OSError
 
 
 def storage_error(path: str, e: BaseException, doing: str) -> StorageError:
