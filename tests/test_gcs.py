@@ -6,19 +6,22 @@ in the bucket, and sweep / plan-growth rooted in it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from conftest import ROOT, read_losses, subprocess_env, tiny_config, tiny_stages
-from gcs_server import gcs  # noqa: F401  (the fixture)
+from gcs_server import Front, gcs  # noqa: F401  (the fixture)
 from test_faults import _finish, _spawn, _wait_for
 from flmjax import cli
 from flmjax.storage import checkpoint, paths
@@ -185,24 +188,93 @@ def test_a_flipped_object_is_refused_by_every_reader(gcs, bucket, tmp_path, caps
   assert checkpoint.latest(wd) == (0, 4)  # retrained from step 2
 
 
+def _closed_port() -> str:
+  """127.0.0.1:PORT where nothing listens (a refused connection: fails at once)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return f'127.0.0.1:{s.getsockname()[1]}'
+
+
 @pytest.mark.parametrize('workdir, env, message', [
     ('s3://bucket/x', {}, 'unsupported storage scheme s3://'),
     ('gs://no-such-bucket-here/x', {}, 'no-such-bucket-here'),
     ('gs://flmjax-test/x', {'STORAGE_EMULATOR_HOST': 'http://127.0.0.1:9',
                             'TENSORSTORE_GCS_HTTP_URL': 'http://127.0.0.1:9'}, 'Connect call failed'),
+    # every request answered with GCS's 403 (a real HTTP server: fake-gcs-server checks no
+    # permissions), through the real gcsfs client
+    ('gs://flmjax-test/x', 'forbidden', 'gs://flmjax-test/x/.flmjax.lock: permission denied'),
+    # google-auth's own lookup finds nothing: no emulator, no key file, no gcloud config under
+    # an empty HOME, and the metadata server at a closed port (GCE_METADATA_HOST / _IP)
+    ('gs://flmjax-test/x', 'no credentials', 'gs://flmjax-test/x/.flmjax.lock: no Google Cloud '
+                                             'credentials found'),
 ])
 def test_storage_faults_end_in_one_line_in_bounded_time(gcs, bucket, workdir, env,  # noqa: F811
-                                                        message):
-  t0 = time.monotonic()
-  proc = subprocess.run(
-      [sys.executable, '-m', 'flmjax.cli', 'train', '--config', 'experiments/tiny.py',
-       '--workdir', workdir, '--config.train.steps=2', '--config.optim.warmup_steps=1',
-       '--config.data.source=synthetic'],
-      cwd=ROOT, env=subprocess_env(1, env), capture_output=True, text=True, timeout=300)
+                                                        message, tmp_path):
+  with contextlib.ExitStack() as stack:
+    unset = ()
+    if env == 'forbidden':
+      url = stack.enter_context(Front()).url
+      env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url}
+    elif env == 'no credentials':
+      env = {'HOME': str(tmp_path), 'GCE_METADATA_HOST': _closed_port(),
+             'GCE_METADATA_IP': _closed_port()}
+      unset = ('STORAGE_EMULATOR_HOST', 'TENSORSTORE_GCS_HTTP_URL',
+               'GOOGLE_AUTH_TOKEN_FOR_TESTING', 'GOOGLE_APPLICATION_CREDENTIALS', 'CLOUDSDK_CONFIG')
+    env = {k: v for k, v in subprocess_env(1, env).items() if k not in unset}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'flmjax.cli', 'train', '--config', 'experiments/tiny.py',
+         '--workdir', workdir, '--config.train.steps=2', '--config.optim.warmup_steps=1',
+         '--config.data.source=synthetic'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and message in err[0] and 'Traceback' not in proc.stderr, proc.stderr
+  if 'permission denied' in message:  # and what to check
+    assert 'objects in bucket flmjax-test' in err[0], err[0]
+  if 'credentials' in message:
+    assert 'gcloud auth application-default login' in err[0], err[0]
   assert time.monotonic() - t0 < 120
+
+
+_OLD_HOLDER = """
+import sys
+from flmjax.storage.workdir_lock import WorkdirLock
+lock = WorkdirLock(sys.argv[1], 'old holder').acquire()
+print('HELD', flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+def test_a_lock_taken_over_is_never_removed_by_its_old_holder(gcs, bucket):  # noqa: F811
+  """A holder judged stale (frozen past STALE_AFTER_S) wakes up and releases: the run that took
+  the lock over meanwhile keeps it.  The old holder talks to the server through a `Front`, and
+  the takeover lands just before its release's first write reaches the server: between any
+  check and any delete the old holder could make."""
+  lock = paths.join(f'{bucket}/taken-over', LOCK_NAME)
+  taker = {'pid': 1, 'host': 'another-host', 'what': 'taker', 'heartbeat': time.time()}
+  armed, taken = threading.Event(), []
+
+  def take_over_first(method: str, path: str) -> None:
+    if armed.is_set() and method != 'GET' and not taken:
+      taken.append(paths.put_if_generation(lock, json.dumps(taker).encode(),
+                                           paths.generation(lock)))
+
+  with Front(forward_to=gcs.url, before=take_over_first) as front:
+    proc = subprocess.Popen([sys.executable, '-c', _OLD_HOLDER, f'{bucket}/taken-over'],
+                            cwd=ROOT, env=subprocess_env(1, {'STORAGE_EMULATOR_HOST': front.url}),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'HELD', proc.stderr.read()
+    armed.set()
+    _, err = proc.communicate('\n', timeout=60)
+  assert proc.returncode == 0 and taken, err
+  assert json.loads(paths.read_text(lock))['what'] == 'taker'  # not deleted, not overwritten
+  assert 'held by another run now' in err, err
+  # with nobody interfering, the release leaves no lock behind
+  WorkdirLock(f'{bucket}/taken-over-2').acquire().release()
+  assert not paths.exists(paths.join(f'{bucket}/taken-over-2', LOCK_NAME))
 
 
 @pytest.mark.slow
@@ -256,6 +328,24 @@ def test_server_gone_mid_run_stops_in_bounded_time_and_the_last_checkpoint_resum
   assert read_losses(wd) == want
 
 
+_COMPILE = """
+import os, jax
+from flmjax.storage import paths  # what flmjax.cli imports before any compile
+print(int(jax.jit(lambda x: x * 2 + 1)(3)))
+"""
+
+
+def test_jax_compilation_cache_on_gs(gcs, bucket):  # noqa: F811
+  """JAX's persistent compilation cache writes through etils.epath, so a gs:// cache dir is
+  shared by the hosts of a pod (epath on gcsfs, as storage.paths sets it)."""
+  cache = f'{bucket}/jax-cache'
+  proc = subprocess.run([sys.executable, '-c', _COMPILE], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120,
+                        env=subprocess_env(1, {'JAX_COMPILATION_CACHE_DIR': cache}))
+  assert proc.returncode == 0 and proc.stdout.split() == ['7'], proc.stderr[-3000:]
+  assert any(n.endswith('-cache') for n in paths.walk_files(cache)), paths.walk_files(cache)
+
+
 def test_eval_report_goes_to_gs_and_a_bad_output_is_named_first(gcs, bucket):  # noqa: F811
   from flmjax.commands.eval import output_problem
   from flmjax.evaluation import report
@@ -271,7 +361,7 @@ import numpy as np
 import flmjax.data as D
 from flmjax.data import vocab
 from test_data import make_cfg
-cfg = make_cfg(sys.argv[1], {'en': sys.argv[1] + '/en.txt', 'zh': sys.argv[1] + '/zh.jsonl'})
+cfg = make_cfg(sys.argv[1], {'en': sys.argv[4] + '/en.txt', 'zh': sys.argv[4] + '/zh.jsonl'})
 cfg.cache_dir = sys.argv[2]
 vocab.progress = lambda m: print('BUILT', m, file=sys.stderr)  # a rebuild would say so
 it = D.make_train_iterator(cfg, seq_len=32, global_batch_size=4)
@@ -281,22 +371,27 @@ np.savez(sys.argv[3], **{f'{i}:{k}': v for i in range(4) for k, v in next(it).it
 
 def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bucket,  # noqa: F811
                                                                           tmp_path):
-  """data.cache_dir on gs://: the vocabulary and the token store are built into the bucket; a
-  second process with an empty local temp folder (no mirror of the vocabulary) reads both back,
-  builds nothing, and feeds the same batches as a local cache_dir."""
+  """data.cache_dir and the corpus files (data.*.files) on gs://: the vocabulary and the token
+  store are built into the bucket from the corpus objects; a second process with an empty local
+  temp folder (no mirror of the vocabulary) reads both back, builds nothing, and feeds the same
+  batches as local files with a local cache_dir."""
   import numpy as np
   import flmjax.data as D
   from test_data import make_cfg, write_corpus
   files = write_corpus(str(tmp_path), n_docs=120)
+  corpus = f'{bucket}/corpus'
+  for f in files.values():
+    paths.copy(f, paths.join(corpus, os.path.basename(f)))
   cache = f'{bucket}/data-cache'
   local = D.make_train_iterator(make_cfg(str(tmp_path), files), seq_len=32, global_batch_size=4)
   want = [next(local) for _ in range(4)]
-  D.vocab_size(make_cfg(str(tmp_path), files, cache_dir=cache))  # the vocabulary, into the bucket
+  on_gs = {k: paths.join(corpus, os.path.basename(f)) for k, f in files.items()}
+  D.vocab_size(make_cfg(str(tmp_path), on_gs, cache_dir=cache))  # the vocabulary, into the bucket
   env = {'PYTHONPATH': os.pathsep.join([ROOT, os.path.join(ROOT, 'tests'),
                                         os.environ.get('PYTHONPATH', '')])}
   os.makedirs(tmp_path / 'tmp1')
   proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
-                         str(tmp_path / 'first.npz')], cwd=ROOT, capture_output=True, text=True,
+                         str(tmp_path / 'first.npz'), corpus], cwd=ROOT, capture_output=True, text=True,
                         env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp1')}), timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'token store built' in proc.stderr, proc.stderr[-3000:]  # the store, into the bucket
@@ -305,7 +400,7 @@ def test_data_cache_on_gs_is_built_once_and_read_back_by_another_process(gcs, bu
   assert any(n.startswith('vocab/') and n.endswith('spm.model') for n in names), names
   assert any(n.startswith('stores/') and n.endswith('manifest.json') for n in names), names
   proc = subprocess.run([sys.executable, '-c', _READ_BACK, str(tmp_path), cache,
-                         str(tmp_path / 'second.npz')], cwd=ROOT, capture_output=True, text=True,
+                         str(tmp_path / 'second.npz'), corpus], cwd=ROOT, capture_output=True, text=True,
                         env=subprocess_env(1, {**env, 'TMPDIR': str(tmp_path / 'tmp2')}), timeout=300)
   assert proc.returncode == 0 and 'BUILT' not in proc.stderr, proc.stderr[-3000:]
   for got in (np.load(tmp_path / 'first.npz'), np.load(tmp_path / 'second.npz')):

@@ -36,6 +36,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from flmjax import experiment
+  from flmjax.storage import paths
   from flmjax.training import aot
   mfu = aot.PAPER_MFU if args.mfu is None else args.mfu
   try:
@@ -62,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
           f'{args.max_hbm_fraction}. To fit: {aot.oom_advice(config, r)}',
           file=sys.stderr)
   if args.output:
-    with open(args.output, 'w') as f:
-      json.dump({'topology': sl.topology, 'chips': sl.chips, 'num_slices': sl.num_slices,
+    paths.write_atomic(args.output, json.dumps({'topology': sl.topology, 'chips': sl.chips, 'num_slices': sl.num_slices,
                  'chip': sl.chip.prefix, 'hbm_usable_bytes': sl.chip.hbm_usable,
                  'peak_bf16_flops': sl.chip.peak_bf16, 'mfu': mfu, 'config': args.config,
                  'overrides': list(args.config_overrides),
-                 'rows': [r.to_dict() for r in rows]}, f, indent=1)
+                 'rows': [r.to_dict() for r in rows]}, indent=1))
   return 1 if over or any(r.error for r in rows) else 0

@@ -27,6 +27,7 @@ def add_mup_check_arguments(p: argparse.ArgumentParser) -> None:
 def mup_check_main(args: argparse.Namespace) -> int:
   from flmjax import experiment
   from flmjax.scaling.coord_check import coord_check, format_table, plot
+  from flmjax.storage import paths
   config = experiment.load_config(args.config, getattr(args, 'config_overrides', ()))
   if 'experiment' in config:  # a sweep / predict-loss file: check its proxy family
     config = config.experiment
@@ -39,8 +40,7 @@ def mup_check_main(args: argparse.Namespace) -> int:
   for r in results:
     print(format_table(r))
   path = plot(results, args.out)
-  with open(os.path.splitext(args.out)[0] + '.json', 'w') as f:
-    json.dump(results, f, indent=1)
+  paths.write_atomic(os.path.splitext(args.out)[0] + '.json', json.dumps(results, indent=1))
   print(f'wrote {path}')
   return 0
 

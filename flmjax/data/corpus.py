@@ -11,7 +11,6 @@ Bad user input fails with the file and line, or (strict=False) a bad line is ski
 from __future__ import annotations
 
 import ast
-import glob
 import importlib.util
 import json
 import logging
@@ -20,6 +19,8 @@ import sys
 import sysconfig
 import zlib
 from typing import Any, Iterator, NamedTuple, Sequence
+
+from flmjax.storage import paths
 
 SPECIAL_TOKENS = ('<|inst|>', '<|resp|>', '<|sep|>', '<|true|>', '<|false|>')
 _MAX_REPORTED = 10
@@ -171,17 +172,17 @@ def expand_globs(patterns: Sequence[str], what: str) -> list[str]:
   """Sorted files matching the globs; a glob matching nothing or an empty file is an error."""
   files = []
   for pattern in patterns:
-    matched = glob.glob(os.path.expanduser(pattern), recursive=True)
-    special = [p for p in matched if os.path.exists(p) and not os.path.isfile(p)
-               and not os.path.isdir(p)]
+    matched = paths.glob(pattern)
+    special = [p for p in matched if not paths.is_remote(p) and os.path.exists(p)
+               and not os.path.isfile(p) and not os.path.isdir(p)]
     if special:  # a FIFO or /dev/zero: it exists, so "matches no file" would mislead
       raise DataError(f'{what}: {special[0]} is not a regular file (a FIFO, socket or device); '
                       f'data files are read more than once and must be regular files')
-    found = sorted(p for p in matched if os.path.isfile(p))
+    found = sorted(p for p in matched if paths.isfile(p))
     if not found:
       raise DataError(f'{what}: glob {pattern!r} matches no file')
     for p in found:
-      if os.path.getsize(p) == 0:
+      if paths.getsize(p) == 0:
         raise DataError(f'{what}: file {p} is empty')
     files.extend(found)
   return files
@@ -202,7 +203,7 @@ def read_lines(path: str, stats: ReadStats, strict: bool, start: int = 0,
   whole = start == 0 and end is None
   good = 0
   first_bad = None
-  with open(path, 'rb') as f:
+  with paths.open_file(path, 'rb') as f:
     pos = start
     if start > 0:
       f.seek(start - 1)
@@ -290,8 +291,7 @@ def files_fingerprint(patterns: Sequence[str], what: str) -> list[Any]:
   """Identity of user files for cache keys: path, size and modification time."""
   out = []
   for p in expand_globs(patterns, what):
-    st = os.stat(p)
-    out.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+    out.append(list(paths.stat_key(p)))
   return out
 
 

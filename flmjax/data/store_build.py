@@ -26,6 +26,7 @@ from etils import epath
 from flmjax.data import corpus, instruct, store, vocab
 from flmjax.data.config import validate_data_config
 from flmjax.data.corpus import DataError, ReadStats
+from flmjax.storage import paths
 
 SOURCES = ('en', 'zh', 'instruct', 'teacher')
 LM_SOURCES = ('en', 'zh')
@@ -129,7 +130,7 @@ def plan_units(cfg: Any, unit_bytes: int = UNIT_BYTES) -> list[Unit]:
       units.append(Unit(len(units), lang))
       continue
     for path in corpus.expand_globs(spec.files, f'data.{lang}.files'):
-      size = os.path.getsize(path)
+      size = paths.getsize(path)
       if size <= unit_bytes:
         units.append(Unit(len(units), lang, path))
         continue

@@ -22,6 +22,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from flmjax.data.corpus import SPECIAL_TOKENS, DataError
+from flmjax.storage import paths
 
 # cl100k_base's pre-tokenisation pattern (tiktoken_ext/openai_public.py), and its special tokens.
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
@@ -51,16 +52,15 @@ def tiktoken_path(vocab_cfg: Any) -> str:
   path = vocab_cfg.get('tiktoken_file') or ''
   if not path:
     return bundled_cl100k_path()
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise DataError(f'data.vocab.tiktoken_file: no such file {path}')
   return path
 
 
 def load_ranks(path: str) -> dict[bytes, int]:
   """A `.tiktoken` file: one 'base64(token) rank' per line."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  if os.path.basename(path) == 'cl100k_base.tiktoken' and (
+  data = paths.read_bytes(path)
+  if paths.basename(path) == 'cl100k_base.tiktoken' and (
       hashlib.sha256(data).hexdigest() != CL100K_SHA256):
     raise DataError(f'{path}: not the published cl100k_base rank file (sha256 differs)')
   ranks = {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import os
 import random
 import string
 from typing import Optional
@@ -29,6 +28,7 @@ from typing import Optional
 from flmjax.evaluation import words
 from flmjax.evaluation.tasks import (EvalDataError, Item, Task, format_shots, sample_limit,
                                      text_lines)
+from flmjax.storage import paths
 
 CATEGORY = 'anti_interference'
 TASKS = ('multiple_key_retrieval', 'single_supporting_fact', 'two_supporting_facts')
@@ -206,19 +206,18 @@ def parse_babi_stories(path: str) -> list[tuple[int, str, str]]:
   return out
 
 
-_BABI_SUBDIRS = ('', 'en', os.path.join('tasks_1-20_v1-2', 'en'), 'en-10k',
-                 os.path.join('tasks_1-20_v1-2', 'en-10k'))
+_BABI_SUBDIRS = ('', 'en', 'tasks_1-20_v1-2/en', 'en-10k', 'tasks_1-20_v1-2/en-10k')
 
 
 def babi_search_paths(babi_dir: str, qa: str, split: str) -> list[str]:
   """Every pattern searched for a split's qaN file, in order (the error lists them all)."""
-  return [os.path.join(babi_dir, sub, f'{qa}_*_{split}.txt') for sub in _BABI_SUBDIRS]
+  return [paths.join(babi_dir, sub, f'{qa}_*_{split}.txt') for sub in _BABI_SUBDIRS]
 
 
 def find_babi_file(babi_dir: str, qa: str, split: str) -> Optional[str]:
   """The qaN file of a split under babi_dir, its en/ folder, or the release's folder layout."""
   for sub in _BABI_SUBDIRS:  # the folder escaped: a babi_dir named d2[1] is a name, not a glob
-    found = sorted(glob.glob(os.path.join(glob.escape(os.path.join(babi_dir, sub)),
+    found = sorted(paths.glob(paths.join(glob.escape(paths.join(babi_dir, sub)),
                                           f'{qa}_*_{split}.txt')))
     if found:
       return found[0]

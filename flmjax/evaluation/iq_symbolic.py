@@ -19,12 +19,12 @@ could not learn that label's symbol from the context, so its score would measure
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import string
 from typing import Any, Callable, Optional
 
 from flmjax.evaluation.tasks import EvalDataError, Item, Task, read_json_lines, sample_limit
+from flmjax.storage import paths
 
 CATEGORY = 'symbolic_mapping'
 _SYMBOL_CHARS = string.ascii_letters + string.digits + '%#&*+=?@!$'
@@ -115,12 +115,12 @@ def symbol_mapping(spec: Spec, seed: int) -> tuple[str, ...]:
 
 
 def _find_file(spec: Spec, data_dir: str, names: tuple[str, ...]) -> Optional[str]:
-  for root in (data_dir, os.path.join(data_dir, spec.benchmark),
-               os.path.join(data_dir, spec.benchmark.upper())):
+  for root in (data_dir, paths.join(data_dir, spec.benchmark),
+               paths.join(data_dir, spec.benchmark.upper())):
     for d in spec.dirs:
       for n in names:
-        path = os.path.join(root, d, n)
-        if os.path.isfile(path):
+        path = paths.join(root, d, n)
+        if paths.isfile(path):
           return path
   return None
 
@@ -141,7 +141,7 @@ def _missing(spec: Spec, data_dir: str, train: Optional[str], dev: Optional[str]
   lacking = [(what, names) for what, names, found in
              (('train', spec.train_files, train),
               ('evaluation', eval_files(spec, clue_split), dev)) if not found]
-  parts = [f'{what} file {os.path.join(data_dir, spec.dirs[0], names[0])} (also accepted as '
+  parts = [f'{what} file {paths.join(data_dir, spec.dirs[0], names[0])} (also accepted as '
            f'{" or ".join(names[1:]) or "no other name"})' for what, names in lacking]
   return EvalDataError(
       f'{CATEGORY}/{spec.name}: data not found under {data_dir!r}; missing the {layout} release '
@@ -163,7 +163,7 @@ def _read_records(spec: Spec, path: str, dropped: Optional[dict[str, int]] = Non
       raw = str(raw).lower()  # some copies store CLUE labels as numbers or booleans
     if raw in spec.skip_labels:
       if dropped is not None:
-        key = f'of {os.path.basename(path)} labelled {raw!r} (no gold label)'
+        key = f'of {paths.basename(path)} labelled {raw!r} (no gold label)'
         dropped[key] = dropped.get(key, 0) + 1
       continue
     if raw not in spec.labels or isinstance(raw, bool) != isinstance(spec.labels[0], bool):

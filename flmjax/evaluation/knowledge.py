@@ -36,13 +36,13 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import os
 import random
 import re
 from typing import Any, Optional, Sequence
 
 from flmjax.evaluation.tasks import (EvalDataError, Item, Task, read_json_lines, sample_limit,
                                      text_lines)
+from flmjax.storage import paths
 
 CATEGORY = 'knowledge'
 TASKS = ('mmlu', 'ceval', 'arc_easy', 'arc_challenge', 'hellaswag', 'truthfulqa_mc1',
@@ -110,9 +110,9 @@ def _err(task: str, msg: str) -> EvalDataError:
 def _need_file(task: str, path: str, shots: int = 0, split: str = 'train') -> None:
   """A missing file (or a folder in its place) is an error naming it; for the file of k-shot
   demonstrations (`split`) it also says how to run without one."""
-  if os.path.isfile(path):
+  if paths.isfile(path):
     return
-  what = 'is a directory, not the data file' if os.path.isdir(path) else 'is missing'
+  what = 'is a directory, not the data file' if paths.isdir(path) else 'is missing'
   if shots:
     raise _err(task, f'{shots}-shot needs the {split} file {path}, which {what} (or run '
                      f'0-shot with --shots {task}=0)')
@@ -125,10 +125,10 @@ def _root(task: str, data_dir: Optional[str], names: Sequence[str], probe: str) 
   if not data_dir:
     raise _err(task, f'no data directory given (pass --data_dir D with D/{names[0]}/{probe}); '
                      f'nothing is downloaded')
-  tried = [os.path.join(data_dir, n, probe) for n in names]
+  tried = [paths.join(data_dir, n, probe) for n in names]
   for n, path in zip(names, tried):
-    if glob.glob(os.path.join(glob.escape(os.path.join(data_dir, n)), probe)):  # D may hold [
-      return os.path.join(data_dir, n)
+    if paths.glob(paths.join(glob.escape(paths.join(data_dir, n)), probe)):  # D may hold [
+      return paths.join(data_dir, n)
   raise _err(task, f'data not found under {data_dir!r}; looked for {", ".join(tried)}')
 
 
@@ -213,8 +213,8 @@ def _mc_block(rec: dict[str, str], answer_word: str) -> str:
 
 def _ceval_mapping(task: str, root: str) -> Optional[dict[str, Any]]:
   """The release's subject_mapping.json (subject -> [en, zh, category]), or None if absent."""
-  mpath = os.path.join(root, 'subject_mapping.json')
-  if not os.path.isfile(mpath):
+  mpath = paths.join(root, 'subject_mapping.json')
+  if not paths.isfile(mpath):
     return None
   try:
     mapping = json.loads(''.join(text_lines(mpath, f'{CATEGORY}/{task}')))
@@ -241,19 +241,19 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
   eval_split = 'val' if zh else 'test'
   names = (('ceval', 'ceval-exam', 'ceval/ceval-exam', 'C-Eval') if zh
            else ('mmlu', 'MMLU', 'mmlu/data'))
-  root = _root(task, data_dir, names, os.path.join(eval_split, f'*_{eval_split}.csv'))
-  files = sorted(glob.glob(os.path.join(glob.escape(os.path.join(root, eval_split)),
+  root = _root(task, data_dir, names, paths.join(eval_split, f'*_{eval_split}.csv'))
+  files = sorted(paths.glob(paths.join(glob.escape(paths.join(root, eval_split)),
                                       f'*_{eval_split}.csv')))
   mapping = None
   if zh:  # subject_mapping.json ships beside the exam folder in C-Eval's repository
-    mapping = _ceval_mapping(task, root) or _ceval_mapping(task, os.path.dirname(root))
+    mapping = _ceval_mapping(task, root) or _ceval_mapping(task, paths.dirname(root))
   items, uncategorised = [], []
   for path in files:
-    subject = os.path.basename(path)[:-len(f'_{eval_split}.csv')]
+    subject = paths.basename(path)[:-len(f'_{eval_split}.csv')]
     rows = _csv_rows(task, path, header=zh)
     shots = []
     if k:
-      dev = os.path.join(root, 'dev', f'{subject}_dev.csv')
+      dev = paths.join(root, 'dev', f'{subject}_dev.csv')
       _need_file(task, dev, k, 'dev')
       shots = [r for _, r in _csv_rows(task, dev, header=zh)[:k]]
     if zh:
@@ -287,13 +287,13 @@ def _exam(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed
 def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed: int) -> Task:
   part = 'Challenge' if task == 'arc_challenge' else 'Easy'
   root = _root(task, data_dir, ('arc', 'ARC', 'ARC-V1-Feb2018-2', 'arc/ARC-V1-Feb2018-2'),
-               os.path.join(f'ARC-{part}', f'ARC-{part}-Test.jsonl'))
+               paths.join(f'ARC-{part}', f'ARC-{part}-Test.jsonl'))
 
   def read(split: str) -> list[tuple[str, tuple[str, ...], int]]:
     """AI2's release: question.stem, question.choices [{text, label}] (labels A-E or 1-5) and
     answerKey; a Hugging Face export (question text, choices {text: [...], label: [...]}) too.
     Text is kept exactly, whitespace included, as the harness's 'Question: {{question}}'."""
-    path = os.path.join(root, f'ARC-{part}', f'ARC-{part}-{split}.jsonl')
+    path = paths.join(root, f'ARC-{part}', f'ARC-{part}-{split}.jsonl')
     _need_file(task, path, k if split == 'Train' else 0)
     out = []
     for rec in _jsonl(task, path, ('question', 'answerKey')):
@@ -324,7 +324,7 @@ def _arc(task: str, data_dir: Optional[str], k: int, limit: Optional[int], seed:
     items.append(Item(prompt=prefix + prompt, answer=choices[y], choices=choices, label=y,
                       subject=f'arc/{part.lower()}'))
   return Task(name=task, category=CATEGORY, items=tuple(items), norm='char', k_shot=k,
-              source=os.path.join(root, f'ARC-{part}'), paper_k=DEFAULT_SHOTS[task])
+              source=paths.join(root, f'ARC-{part}'), paper_k=DEFAULT_SHOTS[task])
 
 
 def _hellaswag_text(text: str) -> str:
@@ -340,7 +340,7 @@ def _hellaswag(data_dir: Optional[str], k: int, limit: Optional[int], seed: int)
                'hellaswag_val.jsonl')
 
   def read(split: str):
-    path = os.path.join(root, f'hellaswag_{split}.jsonl')
+    path = paths.join(root, f'hellaswag_{split}.jsonl')
     _need_file(task, path, k if split == 'train' else 0)
     out = []
     for rec in _jsonl(task, path, ('ctx_a', 'ctx_b', 'activity_label', 'endings', 'label')):
@@ -402,7 +402,7 @@ def _truthfulqa(task: str, data_dir: Optional[str], k: int, limit: Optional[int]
                      f'fixed primer (use --shots {task}=0)')
   root = _root(task, data_dir, ('truthfulqa', 'TruthfulQA', 'truthfulqa/data', 'TruthfulQA/data'),
                'mc_task.json')
-  path = os.path.join(root, 'mc_task.json')
+  path = paths.join(root, 'mc_task.json')
   _need_file(task, path)
   try:
     data = json.loads(''.join(text_lines(path, f'{CATEGORY}/{task}')))

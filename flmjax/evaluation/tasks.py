@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from typing import Iterator, Sequence, TypeVar
+
+from flmjax.storage import paths
 
 IQ_CATEGORIES = ('symbolic_mapping', 'rule_understanding', 'pattern_mining', 'anti_interference')
 NORMALIZATIONS = ('sum', 'token', 'byte', 'char')
@@ -91,12 +92,12 @@ def text_lines(path: str, label: str) -> list[str]:
   release files: bytes that are not UTF-8 (a Latin-1 CSV, a gzip saved as .jsonl), a directory or
   a special file are an EvalDataError naming file, line and task — skippable with --skip_missing
   — instead of a bare decode error or an OSError naming neither."""
-  if os.path.isdir(path):
+  if paths.isdir(path):
     raise EvalDataError(f'{path}: {label}: is a directory, expected a data file')
-  if os.path.exists(path) and not os.path.isfile(path):
+  if paths.exists(path) and not paths.isfile(path):
     raise EvalDataError(f'{path}: {label}: not a regular file (a FIFO or device?)')
   lines = []
-  with open(path, 'rb') as f:
+  with paths.open_file(path, 'rb') as f:
     for lineno, raw in enumerate(f, start=1):
       try:
         lines.append(raw.decode('utf-8-sig' if lineno == 1 else 'utf-8'))

@@ -12,7 +12,6 @@ statistics come from a forward pass with `mutable=['intermediates']` (the model 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -23,6 +22,7 @@ from flax import linen as nn
 from flmjax import mup, optimizer, plan
 from flmjax.config import ModelConfig
 from flmjax.model import Transformer
+from flmjax.storage import paths
 from flmjax.training.batches import BATCH_KEYS, make_eval_batches, make_train_iterator
 from flmjax.training.state import TrainState
 from flmjax.training.step import make_step_fns
@@ -136,6 +136,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: str, labels: Sequence[str] 
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from flmjax.plot import save_figure  # matplotlib too: only when a figure is drawn
   names = STATS
   fig, axes = plt.subplots(len(results), len(names), figsize=(3.2 * len(names),
                                                                2.8 * len(results)), squeeze=False)
@@ -160,9 +161,8 @@ def plot(results: Sequence[Mapping[str, Any]], path: str, labels: Sequence[str] 
     row[0].set_ylabel('mean |x|')
     row[0].legend(fontsize=6)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  paths.makedirs(paths.dirname(paths.absolute(path)))
+  save_figure(fig, path)  # local or gs://
   return path
 
 

@@ -60,8 +60,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
@@ -453,15 +451,14 @@ def branch(source_workdir: str, stage: int, step: int, workdir: str) -> bool:
   if paths.is_remote(dst_stage):
     # no rename: the manifest, the step's commit marker, is copied last, so a cut copy is a
     # step without one (uncounted by every reader, removed by the trainer) and is redone here
-    dst = paths.join(dst_stage, str(step))
-    for rel in sorted(paths.walk_files(src), key=lambda r: r == checkpoint.MANIFEST):
-      paths.copy(paths.join(src, rel), paths.join(dst, rel))
+    paths.copytree(src, paths.join(dst_stage, str(step)), last=checkpoint.MANIFEST)
     return True
   paths.makedirs(dst_stage)
   tmp = paths.join(dst_stage, f'{step}.branching')
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(src, tmp, copy_function=paths.copy)
-  os.rename(tmp, paths.join(dst_stage, str(step)))  # complete or absent, as orbax's own
+  if paths.exists(tmp):
+    paths.rmtree(tmp)
+  paths.copytree(src, tmp)
+  paths.move(tmp, paths.join(dst_stage, str(step)))  # a rename: complete or absent, as orbax's
   return True
 
 

@@ -21,6 +21,7 @@ stores have no rename and no append, so `write_atomic` is one object PUT (atomic
 
 from __future__ import annotations
 
+import glob as _glob
 import hashlib
 import json
 import logging
@@ -35,6 +36,8 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 import fsspec  # noqa: E402
+import google.auth  # noqa: E402
+import google.auth.exceptions  # noqa: E402
 from etils import epath  # noqa: E402  (after the backend choice above)
 from etils.epath import gpath as _gpath  # noqa: E402
 
@@ -103,6 +106,7 @@ def split(path: str) -> tuple[str, str]:
 
 def epath_of(path: str) -> epath.Path:
   check_scheme(path)
+  check_credentials(path)
   return epath.Path(path)
 
 
@@ -187,6 +191,27 @@ def local_copy(path: str) -> str:
   return local
 
 
+def glob(pattern: str) -> list[str]:
+  """Paths matching a glob (`**` recursive), unsorted; `~` expands locally.  On an object store
+  the matches are `scheme://bucket/key` URLs."""
+  if not is_remote(pattern):
+    return _glob.glob(os.path.expanduser(pattern), recursive=True)
+  fs, key = _fs(pattern)
+  return [f'{scheme(pattern)}://{k}' for k in fs.glob(key)]
+
+
+def stat_key(path: str) -> tuple[str, int, int]:
+  """What identifies a file's content for cache keys: its absolute path, size, and modification
+  time in ns (an object's generation, which every write changes)."""
+  if not is_remote(path):
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+  fs, key = _fs(path)
+  fs.invalidate_cache(key)
+  info = fs.info(key)
+  return path, int(info.get('size', 0)), int(info.get('generation') or 0)
+
+
 def getsize(path: str) -> int:
   return os.path.getsize(path) if not is_remote(path) else epath_of(path).stat().length
 
@@ -266,6 +291,17 @@ def copy(src: str, dst: str) -> None:
     write_atomic(dst, read_bytes(src))
 
 
+def copytree(src: str, dst: str, last: Optional[str] = None) -> None:
+  """Copy every file under `src` to `dst` (hard links where a local file system allows, see
+  `copy`).  Object stores: object by object, the file named `last` (a commit marker) copied
+  last, so a cut copy lacks it."""
+  if not is_remote(src) and not is_remote(dst):
+    shutil.copytree(src, dst, copy_function=copy)
+    return
+  for rel in sorted(walk_files(src), key=lambda r: r == last):
+    copy(join(src, rel), join(dst, rel))
+
+
 def create_exclusive(path: str, data: bytes) -> int:
   """Create `path` holding `data` only if it does not exist; FileExistsError if it does.
   Returns the object's generation (0 for a local file).  Local: O_CREAT|O_EXCL (atomic on
@@ -316,13 +352,82 @@ def generation(path: str) -> Optional[int]:
 def _fs(path: str):
   """(fsspec filesystem, bucket/key) for an object-store URL."""
   check_scheme(path)
+  check_credentials(path)
   return fsspec.filesystem(scheme(path)), path.split('://', 1)[1].rstrip('/')
+
+
+def delete_if_generation(path: str, generation: int) -> bool:
+  """Object stores: delete `path` only if it is still generation `generation` (one request,
+  `ifGenerationMatch`).  False when it is another generation or gone.  Google's servers honour
+  the precondition; the bundled fake-gcs-server ignores it on delete (callers that must be safe
+  there too first overwrite the object conditionally, see workdir_lock)."""
+  fs, key = _fs(path)
+  bucket, name = key.split('/', 1)
+  try:
+    fs.call('DELETE', 'b/{}/o/{}', bucket, name, ifGenerationMatch=str(generation))
+  except (FileExistsError, FileNotFoundError):  # 412: another generation; 404: gone
+    return False
+  finally:
+    fs.invalidate_cache(posixpath.dirname(key))
+  return True
 
 
 def disk_free(path: str) -> Optional[int]:
   """Free bytes on the local filesystem holding `path`; None on an object store (no limit we
   can see)."""
   return None if is_remote(path) else shutil.disk_usage(path).free
+
+
+_credentials_checked = False
+
+
+def check_credentials(path: str) -> None:
+  """`gs://` against Google (no `STORAGE_EMULATOR_HOST`) needs credentials: without any, gcsfs
+  falls back to anonymous requests, which end in an unclear error after its retries (or wait on
+  an endpoint this host cannot reach).  So Application Default Credentials are looked up once
+  per process, before the first request, and their absence is one line saying what to do.  The
+  lookup is google-auth's own (GOOGLE_APPLICATION_CREDENTIALS, gcloud's file under $HOME or
+  $CLOUDSDK_CONFIG, the metadata server of a GCE / TPU VM; bounded by its timeouts)."""
+  global _credentials_checked  # pylint: disable=global-statement
+  if _credentials_checked or scheme(path) != 'gs' or os.environ.get('STORAGE_EMULATOR_HOST'):
+    return
+  try:
+    google.auth.default()
+  except google.auth.exceptions.DefaultCredentialsError as e:
+    why = ' '.join(str(e).split())[:300]
+    raise StorageError(
+        f'cannot use {path}: no Google Cloud credentials found ({why}); run `gcloud auth '
+        'application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a service-account '
+        'key file, or run on a VM whose service account may use the bucket') from None
+  _credentials_checked = True
+
+
+def _status(e: BaseException) -> Optional[int]:
+  """The HTTP status behind a client's error, where it says one."""
+  code = getattr(e, 'code', None)
+  if isinstance(code, int):
+    return code
+  return 403 if str(e).startswith('Forbidden') else None  # gcsfs's 403 is a bare OSError
+
+
+def storage_error(path: str, e: BaseException, doing: str) -> StorageError:
+  """One line for a failed request on an object store: what failed, why, and what to check (a
+  refused permission says so and names the bucket)."""
+  if isinstance(e, StorageError):
+    return e
+  why = describe_error(e)
+  status = _status(e)
+  bucket = path.split('://', 1)[-1].split('/', 1)[0]
+  if status == 403 or isinstance(e, PermissionError):
+    return StorageError(f'cannot {doing} {path}: permission denied ({why}); check that the '
+                        f'account of your credentials may create, read and delete objects in '
+                        f'bucket {bucket} (e.g. roles/storage.objectAdmin on it)')
+  if status == 401:
+    return StorageError(f'cannot {doing} {path}: the credentials were refused ({why}); renew '
+                        'them (`gcloud auth application-default login`) or check '
+                        'GOOGLE_APPLICATION_CREDENTIALS')
+  return StorageError(f'cannot {doing} {path} ({why}); check that the bucket exists, the '
+                      'credentials and the endpoint')
 
 
 def describe_error(e: BaseException) -> str:

@@ -16,8 +16,13 @@ On an object store (`gs://`) there is no O_EXCL and no rename: the lock is a cre
 `HEARTBEAT_S` seconds (only while the object is still the generation it wrote), so a lock from
 another host whose heartbeat is older than `STALE_AFTER_S` is stale too.  A stale lock is taken
 over by overwriting exactly the generation that was judged stale (`ifGenerationMatch`): of two
-runs taking it over, one wins.  Release deletes the lock if it is still the generation we wrote
-(checked, then deleted: fake-gcs-server ignores preconditions on delete).
+runs taking it over, one wins.  Release never removes a lock another run took over: it first
+overwrites the lock with a "released" record only if it is still the generation we wrote (one
+conditional request, so a takeover in between makes it fail and the lock is left alone), then
+deletes that record only if it is still that generation (`ifGenerationMatch` on the delete:
+Google honours it; the bundled fake-gcs-server ignores delete preconditions, which is why the
+conditional overwrite comes first).  A "released" record that stays (the delete failed) is a
+free lock to the next run.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def _read(path: str) -> Optional[dict]:
 def holder_is_gone(holder: dict, lock_path: str) -> bool:
   """Whether the lock's holder is certainly dead: on its own host by its pid; on an object
   store also by its heartbeat's age (any host)."""
+  if holder.get('released'):  # its holder released it; only the delete did not happen
+    return True
   if not holder:  # torn write: the writer died between create and write
     try:
       return time.time() - paths.getmtime(lock_path) > 60
@@ -122,8 +129,9 @@ class WorkdirLock:
           raise WorkdirLockedError(self._locked_message(holder)) from None
         if not self._take_over(seen):
           continue  # another run changed it first: judge again
-        log(f'workdir lock {self.path} was left by pid {holder.get("pid")} on '
-            f'{holder.get("host")}, which is gone (killed?): taking it over')
+        if not holder.get('released'):
+          log(f'workdir lock {self.path} was left by pid {holder.get("pid")} on '
+              f'{holder.get("host")}, which is gone (killed?): taking it over')
         if not paths.is_remote(self.path):
           continue  # removed: now create it
       self.held = True
@@ -154,9 +162,7 @@ class WorkdirLock:
     except Exception as e:  # pylint: disable=broad-except  (the client's own error types)
       if not paths.is_remote(self.path):
         raise
-      raise paths.StorageError(f'cannot write the workdir lock {self.path} '
-                               f'({paths.describe_error(e)}); check that the bucket exists, the '
-                               'credentials and the endpoint') from e
+      raise paths.storage_error(self.path, e, 'write the workdir lock') from e
 
   def _take_over(self, generation: int) -> bool:
     """Take the stale lock we judged; False when someone else changed or removed it first.
@@ -198,8 +204,9 @@ class WorkdirLock:
     if self._beat is not None:
       self._beat.join()
     try:
-      if (paths.generation(self.path) == self._generation if paths.is_remote(self.path)
-          else self._ours(_read(self.path))):
+      if paths.is_remote(self.path):
+        self._release_remote()
+      elif self._ours(_read(self.path)):
         paths.remove(self.path)
     except FileNotFoundError:
       pass
@@ -208,6 +215,19 @@ class WorkdirLock:
         raise
       print(f'could not remove the workdir lock {self.path} ({paths.describe_error(e)}); the '
             'next run takes it over as stale', file=sys.stderr, flush=True)
+
+  def _release_remote(self) -> None:
+    """Mark the lock released only if it is still the generation we wrote, then delete that
+    generation: never a lock another run took over meanwhile (see the module's docstring)."""
+    try:
+      released = paths.put_if_generation(
+          self.path, json.dumps(dict(self.record, released=time.time())).encode(),
+          self._generation)
+    except FileExistsError:
+      print(f'workdir lock {self.path} is held by another run now (this one was judged stale): '
+            'left in place', file=sys.stderr, flush=True)
+      return
+    paths.delete_if_generation(self.path, released)
 
   def __enter__(self) -> 'WorkdirLock':
     return self.acquire()
