@@ -48,9 +48,11 @@ def interleaved(fns: Mapping[str, Callable[[], object]], reps: int, warmup: int 
 
 def enable_compile_cache(root: str) -> None:
   """Runs that differ only in seed or data order compile to the same programs: cache them on
-  disk under `root`/jax_cache, so a driver of many such runs compiles each shape once."""
+  disk under `root`/jax_cache, so a driver of many such runs compiles each shape once.  A cache
+  the environment names ($JAX_COMPILATION_CACHE_DIR: the test suite's, shared by its runs) wins."""
   import jax
-  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR')
+                    or os.path.join(root, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 

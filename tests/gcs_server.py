@@ -116,10 +116,19 @@ FORBIDDEN = {'error': {'code': 403, 'message': 'flmjax-test@example.iam.gservice
                        'errors': [{'domain': 'global', 'reason': 'forbidden',
                                    'message': 'storage.objects.create denied'}]}}
 
+UNAVAILABLE = {'error': {'code': 503, 'message': 'We encountered an internal error. Please try '
+                         'again.', 'errors': [{'domain': 'global', 'reason': 'backendError',
+                                               'message': 'Backend Error'}]}}
+
+
+class TransientError(Exception):
+  """Raised by a `Front`'s `before` hook: that request is answered 503 (GCS's 'try again')."""
+
 
 class Front:
   """A stdlib HTTP server on 127.0.0.1 in a thread.  With `forward_to`, each request goes on to
-  that server (after `before(method, path)`); without, each is answered with GCS's 403."""
+  that server (after `before(method, path)`, which may raise `TransientError` for a 503);
+  without, each is answered with GCS's 403."""
 
   def __init__(self, forward_to: Optional[str] = None,
                before: Callable[[str, str], None] = lambda method, path: None):
@@ -137,8 +146,12 @@ class Front:
           status, headers, out = 403, {'Content-Type': 'application/json'}, \
               json.dumps(FORBIDDEN).encode()
         else:
-          before(self.command, self.path)
-          status, headers, out = front.forward(self.command, self.path, self.headers, body)
+          try:
+            before(self.command, self.path)
+            status, headers, out = front.forward(self.command, self.path, self.headers, body)
+          except TransientError:
+            status, headers, out = 503, {'Content-Type': 'application/json'}, \
+                json.dumps(UNAVAILABLE).encode()
         self.send_response(status)
         for k, v in headers.items():
           self.send_header(k, v)
