@@ -198,7 +198,7 @@ def build_unit(cfg: Any, root: epath.Path, unit: Unit, key: str,
           root, store.shard_name(split, source, unit.index), tokens)
   marker = {'key': key, 'unit': unit._asdict(), 'shards': shards,
             'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
-            'seconds': time.time() - t0}
+            'seconds': time.time() - t0, 'started': t0, 'pid': os.getpid()}
   store.atomic_write(_marker(root, unit.index), json.dumps(marker).encode())
   return marker
 
