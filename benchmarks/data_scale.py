@@ -173,24 +173,26 @@ def measure_build(root: str, model: str, build_mb: float, unit_bytes: int,
       runs.append(dict(repeat=r, workers=workers, seconds=seconds, tokens=tokens_of(manifest),
                        first=first,
                        unit_s=sum(m['seconds'] for m in markers), span=span, load=load,
+                       cpu_s=sum(m['cpu_seconds'] for m in markers),
                        pids=len({m['pid'] for m in markers}), units=len(markers)))
   print(f'\n(1) build of {build_mb:g} MB ({runs[0]["units"]} units), Beam DirectRunner '
         'multi_processing, one SentencePiece thread per worker; wall clock includes Beam start-up')
   print(f'{"repeat":>6} {"workers":>8} {"procs":>6} {"load":>6} {"seconds":>8} {"tokens/s":>10} '
-        f'{"1st unit at s":>14} {"units s":>8} {"units span s":>13}')
+        f'{"1st unit at s":>14} {"units s":>8} {"units CPU s":>12} {"units span s":>13} '
+        f'{"cores busy":>11}')
   for x in runs:
     print(f'{x["repeat"]:>6} {x["workers"]:>8} {x["pids"]:>6} {x["load"]:>6} {x["seconds"]:>8.1f} '
           f'{x["tokens"] / x["seconds"]:>10.0f} {x["first"]:>14.1f} {x["unit_s"]:>8.1f} '
-          f'{x["span"]:>13.1f}')
+          f'{x["cpu_s"]:>12.1f} {x["span"]:>13.1f} {x["cpu_s"] / x["span"]:>11.2f}')
   ratios = [runs[i]['seconds'] / runs[i + 1]['seconds'] for i in range(0, len(runs), 2)]
   spans = [runs[i]['span'] / runs[i + 1]['span'] for i in range(0, len(runs), 2)]
   one = [x for x in runs if x['workers'] == 1]
-  per_worker = sum(x['tokens'] for x in one) / sum(x['unit_s'] for x in one)
+  per_worker = sum(x['tokens'] for x in one) / sum(x['cpu_s'] for x in one)   # per CPU second
   tokens_per_byte = runs[0]['tokens'] / (build_mb * 1e6)
   med = sorted(ratios)[len(ratios) // 2]
   print(f'2 workers / 1 worker (wall clock), per repeat: {", ".join(f"{r:.2f}x" for r in ratios)}'
         f' (median {med:.2f}x); units span only: {", ".join(f"{r:.2f}x" for r in spans)}; one '
-        f'worker tokenizes {per_worker:.0f} tokens/s of unit work; {tokens_per_byte:.3f} tokens '
+        f'worker tokenizes {per_worker:.0f} tokens per CPU second of unit work; {tokens_per_byte:.3f} tokens '
         f'per byte of this text')
   return med, per_worker, tokens_per_byte
 
@@ -237,6 +239,8 @@ def main() -> None:
   ap.add_argument('--workdir', default='')
   ap.add_argument('--repeats', type=int, default=3, help='1- and 2-worker builds, alternating')
   ap.add_argument('--build_only', action='store_true', help='only (1): the build throughput')
+  ap.add_argument('--skip_build', action='store_true',
+                  help='skip (1); (4) then takes the rate of the largest store\'s own units')
   ap.add_argument('--prepare', action='store_true',
                   help='only write the corpora, vocabulary and experiment files (then build the '
                        'stores with the printed `flmjax data build` commands)')
@@ -254,8 +258,9 @@ def main() -> None:
     return
   model = vocabulary(root, args.smoke)
 
-  speedup, per_worker, tokens_per_byte = measure_build(root, model, args.build_mb or sizes[0],
-                                                       unit_bytes, args.repeats)
+  if not args.skip_build:
+    speedup, per_worker, tokens_per_byte = measure_build(
+        root, model, args.build_mb or sizes[0], unit_bytes, args.repeats)
   if args.build_only:
     print(f'headline: 2 workers / 1 worker build rate = {speedup:.2f}x')
     return
@@ -284,6 +289,12 @@ def main() -> None:
           f'{r["first_s"]:>12.2f} {r["tokens_per_s"]:>11.0f} {r["tokens_per_s"] / need:>11.1f}x')
   print(f'101B stage need per host: {NEED_BATCH} x {NEED_SEQ} tokens / {NEED_STEP_S} s / '
         f'{NEED_HOSTS} hosts (v5p-1024) = {need:.0f} tokens/s')
+
+  if args.skip_build:   # (4) from the largest store's own units (built by `flmjax data build`)
+    markers = unit_markers(os.path.join(root, f'store-{sizes[-1]:g}mb'))
+    per_worker = (sum(store_build.unit_tokens(m) for m in markers)
+                  / sum(m.get('cpu_seconds', m['seconds']) for m in markers))
+    tokens_per_byte = rows[-1][1] / (sizes[-1] * 1e6)
 
   # (4) FLM-101B's corpus
   text_bytes = FLM101B_TOKENS / tokens_per_byte
