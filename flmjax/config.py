@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  registers bfloat16 & co. as numpy dtype names
+import numpy as np   # (jax.numpy.dtype is numpy.dtype): the data layer loads no JAX through here
 
 VOCAB_MULTIPLE = 128
 # The first input of every document, in training, evaluation and sampling alike: seqio's id 0
@@ -104,11 +105,11 @@ class ModelConfig:
 
   @property
   def dtype(self):
-    return jnp.dtype(self.compute_dtype)
+    return np.dtype(self.compute_dtype)
 
   @property
   def pdtype(self):
-    return jnp.dtype(self.param_dtype)
+    return np.dtype(self.param_dtype)
 
   def validate(self) -> None:
     for name in ('vocab_size', 'd_model', 'n_heads', 'head_dim', 'd_ff', 'n_layers', 'max_len',

@@ -252,6 +252,9 @@ CASES = [
      lambda w: 'exceeds model.vocab_size=128'),
     ('garbage-corpus', _train('text_exp'), 1,
      lambda w: f'unreadable line(s) skipped, first: {w["garbage"]}:1: invalid UTF-8'),
+    ('files-corpus-without-vocabulary', _train('text_exp', '--config.data.vocab.model_file='), 1,
+     lambda w: "data.vocab.model_file is not set and data.en is a files corpus: `train` does not "
+               f"train its vocabulary; run `flmjax data build --config {w['text_exp']} --out DIR`"),
     ('tfds-unknown-name', _train('tfds_exp'), 1,
      lambda w: "data.en.tfds_name: cannot read prepared TFDS dataset 'no_such_dataset_xyz'"),
     ('workdir-under-a-file', lambda w: ['train', '--config', w['tiny_exp'], '--workdir',

@@ -162,7 +162,7 @@ def test_packing_vs_seqio_smoke():
 @pytest.mark.skipif(not _has('apache_beam'), reason='the Beam build needs the extra flmjax[beam]')
 def test_data_scale_smoke():
   out = _run('data_scale.py')
-  assert '2 workers / 1 worker:' in out and 'peak RSS MB' in out and '101B stage need' in out
+  assert '2 workers / 1 worker (wall clock)' in out and 'peak RSS MB' in out and '101B stage need' in out
   assert 'FLM-101B: 311.54B tokens' in out
 
 

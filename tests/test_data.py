@@ -616,13 +616,14 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import ml_collections
 import flmjax.data as D
-from conftest import tiny_config
-from flmjax import sampling
-from flmjax.training import loop
 cfg = ml_collections.ConfigDict(json.loads(sys.argv[2]))
 batch = next(D.make_train_iterator(cfg, seq_len=64, global_batch_size=2))
 tok = D.get_tokenizer(cfg)
 assert tok.decode(batch['targets'][0].tolist())
+print('jax', 'jax' in sys.modules)   # data processes (Beam workers, readers) load no JAX
+from conftest import tiny_config
+from flmjax import sampling
+from flmjax.training import loop
 summary = loop.train(tiny_config(2), sys.argv[3])
 assert summary, summary
 from flmjax.config import ModelConfig
@@ -638,7 +639,8 @@ print('after', 'tensorflow' in sys.modules)
 
 
 def test_pipeline_training_and_sampling_do_not_import_tensorflow(setup, tmp_path):
-  """seqio (and with it TensorFlow, seconds and log lines) loads only when Tasks are registered."""
+  """seqio (and with it TensorFlow, seconds and log lines) loads only when Tasks are registered;
+  reading and tokenizing data loads no JAX."""
   import subprocess
   import sys
   _, _, cfg = setup
@@ -648,6 +650,7 @@ def test_pipeline_training_and_sampling_do_not_import_tensorflow(setup, tmp_path
                       str(tmp_path / 'w')], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-4000:]
   assert 'before False' in r.stdout and 'after True' in r.stdout, r.stdout
+  assert 'jax False' in r.stdout, r.stdout
 
 
 def test_tokenizer_matches_seqio_vocabulary(setup):

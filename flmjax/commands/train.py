@@ -44,6 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
   init_distributed(args)
   from flmjax import experiment
   from flmjax.training.loop import train
+  from flmjax.data.vocab import require_vocabulary
   config = experiment.load_config(args.config, args.config_overrides)
+  require_vocabulary(config.data, args.config)
   train(config, args.workdir)
   return 0

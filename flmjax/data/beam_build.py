@@ -32,6 +32,9 @@ class _BuildUnit(beam.DoFn):
 
   def setup(self) -> None:
     self._cfg = validate_data_config(ml_collections.ConfigDict(json.loads(self._cfg_json)))
+    # A worker is a core: SentencePiece's own threads (data.tokenize_threads, for the
+    # in-process build) would let one worker take two cores and leave nothing to a second.
+    self._cfg.tokenize_threads = 1
     self._encoder = vocab.batch_encoder(self._cfg)
 
   def process(self, unit: Sequence[Any]):

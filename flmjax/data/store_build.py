@@ -187,7 +187,7 @@ def _marker(root: epath.Path, index: int) -> epath.Path:
 def build_unit(cfg: Any, root: epath.Path, unit: Unit, key: str,
                encoder: tuple[Callable[[Sequence[str], int], list[list[int]]], int]) -> dict:
   """Reads, tokenizes and writes one unit's shards, then its marker; returns the marker."""
-  t0 = time.time()
+  t0, cpu0 = time.time(), time.process_time()
   stats = ReadStats()
   examples = unit_examples(cfg, unit, stats)
   encode, eos_id = encoder
@@ -199,7 +199,8 @@ def build_unit(cfg: Any, root: epath.Path, unit: Unit, key: str,
           root, store.shard_name(split, source, unit.index), tokens)
   marker = {'key': key, 'unit': unit._asdict(), 'shards': shards,
             'skipped_lines': stats.skipped_lines, 'skipped_reasons': stats.reasons,
-            'seconds': time.time() - t0}
+            'seconds': time.time() - t0, 'cpu_seconds': time.process_time() - cpu0,
+            'started': t0, 'pid': os.getpid()}
   store.atomic_write(_marker(root, unit.index), json.dumps(marker).encode())
   return marker
 

@@ -263,6 +263,23 @@ def vocabulary_path(cfg: Any) -> str:
   return local
 
 
+def require_vocabulary(cfg: Any, config: str = 'X') -> None:
+  """Refuses, in one line, a run that would train a vocabulary on the user's own corpus (files,
+  TFDS): that is its own step (`flmjax vocab` or `flmjax data build`), never hidden inside
+  `train`. The embedded default still trains its small one on first use."""
+  cfg = validate_data_config(cfg)
+  if cfg.source != 'bilingual' or is_tiktoken(cfg) or cfg.vocab.model_file:
+    return
+  own = [lang for lang in ('en', 'zh') if cfg[lang].kind != 'embedded']
+  if not own or paths.isfile(paths.join(cache_root(cfg), 'vocab', vocab_key(cfg), 'spm.model')):
+    return
+  raise DataError(
+      f'data.vocab.model_file is not set and data.{own[0]} is a {cfg[own[0]].kind} corpus: '
+      f'`train` does not train its vocabulary; run `flmjax data build --config {config} --out '
+      f'DIR` (then --config.data.store_dir=DIR) or `flmjax vocab --config {config} --out DIR` '
+      f'(then --config.data.vocab.model_file=DIR/spm.model)')
+
+
 def get_vocabulary(cfg: Any) -> Any:
   """The seqio vocabulary (`seqio.SentencePieceVocabulary`) of a data config, for seqio consumers
   (Tasks, feature converters).  seqio is imported here, not at module level, because it imports
