@@ -134,8 +134,9 @@ def train_model_bytes(cfg: Any) -> bytes:
     raise
 
 
-def _child_train(cfg_dict: dict, lines: list[str], conn: Any) -> None:
+def _child_train(cfg_dict: dict, lines_in: Any, conn: Any) -> None:
   try:
+    lines = lines_in.recv()
     buf = io.BytesIO()
     spm.set_random_generator_seed(_SENTENCEPIECE_SEED)
     _train_sentencepiece(validate_data_config(cfg_dict), lines, buf)
@@ -152,7 +153,8 @@ def _train_in_child(cfg: Any, lines: list[str]) -> bytes:
   # safe to fork, so there (training's first use) the child is spawned.
   ctx = multiprocessing.get_context('spawn' if 'jax' in sys.modules else 'fork')
   parent, child = ctx.Pipe(duplex=False)
-  proc = ctx.Process(target=_child_train, args=(cfg.to_dict(), lines, child), daemon=True)
+  lines_in, lines_out = ctx.Pipe(duplex=False)
+  proc = ctx.Process(target=_child_train, args=(cfg.to_dict(), lines_in, child), daemon=True)
 
   stopped: list[int] = []
 
@@ -166,6 +168,12 @@ def _train_in_child(cfg: Any, lines: list[str]) -> bytes:
   try:
     proc.start()
     child.close()
+    lines_in.close()
+    # The sample goes over a pipe from a thread, not as the child's start-up arguments: a child
+    # that dies while starting would leave the parent blocked in that write, deaf to SIGTERM;
+    # here the loop below sees the death (and a signal) while the thread is still writing.
+    threading.Thread(target=_send_quietly, args=(lines_out, lines), daemon=True,
+                     name='flmjax-vocab-sample').start()
     while not stopped and not parent.poll(0.2):
       if not proc.is_alive():
         raise DataError(f'data.vocab: the SentencePiece trainer died (exit status '
@@ -176,16 +184,32 @@ def _train_in_child(cfg: Any, lines: list[str]) -> bytes:
     if stopped:
       raise DataError(f'data.vocab: stopped by signal {stopped[0]} while training the '
                       'vocabulary; nothing was written')
-    status, payload = parent.recv()
+    try:
+      status, payload = parent.recv()
+    except EOFError:  # it closed its end without an answer: it died (e.g. while starting)
+      proc.join(5)
+      raise DataError(f'data.vocab: the SentencePiece trainer died (exit status '
+                      f'{proc.exitcode})') from None
   finally:
-    if proc.is_alive():
-      proc.kill()
-    proc.join()
+    if proc.pid is not None:  # started
+      if proc.is_alive():
+        proc.kill()
+      proc.join()
     if main:
       signal.signal(signal.SIGTERM, old)
   if status == 'error':
     raise RuntimeError(payload)
   return payload
+
+
+def _send_quietly(conn: Any, payload: Any) -> None:
+  """Send `payload` and close; a child already gone (the caller reports it) is not an error."""
+  try:
+    conn.send(payload)
+  except (BrokenPipeError, EOFError, OSError):
+    pass
+  finally:
+    conn.close()
 
 
 def _train_sentencepiece(cfg: Any, lines: list[str], buf: io.BytesIO) -> None:
