@@ -159,9 +159,7 @@ class Block(nn.Module):
     # --- MLP ---
     y_BxLxD = x_BxLxD + attn_BxLxD
     h_BxLxD = layer_norm(y_BxLxD, ln2_scale_D, ln2_bias_D, cfg.ln_eps, hidden_D).astype(dt)
-    act_BxLxF = jax.nn.gelu(
-        jnp.einsum('bld,df->blf', h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt),
-        approximate=False)
+    act_BxLxF = gelu(jnp.einsum('bld,df->blf', h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt))
     if mlp_F is not None:
       act_BxLxF = act_BxLxF * mlp_F.astype(dt)
     mlp_BxLxD = (jnp.einsum('blf,fd->bld', act_BxLxF, wo_mlp_FxD.astype(dt))
@@ -211,6 +209,28 @@ class Block(nn.Module):
     s_BxHxLxS = s_BxHxLxS * cfg.attention_scale + shared['mask_bias']
     p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1).astype(v_BxSxHxK.dtype)
     return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
+
+
+@jax.custom_vjp
+def gelu(x: Array) -> Array:
+  """Exact (erf) GeLU whose backward keeps only its input: autodiff of `jax.nn.gelu` saved
+  erf's and exp's intermediates too, two more FFN-sized buffers per layer written in the
+  forward and read in the backward; the derivative Φ(x) + x·φ(x) is recomputed instead."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x: Array) -> tuple[Array, Array]:
+  return gelu(x), x
+
+
+def _gelu_bwd(x: Array, g: Array) -> tuple[Array]:
+  x32 = x.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (2.0 ** -0.5)))
+  pdf = jnp.exp(-0.5 * jnp.square(x32)) * (2.0 * jnp.pi) ** -0.5
+  return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(g.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def _softmax_attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS, scale: float) -> Array:

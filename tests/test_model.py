@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flmjax.config import ConfigError, ModelConfig
-from flmjax.model import Transformer, abstract_params, init_cache, xpos_rotate
+from flmjax.model import Transformer, abstract_params, gelu, init_cache, xpos_rotate
 
 CFG = ModelConfig(vocab_size=300, d_model=64, n_heads=4, head_dim=16, d_ff=256, n_layers=2,
                   max_len=64)
@@ -127,6 +127,21 @@ def test_remat_gives_same_gradients(remat):
   g0 = jax.grad(loss(CFG))(params)
   g1 = jax.grad(loss(CFG.replace(remat=remat)))(params)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g0, g1)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_gelu_equals_exact_gelu_and_its_autodiff_gradient(dtype):
+  # The MLP's GeLU saves only its input for the backward (fewer residual buffers per layer):
+  # the same values as jax.nn.gelu(approximate=False), and the float32 autodiff gradient to
+  # the dtype's rounding (its derivative is computed in float32 whatever the dtype).
+  x = jnp.linspace(-9.0, 9.0, 20001).astype(dtype)
+  exact = lambda v: jax.nn.gelu(v, approximate=False)
+  np.testing.assert_array_equal(np.asarray(gelu(x), np.float32), np.asarray(exact(x), np.float32))
+  grad = lambda f, v: jax.grad(lambda u: f(u).astype(jnp.float32).sum())(v)
+  g, g_ref = grad(gelu, x), grad(exact, x.astype(jnp.float32))
+  assert g.dtype == x.dtype
+  np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref),
+                             rtol=2.0 ** -7 if dtype == 'bfloat16' else 1e-6, atol=1e-6)
 
 
 def test_bfloat16_compute_runs_and_stays_close():
