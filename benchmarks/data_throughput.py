@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+import common  # first: it keeps libtpu quiet on a host without a TPU  # noqa: F401
 import jax
 import jax.numpy as jnp
 import optax

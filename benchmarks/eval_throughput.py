@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+import common  # first: it keeps libtpu quiet on a host without a TPU  # noqa: F401
 import jax
 import jax.numpy as jnp
 

@@ -94,6 +94,14 @@ def test_benchmarks_pick_the_cpu_before_jax_loads_libtpu():
   out = subprocess.run([sys.executable, '-c', code], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert out.stdout.strip() == 'cpu,tpu', out.stderr[-2000:]
+  # ... and every benchmark that imports jax imports common first
+  for name in sorted(os.listdir(BENCH)):
+    if not name.endswith('.py') or name == 'common.py':
+      continue
+    lines = open(os.path.join(BENCH, name)).read().splitlines()
+    first_jax = next((i for i, l in enumerate(lines) if re.match(r'(import|from) jax\b', l)), None)
+    if first_jax is not None:
+      assert 'import common' in '\n'.join(lines[:first_jax]), name
 
 
 @pytest.mark.slow
