@@ -159,7 +159,8 @@ class Block(nn.Module):
     # --- MLP ---
     y_BxLxD = x_BxLxD + attn_BxLxD
     h_BxLxD = layer_norm(y_BxLxD, ln2_scale_D, ln2_bias_D, cfg.ln_eps, hidden_D).astype(dt)
-    act_BxLxF = gelu(jnp.einsum('bld,df->blf', h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt))
+    pre_BxLxF = jnp.einsum('bld,df->blf', h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt)
+    act_BxLxF = gelu(pre_BxLxF)  # its own line: op_profile names the GeLU ops by their source
     if mlp_F is not None:
       act_BxLxF = act_BxLxF * mlp_F.astype(dt)
     mlp_BxLxD = (jnp.einsum('blf,fd->bld', act_BxLxF, wo_mlp_FxD.astype(dt))
