@@ -143,7 +143,8 @@ def test_kill_9_mid_save_and_sigterm_on_gs_resume_to_the_local_run_exactly(gcs, 
                                  'TENSORSTORE_GCS_HTTP_URL': front.url})
     out, err = _finish(proc)
   assert proc.returncode == 0, err[-3000:]
-  assert len(failed) >= 40, len(failed)  # the 503s fell inside the saves
+  answered_503 = failed[3::4]
+  assert any('stage_' in p for p in answered_503), answered_503  # some fell inside the saves
   assert _values(read_metrics(paths.join(wd, 'metrics.jsonl'))) == want
   assert read_losses(wd) == read_losses(local)
 
