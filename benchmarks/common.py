@@ -18,11 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from flmjax.cli import cpu_unless_accelerator  # noqa: E402  (light: imports no jax)
+from flmjax.cli import prepare_process  # noqa: E402  (light: imports no jax)
 
-# Before any benchmark imports jax: with the `tpu` extra on a CPU host, jax would otherwise load
-# libtpu and print its TPU_WORKER_HOSTNAMES / accelerator-type lines into every benchmark's output.
-cpu_unless_accelerator()
+# Before any benchmark imports jax, as the `flmjax` command does: with the `tpu` extra on a CPU
+# host, jax would otherwise load libtpu and print its TPU_WORKER_HOSTNAMES / accelerator-type
+# lines into every benchmark's output; and on a CPU host freed step buffers stay in the process
+# (flmjax.host_memory).  Both sides of a comparison run in this one process, so both get it.
+prepare_process()
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], reps: int, warmup: int = 1
