@@ -18,6 +18,13 @@ both sides.  Each side's utilisation is its model FLOP/s over its *own* framewor
 FLOP/s in the same run (flmjax over XLA's matmul, PyTorch over torch's), so a host whose BLAS is
 slow for one framework does not flatter the other.  The last line is the host-fair headline:
 flmjax utilisation ÷ PyTorch utilisation at the largest size, with the raw tokens/s ratio beside it.
+
+Where the difference lies: each side also runs the step's *weight GEMMs alone* (every projection,
+MLP and logits matmul of the model with its two backward GEMMs, at the step's shapes, in that
+framework, interleaved with the steps).  Their share of the step is the part no training loop can
+remove; the rest (attention, norms, activations, loss, optimizer, copies, host time) is the step's
+overhead, in milliseconds, compared side by side.  (One call per GEMM: at the named sizes each
+takes milliseconds; at the smoke sizes the calls' dispatch dominates and the split means nothing.)
 """
 
 from __future__ import annotations
@@ -85,6 +92,46 @@ def torch_stepper(model_kw: dict, padded_vocab: int, seq_len: int, batches: list
   return step, n_params
 
 
+def weight_gemm_shapes(model_kw: dict, padded_vocab: int, tokens: int) -> list[tuple[int, int, int]]:
+  """(m, k, n) of every weight GEMM in one training step: per weight W (k×n) applied to x (m×k),
+  the forward x·W, and the backward dy·Wᵀ (m×n·n×k) and xᵀ·dy (k×m·m×n)."""
+  D, F, N = model_kw['d_model'], model_kw['d_ff'], model_kw['n_layers']
+  HK = model_kw['n_heads'] * model_kw['head_dim']
+  forward = [(tokens, D, HK)] * 3 + [(tokens, HK, D), (tokens, D, F), (tokens, F, D)]
+  forward = forward * N + [(tokens, D, padded_vocab)]
+  return [g for m, k, n in forward for g in ((m, k, n), (m, n, k), (k, m, n))]
+
+
+def weight_gemm_fns(shapes: list[tuple[int, int, int]], dtype: str, with_torch: bool):
+  """({'gemms': jax fn, 'gemms_torch': torch fn}, flops): each runs `shapes` one GEMM at a time."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  host = {s: (rng.standard_normal(s[:2], np.float32), rng.standard_normal(s[1:], np.float32))
+          for s in sorted(set(shapes))}
+  mm = jax.jit(lambda a, b: a @ b)
+  on_jax = {s: (jnp.asarray(a, dtype), jnp.asarray(b, dtype)) for s, (a, b) in host.items()}
+
+  def run_jax():
+    for s in shapes:
+      mm(*on_jax[s]).block_until_ready()
+
+  fns = {'gemms': run_jax}
+  if with_torch:
+    import torch
+    dt = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[dtype]
+    on_torch = {s: (torch.from_numpy(a).to(dt), torch.from_numpy(b).to(dt))
+                for s, (a, b) in host.items()}
+
+    def run_torch():
+      for s in shapes:
+        on_torch[s][0] @ on_torch[s][1]
+
+    fns['gemms_torch'] = run_torch
+  return fns, float(sum(2 * m * k * n for m, k, n in shapes))
+
+
 def run_size(name: str, spec, args) -> dict:
   import jax
   from flmjax.config import ModelConfig
@@ -107,6 +154,9 @@ def run_size(name: str, spec, args) -> dict:
   fns['matmul'] = mm
   if not args.no_torch:
     fns['matmul_torch'], _ = common.torch_matmul_fn(args.matmul_n, dtype)
+  gemm_fns, gemm_flops = weight_gemm_fns(
+      weight_gemm_shapes(model_kw, mcfg.padded_vocab, batch * seq_len), dtype, not args.no_torch)
+  fns.update(gemm_fns)
   times = common.interleaved(fns, reps=args.reps, warmup=args.warmup)
   profiles = {}
   if args.profile:
@@ -115,12 +165,18 @@ def run_size(name: str, spec, args) -> dict:
       profiles['pytorch'] = op_profile.torch_profile(fns['pytorch'])
   tokens = batch * seq_len
   flops = mcfg.flops_per_token(seq_len) * tokens
-  rows = []
-  tps, util = {}, {}
-  for side, yardstick in (('flmjax', 'matmul'), ('pytorch', 'matmul_torch')):
+  rows, gemm_rows = [], []
+  tps, util, overhead = {}, {}, {}
+  for side, yardstick, gemms in (('flmjax', 'matmul', 'gemms'),
+                                 ('pytorch', 'matmul_torch', 'gemms_torch')):
     if side not in times:
       continue
     t = common.median(times[side])
+    t_gemm = common.median(times[gemms])
+    overhead[side] = t - t_gemm
+    gemm_rows.append([name, side, f'{1e3 * t:.1f}', f'{1e3 * t_gemm:.1f}',
+                      common.fmt_si(gemm_flops / t_gemm, 'FLOP/s'), f'{100 * t_gemm / t:.1f}%',
+                      f'{1e3 * (t - t_gemm):.1f}'])
     tps[side] = tokens / t
     own_peak = mm_flops / common.median(times[yardstick])
     util[side] = flops / t / own_peak
@@ -128,7 +184,8 @@ def run_size(name: str, spec, args) -> dict:
                  f'{torch_params / 1e6:.1f}M', f'{seq_len}x{batch}', side,
                  common.spread(times[side]), f'{tokens / t:,.0f}', common.fmt_si(flops / t, 'FLOP/s'),
                  common.fmt_si(own_peak, 'FLOP/s'), f'{100 * util[side]:.1f}%'])
-  return {'rows': rows, 'tps': tps, 'util': util, 'params': mcfg.param_count(),
+  return {'rows': rows, 'gemm_rows': gemm_rows, 'overhead': overhead, 'tps': tps, 'util': util,
+          'params': mcfg.param_count(),
           'profiles': profiles,
           'matmul': {k: mm_flops / common.median(times[k]) for k in ('matmul', 'matmul_torch')
                      if k in times},
@@ -179,6 +236,12 @@ def main(argv=None) -> None:
       [row for r in results.values() for row in r['rows']],
       title="utilisation = model FLOP/s / the side's own framework's dense-matmul FLOP/s, "
             'same run')
+  common.print_table(
+      ['size', 'side', 'step ms', 'weight GEMMs alone ms', 'their FLOP/s', 'GEMM share of step',
+       'rest of step ms'],
+      [row for r in results.values() for row in r['gemm_rows']],
+      title="the step's weight GEMMs (forward + both backward GEMMs, the step's shapes) run alone "
+            'in the same framework, same run: the rest is the step\'s overhead')
   for n, r in results.items():
     if r['profiles']:
       common.print_table(['op family'] + [f'{side}: share of step' for side in r['profiles']],
@@ -190,7 +253,9 @@ def main(argv=None) -> None:
     return
   for n, r in results.items():
     print(f"{n}: flmjax/pytorch utilisation = {r['util']['flmjax'] / r['util']['pytorch']:.2f}x "
-          f"(tokens/s {r['tps']['flmjax'] / r['tps']['pytorch']:.2f}x)")
+          f"(tokens/s {r['tps']['flmjax'] / r['tps']['pytorch']:.2f}x); outside the weight GEMMs "
+          f"flmjax {1e3 * r['overhead']['flmjax']:.0f} ms, PyTorch {1e3 * r['overhead']['pytorch']:.0f} "
+          f"ms per step")
   util_ratio = last['util']['flmjax'] / last['util']['pytorch']
   tps_ratio = last['tps']['flmjax'] / last['tps']['pytorch']
   print(f"headline: flmjax utilisation / PyTorch utilisation (host-fair) at {names[-1]} "

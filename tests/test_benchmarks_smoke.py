@@ -52,6 +52,24 @@ def test_train_throughput_smoke():
   assert 'where one training step\'s time goes' in out
   for family in ('matmul', 'attention', 'LayerNorm', 'optimizer', 'host / untraced'):
     assert family in out
+  assert 'weight GEMMs alone ms' in out and 'outside the weight GEMMs flmjax' in out
+
+
+def test_weight_gemms_are_the_models_6n_matmul_flops():
+  """The GEMMs run alone are exactly the step's weight matmuls: three GEMMs per weight, whose
+  FLOPs are 6 × tokens × the weight matrices' parameters (the tied embedding counted once, as the
+  logits' weight); attention's q·k and p·v are not among them."""
+  sys.path.insert(0, BENCH)
+  import train_throughput
+  from flmjax.config import ModelConfig
+  model_kw, seq_len, batch = train_throughput.SIZES['10m']
+  cfg = ModelConfig.from_dict(dict(model_kw, max_len=seq_len))
+  tokens = seq_len * batch
+  shapes = train_throughput.weight_gemm_shapes(model_kw, cfg.padded_vocab, tokens)
+  assert len(shapes) == 3 * (6 * model_kw['n_layers'] + 1)
+  D, F, HK = model_kw['d_model'], model_kw['d_ff'], model_kw['n_heads'] * model_kw['head_dim']
+  weights = model_kw['n_layers'] * (4 * D * HK + 2 * D * F) + D * cfg.padded_vocab
+  assert sum(2 * m * k * n for m, k, n in shapes) == 6 * tokens * weights
 
 
 @pytest.mark.slow
