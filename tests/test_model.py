@@ -84,6 +84,30 @@ def test_packed_row_equals_documents_run_alone():
   np.testing.assert_allclose(packed[:, 5:9], second, atol=1e-5)
 
 
+def test_causal_blocks_equal_the_full_attention_with_packing(monkeypatch):
+  """Training attention over query blocks (each sees only keys up to its block's end) computes
+  what the full masked softmax does: logits and gradients, packed documents included."""
+  from flmjax import model as model_lib
+  cfg = CFG.replace(max_len=4 * model_lib.CAUSAL_BLOCK)
+  L = 4 * model_lib.CAUSAL_BLOCK
+  params, tokens = _init(cfg, L=L)
+  cut = L // 2 + 5  # a document boundary inside a block
+  seg = jnp.array([[1] * cut + [2] * (L - cut - 7) + [0] * 7] * 2)
+  pos = jnp.array([list(range(cut)) + list(range(L - cut - 7)) + [0] * 7] * 2)
+
+  def run(block):
+    monkeypatch.setattr(model_lib, 'CAUSAL_BLOCK', block)
+    f = lambda p: Transformer(cfg).apply({'params': p}, tokens, positions=pos, segment_ids=seg)
+    loss = lambda p: (f(p)[:, :, :cfg.vocab_size] * seg[..., None]).std()
+    return f(params), jax.grad(loss)(params)
+
+  blocked_logits, blocked_grads = run(model_lib.CAUSAL_BLOCK)
+  full_logits, full_grads = run(L)  # one block: the plain masked softmax over every key
+  np.testing.assert_allclose(blocked_logits[:, :L - 7], full_logits[:, :L - 7], atol=2e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), blocked_grads,
+                         full_grads)
+
+
 def test_kv_cache_matches_full_forward():
   params, tokens = _init(L=10)
   model = Transformer(CFG)
