@@ -11,7 +11,7 @@ PKG = os.path.join(ROOT, 'flmjax')
 
 # Lowest first; a module may import its own layer or below, never above.
 LAYERS = [
-    ('flmjax.config', 'flmjax.params', 'flmjax.storage'),
+    ('flmjax.config', 'flmjax.params', 'flmjax.storage', 'flmjax.host_memory'),
     ('flmjax.mup', 'flmjax.model', 'flmjax.sharding', 'flmjax.optimizer',
      'flmjax.storage.metrics', 'flmjax.distributed', 'flmjax.synthetic_data'),
     ('flmjax.growth_ops', 'flmjax.growth', 'flmjax.storage.checkpoint',
