@@ -23,6 +23,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from flmjax import mup
 from flmjax.config import ModelConfig
@@ -30,6 +31,7 @@ from flmjax.config import ModelConfig
 Array = jax.Array
 Masks = dict[str, Array]  # {'hidden': D, 'heads': NxH, 'mlp': NxF, 'layers': N}; all optional
 NEG_INF = -1e30
+DENSE_OUT = 'dense_out'  # the checkpoint name of every weight matmul's output (`dense`)
 CAUSAL_BLOCK = 128  # query block of the causal-skipping attention (training, no cache); 128
 # measured 0.96-0.97x the step time of 256 at 10M and 50M on CPU (BUILD.md › Performance, issue 42)
 
@@ -136,9 +138,11 @@ class Block(nn.Module):
 
     # --- attention ---
     h_BxLxD = layer_norm(x_BxLxD, ln1_scale_D, ln1_bias_D, cfg.ln_eps, hidden_D).astype(dt)
-    q_BxLxHxK = jnp.einsum('bld,dhk->blhk', h_BxLxD, wq_DxHxK.astype(dt)) + bq_HxK.astype(dt)
-    k_BxLxHxK = jnp.einsum('bld,dhk->blhk', h_BxLxD, wk_DxHxK.astype(dt)) + bk_HxK.astype(dt)
-    v_BxLxHxK = jnp.einsum('bld,dhk->blhk', h_BxLxD, wv_DxHxK.astype(dt)) + bv_HxK.astype(dt)
+    heads = lambda w_DxHxK: dense(h_BxLxD, w_DxHxK.astype(dt).reshape(D, H * K)).reshape(
+        h_BxLxD.shape[:2] + (H, K))
+    q_BxLxHxK = heads(wq_DxHxK) + bq_HxK.astype(dt)
+    k_BxLxHxK = heads(wk_DxHxK) + bk_HxK.astype(dt)
+    v_BxLxHxK = heads(wv_DxHxK) + bv_HxK.astype(dt)
     q_BxLxHxK = xpos_rotate(q_BxLxHxK, shared['positions'], cfg, is_key=False)
     k_BxSxHxK = xpos_rotate(k_BxLxHxK, shared['positions'], cfg, is_key=True)
     v_BxSxHxK = v_BxLxHxK
@@ -154,18 +158,18 @@ class Block(nn.Module):
     out_BxLxHxK = self._attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, shared)
     if head_H is not None:
       out_BxLxHxK = out_BxLxHxK * head_H.astype(dt)[:, None]
-    attn_BxLxD = jnp.einsum('blhk,hkd->bld', out_BxLxHxK, wo_HxKxD.astype(dt)) + bo_D.astype(dt)
+    attn_BxLxD = dense(out_BxLxHxK.reshape(out_BxLxHxK.shape[:2] + (H * K,)),
+                       wo_HxKxD.astype(dt).reshape(H * K, D)) + bo_D.astype(dt)
     attn_BxLxD = gate(attn_BxLxD).astype(x_BxLxD.dtype)
 
     # --- MLP ---
     y_BxLxD = x_BxLxD + attn_BxLxD
     h_BxLxD = layer_norm(y_BxLxD, ln2_scale_D, ln2_bias_D, cfg.ln_eps, hidden_D).astype(dt)
-    pre_BxLxF = jnp.einsum('bld,df->blf', h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt)
+    pre_BxLxF = dense(h_BxLxD, wi_DxF.astype(dt)) + bi_F.astype(dt)
     act_BxLxF = gelu(pre_BxLxF)  # its own line: op_profile names the GeLU ops by their source
     if mlp_F is not None:
       act_BxLxF = act_BxLxF * mlp_F.astype(dt)
-    mlp_BxLxD = (jnp.einsum('blf,fd->bld', act_BxLxF, wo_mlp_FxD.astype(dt))
-                 + bo_mlp_D.astype(dt))
+    mlp_BxLxD = dense(act_BxLxF, wo_mlp_FxD.astype(dt)) + bo_mlp_D.astype(dt)
     mlp_BxLxD = gate(mlp_BxLxD).astype(x_BxLxD.dtype)
 
     if layer_gate is None:
@@ -213,6 +217,39 @@ class Block(nn.Module):
     return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
 
 
+def dense(x_BxLxI: Array, w_IxO: Array) -> Array:
+  """x @ w over the last axis (`_dense`), its output named for remat's 'dots' policy, which no
+  longer sees a dot_general inside the custom VJP."""
+  return checkpoint_name(_dense(x_BxLxI, w_IxO), DENSE_OUT)
+
+
+@jax.custom_vjp
+def _dense(x_BxLxI: Array, w_IxO: Array) -> Array:
+  """x @ w over the last axis, with the weight gradient written as one GEMM over the tokens.
+
+  Autodiff's transpose of the einsum left the layout to XLA, which on CPU transposed the output
+  gradient and ran the weight gradient of the MLP's two matrices as (xᵀ)(gᵀ)ᵀ on Eigen, 2-3× the
+  time of the same FLOPs as a plain GEMM (50M: 81 vs 30 ms a layer); contracting the tokens of
+  x (T×I) and g (T×O) directly keeps both operands as they are (BUILD.md › Performance)."""
+  return jnp.einsum('bli,io->blo', x_BxLxI, w_IxO)
+
+
+def _dense_fwd(x_BxLxI: Array, w_IxO: Array) -> tuple[Array, tuple[Array, Array]]:
+  return _dense(x_BxLxI, w_IxO), (x_BxLxI, w_IxO)
+
+
+def _dense_bwd(res: tuple[Array, Array], g_BxLxO: Array) -> tuple[Array, Array]:
+  x_BxLxI, w_IxO = res
+  dx_BxLxI = jnp.einsum('blo,io->bli', g_BxLxO, w_IxO)
+  x_TxI = x_BxLxI.reshape(-1, x_BxLxI.shape[-1])
+  g_TxO = g_BxLxO.reshape(-1, g_BxLxO.shape[-1])
+  dw_IxO = jax.lax.dot_general(x_TxI, g_TxO, (((0,), (0,)), ((), ())))
+  return dx_BxLxI.astype(x_BxLxI.dtype), dw_IxO.astype(w_IxO.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 @jax.custom_vjp
 def gelu(x: Array) -> Array:
   """Exact (erf) GeLU whose backward keeps only its input: autodiff of `jax.nn.gelu` saved
@@ -247,7 +284,9 @@ def _mean_abs(x: Array) -> Array:
 
 _REMAT_POLICIES = {
     'full': None,
-    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'dots': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names(DENSE_OUT)),
 }
 
 
@@ -318,7 +357,7 @@ class Transformer(nn.Module):
     else:
       unembed_DxV = _param(self, 'unembed', ('embed', 'vocab'), (cfg.d_model, cfg.padded_vocab),
                            nn.initializers.normal(mup.init_std(cfg, 'unembed')), cfg.pdtype)
-    logits_BxLxV = jnp.einsum('bld,dv->blv', h_BxLxD, unembed_DxV.astype(cfg.dtype))
+    logits_BxLxV = dense(h_BxLxD, unembed_DxV.astype(cfg.dtype))
     logits_BxLxV = logits_BxLxV.astype(jnp.float32) * cfg.logit_scale
     if self.is_mutable_collection('intermediates'):  # coordinate check (flmjax.scaling.coord_check)
       self.sow('intermediates', 'logits', _mean_abs(logits_BxLxV[..., :cfg.vocab_size]))

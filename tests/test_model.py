@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flmjax.config import ConfigError, ModelConfig
-from flmjax.model import Transformer, abstract_params, gelu, init_cache, xpos_rotate
+from flmjax.model import Transformer, abstract_params, dense, gelu, init_cache, xpos_rotate
 
 CFG = ModelConfig(vocab_size=300, d_model=64, n_heads=4, head_dim=16, d_ff=256, n_layers=2,
                   max_len=64)
@@ -166,6 +166,29 @@ def test_gelu_equals_exact_gelu_and_its_autodiff_gradient(dtype):
   assert g.dtype == x.dtype
   np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref),
                              rtol=2.0 ** -7 if dtype == 'bfloat16' else 1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_dense_equals_the_einsum_and_its_autodiff_gradients(dtype):
+  # Every weight matmul goes through `dense`, whose custom VJP writes the weight gradient as one
+  # GEMM over the tokens: the same values, and both gradients of autodiff's einsum.
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, (3, 5, 24)).astype(dtype)
+  w = jax.random.normal(kw, (24, 40)).astype(dtype)
+  cot = jax.random.normal(kg, (3, 5, 40)).astype(dtype)
+  einsum = lambda a, b: jnp.einsum('bli,io->blo', a, b)
+  np.testing.assert_array_equal(np.asarray(dense(x, w), np.float32),
+                                np.asarray(einsum(x, w), np.float32))
+  grads = lambda f: jax.vjp(f, x, w)[1](cot)
+  (dx, dw), (dx_ref, dw_ref) = grads(dense), grads(einsum)
+  assert dx.dtype == dw.dtype == jnp.dtype(dtype) and dx.shape == x.shape and dw.shape == w.shape
+  tol = dict(rtol=2.0 ** -7, atol=0.05) if dtype == 'bfloat16' else dict(rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32), **tol)
+  np.testing.assert_allclose(np.asarray(dw, np.float32), np.asarray(dw_ref, np.float32), **tol)
+  # a wrong contraction (say, over the features) could not pass: the weight gradient is x^T g
+  np.testing.assert_allclose(np.asarray(dw, np.float32),
+                             np.asarray(x, np.float32).reshape(15, 24).T
+                             @ np.asarray(cot, np.float32).reshape(15, 40), rtol=2e-2, atol=0.1)
 
 
 def test_bfloat16_compute_runs_and_stays_close():
