@@ -110,8 +110,11 @@ def probe_checkpoint(step_dir: str, batch_rows: int = 0) -> dict[str, Any]:
     return ce / jnp.maximum(batch['loss_weights'].astype(jnp.float32).sum(), 1.0)
 
   masks = step_lib.current_masks(state)
-  loss, grads = jax.jit(jax.value_and_grad(lm_loss))(state.params, masks)
-  loss_off = jax.jit(lm_loss)(state.params, units)
+  # Both losses from one compiled forward: the grad program's fusions may round its loss
+  # differently, and at the growth step (masks = units) the share must be exactly 0.
+  forward = jax.jit(lm_loss)
+  loss, loss_off = forward(state.params, masks), forward(state.params, units)
+  grads = jax.jit(jax.grad(lm_loss))(state.params, masks)
   new_state, _ = jax.jit(train_step)(state, batch)
   updates = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
   gm = group_masks(units, dst)
