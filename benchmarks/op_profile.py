@@ -52,7 +52,7 @@ def _source_family(fn: str, path: str, line: int) -> Optional[str]:
     return 'optimizer'
   if name in ('xpos_rotate',):
     return 'xPos / positions'
-  if name in ('_softmax_attend', '_attend', 'attention_mask'):
+  if name in ('_attend', 'attention_mask') or path.endswith('flmjax/attention.py'):
     return 'attention'
   if name in ('token_losses', 'teacher_ce', 'mask_padded_vocab'):
     return 'softmax / loss'

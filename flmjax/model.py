@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flmjax import mup
+from flmjax.attention import blocked_attention, query_blocks
 from flmjax.config import ModelConfig
 
 Array = jax.Array
@@ -191,30 +192,18 @@ class Block(nn.Module):
       return jax.nn.dot_product_attention(q_BxLxHxK.astype(dt), k_BxSxHxK.astype(dt), v_BxSxHxK,
                                           mask=mask_Bx1xLxS, scale=cfg.attention_scale,
                                           implementation='cudnn')
-    L = q_BxLxHxK.shape[1]
-    block = CAUSAL_BLOCK
-    if ('cache_index' not in shared and L % block == 0 and L > block
-        and not self.is_mutable_collection('intermediates')):
-      # Training / scoring: queries in blocks see only keys up to their block's end (the mask
-      # is causal by slot), skipping ~half of the scores and softmax (~40% at 8 blocks).
-      block_outs = []
-      for i in range(L // block):
-        start, end = i * block, (i + 1) * block
-        block_outs.append(_softmax_attend(
-            q_BxLxHxK[:, start:end], k_BxSxHxK[:, :end], v_BxSxHxK[:, :end],
-            shared['mask_bias'][:, :, start:end, :end], cfg.attention_scale))
-      return jnp.concatenate(block_outs, axis=1)
-    s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
     if self.is_mutable_collection('intermediates'):  # mean |scaled q·k| over attended pairs
+      s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
       attended_BxHxLxS = jnp.broadcast_to(mask_Bx1xLxS, s_BxHxLxS.shape).astype(jnp.float32)
       self.sow('intermediates', 'attn_logits',
                (jnp.abs(s_BxHxLxS) * attended_BxHxLxS).sum() * cfg.attention_scale
                / jnp.maximum(attended_BxHxLxS.sum(), 1.0))
-    # An additive bias, not a select: the same forward values, and its backward needs no
-    # select over BxHxLxS (softmax already gives masked entries a zero gradient).
-    s_BxHxLxS = s_BxHxLxS * cfg.attention_scale + shared['mask_bias']
-    p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1).astype(v_BxSxHxK.dtype)
-    return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
+    # Training / scoring: queries in blocks see only keys up to their block's end (the mask is
+    # causal by slot).  Decoding with a cache attends over all of it in one block.
+    spans = query_blocks(q_BxLxHxK.shape[1], k_BxSxHxK.shape[1], CAUSAL_BLOCK,
+                         causal='cache_index' not in shared)
+    return blocked_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, shared['mask_bias'],
+                             cfg.attention_scale, spans)
 
 
 def dense(x_BxLxI: Array, w_IxO: Array) -> Array:
@@ -270,12 +259,6 @@ def _gelu_bwd(x: Array, g: Array) -> tuple[Array]:
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
-
-def _softmax_attend(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS, scale: float) -> Array:
-  s_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK).astype(jnp.float32)
-  p_BxHxLxS = jax.nn.softmax(s_BxHxLxS * scale + bias_Bx1xLxS, axis=-1).astype(v_BxSxHxK.dtype)
-  return jnp.einsum('bhls,bshk->blhk', p_BxHxLxS, v_BxSxHxK)
 
 
 def _mean_abs(x: Array) -> Array:

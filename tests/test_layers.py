@@ -12,7 +12,7 @@ PKG = os.path.join(ROOT, 'flmjax')
 # Lowest first; a module may import its own layer or below, never above.
 LAYERS = [
     ('flmjax.config', 'flmjax.params', 'flmjax.storage', 'flmjax.host_memory'),
-    ('flmjax.mup', 'flmjax.model', 'flmjax.sharding', 'flmjax.optimizer',
+    ('flmjax.mup', 'flmjax.attention', 'flmjax.model', 'flmjax.sharding', 'flmjax.optimizer',
      'flmjax.storage.metrics', 'flmjax.distributed', 'flmjax.synthetic_data'),
     ('flmjax.growth_ops', 'flmjax.growth', 'flmjax.storage.checkpoint',
      'flmjax.storage.workdir_lock', 'flmjax.data', 'flmjax.plan', 'flmjax.sampling',
