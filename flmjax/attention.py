@@ -1,4 +1,4 @@
-"""Softmax attention in query blocks, with its own backward (the CPU counterpart of flash attention's).
+"""Softmax attention in query blocks with its own backward: flash attention's, for the CPU.
 
 Training attention is causal, so query block i needs only the keys up to its block's end: over 8
 blocks that skips ~44% of the scores.  Written as plain einsums per block, autodiff's backward
@@ -8,8 +8,9 @@ paid for that layout (50M, one CPU thread, 139 ms a layer forward + backward):
 - dSᵀq ran as a batched dot with a transposed operand on Eigen at ~40 GFLOP/s.
 Here q, k, v are put in B×H×L×K once (a prefix of the keys is then contiguous per head), the
 softmax is normalised after P·V (the B×L×H×K output is divided, not every probability), the
-backward reuses the saved unnormalised probabilities, and dKᵀ / dVᵀ are accumulated as B×H×K×S,
-the layout their dots produce at full speed (80 ms a layer; BUILD.md › Performance, issue 42).
+backward reuses the saved unnormalised probabilities, and dKᵀ / dVᵀ are accumulated as
+B×H×K×S, the layout their dots produce at full speed (80 ms a layer; BUILD.md › Performance,
+issue 42).
 
 Values agree with the masked softmax's to float rounding (`tests/test_attention.py`); a row whose
 keys are all masked averages them, as `jax.nn.softmax` over a finite bias does.
@@ -36,8 +37,8 @@ def query_blocks(L: int, S: int, block: int, causal: bool) -> Spans:
 
 def blocked_attention(q_BxLxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array,
                       bias_Bx1xLxS: Array, scale: float, spans: Spans) -> Array:
-  """softmax(q·kᵀ·scale + bias)·v over the keys each query block's span names (B×L×H×K, in v's
-  dtype).  Scores and the softmax are float32; `bias` is 0 where attended, a large negative
+  """softmax(q·kᵀ·scale + bias)·v over the keys each query block's span names (B×L×H×K,
+  in v's dtype).  Scores and the softmax are float32; `bias` is 0 where attended, a large negative
   number elsewhere (no -inf: a fully masked row would be NaN), and gets no gradient."""
   return _attention(spans, float(scale), q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS)
 
@@ -72,7 +73,7 @@ def _forward(spans, scale, q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS):
 
 def _backward(spans, scale, residuals, g_BxLxHxK):
   q_BxHxLxK, k_BxHxSxK, v_BxHxSxK, bias_Bx1xLxS, out_BxLxHxK, probs, sums = residuals
-  B, H, L, K = q_BxHxLxK.shape
+  B, H, _, K = q_BxHxLxK.shape
   S = k_BxHxSxK.shape[2]
   f32 = jnp.float32
   g_BxHxLxK = _heads_first(g_BxLxHxK)
@@ -90,7 +91,7 @@ def _backward(spans, scale, residuals, g_BxLxHxK):
                               * (inv_sum_BxHxl * scale)[..., None])
     dqs.append(jnp.einsum('bhls,bhsk->bhlk', ds_BxHxlxs.astype(k_BxHxSxK.dtype),
                           k_BxHxSxK[:, :, :key_end], preferred_element_type=f32))
-    # dKᵀ, dVᵀ (B×H×K×S): this output layout runs as a plain GEMM; B×H×S×K ran at 1/4 speed
+    # dKᵀ, dVᵀ (B×H×K×S): this layout runs as a plain GEMM; B×H×S×K ran at 1/4 the speed
     dk_BxHxKxS = dk_BxHxKxS.at[..., :key_end].add(jnp.einsum(
         'bhls,bhlk->bhks', ds_BxHxlxs.astype(q_BxHxLxK.dtype), q_BxHxLxK[:, :, start:end],
         preferred_element_type=f32))
