@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from flmjax.attention import blocked_attention, query_blocks
-
-NEG_INF = -1e30
+from flmjax.model import NEG_INF
 
 
 def _reference(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, bias_Bx1xLxS, scale):
